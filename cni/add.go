@@ -1,0 +1,173 @@
+package cni
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+
+	"github.com/spinneret-cni/spinneret/conf"
+	"github.com/spinneret-cni/spinneret/drivers"
+	"github.com/spinneret-cni/spinneret/internal/netops"
+	"github.com/spinneret-cni/spinneret/internal/txn"
+	"github.com/spinneret-cni/spinneret/ipam"
+)
+
+func cmdAdd(args *skel.CmdArgs) (err error) {
+	p, err := load(args.StdinData)
+	if err != nil {
+		return err
+	}
+	defer func(t time.Time) { p.done("ADD", args, t, err) }(time.Now())
+	lk, err := p.attachmentLock(args.ContainerID, args.IfName, true)
+	if err != nil {
+		return types.NewError(types.ErrIOFailure, err.Error(), "")
+	}
+	defer lk.Unlock()
+
+	nic, ino, err := p.resolve(args)
+	if err != nil {
+		return err
+	}
+	env := txn.NewEnv(args.Netns, ino)
+	defer env.Close()
+	if err := p.precheck(env, nic); err != nil {
+		return types.NewError(types.ErrInvalidNetworkConfig, err.Error(), "")
+	}
+
+	// an ADD without DEL for the same attachment: undo what the earlier one
+	// left (its addresses are kept and handed back by the idempotent IPAM)
+	if old, lerr := txn.LoadJournal(p.journalPath(args.ContainerID, args.IfName)); lerr == nil {
+		oenv := old.Env()
+		rerr := txn.Rollback(oenv, old)
+		oenv.Close()
+		if rerr != nil {
+			return types.NewError(types.ErrTryAgainLater, "undo earlier ADD: "+rerr.Error(), "")
+		}
+	}
+	j := txn.NewJournal(p.node.StateDir, p.cfg.Name, args.ContainerID, args.IfName, args.Netns, ino)
+	if err := j.Save(); err != nil { // before allocating, so a crash is found by DEL and GC
+		return types.NewError(types.ErrIOFailure, err.Error(), "")
+	}
+	owner := ipam.Owner{ContainerID: args.ContainerID, IfName: args.IfName, Network: p.cfg.Name}
+	nic.Addrs, err = p.store.Allocate(owner, nic.Network.Pools)
+	if err != nil {
+		j.Remove()
+		if errors.Is(err, ipam.ErrExhausted) {
+			return types.NewError(ErrPoolExhausted, fmt.Sprintf("network %s: %v", p.cfg.Name, err), "")
+		}
+		return types.NewError(types.ErrIOFailure, err.Error(), "")
+	}
+	nics := []NIC{*nic}
+	if aerr := txn.Apply(env, j, Plan(nics)); aerr != nil {
+		return p.abort(j, aerr)
+	}
+	res, err := buildResult(env, args.Netns, nics, p.cfg.DNS)
+	if err == nil {
+		j.State = txn.StateCommitted
+		if j.Result, err = json.Marshal(res); err == nil {
+			err = j.Save()
+		}
+	}
+	if err != nil {
+		return p.abort(j, err)
+	}
+	return types.PrintResult(res, p.cfg.CNIVersion)
+}
+
+// abort finishes a failed ADD: Apply has undone the steps it could; release
+// the addresses and drop the journal, or keep it for DEL if undo was partial.
+func (p *plugin) abort(j *txn.Journal, cause error) error {
+	var se *txn.StepError
+	if !errors.As(cause, &se) { // failed after Apply: undo everything here
+		env := j.Env()
+		uerr := txn.Rollback(env, j)
+		env.Close()
+		se = &txn.StepError{Index: len(j.Steps) - 1, Total: len(j.Steps), Op: nopOp{"commit"}, Err: cause, UndoErr: uerr}
+	}
+	if se.UndoErr != nil {
+		j.Save()
+		return types.NewError(ErrRollbackIncomlete, se.Error(), "")
+	}
+	if err := p.store.Release(j.ContainerID, j.IfName); err != nil {
+		j.Save()
+		return types.NewError(ErrRollbackIncomlete, fmt.Sprintf("%v; release addresses: %v", se, err), "")
+	}
+	j.Remove()
+	return types.NewError(ErrStepFailed, fmt.Sprintf("network %s: %v (rolled back)", p.cfg.Name, se), "")
+}
+
+// nopOp names a failure that is not a plan step in a StepError.
+type nopOp struct{ name string }
+
+func (o nopOp) Kind() string         { return o.name }
+func (o nopOp) Do(*txn.Env) error    { return nil }
+func (o nopOp) Undo(*txn.Env) error  { return nil }
+func (o nopOp) Check(*txn.Env) error { return nil }
+func (o nopOp) String() string       { return o.name }
+
+// resolve turns the request into one NIC: the master mapped and allowed by
+// the node conf, the MAC from runtimeConfig, CNI_ARGS or the config.
+func (p *plugin) resolve(args *skel.CmdArgs) (*NIC, uint64, error) {
+	if !conf.ValidIfName(args.IfName) {
+		return nil, 0, types.NewError(types.ErrInvalidEnvironmentVariables, fmt.Sprintf("CNI_IFNAME: %q is not a valid interface name", args.IfName), "")
+	}
+	ino, err := txn.NetNSInode(args.Netns)
+	if err != nil {
+		return nil, 0, types.NewError(types.ErrInvalidNetNS, fmt.Sprintf("CNI_NETNS %q: %v", args.Netns, err), "")
+	}
+	nw := p.cfg.Network
+	if nw.Master, err = p.node.ResolveMaster(nw.Master); err != nil {
+		return nil, 0, types.NewError(types.ErrInvalidNetworkConfig, err.Error(), "")
+	}
+	mac := nw.MAC
+	if m := cniArg(args.Args, "MAC"); m != "" {
+		hw, perr := net.ParseMAC(m)
+		if perr != nil || len(hw) != 6 || hw[0]&1 == 1 {
+			return nil, 0, types.NewError(types.ErrInvalidEnvironmentVariables, fmt.Sprintf("CNI_ARGS MAC: %q is not a unicast MAC address", m), "")
+		}
+		mac = hw.String()
+	}
+	if p.cfg.RuntimeMAC != "" {
+		mac = p.cfg.RuntimeMAC
+	}
+	return &NIC{IfName: args.IfName, Network: nw, MAC: mac}, ino, nil
+}
+
+// precheck validates the NIC against the host and the pod before anything is
+// allocated or created.
+func (p *plugin) precheck(env *txn.Env, n *NIC) error {
+	host, err := env.Handle(txn.Host)
+	if err != nil {
+		return err
+	}
+	if err := drivers.CheckMaster(host, n.IfName, n.Network.Master, n.Network.MTU); err != nil {
+		return err
+	}
+	pod, err := env.Handle(txn.Pod)
+	if err != nil {
+		return fmt.Errorf("pod netns %s: %w", env.PodNetNS, err)
+	}
+	if _, err := pod.LinkByName(n.IfName); err == nil {
+		return fmt.Errorf("interface %s already exists in pod netns %s", n.IfName, env.PodNetNS)
+	} else if !netops.Gone(err) {
+		return err
+	}
+	return nil
+}
+
+// cniArg returns the value of key in CNI_ARGS ("K=V;K2=V2"); other keys are
+// the runtime's and ignored.
+func cniArg(args, key string) string {
+	for _, kv := range strings.Split(args, ";") {
+		if k, v, ok := strings.Cut(kv, "="); ok && strings.TrimSpace(k) == key {
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
+}

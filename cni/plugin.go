@@ -1,0 +1,150 @@
+// Package cni implements spinneret's CNI verbs: ADD, DEL, CHECK, GC, STATUS
+// (VERSION is answered by skel). An ADD resolves the request, allocates every
+// address, plans the attachment as data and applies it as one journaled
+// transaction.
+package cni
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	"github.com/containernetworking/cni/pkg/version"
+
+	"github.com/spinneret-cni/spinneret/conf"
+	"github.com/spinneret-cni/spinneret/internal/fileutil"
+	"github.com/spinneret-cni/spinneret/internal/txn"
+	"github.com/spinneret-cni/spinneret/ipam"
+)
+
+// Plugin-specific CNI error codes (100+ are free for plugins).
+const (
+	ErrPoolExhausted     uint = 101 // no free address in the network's pools
+	ErrStepFailed        uint = 102 // a plan step failed; everything was rolled back
+	ErrRollbackIncomlete uint = 103 // a step failed and its rollback did not finish; DEL retries it
+)
+
+// Main runs the plugin for the CNI_COMMAND in the environment.
+func Main(about string) {
+	skel.PluginMainFuncs(skel.CNIFuncs{Add: cmdAdd, Del: cmdDel, Check: cmdCheck, GC: cmdGC, Status: cmdStatus},
+		version.PluginSupports(conf.SupportedVersions...), about)
+}
+
+// plugin is one invocation: validated config, node conf, logger, store.
+type plugin struct {
+	cfg   *conf.Config
+	node  *conf.Node
+	log   *slog.Logger
+	store *ipam.Local
+	close func()
+}
+
+func load(stdin []byte) (*plugin, error) {
+	cfg, err := conf.Parse(stdin)
+	if err != nil {
+		return nil, types.NewError(types.ErrInvalidNetworkConfig, "invalid config: "+err.Error(), "")
+	}
+	node, err := conf.LoadNode(cfg.NodeConfPath, cfg.NodeConfExplicit)
+	if err != nil {
+		return nil, types.NewError(types.ErrInvalidNetworkConfig, err.Error(), "")
+	}
+	p := &plugin{cfg: cfg, node: node, store: ipam.NewLocal(node.StateDir), close: func() {}}
+	p.log, p.close = newLogger(node)
+	return p, nil
+}
+
+func newLogger(n *conf.Node) (*slog.Logger, func()) {
+	var lvl slog.Level
+	_ = lvl.UnmarshalText([]byte(n.LogLevel))
+	var w io.Writer = os.Stderr
+	closeFn := func() {}
+	if n.LogFile != "" {
+		if err := os.MkdirAll(filepath.Dir(n.LogFile), 0o755); err == nil {
+			if f, err := os.OpenFile(n.LogFile, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644); err == nil {
+				w, closeFn = f, func() { f.Close() }
+			}
+		}
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: lvl})).With("pid", os.Getpid()), closeFn
+}
+
+// attachmentLock serialises ADD, DEL and GC of one attachment; GC skips an
+// attachment whose lock is held (an ADD in flight).
+func (p *plugin) attachmentLock(containerID, ifname string, wait bool) (*fileutil.Lock, error) {
+	dir := filepath.Join(p.node.StateDir, "locks")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	path := filepath.Join(dir, containerID+"."+ifname)
+	if wait {
+		return fileutil.LockFile(path)
+	}
+	return fileutil.TryLockFile(path)
+}
+
+func (p *plugin) journalPath(containerID, ifname string) string {
+	return txn.JournalPath(p.node.StateDir, p.cfg.Name, containerID, ifname)
+}
+
+// teardown undoes an attachment's journal, releases its addresses and removes
+// the journal. The journal is kept (with what is left) if the undo failed.
+func (p *plugin) teardown(j *txn.Journal) error {
+	env := j.Env()
+	defer env.Close()
+	if err := txn.Rollback(env, j); err != nil {
+		if serr := j.Save(); serr != nil {
+			err = errors.Join(err, serr)
+		}
+		return err
+	}
+	if err := p.store.Release(j.ContainerID, j.IfName); err != nil {
+		return err
+	}
+	return j.Remove()
+}
+
+func (p *plugin) done(verb string, args *skel.CmdArgs, start time.Time, err error) {
+	attrs := []any{"verb", verb, "network", p.cfg.Name, "container", args.ContainerID, "ifname", args.IfName,
+		"ms", float64(time.Since(start).Microseconds()) / 1000}
+	if err != nil {
+		p.log.Error("failed", append(attrs, "err", err)...)
+	} else {
+		p.log.Info("ok", attrs...)
+	}
+	p.close()
+}
+
+func cmdDel(args *skel.CmdArgs) (err error) {
+	p, err := load(args.StdinData)
+	if err != nil {
+		return err
+	}
+	defer func(t time.Time) { p.done("DEL", args, t, err) }(time.Now())
+	lk, err := p.attachmentLock(args.ContainerID, args.IfName, true)
+	if err != nil {
+		return types.NewError(types.ErrIOFailure, err.Error(), "")
+	}
+	defer lk.Unlock()
+	j, err := txn.LoadJournal(p.journalPath(args.ContainerID, args.IfName))
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		// never added, added and deleted, or ADD died before journaling:
+		// addresses may still be held
+		err = p.store.Release(args.ContainerID, args.IfName)
+	case err != nil:
+		return types.NewError(types.ErrIOFailure, err.Error(), "")
+	default:
+		err = p.teardown(j)
+	}
+	if err != nil {
+		return types.NewError(types.ErrTryAgainLater, fmt.Sprintf("DEL %s/%s: %v", args.ContainerID, args.IfName, err), "")
+	}
+	os.Remove(filepath.Join(p.node.StateDir, "locks", args.ContainerID+"."+args.IfName))
+	return nil
+}

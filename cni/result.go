@@ -1,0 +1,44 @@
+package cni
+
+import (
+	"fmt"
+	"net"
+
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+
+	"github.com/spinneret-cni/spinneret/internal/netops"
+	"github.com/spinneret-cni/spinneret/internal/txn"
+)
+
+// buildResult reads each NIC's MAC and MTU back from the pod namespace and
+// returns the CNI result: every interface with its sandbox, every address
+// with its interface index and gateway, the routes and the DNS settings.
+func buildResult(env *txn.Env, netnsPath string, nics []NIC, dns types.DNS) (*current.Result, error) {
+	res := &current.Result{CNIVersion: current.ImplementedSpecVersion, DNS: dns}
+	for _, n := range nics {
+		_, l, err := netops.Link(env, txn.Pod, n.IfName)
+		if err != nil {
+			return nil, fmt.Errorf("read back %s: %w", n.IfName, err)
+		}
+		idx := len(res.Interfaces)
+		res.Interfaces = append(res.Interfaces, &current.Interface{
+			Name: n.IfName, Mac: l.Attrs().HardwareAddr.String(), Mtu: l.Attrs().MTU, Sandbox: netnsPath,
+		})
+		for _, a := range n.Addrs {
+			ipc := &current.IPConfig{Interface: current.Int(idx), Address: *netops.IPNet(a.Address)}
+			if a.Gateway.IsValid() {
+				ipc.Gateway = net.IP(a.Gateway.AsSlice())
+			}
+			res.IPs = append(res.IPs, ipc)
+		}
+		for _, r := range n.Routes() {
+			rt := &types.Route{Dst: *netops.IPNet(r.Dst)}
+			if r.GW.IsValid() {
+				rt.GW = net.IP(r.GW.AsSlice())
+			}
+			res.Routes = append(res.Routes, rt)
+		}
+	}
+	return res, nil
+}

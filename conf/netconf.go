@@ -1,0 +1,437 @@
+// Package conf reads and validates spinneret's CNI config and node conf file
+// into one typed model that the rest of the plugin consumes. Every error names
+// the field and the value at fault.
+package conf
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/netip"
+	"regexp"
+	"slices"
+	"strings"
+
+	"github.com/containernetworking/cni/pkg/types"
+)
+
+// PluginType is the "type" spinneret answers to.
+const PluginType = "spinneret"
+
+// SupportedVersions are the CNI spec versions spinneret speaks.
+var SupportedVersions = []string{"0.3.1", "0.4.0", "1.0.0", "1.1.0"}
+
+// Capabilities spinneret understands in "capabilities" / "runtimeConfig".
+var Capabilities = []string{"mac"}
+
+// raw is the CNI config as written on disk and passed on stdin.
+type raw struct {
+	CNIVersion       string               `json:"cniVersion"`
+	Name             string               `json:"name"`
+	Type             string               `json:"type"`
+	Capabilities     map[string]bool      `json:"capabilities,omitempty"`
+	NodeConf         string               `json:"nodeConf,omitempty"`
+	Driver           string               `json:"driver,omitempty"`
+	Master           string               `json:"master"`
+	Mode             string               `json:"mode,omitempty"`
+	MTU              int                  `json:"mtu,omitempty"`
+	MAC              string               `json:"mac,omitempty"`
+	IPAM             rawIPAM              `json:"ipam"`
+	DNS              types.DNS            `json:"dns,omitempty"`
+	RuntimeConfig    rawRuntime           `json:"runtimeConfig,omitempty"`
+	Args             json.RawMessage      `json:"args,omitempty"`
+	PrevResult       json.RawMessage      `json:"prevResult,omitempty"`
+	ValidAttachments []types.GCAttachment `json:"cni.dev/valid-attachments,omitempty"`
+	Attachments      []types.GCAttachment `json:"cni.dev/attachments,omitempty"`
+}
+
+type rawRuntime struct {
+	MAC string `json:"mac,omitempty"`
+}
+
+type rawIPAM struct {
+	Type  string    `json:"type,omitempty"`
+	Pools []rawPool `json:"pools"`
+}
+
+type rawPool struct {
+	Name    string     `json:"name"`
+	Subnet  string     `json:"subnet"`
+	Ranges  []rawRange `json:"ranges,omitempty"`
+	Exclude []string   `json:"exclude,omitempty"`
+	Gateway string     `json:"gateway,omitempty"`
+	Routes  []rawRoute `json:"routes,omitempty"`
+}
+
+type rawRange struct {
+	Start string `json:"start"`
+	End   string `json:"end"`
+}
+
+type rawRoute struct {
+	Dst string `json:"dst"`
+	GW  string `json:"gw,omitempty"`
+}
+
+// Config is a validated CNI config.
+type Config struct {
+	CNIVersion string
+	Name       string
+	// NodeConfPath is the node conf file; NodeConfExplicit says the CNI
+	// config named it (then it must exist).
+	NodeConfPath     string
+	NodeConfExplicit bool
+	Network          Network
+	DNS              types.DNS
+	// RuntimeMAC is the "mac" capability passed by the runtime.
+	RuntimeMAC string
+	// PrevResult is the raw prevResult (CHECK, chained ADD).
+	PrevResult json.RawMessage
+	// ValidAttachments is set on GC.
+	ValidAttachments []types.GCAttachment
+}
+
+// Network is one attachable underlay network.
+type Network struct {
+	Name   string
+	Driver string // "macvlan"
+	Master string // logical name, mapped by the node conf
+	Mode   string
+	MTU    int    // 0: the master's
+	MAC    string // normalised, lower case; "" = kernel's choice
+	Pools  []Pool
+}
+
+// Pool is an address pool of the local IPAM.
+type Pool struct {
+	Name    string
+	Subnet  netip.Prefix
+	Ranges  []Range // never empty after validation
+	Exclude []netip.Prefix
+	Gateway netip.Addr
+	Routes  []Route
+}
+
+// Range is an inclusive address range inside a pool's subnet.
+type Range struct{ Start, End netip.Addr }
+
+// Route is a route given to pods of a pool.
+type Route struct {
+	Dst netip.Prefix
+	GW  netip.Addr // zero: via the pool gateway, or on-link if none
+}
+
+// DefaultNodeConf is the node conf file read when the CNI config names none.
+const DefaultNodeConf = "/etc/spinneret/node.yaml"
+
+var (
+	nameRE   = regexp.MustCompile(`^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$`)
+	ifnameRE = regexp.MustCompile(`^[^/\s:]{1,15}$`)
+)
+
+// ValidIfName reports whether s is a valid Linux interface name.
+func ValidIfName(s string) bool { return ifnameRE.MatchString(s) && s != "." && s != ".." }
+
+// Parse reads a single plugin config (what the runtime passes on stdin).
+func Parse(b []byte) (*Config, error) {
+	var r raw
+	if err := decodeStrict("", b, &r); err != nil {
+		return nil, err
+	}
+	return r.validate()
+}
+
+// rawList is a conflist; only the spinneret entry is interpreted.
+type rawList struct {
+	CNIVersion   string            `json:"cniVersion"`
+	CNIVersions  []string          `json:"cniVersions,omitempty"`
+	Name         string            `json:"name"`
+	DisableCheck bool              `json:"disableCheck,omitempty"`
+	DisableGC    bool              `json:"disableGC,omitempty"`
+	Plugins      []json.RawMessage `json:"plugins"`
+}
+
+// ParseFile reads a config file as written in /etc/cni/net.d: a single
+// config, or a conflist whose spinneret entry gets the list's name and
+// cniVersion, as the runtime would inject them.
+func ParseFile(b []byte) (*Config, error) {
+	var probe map[string]json.RawMessage
+	if err := json.Unmarshal(b, &probe); err != nil {
+		return nil, fmt.Errorf("config: invalid JSON: %w", err)
+	}
+	if _, ok := probe["plugins"]; !ok {
+		return Parse(b)
+	}
+	var l rawList
+	if err := decodeStrict("", b, &l); err != nil {
+		return nil, err
+	}
+	for i, p := range l.Plugins {
+		var m map[string]any
+		if err := json.Unmarshal(p, &m); err != nil {
+			return nil, fmt.Errorf("plugins[%d]: invalid JSON: %w", i, err)
+		}
+		if m["type"] != PluginType {
+			continue
+		}
+		m["name"], m["cniVersion"] = l.Name, l.CNIVersion
+		nb, _ := json.Marshal(m)
+		c, err := Parse(nb)
+		if err != nil {
+			return nil, fmt.Errorf("plugins[%d].%w", i, err)
+		}
+		return c, nil
+	}
+	return nil, fmt.Errorf("plugins: no entry of type %q", PluginType)
+}
+
+func (r *raw) validate() (*Config, error) {
+	c := &Config{CNIVersion: r.CNIVersion, Name: r.Name, DNS: r.DNS, PrevResult: r.PrevResult}
+	if !slices.Contains(SupportedVersions, r.CNIVersion) {
+		return nil, fmt.Errorf("cniVersion: %q is not supported (supported: %s)", r.CNIVersion, strings.Join(SupportedVersions, ", "))
+	}
+	if !nameRE.MatchString(r.Name) {
+		return nil, fmt.Errorf("name: %q is not a valid network name (lower case letters, digits, '.', '_', '-'; at most 63)", r.Name)
+	}
+	if r.Type != PluginType {
+		return nil, fmt.Errorf("type: %q, want %q", r.Type, PluginType)
+	}
+	for k := range r.Capabilities {
+		if !slices.Contains(Capabilities, k) {
+			return nil, fmt.Errorf("capabilities.%s: unknown capability (known: %s)", k, strings.Join(Capabilities, ", "))
+		}
+	}
+	c.NodeConfPath, c.NodeConfExplicit = DefaultNodeConf, r.NodeConf != ""
+	if r.NodeConf != "" {
+		if !strings.HasPrefix(r.NodeConf, "/") {
+			return nil, fmt.Errorf("nodeConf: %q is not an absolute path", r.NodeConf)
+		}
+		c.NodeConfPath = r.NodeConf
+	}
+	if r.RuntimeConfig.MAC != "" {
+		mac, err := parseMAC("runtimeConfig.mac", r.RuntimeConfig.MAC)
+		if err != nil {
+			return nil, err
+		}
+		c.RuntimeMAC = mac
+	}
+	c.ValidAttachments = r.ValidAttachments
+	if c.ValidAttachments == nil {
+		c.ValidAttachments = r.Attachments
+	}
+	nw, err := r.network()
+	if err != nil {
+		return nil, err
+	}
+	c.Network = *nw
+	return c, nil
+}
+
+func (r *raw) network() (*Network, error) {
+	n := &Network{Name: r.Name, Driver: r.Driver, Master: r.Master, Mode: r.Mode, MTU: r.MTU}
+	if n.Driver == "" {
+		n.Driver = "macvlan"
+	}
+	if n.Driver != "macvlan" {
+		return nil, fmt.Errorf("driver: %q is not supported (supported: macvlan)", r.Driver)
+	}
+	if !ValidIfName(n.Master) {
+		return nil, fmt.Errorf("master: %q is not a valid interface name", r.Master)
+	}
+	if n.Mode == "" {
+		n.Mode = "bridge"
+	}
+	if !slices.Contains([]string{"bridge", "private", "vepa", "passthru"}, n.Mode) {
+		return nil, fmt.Errorf("mode: %q is not a macvlan mode (bridge, private, vepa, passthru)", r.Mode)
+	}
+	if n.MTU != 0 && (n.MTU < 68 || n.MTU > 65535) {
+		return nil, fmt.Errorf("mtu: %d is out of range (0 for the master's, or 68-65535)", r.MTU)
+	}
+	if r.MAC != "" {
+		mac, err := parseMAC("mac", r.MAC)
+		if err != nil {
+			return nil, err
+		}
+		n.MAC = mac
+	}
+	if r.IPAM.Type != "" && r.IPAM.Type != PluginType {
+		return nil, fmt.Errorf("ipam.type: %q is not supported (leave it empty or %q)", r.IPAM.Type, PluginType)
+	}
+	if len(r.IPAM.Pools) == 0 {
+		return nil, fmt.Errorf("ipam.pools: at least one pool is required")
+	}
+	seen := map[string]bool{}
+	for i, rp := range r.IPAM.Pools {
+		p, err := rp.validate(fmt.Sprintf("ipam.pools[%d]", i))
+		if err != nil {
+			return nil, err
+		}
+		if seen[p.Name] {
+			return nil, fmt.Errorf("ipam.pools[%d].name: %q is used twice", i, p.Name)
+		}
+		seen[p.Name] = true
+		if p.Subnet.Addr().Is6() && n.MTU != 0 && n.MTU < 1280 {
+			return nil, fmt.Errorf("mtu: %d is below IPv6's minimum 1280 but pool %q is IPv6", n.MTU, p.Name)
+		}
+		n.Pools = append(n.Pools, *p)
+	}
+	return n, nil
+}
+
+func parseMAC(field, s string) (string, error) {
+	hw, err := net.ParseMAC(s)
+	if err != nil || len(hw) != 6 {
+		return "", fmt.Errorf("%s: %q is not a MAC address", field, s)
+	}
+	if hw[0]&1 == 1 {
+		return "", fmt.Errorf("%s: %q is a multicast MAC address", field, s)
+	}
+	return hw.String(), nil
+}
+
+func (rp *rawPool) validate(path string) (*Pool, error) {
+	p := &Pool{Name: rp.Name}
+	if !nameRE.MatchString(rp.Name) {
+		return nil, fmt.Errorf("%s.name: %q is not a valid pool name", path, rp.Name)
+	}
+	sub, err := netip.ParsePrefix(rp.Subnet)
+	if err != nil {
+		return nil, fmt.Errorf("%s.subnet: %q is not a CIDR", path, rp.Subnet)
+	}
+	if sub.Masked() != sub {
+		return nil, fmt.Errorf("%s.subnet: %q has host bits set (did you mean %s?)", path, rp.Subnet, sub.Masked())
+	}
+	maxBits := 30
+	if sub.Addr().Is6() {
+		maxBits = 127
+	}
+	if sub.Bits() > maxBits {
+		return nil, fmt.Errorf("%s.subnet: %q is too small for pods", path, rp.Subnet)
+	}
+	p.Subnet = sub
+	addrIn := func(field, s string) (netip.Addr, error) {
+		a, err := netip.ParseAddr(s)
+		if err != nil || a.Zone() != "" {
+			return a, fmt.Errorf("%s.%s: %q is not an IP address", path, field, s)
+		}
+		if !sub.Contains(a) {
+			return a, fmt.Errorf("%s.%s: %s is outside subnet %s", path, field, s, sub)
+		}
+		return a, nil
+	}
+	if rp.Gateway != "" {
+		if p.Gateway, err = addrIn("gateway", rp.Gateway); err != nil {
+			return nil, err
+		}
+		if p.Gateway == sub.Addr() {
+			return nil, fmt.Errorf("%s.gateway: %s is the subnet's network address", path, rp.Gateway)
+		}
+	}
+	for i, rr := range rp.Ranges {
+		f := fmt.Sprintf("ranges[%d]", i)
+		s, err := addrIn(f+".start", rr.Start)
+		if err != nil {
+			return nil, err
+		}
+		e, err := addrIn(f+".end", rr.End)
+		if err != nil {
+			return nil, err
+		}
+		if e.Less(s) {
+			return nil, fmt.Errorf("%s.%s: end %s is before start %s", path, f, rr.End, rr.Start)
+		}
+		for j, prev := range p.Ranges {
+			if !(e.Less(prev.Start) || prev.End.Less(s)) {
+				return nil, fmt.Errorf("%s.%s: %s-%s overlaps ranges[%d]", path, f, rr.Start, rr.End, j)
+			}
+		}
+		p.Ranges = append(p.Ranges, Range{s, e})
+	}
+	if len(p.Ranges) == 0 {
+		p.Ranges = []Range{DefaultRange(sub)}
+	}
+	for i, x := range rp.Exclude {
+		f := fmt.Sprintf("%s.exclude[%d]", path, i)
+		var pre netip.Prefix
+		if strings.Contains(x, "/") {
+			pre, err = netip.ParsePrefix(x)
+		} else {
+			var a netip.Addr
+			if a, err = netip.ParseAddr(x); err == nil {
+				pre = netip.PrefixFrom(a, a.BitLen())
+			}
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%s: %q is not an IP address or CIDR", f, x)
+		}
+		if !sub.Overlaps(pre) || pre.Bits() < sub.Bits() {
+			return nil, fmt.Errorf("%s: %s is outside subnet %s", f, x, sub)
+		}
+		p.Exclude = append(p.Exclude, pre.Masked())
+	}
+	for i, rr := range rp.Routes {
+		f := fmt.Sprintf("%s.routes[%d]", path, i)
+		d, err := netip.ParsePrefix(rr.Dst)
+		if err != nil {
+			return nil, fmt.Errorf("%s.dst: %q is not a CIDR", f, rr.Dst)
+		}
+		if d.Addr().Is4() != sub.Addr().Is4() {
+			return nil, fmt.Errorf("%s.dst: %s is not of the pool's address family", f, rr.Dst)
+		}
+		rt := Route{Dst: d.Masked()}
+		if rr.GW != "" {
+			if rt.GW, err = netip.ParseAddr(rr.GW); err != nil || rt.GW.Is4() != sub.Addr().Is4() {
+				return nil, fmt.Errorf("%s.gw: %q is not an address of the pool's family", f, rr.GW)
+			}
+		}
+		p.Routes = append(p.Routes, rt)
+	}
+	return p, nil
+}
+
+// DefaultRange is a subnet's usable range: without the network address and,
+// for IPv4, the broadcast address.
+func DefaultRange(sub netip.Prefix) Range {
+	start := sub.Addr().Next()
+	end := lastAddr(sub)
+	if sub.Addr().Is4() {
+		end = end.Prev()
+	}
+	return Range{start, end}
+}
+
+func lastAddr(p netip.Prefix) netip.Addr {
+	b := p.Addr().AsSlice()
+	for i := range b {
+		bit := i * 8
+		if bit >= p.Bits() {
+			b[i] = 0xff
+		} else if bit+8 > p.Bits() {
+			b[i] |= byte(0xff >> (p.Bits() - bit))
+		}
+	}
+	a, _ := netip.AddrFromSlice(b)
+	return a
+}
+
+// Is4 reports whether the pool is IPv4.
+func (p *Pool) Is4() bool { return p.Subnet.Addr().Is4() }
+
+// Excluded reports whether a is never to be handed out: excluded by config,
+// the gateway, or outside every range.
+func (p *Pool) Excluded(a netip.Addr) bool {
+	if a == p.Gateway {
+		return true
+	}
+	for _, x := range p.Exclude {
+		if x.Contains(a) {
+			return true
+		}
+	}
+	for _, r := range p.Ranges {
+		if !a.Less(r.Start) && !r.End.Less(a) {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,153 @@
+package conf
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+
+	"github.com/spf13/viper"
+)
+
+// Node is the node conf file (/etc/spinneret/node.yaml), overridden by
+// SPINNERET_* environment variables.
+type Node struct {
+	// StateDir holds journals and the local IPAM store.
+	StateDir string `mapstructure:"stateDir"`
+	// LogFile is where the plugin logs; empty means stderr.
+	LogFile string `mapstructure:"logFile"`
+	// LogLevel is debug, info, warn or error.
+	LogLevel string `mapstructure:"logLevel"`
+	// Masters maps logical master names used in network configs to this
+	// node's real interfaces. A name without a mapping is used as is.
+	Masters map[string]string `mapstructure:"masters"`
+	// AllowedMasters, when not empty, is the only set of real interfaces a
+	// network may use as its master.
+	AllowedMasters []string `mapstructure:"allowedMasters"`
+}
+
+// node conf keys with their environment variables; viper lower-cases keys.
+var nodeKeys = map[string]string{
+	"stateDir":       "SPINNERET_STATE_DIR",
+	"logFile":        "SPINNERET_LOG_FILE",
+	"logLevel":       "SPINNERET_LOG_LEVEL",
+	"masters":        "SPINNERET_MASTERS",
+	"allowedMasters": "SPINNERET_ALLOWED_MASTERS",
+}
+
+// LoadNode reads the node conf. A missing file is an error only when
+// required (the CNI config named it); otherwise the embedded defaults apply.
+func LoadNode(path string, required bool) (*Node, error) {
+	v := viper.New()
+	v.SetConfigFile(path)
+	v.SetConfigType("yaml")
+	v.SetDefault("stateDir", "/var/lib/spinneret")
+	v.SetDefault("logLevel", "info")
+	if err := v.ReadInConfig(); err != nil {
+		var pe *fs.PathError
+		if !errors.As(err, &pe) || !errors.Is(err, fs.ErrNotExist) || required {
+			return nil, fmt.Errorf("node conf %s: %w", path, err)
+		}
+	}
+	known := map[string]string{}
+	for k := range nodeKeys {
+		known[strings.ToLower(k)] = k
+	}
+	keys := v.AllKeys()
+	sort.Strings(keys)
+	for _, k := range keys {
+		top, _, _ := strings.Cut(k, ".")
+		if _, ok := known[top]; !ok {
+			return nil, fmt.Errorf("node conf %s: %s: unknown field (value %v)", path, k, v.Get(k))
+		}
+	}
+	n := &Node{}
+	if err := v.UnmarshalExact(n); err != nil {
+		return nil, fmt.Errorf("node conf %s: %w", path, err)
+	}
+	if err := n.applyEnv(); err != nil {
+		return nil, err
+	}
+	if err := n.validate(); err != nil {
+		return nil, fmt.Errorf("node conf %s: %w", path, err)
+	}
+	return n, nil
+}
+
+// applyEnv lets SPINNERET_* variables override the file. Maps and lists use
+// "a=b,c=d" and "a,b".
+func (n *Node) applyEnv() error {
+	if s, ok := os.LookupEnv(nodeKeys["stateDir"]); ok {
+		n.StateDir = s
+	}
+	if s, ok := os.LookupEnv(nodeKeys["logFile"]); ok {
+		n.LogFile = s
+	}
+	if s, ok := os.LookupEnv(nodeKeys["logLevel"]); ok {
+		n.LogLevel = s
+	}
+	if s, ok := os.LookupEnv(nodeKeys["masters"]); ok {
+		n.Masters = map[string]string{}
+		for _, kv := range splitList(s) {
+			k, val, ok := strings.Cut(kv, "=")
+			if !ok {
+				return fmt.Errorf("%s: %q is not name=interface", nodeKeys["masters"], kv)
+			}
+			n.Masters[strings.ToLower(strings.TrimSpace(k))] = strings.TrimSpace(val)
+		}
+	}
+	if s, ok := os.LookupEnv(nodeKeys["allowedMasters"]); ok {
+		n.AllowedMasters = splitList(s)
+	}
+	return nil
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+func (n *Node) validate() error {
+	if !filepath.IsAbs(n.StateDir) {
+		return fmt.Errorf("stateDir: %q is not an absolute path", n.StateDir)
+	}
+	if n.LogFile != "" && !filepath.IsAbs(n.LogFile) {
+		return fmt.Errorf("logFile: %q is not an absolute path", n.LogFile)
+	}
+	if !slices.Contains([]string{"debug", "info", "warn", "error"}, n.LogLevel) {
+		return fmt.Errorf("logLevel: %q is not one of debug, info, warn, error", n.LogLevel)
+	}
+	for k, m := range n.Masters {
+		if !ValidIfName(m) {
+			return fmt.Errorf("masters.%s: %q is not a valid interface name", k, m)
+		}
+	}
+	for i, m := range n.AllowedMasters {
+		if !ValidIfName(m) {
+			return fmt.Errorf("allowedMasters[%d]: %q is not a valid interface name", i, m)
+		}
+	}
+	return nil
+}
+
+// ResolveMaster maps a network's logical master to this node's interface and
+// checks it against the allow-list.
+func (n *Node) ResolveMaster(logical string) (string, error) {
+	real := logical
+	if m, ok := n.Masters[strings.ToLower(logical)]; ok {
+		real = m
+	}
+	if len(n.AllowedMasters) > 0 && !slices.Contains(n.AllowedMasters, real) {
+		return "", fmt.Errorf("master: %q (interface %s) is not in the node's allowedMasters %v", logical, real, n.AllowedMasters)
+	}
+	return real, nil
+}

@@ -1,0 +1,250 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+	current "github.com/containernetworking/cni/pkg/types/100"
+
+	"github.com/spinneret-cni/spinneret/tests/harness"
+)
+
+const demoNodeConf = `# the demo's node conf: state and log in a temp dir, the logical master
+# "uplink" mapped to the node namespace's uplink veth
+stateDir: %[1]s/state
+logFile: %[1]s/spinneret.log
+logLevel: debug
+masters:
+  uplink: %[2]s
+allowedMasters: [%[2]s]
+`
+
+const demoConfList = `{
+  "cniVersion": "1.1.0",
+  "name": "underlay",
+  "plugins": [{
+    "type": "spinneret",
+    "nodeConf": "%s/node.yaml",
+    "master": "uplink",
+    "mode": "bridge",
+    "ipam": {"pools": [
+      {"name": "demo-v4", "subnet": "192.0.2.0/24", "ranges": [{"start": "192.0.2.10", "end": "192.0.2.99"}], "gateway": "192.0.2.1"},
+      {"name": "demo-v6", "subnet": "2001:db8:0:1::/64", "ranges": [{"start": "2001:db8:0:1::10", "end": "2001:db8:0:1::ff"}], "gateway": "2001:db8:0:1::1"}
+    ]},
+    "dns": {"nameservers": ["192.0.2.53"], "search": ["demo.svc.cluster.local"]}
+  }]
+}`
+
+func runDemo(args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
+	fs.SetOutput(stdout)
+	fs.Usage = func() {
+		fmt.Fprintln(stdout, `usage: spinneret demo
+
+Builds throwaway network namespaces (a switch, a node with an uplink, a
+gateway and two pods), runs ADD for both pods through this binary via libcni,
+prints their addresses, routes and rules, checks pod-to-pod and pod-to-gateway
+traffic over IPv4 and IPv6, runs CHECK and STATUS, then DEL, and shows that
+the node and the pods are clean. Needs root. The machine's own namespace is
+never touched; Ctrl-C cleans up.`)
+	}
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if os.Geteuid() != 0 {
+		return fmt.Errorf("needs root (it creates network namespaces)")
+	}
+	d := &demo{out: stdout}
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- d.run() }()
+	select {
+	case err := <-done:
+		d.cleanup()
+		return err
+	case s := <-sig:
+		fmt.Fprintf(stdout, "\n%s: cleaning up\n", s)
+		d.cleanup()
+		os.Exit(130)
+	}
+	return nil
+}
+
+type demo struct {
+	out  io.Writer
+	topo *harness.Topology
+	dir  string
+	once sync.Once
+}
+
+func (d *demo) cleanup() {
+	d.once.Do(func() {
+		if d.topo != nil {
+			d.topo.Close()
+		}
+		if d.dir != "" {
+			os.RemoveAll(d.dir)
+		}
+	})
+}
+
+func (d *demo) step(format string, a ...any) { fmt.Fprintf(d.out, "\n== "+format+"\n", a...) }
+
+func (d *demo) run() error {
+	var err error
+	if d.dir, err = os.MkdirTemp("", "spinneret-demo-"); err != nil {
+		return err
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	binDir := filepath.Join(d.dir, "bin")
+	os.MkdirAll(binDir, 0o755)
+	if err := os.Symlink(self, filepath.Join(binDir, "spinneret")); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(d.dir, "node.yaml"), []byte(fmt.Sprintf(demoNodeConf, d.dir, harness.Uplink)), 0o644); err != nil {
+		return err
+	}
+	list, err := libcni.NetworkConfFromBytes([]byte(fmt.Sprintf(demoConfList, d.dir)))
+	if err != nil {
+		return err
+	}
+	cfg := libcni.NewCNIConfigWithCacheDir([]string{binDir}, filepath.Join(d.dir, "cache"), nil)
+
+	d.step("topology: switch (bridge br0), node (%s), gateway (%s, %s), two pods", harness.Uplink, harness.Gateway4, harness.Gateway6)
+	if d.topo, err = harness.NewTopology("spndemo"); err != nil {
+		return err
+	}
+	nodeBefore, err := d.topo.Node.Dump()
+	if err != nil {
+		return err
+	}
+	pods := make([]*harness.NS, 2)
+	results := make([]*current.Result, 2)
+	for i := range pods {
+		if pods[i], err = d.topo.NewPod(); err != nil {
+			return err
+		}
+	}
+	rt := func(i int) *libcni.RuntimeConf {
+		return &libcni.RuntimeConf{ContainerID: fmt.Sprintf("demo-pod-%d", i+1), NetNS: pods[i].Path(), IfName: "eth0"}
+	}
+	ctx := context.Background()
+	for i, p := range pods {
+		d.step("ADD pod%d (netns %s)", i+1, p.Name)
+		start := time.Now()
+		err := d.topo.Node.Do(func() error {
+			res, err := cfg.AddNetworkList(ctx, list, rt(i))
+			if err == nil {
+				results[i], err = current.NewResultFromResult(res)
+			}
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("ADD pod%d: %w", i+1, err)
+		}
+		fmt.Fprintf(d.out, "ADD took %s; result:\n", time.Since(start).Round(time.Millisecond))
+		b, _ := json.MarshalIndent(results[i], "  ", "  ")
+		fmt.Fprintf(d.out, "  %s\n", b)
+		show, err := p.Show()
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(d.out, "pod%d now has:\n%s\n", i+1, show)
+	}
+
+	d.step("connectivity")
+	addr := func(r *current.Result, v4 bool) netip.Addr {
+		for _, ip := range r.IPs {
+			a, _ := netip.AddrFromSlice(ip.Address.IP)
+			if a = a.Unmap(); a.Is4() == v4 {
+				return a
+			}
+		}
+		return netip.Addr{}
+	}
+	failed := 0
+	check := func(from int, what string, dst netip.Addr) {
+		err := pods[from].Ping(dst, 3*time.Second)
+		mark := "ok  "
+		if err != nil {
+			mark, failed = "FAIL", failed+1
+		}
+		fmt.Fprintf(d.out, "  %s pod%d -> %-8s %s\n", mark, from+1, what, dst)
+	}
+	for _, v4 := range []bool{true, false} {
+		gw := harness.Gateway6
+		if v4 {
+			gw = harness.Gateway4
+		}
+		check(0, "pod2", addr(results[1], v4))
+		check(1, "pod1", addr(results[0], v4))
+		check(0, "gateway", gw)
+		check(1, "gateway", gw)
+	}
+
+	d.step("CHECK and STATUS")
+	for i := range pods {
+		err := d.topo.Node.Do(func() error { return cfg.CheckNetworkList(ctx, list, rt(i)) })
+		fmt.Fprintf(d.out, "  CHECK pod%d: %s\n", i+1, okOr(err))
+		if err != nil {
+			failed++
+		}
+	}
+	err = d.topo.Node.Do(func() error { return cfg.GetStatusNetworkList(ctx, list) })
+	fmt.Fprintf(d.out, "  STATUS: %s\n", okOr(err))
+
+	d.step("DEL both pods")
+	for i := range pods {
+		if err := d.topo.Node.Do(func() error { return cfg.DelNetworkList(ctx, list, rt(i)) }); err != nil {
+			return fmt.Errorf("DEL pod%d: %w", i+1, err)
+		}
+		show, _ := pods[i].Show()
+		if show == "" {
+			show = "  (only lo)"
+		}
+		fmt.Fprintf(d.out, "pod%d after DEL:\n%s\n", i+1, show)
+	}
+	nodeAfter, err := d.topo.Node.Dump()
+	if err != nil {
+		return err
+	}
+	clean := nodeAfter == nodeBefore
+	fmt.Fprintf(d.out, "node namespace identical to before ADD: %v\n", clean)
+	if !clean {
+		fmt.Fprintln(d.out, harness.Diff(nodeBefore, nodeAfter))
+	}
+	left, _ := filepath.Glob(filepath.Join(d.dir, "state", "journal", "*", "*.json"))
+	held, _ := filepath.Glob(filepath.Join(d.dir, "state", "ipam", "pools", "*", "ips", "*"))
+	fmt.Fprintf(d.out, "journals left: %d, addresses still allocated: %d\n", len(left), len(held))
+	if !clean || len(left)+len(held) > 0 {
+		failed++
+	}
+	if failed > 0 {
+		return fmt.Errorf("%d check(s) failed; the plugin log is %s/spinneret.log", failed, d.dir)
+	}
+	fmt.Fprintf(d.out, "\nall checks passed; removing the namespaces\n")
+	return nil
+}
+
+func okOr(err error) string {
+	if err != nil {
+		return "FAIL: " + strings.ReplaceAll(err.Error(), "\n", " ")
+	}
+	return "ok"
+}

@@ -1,0 +1,120 @@
+// Package drivers creates, checks and removes the pod-side links of each
+// driver kind. Each driver contributes typed operations to a plan.
+package drivers
+
+import (
+	"errors"
+	"fmt"
+	"net"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/spinneret-cni/spinneret/internal/netops"
+	"github.com/spinneret-cni/spinneret/internal/txn"
+)
+
+func init() {
+	txn.Register("macvlan.create", func() txn.Op { return &Macvlan{} })
+}
+
+// MacvlanModes are the macvlan modes spinneret accepts.
+var MacvlanModes = map[string]netlink.MacvlanMode{
+	"bridge":   netlink.MACVLAN_MODE_BRIDGE,
+	"private":  netlink.MACVLAN_MODE_PRIVATE,
+	"vepa":     netlink.MACVLAN_MODE_VEPA,
+	"passthru": netlink.MACVLAN_MODE_PASSTHRU,
+}
+
+// Macvlan creates a macvlan link on a host master directly inside the pod
+// namespace (RTM_NEWLINK with IFLA_NET_NS_FD): no temporary name in the host
+// and no move, which would cost a netns switch per link.
+type Macvlan struct {
+	Name   string `json:"name"`
+	Master string `json:"master"`
+	Mode   string `json:"mode"`
+	MTU    int    `json:"mtu,omitempty"`
+	MAC    string `json:"mac,omitempty"`
+}
+
+func (o *Macvlan) Kind() string { return "macvlan.create" }
+func (o *Macvlan) String() string {
+	return fmt.Sprintf("create macvlan %s on %s (%s) in pod", o.Name, o.Master, o.Mode)
+}
+
+// Do creates the link.
+func (o *Macvlan) Do(env *txn.Env) error {
+	host, err := env.Handle(txn.Host)
+	if err != nil {
+		return err
+	}
+	master, err := host.LinkByName(o.Master)
+	if err != nil {
+		return fmt.Errorf("macvlan %s: master %q: %w", o.Name, o.Master, err)
+	}
+	fd, err := env.PodNSFd()
+	if err != nil {
+		return err
+	}
+	mode, ok := MacvlanModes[o.Mode]
+	if !ok {
+		return fmt.Errorf("macvlan %s: unknown mode %q", o.Name, o.Mode)
+	}
+	attrs := netlink.LinkAttrs{Name: o.Name, ParentIndex: master.Attrs().Index, MTU: o.MTU, Namespace: netlink.NsFd(fd)}
+	if o.MAC != "" {
+		if attrs.HardwareAddr, err = net.ParseMAC(o.MAC); err != nil {
+			return fmt.Errorf("macvlan %s: mac %q: %w", o.Name, o.MAC, err)
+		}
+	}
+	if err := host.LinkAdd(&netlink.Macvlan{LinkAttrs: attrs, Mode: mode}); err != nil {
+		return fmt.Errorf("macvlan %s on %s: %w", o.Name, o.Master, err)
+	}
+	return nil
+}
+
+// Undo deletes the pod's macvlan link (its addresses and routes go with it).
+func (o *Macvlan) Undo(env *txn.Env) error {
+	h, l, err := netops.Link(env, txn.Pod, o.Name)
+	if err != nil {
+		return netops.IgnoreGone(err)
+	}
+	if l.Type() != "macvlan" {
+		return nil // not ours: ADD refuses a pod netns that already has the name
+	}
+	return netops.IgnoreGone(h.LinkDel(l))
+}
+
+// Check reports drift of the link's kind, mode, MTU and MAC.
+func (o *Macvlan) Check(env *txn.Env) error {
+	_, l, err := netops.Link(env, txn.Pod, o.Name)
+	if err != nil {
+		return err
+	}
+	mv, ok := l.(*netlink.Macvlan)
+	if !ok {
+		return fmt.Errorf("%s: is a %s link, not macvlan", o.Name, l.Type())
+	}
+	var errs []error
+	if mv.Mode != MacvlanModes[o.Mode] {
+		errs = append(errs, fmt.Errorf("%s: macvlan mode changed from %s", o.Name, o.Mode))
+	}
+	if o.MTU != 0 && mv.MTU != o.MTU {
+		errs = append(errs, fmt.Errorf("%s: mtu %d, want %d", o.Name, mv.MTU, o.MTU))
+	}
+	if o.MAC != "" && mv.HardwareAddr.String() != o.MAC {
+		errs = append(errs, fmt.Errorf("%s: mac %s, want %s", o.Name, mv.HardwareAddr, o.MAC))
+	}
+	return errors.Join(errs...)
+}
+
+// CheckMaster validates a macvlan request against the host master before
+// anything is created: the master exists and the MTU does not exceed its own.
+func CheckMaster(h *netlink.Handle, name, master string, mtu int) error {
+	m, err := h.LinkByName(master)
+	if err != nil {
+		return fmt.Errorf("macvlan %s: master %q not found", name, master)
+	}
+	if mtu > m.Attrs().MTU {
+		return fmt.Errorf("macvlan %s: mtu %d is larger than master %s's mtu %d", name, mtu, master, m.Attrs().MTU)
+	}
+	return nil
+}

@@ -1,0 +1,244 @@
+// Package netops holds the generic netlink operations of a plan: addresses,
+// link state and routes. Driver-specific operations (creating a macvlan, ...)
+// live with their driver.
+package netops
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/spinneret-cni/spinneret/internal/txn"
+)
+
+func init() {
+	txn.Register("addr.add", func() txn.Op { return &AddrAdd{} })
+	txn.Register("link.up", func() txn.Op { return &LinkUp{} })
+	txn.Register("route.add", func() txn.Op { return &RouteAdd{} })
+}
+
+// Gone reports whether err means the object (link, address, route,
+// namespace) does not exist.
+func Gone(err error) bool {
+	var lnf netlink.LinkNotFoundError
+	return errors.Is(err, txn.ErrGone) || errors.As(err, &lnf) ||
+		errors.Is(err, unix.ENODEV) || errors.Is(err, unix.ESRCH) ||
+		errors.Is(err, unix.EADDRNOTAVAIL) || errors.Is(err, unix.ENOENT)
+}
+
+// IgnoreGone returns nil for errors that mean "already gone".
+func IgnoreGone(err error) error {
+	if err == nil || Gone(err) {
+		return nil
+	}
+	return err
+}
+
+// IPNet converts a prefix to the netlink library's type, keeping the host bits.
+func IPNet(p netip.Prefix) *net.IPNet {
+	bits := 32
+	if p.Addr().Is6() {
+		bits = 128
+	}
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), bits)}
+}
+
+// Link looks up a link by name in a namespace of env.
+func Link(env *txn.Env, ns, name string) (*netlink.Handle, netlink.Link, error) {
+	h, err := env.Handle(ns)
+	if err != nil {
+		return nil, nil, err
+	}
+	l, err := h.LinkByName(name)
+	if err != nil {
+		return h, nil, fmt.Errorf("link %s in %s: %w", name, ns, err)
+	}
+	return h, l, nil
+}
+
+// AddrAdd adds an address to a link. IPv6 addresses are added with
+// IFA_F_NODAD so they are usable at once: ADD never waits for kernel DAD
+// (conflicts are detected by the coordinator instead).
+type AddrAdd struct {
+	NS   string       `json:"ns"`
+	Link string       `json:"link"`
+	Addr netip.Prefix `json:"addr"`
+}
+
+func (o *AddrAdd) Kind() string { return "addr.add" }
+func (o *AddrAdd) String() string {
+	return fmt.Sprintf("add address %s to %s in %s", o.Addr, o.Link, o.NS)
+}
+
+func (o *AddrAdd) nlAddr() *netlink.Addr {
+	a := &netlink.Addr{IPNet: IPNet(o.Addr)}
+	if o.Addr.Addr().Is6() {
+		a.Flags = unix.IFA_F_NODAD
+	}
+	return a
+}
+
+// Do adds the address.
+func (o *AddrAdd) Do(env *txn.Env) error {
+	h, l, err := Link(env, o.NS, o.Link)
+	if err != nil {
+		return err
+	}
+	return h.AddrAdd(l, o.nlAddr())
+}
+
+// Undo removes the address.
+func (o *AddrAdd) Undo(env *txn.Env) error {
+	h, l, err := Link(env, o.NS, o.Link)
+	if err != nil {
+		return IgnoreGone(err)
+	}
+	return IgnoreGone(h.AddrDel(l, o.nlAddr()))
+}
+
+// Check reports a missing address.
+func (o *AddrAdd) Check(env *txn.Env) error {
+	h, l, err := Link(env, o.NS, o.Link)
+	if err != nil {
+		return err
+	}
+	family := netlink.FAMILY_V4
+	if o.Addr.Addr().Is6() {
+		family = netlink.FAMILY_V6
+	}
+	addrs, err := h.AddrList(l, family)
+	if err != nil {
+		return err
+	}
+	for _, a := range addrs {
+		if a.IPNet.String() == IPNet(o.Addr).String() {
+			return nil
+		}
+	}
+	return fmt.Errorf("%s: address %s missing", o.Link, o.Addr)
+}
+
+// LinkUp sets a link up.
+type LinkUp struct {
+	NS   string `json:"ns"`
+	Link string `json:"link"`
+}
+
+func (o *LinkUp) Kind() string   { return "link.up" }
+func (o *LinkUp) String() string { return fmt.Sprintf("set %s up in %s", o.Link, o.NS) }
+
+// Do sets the link up.
+func (o *LinkUp) Do(env *txn.Env) error {
+	h, l, err := Link(env, o.NS, o.Link)
+	if err != nil {
+		return err
+	}
+	return h.LinkSetUp(l)
+}
+
+// Undo sets the link down.
+func (o *LinkUp) Undo(env *txn.Env) error {
+	h, l, err := Link(env, o.NS, o.Link)
+	if err != nil {
+		return IgnoreGone(err)
+	}
+	return IgnoreGone(h.LinkSetDown(l))
+}
+
+// Check reports a link that is down.
+func (o *LinkUp) Check(env *txn.Env) error {
+	_, l, err := Link(env, o.NS, o.Link)
+	if err != nil {
+		return err
+	}
+	if l.Attrs().Flags&net.FlagUp == 0 {
+		return fmt.Errorf("%s: link is down", o.Link)
+	}
+	return nil
+}
+
+// RouteAdd adds a route through a link, optionally via a gateway and in a
+// table other than main.
+type RouteAdd struct {
+	NS    string       `json:"ns"`
+	Link  string       `json:"link"`
+	Dst   netip.Prefix `json:"dst"`
+	GW    netip.Addr   `json:"gw,omitzero"`
+	Table int          `json:"table,omitempty"`
+}
+
+func (o *RouteAdd) Kind() string { return "route.add" }
+func (o *RouteAdd) String() string {
+	s := fmt.Sprintf("add route %s", o.Dst)
+	if o.GW.IsValid() {
+		s += " via " + o.GW.String()
+	}
+	s += fmt.Sprintf(" dev %s in %s", o.Link, o.NS)
+	if o.Table != 0 {
+		s += fmt.Sprintf(" table %d", o.Table)
+	}
+	return s
+}
+
+func (o *RouteAdd) route(l netlink.Link) *netlink.Route {
+	r := &netlink.Route{LinkIndex: l.Attrs().Index, Dst: IPNet(o.Dst), Table: o.Table}
+	if o.GW.IsValid() {
+		r.Gw = o.GW.AsSlice()
+	} else {
+		r.Scope = netlink.SCOPE_LINK
+	}
+	return r
+}
+
+// Do adds the route.
+func (o *RouteAdd) Do(env *txn.Env) error {
+	h, l, err := Link(env, o.NS, o.Link)
+	if err != nil {
+		return err
+	}
+	return h.RouteAdd(o.route(l))
+}
+
+// Undo deletes the route.
+func (o *RouteAdd) Undo(env *txn.Env) error {
+	h, l, err := Link(env, o.NS, o.Link)
+	if err != nil {
+		return IgnoreGone(err)
+	}
+	return IgnoreGone(h.RouteDel(o.route(l)))
+}
+
+// Check reports a missing route.
+func (o *RouteAdd) Check(env *txn.Env) error {
+	h, l, err := Link(env, o.NS, o.Link)
+	if err != nil {
+		return err
+	}
+	want := o.route(l)
+	filter := netlink.RT_FILTER_OIF | netlink.RT_FILTER_DST | netlink.RT_FILTER_TABLE
+	if o.GW.IsValid() {
+		filter |= netlink.RT_FILTER_GW
+	}
+	family := netlink.FAMILY_V4
+	if o.Dst.Addr().Is6() {
+		family = netlink.FAMILY_V6
+	}
+	if want.Table == 0 {
+		want.Table = unix.RT_TABLE_MAIN
+	}
+	if o.Dst.Bits() == 0 {
+		want.Dst = nil // the kernel reports a default route without RTA_DST
+	}
+	rs, err := h.RouteListFiltered(family, want, filter)
+	if err != nil {
+		return err
+	}
+	if len(rs) == 0 {
+		return fmt.Errorf("%s: route %s missing", o.Link, o.String()[len("add route "):])
+	}
+	return nil
+}

@@ -1,0 +1,66 @@
+package txn
+
+import (
+	"errors"
+	"fmt"
+)
+
+// hook lets test builds (tag testhooks) inject a failure or a SIGKILL at a
+// step. It is nil in production builds.
+var hook func(step int) error
+
+// Apply runs ops in order. Each step is appended to the journal and saved
+// before it runs. If a step fails, every recorded step (the failed one
+// included, since it may have half-happened) is undone in reverse and a
+// *StepError is returned; the caller then releases addresses and removes the
+// journal if the rollback was complete.
+func Apply(env *Env, j *Journal, ops []Op) error {
+	for i, op := range ops {
+		j.Steps = append(j.Steps, Step{Op: op})
+		err := j.Save()
+		if err == nil && hook != nil {
+			err = hook(i)
+		}
+		if err == nil {
+			err = op.Do(env)
+		}
+		if err != nil {
+			return &StepError{Index: i, Total: len(ops), Op: op, Err: err, UndoErr: Rollback(env, j)}
+		}
+	}
+	if hook != nil {
+		if err := hook(len(ops)); err != nil {
+			return &StepError{Index: len(ops) - 1, Total: len(ops), Op: ops[len(ops)-1], Err: err, UndoErr: Rollback(env, j)}
+		}
+	}
+	return nil
+}
+
+// Rollback undoes the journal's steps in reverse order. Steps whose objects
+// are gone count as undone, so a retry only repeats what is left; the error lists
+// every step that could not be undone. Only those stay in j.Steps.
+func Rollback(env *Env, j *Journal) error {
+	var errs []error
+	var left []Step
+	for i := len(j.Steps) - 1; i >= 0; i-- {
+		op := j.Steps[i].Op
+		if err := op.Undo(env); err != nil && !errors.Is(err, ErrGone) {
+			errs = append(errs, fmt.Errorf("undo step %d (%s): %w", i+1, op, err))
+			left = append([]Step{j.Steps[i]}, left...)
+		}
+	}
+	j.Steps = left
+	return errors.Join(errs...)
+}
+
+// Check compares every step of a committed journal with the kernel and
+// returns all drift found, one error per step.
+func Check(env *Env, j *Journal) error {
+	var errs []error
+	for _, s := range j.Steps {
+		if err := s.Op.Check(env); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,117 @@
+// Package txn is spinneret's transaction engine: an ADD is planned as an
+// ordered list of operations (plain data, each with an idempotent inverse),
+// then applied step by step with every step recorded in a per-attachment
+// journal before it runs. On failure the recorded steps are undone in reverse;
+// a later DEL or GC replays the same journal after a crash.
+package txn
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+)
+
+// Op is one typed, JSON-serialisable operation of a plan.
+type Op interface {
+	// Kind is the registered type name, stored in the journal.
+	Kind() string
+	// Do performs the operation.
+	Do(env *Env) error
+	// Undo reverses it. It must succeed when the object is already gone or
+	// was never created (a journal records a step before it runs).
+	Undo(env *Env) error
+	// Check reports drift between the operation's effect and the kernel.
+	Check(env *Env) error
+	// String describes the operation for errors and logs.
+	String() string
+}
+
+var registry = map[string]func() Op{}
+
+// Register makes an operation kind decodable from a journal. Packages call it
+// from init for each kind they define.
+func Register(kind string, newOp func() Op) {
+	if _, dup := registry[kind]; dup {
+		panic("txn: operation kind registered twice: " + kind)
+	}
+	registry[kind] = newOp
+}
+
+// Kinds lists the registered operation kinds, sorted.
+func Kinds() []string {
+	out := make([]string, 0, len(registry))
+	for k := range registry {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Step is an operation as stored in a plan or a journal: {"kind":..,"op":{..}}.
+type Step struct {
+	Op Op
+}
+
+type stepJSON struct {
+	Kind string          `json:"kind"`
+	Op   json.RawMessage `json:"op"`
+}
+
+// MarshalJSON encodes the step with its kind so it can be decoded again.
+func (s Step) MarshalJSON() ([]byte, error) {
+	raw, err := json.Marshal(s.Op)
+	if err != nil {
+		return nil, err
+	}
+	return json.Marshal(stepJSON{Kind: s.Op.Kind(), Op: raw})
+}
+
+// UnmarshalJSON decodes a step through the registry.
+func (s *Step) UnmarshalJSON(b []byte) error {
+	var sj stepJSON
+	if err := json.Unmarshal(b, &sj); err != nil {
+		return err
+	}
+	newOp, ok := registry[sj.Kind]
+	if !ok {
+		return fmt.Errorf("unknown operation kind %q", sj.Kind)
+	}
+	op := newOp()
+	if err := json.Unmarshal(sj.Op, op); err != nil {
+		return fmt.Errorf("operation %q: %w", sj.Kind, err)
+	}
+	s.Op = op
+	return nil
+}
+
+// Steps wraps a plan for encoding.
+func Steps(ops []Op) []Step {
+	out := make([]Step, len(ops))
+	for i, op := range ops {
+		out[i] = Step{Op: op}
+	}
+	return out
+}
+
+// ErrGone marks an object that no longer exists; Undo treats it as success.
+var ErrGone = errors.New("gone")
+
+// StepError is the error of a failed ADD: which step failed, why, and whether
+// the rollback left anything behind.
+type StepError struct {
+	Index, Total int
+	Op           Op
+	Err          error
+	UndoErr      error
+}
+
+func (e *StepError) Error() string {
+	msg := fmt.Sprintf("step %d/%d (%s) failed: %v", e.Index+1, e.Total, e.Op, e.Err)
+	if e.UndoErr != nil {
+		msg += fmt.Sprintf("; rollback incomplete, journal kept for DEL: %v", e.UndoErr)
+	}
+	return msg
+}
+
+func (e *StepError) Unwrap() error { return e.Err }

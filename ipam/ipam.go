@@ -1,0 +1,61 @@
+// Package ipam allocates pod addresses from pools. The "local" backend keeps
+// its state in files under the node's state dir.
+package ipam
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+
+	"github.com/spinneret-cni/spinneret/conf"
+)
+
+// Allocation is one address handed to one interface.
+type Allocation struct {
+	Pool    string       `json:"pool"`
+	Address netip.Prefix `json:"address"` // the address with its subnet's length
+	Gateway netip.Addr   `json:"gateway,omitzero"`
+}
+
+// Owner identifies who holds addresses: one attachment's interface.
+type Owner struct {
+	ContainerID string `json:"containerID"`
+	IfName      string `json:"ifname"`
+	Network     string `json:"network"`
+}
+
+func (o Owner) key() string { return o.ContainerID + "." + o.IfName }
+
+// ErrExhausted is returned (wrapped) when no pool of a family has a free address.
+var ErrExhausted = errors.New("exhausted")
+
+type exhaustedError struct{ pools []string }
+
+func (e *exhaustedError) Error() string {
+	if len(e.pools) == 1 {
+		return fmt.Sprintf("ipam: pool %q is exhausted", e.pools[0])
+	}
+	return fmt.Sprintf("ipam: pools %q are exhausted", strings.Join(e.pools, `", "`))
+}
+
+func (e *exhaustedError) Is(target error) bool { return target == ErrExhausted }
+
+// Families splits pools by address family, keeping config order.
+func Families(pools []conf.Pool) [][]conf.Pool {
+	var v4, v6 []conf.Pool
+	for _, p := range pools {
+		if p.Is4() {
+			v4 = append(v4, p)
+		} else {
+			v6 = append(v6, p)
+		}
+	}
+	var out [][]conf.Pool
+	for _, f := range [][]conf.Pool{v4, v6} {
+		if len(f) > 0 {
+			out = append(out, f)
+		}
+	}
+	return out
+}

@@ -1,0 +1,174 @@
+package harness
+
+import (
+	"fmt"
+	"net"
+	"sort"
+	"strings"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Dump describes a namespace's links, addresses, routes (every table), rules
+// and neighbours, one object per line in a stable order. Two dumps are equal
+// when nothing was added, changed or left behind; counters, the states of
+// dynamic neighbours and the kernel's multicast (NOARP) neighbour entries,
+// which change by themselves, are left out.
+func (n *NS) Dump() (string, error) {
+	h := n.nl
+	var lines []string
+	links, err := h.LinkList()
+	if err != nil {
+		return "", err
+	}
+	names := map[int]string{}
+	for _, l := range links {
+		names[l.Attrs().Index] = l.Attrs().Name
+	}
+	for _, l := range links {
+		a := l.Attrs()
+		lines = append(lines, fmt.Sprintf("link %s type=%s mtu=%d mac=%s flags=%s master=%s txqlen=%d",
+			a.Name, l.Type(), a.MTU, a.HardwareAddr, a.Flags, names[a.MasterIndex], a.TxQLen))
+	}
+	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		addrs, err := h.AddrList(nil, fam)
+		if err != nil {
+			return "", err
+		}
+		for _, a := range addrs {
+			lines = append(lines, fmt.Sprintf("addr %s %s scope=%d flags=%d", names[a.LinkIndex], a.IPNet, a.Scope, a.Flags))
+		}
+		routes, err := h.RouteListFiltered(fam, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
+		if err != nil {
+			return "", err
+		}
+		for _, r := range routes {
+			lines = append(lines, "route "+RouteString(r, names))
+		}
+		rules, err := h.RuleList(fam)
+		if err != nil {
+			return "", err
+		}
+		for _, r := range rules {
+			lines = append(lines, fmt.Sprintf("rule %d: from %v to %v iif %s oif %s mark %d lookup %d", r.Priority, r.Src, r.Dst, r.IifName, r.OifName, r.Mark, r.Table))
+		}
+		neighs, err := h.NeighList(0, fam)
+		if err != nil {
+			return "", err
+		}
+		for _, nb := range neighs {
+			if nb.State&netlink.NUD_NOARP != 0 {
+				continue // multicast mappings the kernel makes for its own traffic
+			}
+			state := "dynamic"
+			if nb.State&netlink.NUD_PERMANENT != 0 {
+				state = "permanent"
+			}
+			lines = append(lines, fmt.Sprintf("neigh %s dev %s lladdr %s %s", nb.IP, names[nb.LinkIndex], nb.HardwareAddr, state))
+		}
+	}
+	sort.Strings(lines)
+	return strings.Join(lines, "\n"), nil
+}
+
+// RouteString formats a route like `ip route`: dst, gateway, device, table.
+func RouteString(r netlink.Route, names map[int]string) string {
+	dst := "default"
+	if r.Dst != nil {
+		if ones, _ := r.Dst.Mask.Size(); ones != 0 || !r.Dst.IP.IsUnspecified() {
+			dst = r.Dst.String()
+		}
+	}
+	s := dst
+	if r.Gw != nil {
+		s += " via " + r.Gw.String()
+	}
+	s += " dev " + names[r.LinkIndex]
+	if r.Table != unix.RT_TABLE_MAIN {
+		s += fmt.Sprintf(" table %d", r.Table)
+	}
+	s += fmt.Sprintf(" proto %d scope %d type %d", r.Protocol, r.Scope, r.Type)
+	if r.Src != nil {
+		s += " src " + r.Src.String()
+	}
+	return s
+}
+
+// Show is a short, readable listing of a namespace's addresses, main-table
+// routes and rules, for the demo.
+func (n *NS) Show() (string, error) {
+	h := n.nl
+	links, err := h.LinkList()
+	if err != nil {
+		return "", err
+	}
+	names := map[int]string{}
+	var out []string
+	for _, l := range links {
+		names[l.Attrs().Index] = l.Attrs().Name
+	}
+	for _, l := range links {
+		a := l.Attrs()
+		if a.Name == "lo" {
+			continue
+		}
+		up := "DOWN"
+		if a.Flags&net.FlagUp != 0 {
+			up = "UP"
+		}
+		var ips []string
+		addrs, _ := h.AddrList(l, netlink.FAMILY_ALL)
+		for _, ad := range addrs {
+			ips = append(ips, ad.IPNet.String())
+		}
+		out = append(out, fmt.Sprintf("  link  %-8s %-8s %s %s mtu %d  %s", a.Name, l.Type(), up, a.HardwareAddr, a.MTU, strings.Join(ips, " ")))
+	}
+	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		routes, _ := h.RouteList(nil, fam)
+		for _, r := range routes {
+			if r.Dst != nil && r.Dst.IP.IsLinkLocalUnicast() {
+				continue
+			}
+			out = append(out, "  route "+RouteString(r, names))
+		}
+		rules, _ := h.RuleList(fam)
+		for _, r := range rules {
+			out = append(out, fmt.Sprintf("  rule  %d: from %s lookup %d", r.Priority, orAll(r.Src), r.Table))
+		}
+	}
+	return strings.Join(out, "\n"), nil
+}
+
+func orAll(n *net.IPNet) string {
+	if n == nil {
+		return "all"
+	}
+	return n.String()
+}
+
+// Diff lists the lines only in before ("-") and only in after ("+") of two
+// dumps; empty when they are equal.
+func Diff(before, after string) string {
+	in := func(s string) map[string]bool {
+		m := map[string]bool{}
+		for _, l := range strings.Split(s, "\n") {
+			m[l] = true
+		}
+		return m
+	}
+	b, a := in(before), in(after)
+	var out []string
+	for l := range b {
+		if !a[l] {
+			out = append(out, "- "+l)
+		}
+	}
+	for l := range a {
+		if !b[l] {
+			out = append(out, "+ "+l)
+		}
+	}
+	sort.Strings(out)
+	return strings.Join(out, "\n")
+}

@@ -1,0 +1,100 @@
+// Package harness builds throwaway network namespaces for spinneret's tests
+// and demo: a "switch" (a bridge), a "node" whose uplink is a switch port, a
+// "gateway" on the switch, and empty "pod" namespaces. It never touches the
+// namespace it is called from, and everything it made is removed by Close.
+package harness
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"runtime"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+)
+
+// NS is a named network namespace (/run/netns/<Name>).
+type NS struct {
+	Name string
+	h    netns.NsHandle
+	nl   *netlink.Handle
+}
+
+// NewNS creates a named namespace "<prefix>-<random>" with lo up.
+func NewNS(prefix string) (*NS, error) {
+	var b [3]byte
+	rand.Read(b[:])
+	name := prefix + "-" + hex.EncodeToString(b[:])
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		return nil, err
+	}
+	defer orig.Close()
+	h, err := netns.NewNamed(name) // switches this thread into the new ns
+	if serr := netns.Set(orig); serr != nil {
+		panic("harness: cannot return to the original netns: " + serr.Error())
+	}
+	if err != nil {
+		return nil, fmt.Errorf("create netns %s: %w", name, err)
+	}
+	n := &NS{Name: name, h: h}
+	if n.nl, err = netlink.NewHandleAt(h); err != nil {
+		n.Close()
+		return nil, err
+	}
+	lo, err := n.nl.LinkByName("lo")
+	if err == nil {
+		err = n.nl.LinkSetUp(lo)
+	}
+	if err != nil {
+		n.Close()
+		return nil, fmt.Errorf("netns %s: lo up: %w", name, err)
+	}
+	return n, nil
+}
+
+// Path is the namespace's bind mount, as a runtime passes it in CNI_NETNS.
+func (n *NS) Path() string { return "/run/netns/" + n.Name }
+
+// NL is a netlink handle inside the namespace.
+func (n *NS) NL() *netlink.Handle { return n.nl }
+
+// Do runs fn with the calling goroutine's thread inside the namespace.
+// Processes started from fn (such as a CNI plugin run by libcni) inherit it.
+func (n *NS) Do(fn func() error) error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		return err
+	}
+	defer orig.Close()
+	if err := netns.Set(n.h); err != nil {
+		return fmt.Errorf("enter netns %s: %w", n.Name, err)
+	}
+	defer func() {
+		if err := netns.Set(orig); err != nil {
+			panic("harness: cannot return to the original netns: " + err.Error())
+		}
+	}()
+	return fn()
+}
+
+// Close deletes the namespace; links inside it go with it.
+func (n *NS) Close() error {
+	if n == nil {
+		return nil
+	}
+	if n.nl != nil {
+		n.nl.Close()
+		n.nl = nil
+	}
+	if n.h >= 0 {
+		n.h.Close()
+		n.h = -1
+	}
+	return netns.DeleteNamed(n.Name)
+}
