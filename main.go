@@ -64,7 +64,9 @@ Run by hand:
 func runVersion(args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("version", flag.ContinueOnError)
 	fs.SetOutput(stdout)
-	fs.Usage = func() { fmt.Fprintln(stdout, "usage: spinneret version\n\nPrints the version and the CNI spec versions supported.") }
+	fs.Usage = func() {
+		fmt.Fprintln(stdout, "usage: spinneret version\n\nPrints the version and the CNI spec versions supported.")
+	}
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
