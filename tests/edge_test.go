@@ -1,0 +1,174 @@
+package tests
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/types"
+	"github.com/vishvananda/netlink"
+
+	"github.com/spinneret-cni/spinneret/cni"
+	"github.com/spinneret-cni/spinneret/tests/harness"
+)
+
+// TestDelEdgeCases: DEL with no netns path, for a container that never had
+// an ADD, and after the pod netns is gone all succeed and free everything.
+func TestDelEdgeCases(t *testing.T) {
+	e := newEnv(t)
+	l := e.confList("1.1.0", dual, "")
+	p1, _ := e.topo.NewPod()
+	before := e.snapshot()
+
+	e.mustDel(l, rtConf("never-added", p1))
+	e.mustDel(l, rtConf("never-added", nil))
+
+	// empty CNI_NETNS on DEL: the journal knows the namespace
+	e.mustAdd(l, rtConf("c1", p1))
+	e.mustDel(l, rtConf("c1", nil))
+	if _, err := p1.NL().LinkByName("eth0"); err == nil {
+		t.Fatal("eth0 still in the pod after DEL without netns path")
+	}
+
+	// the pod netns is deleted before DEL: links went with it, addresses
+	// must still be released
+	p2, _ := e.topo.NewPod()
+	e.mustAdd(l, rtConf("c2", p2))
+	path := p2.Path()
+	e.topo.RemovePod(p2)
+	e.mustDel(l, rtConf("c2", nil))
+	e.mustDel(l, rtConf("c2", nil))
+	if _, err := os.Stat(path); err == nil {
+		t.Fatal("pod netns still exists")
+	}
+	e.sameAs(before)
+}
+
+// TestReplacedNetns: a journal whose namespace path now holds another
+// namespace must not touch the new one.
+func TestReplacedNetns(t *testing.T) {
+	e := newEnv(t)
+	l := e.confList("1.0.0", v4, "")
+	p1, _ := e.topo.NewPod()
+	e.mustAdd(l, rtConf("c1", p1))
+	// a new pod gets an eth0 of its own under a different container
+	p2, _ := e.topo.NewPod()
+	e.mustAdd(l, rtConf("c2", p2))
+	journal := filepath.Join(e.stateDir(), "journal", "underlay", "c1.eth0.json")
+	b, err := os.ReadFile(journal)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// point c1's journal at p2's namespace, as if the path had been reused
+	os.WriteFile(journal, []byte(strings.ReplaceAll(string(b), p1.Path(), p2.Path())), 0o600)
+	e.mustDel(l, rtConf("c1", nil))
+	if _, err := p2.NL().LinkByName("eth0"); err != nil {
+		t.Fatalf("DEL of c1 removed c2's eth0 in a namespace it does not own: %v", err)
+	}
+	e.mustDel(l, rtConf("c2", p2))
+}
+
+// TestGC: attachments missing from cni.dev/valid-attachments lose their
+// links, journals and addresses; valid ones keep everything.
+func TestGC(t *testing.T) {
+	e := newEnv(t)
+	l := e.confList("1.1.0", dual, "")
+	pods := make([]*harness.NS, 3)
+	for i := range pods {
+		pods[i], _ = e.topo.NewPod()
+	}
+	e.mustAdd(l, rtConf("c0", pods[0]))
+	before := e.snapshot(pods[0], pods[1], pods[2])
+	e.mustAdd(l, rtConf("c1", pods[1]))
+	e.mustAdd(l, rtConf("c2", pods[2]))
+	// libcni's own cache makes it DEL stale attachments itself; clear the
+	// cache so the plugin's GC is what cleans up, as after a runtime restart
+	os.RemoveAll(filepath.Join(e.dir, "cache"))
+	if err := e.gc(l, types.GCAttachment{ContainerID: "c0", IfName: "eth0"}); err != nil {
+		t.Fatalf("GC: %v", err)
+	}
+	e.sameAs(before, pods[0], pods[1], pods[2])
+	if err := e.check(l, rtConf("c0", pods[0])); err != nil {
+		t.Fatalf("CHECK of the valid attachment after GC: %v", err)
+	}
+	e.mustDel(l, rtConf("c0", pods[0]))
+}
+
+// TestStatus: STATUS fails with code 50 when a pool is exhausted or the
+// state dir is not writable.
+func TestStatus(t *testing.T) {
+	e := newEnv(t)
+	small := `"ipam":{"pools":[{"name":"small","subnet":"192.0.2.0/24","ranges":[{"start":"192.0.2.10","end":"192.0.2.11"}]}]}`
+	l := e.confListRaw(`{"cniVersion":"1.1.0","name":"underlay","plugins":[{"type":"spinneret","nodeConf":"` + e.dir + `/node.yaml","master":"uplink",` + small + `}]}`)
+	if err := e.status(l); err != nil {
+		t.Fatalf("STATUS on an empty pool: %v", err)
+	}
+	p1, _ := e.topo.NewPod()
+	p2, _ := e.topo.NewPod()
+	p3, _ := e.topo.NewPod()
+	before := e.snapshot(p3)
+	e.mustAdd(l, rtConf("c1", p1))
+	e.mustAdd(l, rtConf("c2", p2))
+	wantErr(t, e.status(l), types.ErrPluginNotAvailable, "small")
+	_, err := e.add(l, rtConf("c3", p3))
+	wantErr(t, err, cni.ErrPoolExhausted, `pool "small" is exhausted`)
+	e.mustDel(l, rtConf("c1", p1))
+	if err := e.status(l); err != nil {
+		t.Fatalf("STATUS after a release: %v", err)
+	}
+	e.mustDel(l, rtConf("c2", p2))
+	e.sameAs(before, p3)
+
+	// a state dir that cannot be created
+	os.WriteFile(filepath.Join(e.dir, "blocker"), nil, 0o644)
+	os.WriteFile(filepath.Join(e.dir, "node.yaml"), []byte("stateDir: "+e.dir+"/blocker/state\n"), 0o644)
+	wantErr(t, e.status(l), types.ErrPluginNotAvailable, "state dir")
+}
+
+// TestAddErrors: every error a user can cause is reported by name and
+// leaves nothing behind.
+func TestAddErrors(t *testing.T) {
+	e := newEnv(t)
+	p, _ := e.topo.NewPod()
+	cases := []struct {
+		name, extra string
+		code        uint
+		msg         string
+		setup       func()
+	}{
+		{"unknown field", `"colour":"blue"`, types.ErrInvalidNetworkConfig, `colour: unknown field (value "blue")`, nil},
+		{"bad mode", `"mode":"bridgy"`, types.ErrInvalidNetworkConfig, `mode: "bridgy"`, nil},
+		{"master missing on node", `"master":"nosuch0"`, types.ErrInvalidNetworkConfig, `master "nosuch0" not found`, nil},
+		{"mtu above master", `"mtu":9000`, types.ErrInvalidNetworkConfig, "mtu 9000 is larger than master uplink0's mtu 1500", nil},
+		{"interface exists", ``, types.ErrInvalidNetworkConfig, "interface eth0 already exists", func() {
+			p.NL().LinkAdd(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}})
+		}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			before := e.snapshot(p)
+			if c.setup != nil {
+				c.setup()
+				if _, err := p.NL().LinkByName("eth0"); err != nil {
+					// no dummy driver in this kernel: use a veth end instead
+					p.NL().LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}, PeerName: "peer0"})
+				}
+				before = e.snapshot(p)
+			}
+			_, err := e.add(e.confList("1.0.0", dual, c.extra), rtConf("c1", p))
+			wantErr(t, err, c.code, c.msg)
+			e.sameAs(before, p)
+		})
+	}
+}
+
+func (e *env) confListRaw(s string) *libcni.NetworkConfigList {
+	e.t.Helper()
+	l, err := libcni.NetworkConfFromBytes([]byte(s))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return l
+}

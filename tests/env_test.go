@@ -1,0 +1,219 @@
+package tests
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+
+	"github.com/spinneret-cni/spinneret/ipam"
+	"github.com/spinneret-cni/spinneret/tests/harness"
+)
+
+// binDir holds the spinneret binary under test, built with the testhooks
+// tag (fault injection and self-SIGKILL at a chosen plan step).
+var binDir string
+
+func TestMain(m *testing.M) {
+	if os.Geteuid() != 0 {
+		fmt.Fprintln(os.Stderr, "tests: the netns suite needs root (it creates network namespaces); run `make test` as root")
+		os.Exit(1)
+	}
+	dir, err := os.MkdirTemp("", "spinneret-bin-")
+	if err != nil {
+		panic(err)
+	}
+	binDir = dir
+	build := exec.Command("go", "build", "-tags", "testhooks", "-o", filepath.Join(dir, "spinneret"), "..")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "tests: building spinneret:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// env is one test's world: a topology, a state dir, a node conf and libcni.
+type env struct {
+	t     *testing.T
+	topo  *harness.Topology
+	dir   string
+	cni   *libcni.CNIConfig
+	ctx   context.Context
+	pools []string
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	topo, err := harness.NewTopology("spntest")
+	if err != nil {
+		t.Fatalf("topology: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := topo.Close(); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
+	dir := t.TempDir()
+	nodeConf := fmt.Sprintf("stateDir: %s/state\nlogFile: %s/spinneret.log\nlogLevel: debug\nmasters:\n  uplink: %s\n", dir, dir, harness.Uplink)
+	if err := os.WriteFile(filepath.Join(dir, "node.yaml"), []byte(nodeConf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			if b, err := os.ReadFile(filepath.Join(dir, "spinneret.log")); err == nil {
+				t.Logf("plugin log:\n%s", b)
+			}
+		}
+	})
+	return &env{t: t, topo: topo, dir: dir, ctx: context.Background(),
+		cni: libcni.NewCNIConfigWithCacheDir([]string{binDir}, filepath.Join(dir, "cache"), nil)}
+}
+
+func (e *env) stateDir() string { return filepath.Join(e.dir, "state") }
+
+// family selects the pools of a test network.
+type family string
+
+const (
+	v4   family = "v4"
+	v6   family = "v6"
+	dual family = "dual"
+)
+
+var families = []family{v4, v6, dual}
+
+var poolJSON = map[family][]string{
+	v4: {`{"name":"t-v4","subnet":"192.0.2.0/24","ranges":[{"start":"192.0.2.10","end":"192.0.2.60"}],"exclude":["192.0.2.12"],"gateway":"192.0.2.1","routes":[{"dst":"198.51.100.0/24"}]}`},
+	v6: {`{"name":"t-v6","subnet":"2001:db8:0:1::/64","ranges":[{"start":"2001:db8:0:1::10","end":"2001:db8:0:1::60"}],"gateway":"2001:db8:0:1::1","routes":[{"dst":"2001:db8:99::/48"}]}`},
+}
+
+func init() { poolJSON[dual] = append(append([]string{}, poolJSON[v4]...), poolJSON[v6]...) }
+
+// confList returns a conflist for cniVersion and family; extra is spliced
+// into the spinneret entry (e.g. `"mtu": 1400`).
+func (e *env) confList(version string, fam family, extra string) *libcni.NetworkConfigList {
+	e.t.Helper()
+	if extra != "" {
+		extra = ", " + extra
+	}
+	s := fmt.Sprintf(`{"cniVersion":%q,"name":"underlay","plugins":[{"type":"spinneret","nodeConf":"%s/node.yaml","master":"uplink","capabilities":{"mac":true},"ipam":{"pools":[%s]},"dns":{"nameservers":["192.0.2.53"]}%s}]}`,
+		version, e.dir, strings.Join(poolJSON[fam], ","), extra)
+	l, err := libcni.NetworkConfFromBytes([]byte(s))
+	if err != nil {
+		e.t.Fatalf("conflist: %v", err)
+	}
+	e.pools = nil
+	for _, p := range poolJSON[fam] {
+		var pj struct{ Name string }
+		json.Unmarshal([]byte(p), &pj)
+		e.pools = append(e.pools, pj.Name)
+	}
+	return l
+}
+
+func rtConf(id string, pod *harness.NS) *libcni.RuntimeConf {
+	path := ""
+	if pod != nil {
+		path = pod.Path()
+	}
+	return &libcni.RuntimeConf{ContainerID: id, NetNS: path, IfName: "eth0"}
+}
+
+// add runs ADD from the node namespace.
+func (e *env) add(l *libcni.NetworkConfigList, rt *libcni.RuntimeConf) (types.Result, error) {
+	var res types.Result
+	err := e.topo.Node.Do(func() error {
+		var err error
+		res, err = e.cni.AddNetworkList(e.ctx, l, rt)
+		return err
+	})
+	return res, err
+}
+
+func (e *env) mustAdd(l *libcni.NetworkConfigList, rt *libcni.RuntimeConf) *current.Result {
+	e.t.Helper()
+	res, err := e.add(l, rt)
+	if err != nil {
+		e.t.Fatalf("ADD %s: %v", rt.ContainerID, err)
+	}
+	cr, err := current.NewResultFromResult(res)
+	if err != nil {
+		e.t.Fatalf("ADD %s: result: %v", rt.ContainerID, err)
+	}
+	return cr
+}
+
+func (e *env) del(l *libcni.NetworkConfigList, rt *libcni.RuntimeConf) error {
+	return e.topo.Node.Do(func() error { return e.cni.DelNetworkList(e.ctx, l, rt) })
+}
+
+func (e *env) mustDel(l *libcni.NetworkConfigList, rt *libcni.RuntimeConf) {
+	e.t.Helper()
+	if err := e.del(l, rt); err != nil {
+		e.t.Fatalf("DEL %s: %v", rt.ContainerID, err)
+	}
+}
+
+func (e *env) check(l *libcni.NetworkConfigList, rt *libcni.RuntimeConf) error {
+	return e.topo.Node.Do(func() error { return e.cni.CheckNetworkList(e.ctx, l, rt) })
+}
+
+func (e *env) gc(l *libcni.NetworkConfigList, valid ...types.GCAttachment) error {
+	return e.topo.Node.Do(func() error { return e.cni.GCNetworkList(e.ctx, l, &libcni.GCArgs{ValidAttachments: valid}) })
+}
+
+func (e *env) status(l *libcni.NetworkConfigList) error {
+	return e.topo.Node.Do(func() error { return e.cni.GetStatusNetworkList(e.ctx, l) })
+}
+
+// snapshot is everything an ADD may touch: the node's and the pods' kernel
+// state, the allocated addresses and the journals.
+func (e *env) snapshot(pods ...*harness.NS) string {
+	e.t.Helper()
+	var parts []string
+	for _, ns := range append([]*harness.NS{e.topo.Node}, pods...) {
+		d, err := ns.Dump()
+		if err != nil {
+			e.t.Fatalf("dump %s: %v", ns.Name, err)
+		}
+		parts = append(parts, "## "+ns.Name+"\n"+d)
+	}
+	store := ipam.NewLocal(e.stateDir())
+	for _, p := range []string{"t-v4", "t-v6", "small"} {
+		held, err := store.Allocated(p)
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		var lines []string
+		for a, o := range held {
+			lines = append(lines, a.String()+" "+o)
+		}
+		sort.Strings(lines)
+		parts = append(parts, "## pool "+p+"\n"+strings.Join(lines, "\n"))
+	}
+	owners, _ := store.Owners()
+	parts = append(parts, fmt.Sprintf("## owners %v", owners))
+	journals, _ := filepath.Glob(filepath.Join(e.stateDir(), "journal", "*", "*.json"))
+	parts = append(parts, fmt.Sprintf("## journals %v", journals))
+	return strings.Join(parts, "\n")
+}
+
+// sameAs fails the test with a diff if the world changed since before.
+func (e *env) sameAs(before string, pods ...*harness.NS) {
+	e.t.Helper()
+	if after := e.snapshot(pods...); after != before {
+		e.t.Fatalf("state differs from before:\n%s", harness.Diff(before, after))
+	}
+}
