@@ -35,6 +35,7 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 		return err
 	}
 	env := txn.NewEnv(args.Netns, ino)
+	env.Log = p.log
 	defer env.Close()
 	if err := p.precheck(env, nic); err != nil {
 		return types.NewError(types.ErrInvalidNetworkConfig, err.Error(), "")
@@ -43,7 +44,7 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	// an ADD without DEL for the same attachment: undo what the earlier one
 	// left (its addresses are kept and handed back by the idempotent IPAM)
 	if old, lerr := txn.LoadJournal(p.journalPath(args.ContainerID, args.IfName)); lerr == nil {
-		oenv := old.Env()
+		oenv := p.envFor(old)
 		rerr := txn.Rollback(oenv, old)
 		oenv.Close()
 		if rerr != nil {
@@ -85,7 +86,7 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 func (p *plugin) abort(j *txn.Journal, cause error) error {
 	var se *txn.StepError
 	if !errors.As(cause, &se) { // failed after Apply: undo everything here
-		env := j.Env()
+		env := p.envFor(j)
 		uerr := txn.Rollback(env, j)
 		env.Close()
 		se = &txn.StepError{Index: len(j.Steps) - 1, Total: len(j.Steps), Op: nopOp{"commit"}, Err: cause, UndoErr: uerr}

@@ -32,7 +32,7 @@ func cmdCheck(args *skel.CmdArgs) (err error) {
 	if j.State != txn.StateCommitted {
 		return types.NewError(types.ErrUnknownContainer, fmt.Sprintf("attachment %s/%s: ADD did not complete (state %s)", args.ContainerID, args.IfName, j.State), "")
 	}
-	env := j.Env()
+	env := p.envFor(j)
 	defer env.Close()
 	drift := []error{txn.Check(env, j)}
 	drift = append(drift, comparePrevResult(p.cfg.CNIVersion, p.cfg.PrevResult, j.Result)...)

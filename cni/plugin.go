@@ -92,10 +92,17 @@ func (p *plugin) journalPath(containerID, ifname string) string {
 	return txn.JournalPath(p.node.StateDir, p.cfg.Name, containerID, ifname)
 }
 
+// envFor returns an Env for a journal's pod namespace that logs to p.
+func (p *plugin) envFor(j *txn.Journal) *txn.Env {
+	e := j.Env()
+	e.Log = p.log
+	return e
+}
+
 // teardown undoes an attachment's journal, releases its addresses and removes
 // the journal. The journal is kept (with what is left) if the undo failed.
 func (p *plugin) teardown(j *txn.Journal) error {
-	env := j.Env()
+	env := p.envFor(j)
 	defer env.Close()
 	if err := txn.Rollback(env, j); err != nil {
 		if serr := j.Save(); serr != nil {

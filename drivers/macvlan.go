@@ -41,6 +41,9 @@ func (o *Macvlan) String() string {
 	return fmt.Sprintf("create macvlan %s on %s (%s) in pod", o.Name, o.Master, o.Mode)
 }
 
+// Creates names the pod link; its addresses and routes go with it.
+func (o *Macvlan) Creates() string { return netops.LinkKey(txn.Pod, o.Name) }
+
 // Do creates the link.
 func (o *Macvlan) Do(env *txn.Env) error {
 	host, err := env.Handle(txn.Host)

@@ -36,7 +36,7 @@ func (e *exhaustedError) Error() string {
 	if len(e.pools) == 1 {
 		return fmt.Sprintf("ipam: pool %q is exhausted", e.pools[0])
 	}
-	return fmt.Sprintf("ipam: pools %q are exhausted", strings.Join(e.pools, `", "`))
+	return fmt.Sprintf(`ipam: pools "%s" are exhausted`, strings.Join(e.pools, `", "`))
 }
 
 func (e *exhaustedError) Is(target error) bool { return target == ErrExhausted }

@@ -20,8 +20,9 @@ import (
 )
 
 // binDir holds the spinneret binary under test, built with the testhooks
-// tag (fault injection and self-SIGKILL at a chosen plan step).
-var binDir string
+// tag (fault injection and self-SIGKILL at a chosen plan step); prodBinDir
+// holds the production build, for benchmarks.
+var binDir, prodBinDir string
 
 func TestMain(m *testing.M) {
 	if os.Geteuid() != 0 {
@@ -32,12 +33,14 @@ func TestMain(m *testing.M) {
 	if err != nil {
 		panic(err)
 	}
-	binDir = dir
-	build := exec.Command("go", "build", "-tags", "testhooks", "-o", filepath.Join(dir, "spinneret"), "..")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "tests: building spinneret:", err)
-		os.Exit(1)
+	binDir, prodBinDir = filepath.Join(dir, "hooks"), filepath.Join(dir, "prod")
+	for bin, tags := range map[string]string{binDir: "testhooks", prodBinDir: ""} {
+		build := exec.Command("go", "build", "-tags", tags, "-o", filepath.Join(bin, "spinneret"), "..")
+		build.Stdout, build.Stderr = os.Stderr, os.Stderr
+		if err := build.Run(); err != nil {
+			fmt.Fprintln(os.Stderr, "tests: building spinneret:", err)
+			os.Exit(1)
+		}
 	}
 	code := m.Run()
 	os.RemoveAll(dir)
@@ -66,10 +69,7 @@ func newEnv(t *testing.T) *env {
 		}
 	})
 	dir := t.TempDir()
-	nodeConf := fmt.Sprintf("stateDir: %s/state\nlogFile: %s/spinneret.log\nlogLevel: debug\nmasters:\n  uplink: %s\n", dir, dir, harness.Uplink)
-	if err := os.WriteFile(filepath.Join(dir, "node.yaml"), []byte(nodeConf), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	writeNodeConf(t, dir, "debug")
 	t.Cleanup(func() {
 		if t.Failed() {
 			if b, err := os.ReadFile(filepath.Join(dir, "spinneret.log")); err == nil {
@@ -79,6 +79,16 @@ func newEnv(t *testing.T) *env {
 	})
 	return &env{t: t, topo: topo, dir: dir, ctx: context.Background(),
 		cni: libcni.NewCNIConfigWithCacheDir([]string{binDir}, filepath.Join(dir, "cache"), nil)}
+}
+
+// writeNodeConf writes dir/node.yaml: state and log under dir, the logical
+// master "uplink" mapped to the node's uplink.
+func writeNodeConf(t testing.TB, dir, level string) {
+	t.Helper()
+	nodeConf := fmt.Sprintf("stateDir: %s/state\nlogFile: %s/spinneret.log\nlogLevel: %s\nmasters:\n  uplink: %s\n", dir, dir, level, harness.Uplink)
+	if err := os.WriteFile(filepath.Join(dir, "node.yaml"), []byte(nodeConf), 0o644); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func (e *env) stateDir() string { return filepath.Join(e.dir, "state") }

@@ -47,6 +47,9 @@ func IPNet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), bits)}
 }
 
+// LinkKey names a link for txn.Creator and txn.Dependent.
+func LinkKey(ns, name string) string { return ns + "/link/" + name }
+
 // Link looks up a link by name in a namespace of env.
 func Link(env *txn.Env, ns, name string) (*netlink.Handle, netlink.Link, error) {
 	h, err := env.Handle(ns)
@@ -81,6 +84,9 @@ func (o *AddrAdd) nlAddr() *netlink.Addr {
 	}
 	return a
 }
+
+// DependsOn names the link the address lives on.
+func (o *AddrAdd) DependsOn() string { return LinkKey(o.NS, o.Link) }
 
 // Do adds the address.
 func (o *AddrAdd) Do(env *txn.Env) error {
@@ -130,6 +136,9 @@ type LinkUp struct {
 
 func (o *LinkUp) Kind() string   { return "link.up" }
 func (o *LinkUp) String() string { return fmt.Sprintf("set %s up in %s", o.Link, o.NS) }
+
+// DependsOn names the link.
+func (o *LinkUp) DependsOn() string { return LinkKey(o.NS, o.Link) }
 
 // Do sets the link up.
 func (o *LinkUp) Do(env *txn.Env) error {
@@ -193,6 +202,9 @@ func (o *RouteAdd) route(l netlink.Link) *netlink.Route {
 	}
 	return r
 }
+
+// DependsOn names the route's link.
+func (o *RouteAdd) DependsOn() string { return LinkKey(o.NS, o.Link) }
 
 // Do adds the route.
 func (o *RouteAdd) Do(env *txn.Env) error {

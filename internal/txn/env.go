@@ -3,7 +3,9 @@ package txn
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -22,6 +24,8 @@ const (
 type Env struct {
 	PodNetNS    string // path of the pod netns, may be empty on DEL
 	PodNetNSIno uint64 // inode recorded at ADD; 0 = do not check
+	// Log receives one debug line per step done or undone; nil: no logging.
+	Log *slog.Logger
 
 	podNS   netns.NsHandle
 	handles map[string]*netlink.Handle
@@ -103,6 +107,12 @@ func (e *Env) Handle(ns string) (*netlink.Handle, error) {
 	}
 	e.handles[ns] = h
 	return h, nil
+}
+
+func (e *Env) logStep(msg string, i int, op Op, start time.Time, err error) {
+	if e.Log != nil {
+		e.Log.Debug(msg, "step", i+1, "op", op.String(), "us", time.Since(start).Microseconds(), "err", err)
+	}
 }
 
 // Close releases handles and the pod namespace.

@@ -27,6 +27,14 @@ type Op interface {
 	String() string
 }
 
+// Creator is an Op that creates an object others live on (a link); Creates
+// names it, e.g. "pod/link/eth0".
+type Creator interface{ Creates() string }
+
+// Dependent is an Op whose effect lives on an object (an address or route on
+// a link) and vanishes when that object is deleted; DependsOn names it.
+type Dependent interface{ DependsOn() string }
+
 var registry = map[string]func() Op{}
 
 // Register makes an operation kind decodable from a journal. Packages call it

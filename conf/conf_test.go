@@ -1,0 +1,244 @@
+package conf
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+const base = `{
+  "cniVersion": "1.0.0", "name": "underlay", "type": "spinneret",
+  "master": "uplink",
+  "ipam": {"pools": [
+    {"name": "v4", "subnet": "192.0.2.0/24", "ranges": [{"start": "192.0.2.10", "end": "192.0.2.20"}],
+     "exclude": ["192.0.2.15", "192.0.2.16/31"], "gateway": "192.0.2.1", "routes": [{"dst": "198.51.100.0/24"}]},
+    {"name": "v6", "subnet": "2001:db8::/64", "gateway": "2001:db8::1"}
+  ]}
+}`
+
+// mutate applies a JSON edit to base: path "a.b[0].c" set to value (raw
+// JSON); value "" deletes the key.
+func mutate(t *testing.T, path, value string) []byte {
+	t.Helper()
+	var m any
+	json.Unmarshal([]byte(base), &m)
+	parts := strings.Split(path, ".")
+	cur := m
+	for i, p := range parts {
+		name, idx := p, -1
+		if j := strings.Index(p, "["); j >= 0 {
+			name = p[:j]
+			idx = int(p[j+1] - '0')
+		}
+		obj := cur.(map[string]any)
+		last := i == len(parts)-1
+		if idx >= 0 {
+			arr := obj[name].([]any)
+			if last {
+				var v any
+				json.Unmarshal([]byte(value), &v)
+				arr[idx] = v
+				break
+			}
+			cur = arr[idx]
+			continue
+		}
+		if last {
+			if value == "" {
+				delete(obj, name)
+			} else {
+				var v any
+				if err := json.Unmarshal([]byte(value), &v); err != nil {
+					t.Fatalf("bad test value %s: %v", value, err)
+				}
+				obj[name] = v
+			}
+			break
+		}
+		cur = obj[name]
+	}
+	b, _ := json.Marshal(m)
+	return b
+}
+
+func TestParseValid(t *testing.T) {
+	c, err := Parse([]byte(base))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := c.Network
+	if n.Driver != "macvlan" || n.Mode != "bridge" || n.Master != "uplink" || len(n.Pools) != 2 {
+		t.Fatalf("defaults not applied: %+v", n)
+	}
+	v6 := n.Pools[1]
+	if v6.Ranges[0].Start.String() != "2001:db8::1" || v6.Ranges[0].End.String() != "2001:db8::ffff:ffff:ffff:ffff" {
+		t.Errorf("default v6 range = %v", v6.Ranges)
+	}
+	v4 := n.Pools[0]
+	for _, a := range []string{"192.0.2.1", "192.0.2.9", "192.0.2.15", "192.0.2.16", "192.0.2.17", "192.0.2.21"} {
+		if !v4.Excluded(mustAddr(a)) {
+			t.Errorf("%s should be excluded", a)
+		}
+	}
+	for _, a := range []string{"192.0.2.10", "192.0.2.14", "192.0.2.18", "192.0.2.20"} {
+		if v4.Excluded(mustAddr(a)) {
+			t.Errorf("%s should be allocatable", a)
+		}
+	}
+	if c.NodeConfPath != DefaultNodeConf || c.NodeConfExplicit {
+		t.Errorf("node conf = %s %v", c.NodeConfPath, c.NodeConfExplicit)
+	}
+}
+
+func TestDefaultRangeV4(t *testing.T) {
+	r := DefaultRange(mustPrefix("10.1.2.0/23"))
+	if r.Start.String() != "10.1.2.1" || r.End.String() != "10.1.3.254" {
+		t.Fatalf("range = %v", r)
+	}
+}
+
+// TestParseErrors: one case per field; each error names the field and value.
+func TestParseErrors(t *testing.T) {
+	cases := []struct{ path, value, want string }{
+		{"cniVersion", `"0.2.0"`, `cniVersion: "0.2.0" is not supported`},
+		{"name", `"Bad Name"`, `name: "Bad Name" is not a valid network name`},
+		{"type", `"macvlan"`, `type: "macvlan", want "spinneret"`},
+		{"capabilities", `{"portMappings":true}`, `capabilities.portMappings: unknown capability`},
+		{"nodeConf", `"etc/node.yaml"`, `nodeConf: "etc/node.yaml" is not an absolute path`},
+		{"driver", `"ipvlan"`, `driver: "ipvlan" is not supported`},
+		{"master", `""`, `master: "" is not a valid interface name`},
+		{"master", `"a-name-longer-than-15"`, `master: "a-name-longer-than-15" is not a valid interface name`},
+		{"mode", `"bridgy"`, `mode: "bridgy" is not a macvlan mode`},
+		{"mtu", `42`, `mtu: 42 is out of range`},
+		{"mtu", `1000`, `mtu: 1000 is below IPv6's minimum 1280 but pool "v6" is IPv6`},
+		{"mtu", `"big"`, `mtu: value of type string where int is expected`},
+		{"mac", `"zz:zz"`, `mac: "zz:zz" is not a MAC address`},
+		{"mac", `"01:00:5e:00:00:01"`, `mac: "01:00:5e:00:00:01" is a multicast MAC address`},
+		{"runtimeConfig", `{"mac":"nope"}`, `runtimeConfig.mac: "nope" is not a MAC address`},
+		{"runtimeConfig", `{"portMappings":[]}`, `runtimeConfig.portMappings: unknown field (value [])`},
+		{"ipam.type", `"host-local"`, `ipam.type: "host-local" is not supported`},
+		{"ipam.pools", `[]`, `ipam.pools: at least one pool is required`},
+		{"ipam.subnet", `"x"`, `ipam.subnet: unknown field (value "x")`},
+		{"ipam.pools[0].name", `"V4!"`, `ipam.pools[0].name: "V4!" is not a valid pool name`},
+		{"ipam.pools[1]", `{"name":"v4","subnet":"192.0.3.0/24"}`, `ipam.pools[1].name: "v4" is used twice`},
+		{"ipam.pools[0]", `{"name":"a","subnet":"192.0.2.0/33"}`, `ipam.pools[0].subnet: "192.0.2.0/33" is not a CIDR`},
+		{"ipam.pools[0]", `{"name":"a","subnet":"192.0.2.7/24"}`, `ipam.pools[0].subnet: "192.0.2.7/24" has host bits set (did you mean 192.0.2.0/24?)`},
+		{"ipam.pools[0]", `{"name":"a","subnet":"192.0.2.0/31"}`, `ipam.pools[0].subnet: "192.0.2.0/31" is too small`},
+		{"ipam.pools[0]", `{"name":"a","subnet":"192.0.2.0/24","gateway":"192.0.3.1"}`, `ipam.pools[0].gateway: 192.0.3.1 is outside subnet 192.0.2.0/24`},
+		{"ipam.pools[0]", `{"name":"a","subnet":"192.0.2.0/24","gateway":"192.0.2.0"}`, `ipam.pools[0].gateway: 192.0.2.0 is the subnet's network address`},
+		{"ipam.pools[0]", `{"name":"a","subnet":"192.0.2.0/24","gateway":"gw"}`, `ipam.pools[0].gateway: "gw" is not an IP address`},
+		{"ipam.pools[0]", `{"name":"a","subnet":"192.0.2.0/24","ranges":[{"start":"192.0.2.9","end":"192.0.2.5"}]}`, `ipam.pools[0].ranges[0]: end 192.0.2.5 is before start 192.0.2.9`},
+		{"ipam.pools[0]", `{"name":"a","subnet":"192.0.2.0/24","ranges":[{"start":"192.0.2.9","end":"192.0.3.5"}]}`, `ipam.pools[0].ranges[0].end: 192.0.3.5 is outside subnet`},
+		{"ipam.pools[0]", `{"name":"a","subnet":"192.0.2.0/24","ranges":[{"start":"192.0.2.1","end":"192.0.2.9"},{"start":"192.0.2.5","end":"192.0.2.20"}]}`, `ipam.pools[0].ranges[1]: 192.0.2.5-192.0.2.20 overlaps ranges[0]`},
+		{"ipam.pools[0]", `{"name":"a","subnet":"192.0.2.0/24","ranges":[{"start":"192.0.2.1","end":"192.0.2.9","step":2}]}`, `ipam.pools[0].ranges[0].step: unknown field (value 2)`},
+		{"ipam.pools[0]", `{"name":"a","subnet":"192.0.2.0/24","exclude":["192.0.9.1"]}`, `ipam.pools[0].exclude[0]: 192.0.9.1 is outside subnet`},
+		{"ipam.pools[0]", `{"name":"a","subnet":"192.0.2.0/24","exclude":["nope"]}`, `ipam.pools[0].exclude[0]: "nope" is not an IP address or CIDR`},
+		{"ipam.pools[0]", `{"name":"a","subnet":"192.0.2.0/24","routes":[{"dst":"2001:db8::/32"}]}`, `ipam.pools[0].routes[0].dst: 2001:db8::/32 is not of the pool's address family`},
+		{"ipam.pools[0]", `{"name":"a","subnet":"192.0.2.0/24","routes":[{"dst":"10.0.0.0/8","gw":"2001:db8::1"}]}`, `ipam.pools[0].routes[0].gw: "2001:db8::1" is not an address of the pool's family`},
+		{"ipam.pools[0]", `{"name":"a","subnet":"192.0.2.0/24","routes":[{"dst":"x"}]}`, `ipam.pools[0].routes[0].dst: "x" is not a CIDR`},
+		{"dns", `{"nameserver":["1.1.1.1"]}`, `dns.nameserver: unknown field (value ["1.1.1.1"])`},
+		{"colour", `"blue"`, `colour: unknown field (value "blue")`},
+	}
+	for _, c := range cases {
+		t.Run(c.path+"="+c.value, func(t *testing.T) {
+			_, err := Parse(mutate(t, c.path, c.value))
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("error = %v, want %q", err, c.want)
+			}
+		})
+	}
+}
+
+func TestParseFileConflist(t *testing.T) {
+	list := `{"cniVersion":"1.1.0","name":"underlay","plugins":[{"type":"tuning"},` +
+		strings.Replace(strings.Replace(base, `"cniVersion": "1.0.0", "name": "underlay",`, "", 1), `"master": "uplink"`, `"master": "uplink", "mode": "vepa"`, 1) + `]}`
+	c, err := ParseFile([]byte(list))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.CNIVersion != "1.1.0" || c.Name != "underlay" || c.Network.Mode != "vepa" {
+		t.Fatalf("parsed %+v", c)
+	}
+	if _, err := ParseFile([]byte(`{"cniVersion":"1.1.0","name":"x","plugins":[{"type":"tuning"}]}`)); err == nil || !strings.Contains(err.Error(), `no entry of type "spinneret"`) {
+		t.Fatalf("conflist without spinneret: %v", err)
+	}
+	if _, err := ParseFile([]byte(`{"cniVersion":"1.1.0","name":"x","plugin":[]}`)); err == nil || !strings.Contains(err.Error(), "plugin: unknown field") {
+		t.Fatalf("typo in a single config: %v", err)
+	}
+	bad := strings.Replace(list, `"mode": "vepa"`, `"mode": "nope"`, 1)
+	if _, err := ParseFile([]byte(bad)); err == nil || !strings.Contains(err.Error(), `plugins[1].mode: "nope"`) {
+		t.Fatalf("error inside a conflist = %v", err)
+	}
+}
+
+func writeNode(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "node.yaml")
+	if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestNodeDefaultsAndEnv(t *testing.T) {
+	n, err := LoadNode(filepath.Join(t.TempDir(), "absent.yaml"), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n.StateDir != "/var/lib/spinneret" || n.LogLevel != "info" || n.LogFile != "" {
+		t.Fatalf("defaults = %+v", n)
+	}
+	if _, err := LoadNode(filepath.Join(t.TempDir(), "absent.yaml"), true); err == nil {
+		t.Fatal("a node conf named by the CNI config must exist")
+	}
+	p := writeNode(t, "stateDir: /srv/state\nlogLevel: warn\nmasters:\n  Uplink: ens192\nallowedMasters: [ens192]\n")
+	n, err = LoadNode(p, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, err := n.ResolveMaster("uplink"); err != nil || m != "ens192" {
+		t.Fatalf("ResolveMaster = %q %v", m, err)
+	}
+	if _, err := n.ResolveMaster("ens224"); err == nil || !strings.Contains(err.Error(), `master: "ens224" (interface ens224) is not in the node's allowedMasters [ens192]`) {
+		t.Fatalf("allow-list: %v", err)
+	}
+	t.Setenv("SPINNERET_STATE_DIR", "/run/spn")
+	t.Setenv("SPINNERET_LOG_LEVEL", "debug")
+	t.Setenv("SPINNERET_MASTERS", "uplink=ens224, data=ens256")
+	t.Setenv("SPINNERET_ALLOWED_MASTERS", "ens224,ens256")
+	n, err = LoadNode(p, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n.StateDir != "/run/spn" || n.LogLevel != "debug" || n.Masters["data"] != "ens256" || len(n.AllowedMasters) != 2 {
+		t.Fatalf("env overrides not applied: %+v", n)
+	}
+}
+
+func TestNodeErrors(t *testing.T) {
+	cases := []struct{ body, env, want string }{
+		{"stateDir: relative/dir\n", "", `stateDir: "relative/dir" is not an absolute path`},
+		{"logFile: spinneret.log\n", "", `logFile: "spinneret.log" is not an absolute path`},
+		{"logLevel: loud\n", "", `logLevel: "loud" is not one of`},
+		{"masters:\n  uplink: 'has space'\n", "", `masters.uplink: "has space" is not a valid interface name`},
+		{"allowedMasters: ['a/b']\n", "", `allowedMasters[0]: "a/b" is not a valid interface name`},
+		{"colour: blue\n", "", `colour: unknown field (value blue)`},
+		{"stateDir: [1, 2]\n", "", `stateDir`},
+		{"", "SPINNERET_MASTERS=uplink", `SPINNERET_MASTERS: "uplink" is not name=interface`},
+		{"", "SPINNERET_LOG_LEVEL=verbose", `logLevel: "verbose" is not one of`},
+		{"{{", "", "node conf"},
+	}
+	for _, c := range cases {
+		t.Run(c.want, func(t *testing.T) {
+			if k, v, ok := strings.Cut(c.env, "="); ok {
+				t.Setenv(k, v)
+			}
+			_, err := LoadNode(writeNode(t, c.body), true)
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("error = %v, want %q", err, c.want)
+			}
+		})
+	}
+}

@@ -1,0 +1,190 @@
+package txn
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+)
+
+// fakeOp records Do/Undo calls in a shared log; it fails Do or Undo on demand.
+type fakeOp struct {
+	Name     string `json:"name"`
+	FailDo   bool   `json:"failDo,omitempty"`
+	FailUndo bool   `json:"failUndo,omitempty"`
+	log      *[]string
+}
+
+func (o *fakeOp) Kind() string   { return "test.fake" }
+func (o *fakeOp) String() string { return "fake " + o.Name }
+func (o *fakeOp) Do(*Env) error {
+	*o.log = append(*o.log, "do "+o.Name)
+	if o.FailDo {
+		return errors.New("boom")
+	}
+	return nil
+}
+func (o *fakeOp) Undo(*Env) error {
+	*o.log = append(*o.log, "undo "+o.Name)
+	if o.FailUndo {
+		return errors.New("stuck")
+	}
+	return fmt.Errorf("already removed: %w", ErrGone)
+}
+func (o *fakeOp) Check(*Env) error { return nil }
+
+func init() { Register("test.fake", func() Op { return &fakeOp{} }) }
+
+func ops(log *[]string, names ...string) []Op {
+	var out []Op
+	for _, n := range names {
+		op := &fakeOp{Name: strings.TrimSuffix(strings.TrimSuffix(n, "!"), "?"), FailDo: strings.HasSuffix(n, "!"), FailUndo: strings.HasSuffix(n, "?"), log: log}
+		out = append(out, op)
+	}
+	return out
+}
+
+func TestApplySuccessJournalsEveryStep(t *testing.T) {
+	var log []string
+	j := NewJournal(t.TempDir(), "net", "c1", "eth0", "", 0)
+	if err := Apply(NewEnv("", 0), j, ops(&log, "a", "b", "c")); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(log, ",") != "do a,do b,do c" {
+		t.Fatalf("log = %v", log)
+	}
+	back, err := LoadJournal(j.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(back.Steps) != 3 || back.Steps[2].Op.(*fakeOp).Name != "c" {
+		t.Fatalf("journal steps = %+v", back.Steps)
+	}
+}
+
+func TestApplyFailureUndoesInReverse(t *testing.T) {
+	var log []string
+	j := NewJournal(t.TempDir(), "net", "c1", "eth0", "", 0)
+	err := Apply(NewEnv("", 0), j, ops(&log, "a", "b", "c!", "d"))
+	var se *StepError
+	if !errors.As(err, &se) || se.Index != 2 || se.UndoErr != nil {
+		t.Fatalf("err = %v", err)
+	}
+	if err.Error() != "step 3/4 (fake c) failed: boom" {
+		t.Fatalf("message = %q", err.Error())
+	}
+	if got := strings.Join(log, ","); got != "do a,do b,do c,undo c,undo b,undo a" {
+		t.Fatalf("log = %s", got)
+	}
+	if len(j.Steps) != 0 {
+		t.Fatalf("undone steps left in the journal: %v", j.Steps)
+	}
+}
+
+func TestRollbackKeepsWhatCouldNotBeUndone(t *testing.T) {
+	var log []string
+	j := NewJournal(t.TempDir(), "net", "c1", "eth0", "", 0)
+	err := Apply(NewEnv("", 0), j, ops(&log, "a", "b?", "c!"))
+	var se *StepError
+	if !errors.As(err, &se) || se.UndoErr == nil || !strings.Contains(err.Error(), "rollback incomplete") || !strings.Contains(err.Error(), "undo step 2 (fake b): stuck") {
+		t.Fatalf("err = %v", err)
+	}
+	if len(j.Steps) != 1 || j.Steps[0].Op.(*fakeOp).Name != "b" {
+		t.Fatalf("journal keeps %v, want only b", j.Steps)
+	}
+}
+
+func TestStepJSONRoundTrip(t *testing.T) {
+	var log []string
+	b, err := json.Marshal(Steps(ops(&log, "x")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(b) != `[{"kind":"test.fake","op":{"name":"x"}}]` {
+		t.Fatalf("encoded %s", b)
+	}
+	var back []Step
+	if err := json.Unmarshal([]byte(`[{"kind":"nope","op":{}}]`), &back); err == nil {
+		t.Fatal("unknown kind decoded")
+	}
+}
+
+func TestListAndRemoveJournals(t *testing.T) {
+	dir := t.TempDir()
+	for _, id := range []string{"a", "b"} {
+		if err := NewJournal(dir, "net", id, "eth0", "", 0).Save(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	js, err := ListJournals(dir, "net")
+	if err != nil || len(js) != 2 {
+		t.Fatalf("ListJournals = %v %v", js, err)
+	}
+	js[0].Remove()
+	js[0].Remove()
+	if _, err := LoadJournal(js[0].Path()); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("removed journal: %v", err)
+	}
+	if js, _ := ListJournals(dir, "other"); len(js) != 0 {
+		t.Fatal("journals of another network listed")
+	}
+}
+
+func TestEnvPodGone(t *testing.T) {
+	e := NewEnv("/nonexistent/netns", 0)
+	if _, err := e.Handle(Pod); !errors.Is(err, ErrGone) {
+		t.Fatalf("missing netns: %v", err)
+	}
+	if _, err := NewEnv("", 0).Handle(Pod); !errors.Is(err, ErrGone) {
+		t.Fatalf("empty path: %v", err)
+	}
+	if _, err := NewEnv(os.DevNull, 0).Handle(Pod); err == nil || errors.Is(err, ErrGone) {
+		t.Fatalf("a file that is not a netns: %v", err)
+	}
+}
+
+type fakeLink struct{ fakeOp }
+
+func (o *fakeLink) Creates() string { return "link/" + o.Name }
+
+type fakeOnLink struct {
+	fakeOp
+	Link string `json:"link"`
+}
+
+func (o *fakeOnLink) DependsOn() string { return "link/" + o.Link }
+
+// TestRollbackSkipsWhatGoesWithItsLink: steps living on a link the journal
+// created are not undone one by one; they go with the link. If deleting the
+// link fails they stay in the journal with it.
+func TestRollbackSkipsWhatGoesWithItsLink(t *testing.T) {
+	for _, failLink := range []bool{false, true} {
+		var log []string
+		j := NewJournal(t.TempDir(), "net", "c1", "eth0", "", 0)
+		j.Steps = Steps([]Op{
+			&fakeOnLink{fakeOp: fakeOp{Name: "host-route", log: &log}, Link: "host0"}, // not created here: undone
+			&fakeLink{fakeOp{Name: "eth0", FailUndo: failLink, log: &log}},
+			&fakeOnLink{fakeOp: fakeOp{Name: "addr", log: &log}, Link: "eth0"},
+			&fakeOnLink{fakeOp: fakeOp{Name: "route", log: &log}, Link: "eth0"},
+			&fakeOp{Name: "other", log: &log},
+		})
+		err := Rollback(NewEnv("", 0), j)
+		if got := strings.Join(log, ","); got != "undo other,undo eth0,undo host-route" {
+			t.Fatalf("failLink=%v: undo order %s", failLink, got)
+		}
+		if !failLink && (err != nil || len(j.Steps) != 0) {
+			t.Fatalf("rollback: %v, left %v", err, j.Steps)
+		}
+		if failLink {
+			var names []string
+			for _, s := range j.Steps {
+				names = append(names, s.Op.String())
+			}
+			if err == nil || strings.Join(names, ",") != "fake eth0,fake addr,fake route" {
+				t.Fatalf("left after a failed link delete: %v (err %v)", names, err)
+			}
+		}
+	}
+}

@@ -1,0 +1,221 @@
+package ipam
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/spinneret-cni/spinneret/conf"
+)
+
+func pool(t testing.TB, name, subnet, start, end string, exclude ...string) conf.Pool {
+	t.Helper()
+	p := conf.Pool{Name: name, Subnet: netip.MustParsePrefix(subnet)}
+	p.Ranges = []conf.Range{{Start: netip.MustParseAddr(start), End: netip.MustParseAddr(end)}}
+	for _, x := range exclude {
+		p.Exclude = append(p.Exclude, netip.MustParsePrefix(x))
+	}
+	return p
+}
+
+func owner(i int) Owner {
+	return Owner{ContainerID: fmt.Sprintf("c%d", i), IfName: "eth0", Network: "n"}
+}
+
+func addrs(a []Allocation) string {
+	var s []string
+	for _, x := range a {
+		s = append(s, x.Address.String())
+	}
+	return strings.Join(s, ",")
+}
+
+func TestAllocateOrderAndExcludes(t *testing.T) {
+	s := NewLocal(t.TempDir())
+	p := pool(t, "p", "192.0.2.0/24", "192.0.2.10", "192.0.2.14", "192.0.2.11/32")
+	p.Gateway = netip.MustParseAddr("192.0.2.12")
+	var got []string
+	for i := 0; i < 3; i++ {
+		a, err := s.Allocate(owner(i), []conf.Pool{p})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, addrs(a))
+	}
+	if strings.Join(got, " ") != "192.0.2.10/24 192.0.2.13/24 192.0.2.14/24" {
+		t.Fatalf("allocated %v: excluded address and gateway must be skipped", got)
+	}
+	_, err := s.Allocate(owner(9), []conf.Pool{p})
+	if !errors.Is(err, ErrExhausted) || err.Error() != `ipam: pool "p" is exhausted` {
+		t.Fatalf("exhausted pool: %v", err)
+	}
+}
+
+func TestIdempotent(t *testing.T) {
+	s := NewLocal(t.TempDir())
+	ps := []conf.Pool{pool(t, "a", "192.0.2.0/24", "192.0.2.10", "192.0.2.20"), pool(t, "b", "2001:db8::/64", "2001:db8::10", "2001:db8::20")}
+	a1, err := s.Allocate(owner(1), ps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a2, _ := s.Allocate(owner(1), ps)
+	if addrs(a1) != addrs(a2) || addrs(a1) != "192.0.2.10/24,2001:db8::10/64" {
+		t.Fatalf("second Allocate = %s, first %s", addrs(a2), addrs(a1))
+	}
+	other, _ := s.Allocate(Owner{ContainerID: "c1", IfName: "net1"}, ps)
+	if addrs(other) == addrs(a1) {
+		t.Fatal("another interface of the same container got the same addresses")
+	}
+	if err := s.Release("c1", "eth0"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Release("c1", "eth0"); err != nil {
+		t.Fatalf("second release: %v", err)
+	}
+	held, _ := s.Allocated("a")
+	if len(held) != 1 {
+		t.Fatalf("held after release: %v", held)
+	}
+}
+
+// TestNoImmediateReuse: a released address comes back only after every
+// other free address, and released addresses come back oldest first.
+func TestNoImmediateReuse(t *testing.T) {
+	s := NewLocal(t.TempDir())
+	p := []conf.Pool{pool(t, "p", "192.0.2.0/24", "192.0.2.1", "192.0.2.6")}
+	for i := 1; i <= 4; i++ {
+		s.Allocate(owner(i), p) // .1 .. .4
+	}
+	s.Release("c3", "eth0") // .3 released first
+	s.Release("c1", "eth0") // then .1
+	var got []string
+	for i := 5; i <= 8; i++ {
+		a, err := s.Allocate(owner(i), p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, addrs(a))
+	}
+	want := "192.0.2.5/24 192.0.2.6/24 192.0.2.3/24 192.0.2.1/24"
+	if strings.Join(got, " ") != want {
+		t.Fatalf("order = %v, want %s", got, want)
+	}
+}
+
+// TestAllOrNone: when the IPv6 pool is exhausted the IPv4 address taken for
+// the same owner is given back.
+func TestAllOrNone(t *testing.T) {
+	s := NewLocal(t.TempDir())
+	ps := []conf.Pool{pool(t, "v4", "192.0.2.0/24", "192.0.2.1", "192.0.2.9"), pool(t, "v6", "2001:db8::/64", "2001:db8::1", "2001:db8::1")}
+	if _, err := s.Allocate(owner(1), ps); err != nil {
+		t.Fatal(err)
+	}
+	_, err := s.Allocate(owner(2), ps)
+	if !errors.Is(err, ErrExhausted) || !strings.Contains(err.Error(), `"v6"`) {
+		t.Fatalf("err = %v", err)
+	}
+	held, _ := s.Allocated("v4")
+	if len(held) != 1 {
+		t.Fatalf("v4 holds %v after a failed dual-stack allocation", held)
+	}
+	owners, _ := s.Owners()
+	if len(owners) != 1 {
+		t.Fatalf("owners = %v", owners)
+	}
+}
+
+// TestFallbackPool: a family with two pools uses the second when the first
+// is exhausted; the error names both when both are.
+func TestFallbackPool(t *testing.T) {
+	s := NewLocal(t.TempDir())
+	ps := []conf.Pool{pool(t, "first", "192.0.2.0/24", "192.0.2.1", "192.0.2.1"), pool(t, "second", "198.51.100.0/24", "198.51.100.1", "198.51.100.1")}
+	a, _ := s.Allocate(owner(1), ps)
+	b, _ := s.Allocate(owner(2), ps)
+	if a[0].Pool != "first" || b[0].Pool != "second" {
+		t.Fatalf("pools %s %s", a[0].Pool, b[0].Pool)
+	}
+	_, err := s.Allocate(owner(3), ps)
+	if err == nil || err.Error() != `ipam: pools "first", "second" are exhausted` {
+		t.Fatalf("err = %v", err)
+	}
+	ex, _ := s.Exhausted(ps[0])
+	if !ex {
+		t.Fatal("Exhausted(first) = false")
+	}
+}
+
+// TestPoolChange: growing the pool's range makes new addresses available;
+// an owner whose address left the pool gets a new one.
+func TestPoolChange(t *testing.T) {
+	s := NewLocal(t.TempDir())
+	small := pool(t, "p", "192.0.2.0/24", "192.0.2.1", "192.0.2.2")
+	s.Allocate(owner(1), []conf.Pool{small})
+	s.Allocate(owner(2), []conf.Pool{small})
+	grown := pool(t, "p", "192.0.2.0/24", "192.0.2.1", "192.0.2.3")
+	a, err := s.Allocate(owner(3), []conf.Pool{grown})
+	if err != nil || addrs(a) != "192.0.2.3/24" {
+		t.Fatalf("after growing: %v %v", addrs(a), err)
+	}
+	moved := pool(t, "p", "192.0.2.0/24", "192.0.2.2", "192.0.2.5")
+	a, err = s.Allocate(owner(1), []conf.Pool{moved})
+	if err != nil || addrs(a) == "192.0.2.1/24" {
+		t.Fatalf("owner 1 kept an address outside the new range: %v %v", addrs(a), err)
+	}
+}
+
+// TestConcurrent: parallel allocations never hand out an address twice.
+func TestConcurrent(t *testing.T) {
+	s := NewLocal(t.TempDir())
+	p := []conf.Pool{pool(t, "p", "192.0.2.0/24", "192.0.2.1", "192.0.2.200")}
+	var mu sync.Mutex
+	seen := map[string]bool{}
+	var wg sync.WaitGroup
+	for i := 0; i < 100; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			a, err := s.Allocate(owner(i), p)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if seen[addrs(a)] {
+				t.Errorf("%s handed out twice", addrs(a))
+			}
+			seen[addrs(a)] = true
+		}(i)
+	}
+	wg.Wait()
+}
+
+// BenchmarkAllocateRelease measures one allocate+release with N addresses
+// already held: the cost must not grow with N (host-local reads its whole
+// store on every ADD).
+func BenchmarkAllocateRelease(b *testing.B) {
+	for _, held := range []int{10, 1000, 10000} {
+		b.Run(fmt.Sprintf("held=%d", held), func(b *testing.B) {
+			s := NewLocal(b.TempDir())
+			p := []conf.Pool{pool(b, "p", "10.0.0.0/16", "10.0.0.1", "10.0.255.254")}
+			for i := 0; i < held; i++ {
+				if _, err := s.Allocate(owner(i), p); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				o := Owner{ContainerID: fmt.Sprintf("bench%d", i), IfName: "eth0"}
+				if _, err := s.Allocate(o, p); err != nil {
+					b.Fatal(err)
+				}
+				if err := s.Release(o.ContainerID, o.IfName); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

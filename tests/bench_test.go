@@ -1,0 +1,93 @@
+package tests
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"sort"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+
+	"github.com/spinneret-cni/spinneret/tests/harness"
+)
+
+// benchPods is how many pods BenchmarkPodLifecycle attaches and detaches.
+const benchPods = 200
+
+// BenchmarkPodLifecycle runs ADD for 200 pods, then DEL for each, through
+// libcni and the production binary (a whole process per call, as a runtime
+// does), one macvlan NIC with local IPAM, and reports p50/p90/p99 of each.
+// "add-p50-first50" against "add-p50-last50" shows whether ADD slows down
+// as the node fills up. Run with `make bench`.
+func BenchmarkPodLifecycle(b *testing.B) {
+	for _, fam := range []family{v4, dual} {
+		b.Run(string(fam), func(b *testing.B) {
+			for i := 0; i < b.N; i++ {
+				benchLifecycle(b, fam)
+			}
+		})
+	}
+}
+
+func benchLifecycle(b *testing.B, fam family) {
+	topo, err := harness.NewTopology("spnbench")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer topo.Close()
+	dir := b.TempDir()
+	e := &env{topo: topo, dir: dir, ctx: context.Background(), cni: libcni.NewCNIConfigWithCacheDir([]string{prodBinDir}, filepath.Join(dir, "cache"), nil)}
+	writeNodeConf(b, dir, "info")
+	pools := map[family]string{
+		v4:   `{"name":"bench-v4","subnet":"198.18.0.0/16","gateway":"198.18.0.1"}`,
+		dual: `{"name":"bench-v4","subnet":"198.18.0.0/16","gateway":"198.18.0.1"},{"name":"bench-v6","subnet":"2001:db8:18::/64","gateway":"2001:db8:18::1"}`,
+	}[fam]
+	l, err := libcni.NetworkConfFromBytes([]byte(fmt.Sprintf(`{"cniVersion":"1.1.0","name":"bench","plugins":[{"type":"spinneret","nodeConf":"%s/node.yaml","master":"uplink","ipam":{"pools":[%s]}}]}`, dir, pools)))
+	if err != nil {
+		b.Fatal(err)
+	}
+	pods := make([]*harness.NS, benchPods)
+	for i := range pods {
+		if pods[i], err = topo.NewPod(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ResetTimer()
+	adds := make([]time.Duration, benchPods)
+	for i, p := range pods {
+		start := time.Now()
+		if _, err := e.add(l, rtConf(fmt.Sprintf("bench-%d", i), p)); err != nil {
+			b.Fatalf("ADD %d: %v", i, err)
+		}
+		adds[i] = time.Since(start)
+	}
+	dels := make([]time.Duration, benchPods)
+	for i, p := range pods {
+		start := time.Now()
+		if err := e.del(l, rtConf(fmt.Sprintf("bench-%d", i), p)); err != nil {
+			b.Fatalf("DEL %d: %v", i, err)
+		}
+		dels[i] = time.Since(start)
+	}
+	b.StopTimer()
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+	addP, delP := percentiles(adds), percentiles(dels)
+	b.ReportMetric(ms(addP[0]), "add-p50-ms")
+	b.ReportMetric(ms(addP[1]), "add-p90-ms")
+	b.ReportMetric(ms(addP[2]), "add-p99-ms")
+	b.ReportMetric(ms(delP[0]), "del-p50-ms")
+	b.ReportMetric(ms(delP[1]), "del-p90-ms")
+	b.ReportMetric(ms(delP[2]), "del-p99-ms")
+	b.ReportMetric(ms(percentiles(adds[:50])[0]), "add-p50-first50-ms")
+	b.ReportMetric(ms(percentiles(adds[benchPods-50:])[0]), "add-p50-last50-ms")
+}
+
+// percentiles returns p50, p90 and p99 (nearest rank).
+func percentiles(ds []time.Duration) [3]time.Duration {
+	s := append([]time.Duration(nil), ds...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	at := func(p float64) time.Duration { return s[int(p*float64(len(s)-1)+0.5)] }
+	return [3]time.Duration{at(0.50), at(0.90), at(0.99)}
+}
