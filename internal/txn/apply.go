@@ -10,30 +10,57 @@ import (
 // step. It is nil in production builds.
 var hook func(step int) error
 
-// Apply runs ops in order. Each step is appended to the journal and saved
-// before it runs. If a step fails, every recorded step (the failed one
-// included, since it may have half-happened) is undone in reverse and a
-// *StepError is returned; the caller then releases addresses and removes the
-// journal if the rollback was complete.
+// Apply runs ops in order. Every step is recorded in the journal, and the
+// journal saved, before the step runs. If a step fails, every recorded step
+// (the failed one included, since it may have half-happened) is undone in
+// reverse and a *StepError is returned; the caller then releases addresses
+// and removes the journal if the rollback was complete.
+//
+// Steps that live on an object an earlier step of the plan creates (the
+// addresses and routes of a new link) are recorded in one write with the
+// step before them: their undo is the object's deletion, so recording them
+// one by one would only add an fsync each.
 func Apply(env *Env, j *Journal, ops []Op) error {
-	for i, op := range ops {
-		j.Steps = append(j.Steps, Step{Op: op})
-		err := j.Save()
-		if err == nil && hook != nil {
-			err = hook(i)
+	created := map[string]bool{}
+	fail := func(i int, err error) error {
+		return &StepError{Index: i, Total: len(ops), Op: ops[i], Err: err, UndoErr: Rollback(env, j)}
+	}
+	for i := 0; i < len(ops); {
+		end := i
+		for {
+			if c, ok := ops[end].(Creator); ok {
+				created[c.Creates()] = true
+			}
+			end++
+			if end == len(ops) {
+				break
+			}
+			if d, ok := ops[end].(Dependent); !ok || !created[d.DependsOn()] {
+				break
+			}
 		}
-		if err == nil {
-			start := time.Now()
-			err = op.Do(env)
-			env.logStep("do", i, op, start, err)
+		j.Steps = append(j.Steps, Steps(ops[i:end])...)
+		if err := j.Save(); err != nil {
+			return fail(i, err)
 		}
-		if err != nil {
-			return &StepError{Index: i, Total: len(ops), Op: op, Err: err, UndoErr: Rollback(env, j)}
+		for ; i < end; i++ {
+			var err error
+			if hook != nil {
+				err = hook(i)
+			}
+			if err == nil {
+				start := time.Now()
+				err = ops[i].Do(env)
+				env.logStep("do", i, ops[i], start, err)
+			}
+			if err != nil {
+				return fail(i, err)
+			}
 		}
 	}
 	if hook != nil {
 		if err := hook(len(ops)); err != nil {
-			return &StepError{Index: len(ops) - 1, Total: len(ops), Op: ops[len(ops)-1], Err: err, UndoErr: Rollback(env, j)}
+			return fail(len(ops)-1, err)
 		}
 	}
 	return nil

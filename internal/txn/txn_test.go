@@ -188,3 +188,35 @@ func TestRollbackSkipsWhatGoesWithItsLink(t *testing.T) {
 		}
 	}
 }
+
+// TestApplyBatchesStepsOnACreatedLink: steps on a link the plan created are
+// journaled with the step before them, never after they run.
+func TestApplyBatchesStepsOnACreatedLink(t *testing.T) {
+	var log []string
+	j := NewJournal(t.TempDir(), "net", "c1", "eth0", "", 0)
+	var saved []int
+	hook = func(step int) error {
+		back, err := LoadJournal(j.Path())
+		if err != nil {
+			return err
+		}
+		saved = append(saved, len(back.Steps))
+		return nil
+	}
+	defer func() { hook = nil }()
+	plan := []Op{
+		&fakeOnLink{fakeOp: fakeOp{Name: "pre", log: &log}, Link: "eth0"}, // before its link: own record
+		&fakeLink{fakeOp{Name: "eth0", log: &log}},
+		&fakeOnLink{fakeOp: fakeOp{Name: "addr", log: &log}, Link: "eth0"},
+		&fakeOnLink{fakeOp: fakeOp{Name: "route", log: &log}, Link: "eth0"},
+		&fakeOp{Name: "other", log: &log},
+		&fakeOnLink{fakeOp: fakeOp{Name: "late", log: &log}, Link: "eth0"},
+	}
+	if err := Apply(NewEnv("", 0), j, plan); err != nil {
+		t.Fatal(err)
+	}
+	// the journal on disk when each step (and the final hook) ran
+	if fmt.Sprint(saved) != "[1 4 4 4 6 6 6]" {
+		t.Fatalf("journal lengths seen by steps = %v", saved)
+	}
+}
