@@ -37,10 +37,6 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	env := txn.NewEnv(args.Netns, ino)
 	env.Log = p.log
 	defer env.Close()
-	if err := p.precheck(env, nic); err != nil {
-		return types.NewError(types.ErrInvalidNetworkConfig, err.Error(), "")
-	}
-
 	// an ADD without DEL for the same attachment: undo what the earlier one
 	// left (its addresses are kept and handed back by the idempotent IPAM)
 	if old, lerr := txn.LoadJournal(p.journalPath(args.ContainerID, args.IfName)); lerr == nil {
@@ -51,6 +47,10 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 			return types.NewError(types.ErrTryAgainLater, "undo earlier ADD: "+rerr.Error(), "")
 		}
 	}
+	if err := p.precheck(env, nic); err != nil {
+		return types.NewError(types.ErrInvalidNetworkConfig, err.Error(), "")
+	}
+
 	j := txn.NewJournal(p.node.StateDir, p.cfg.Name, args.ContainerID, args.IfName, args.Netns, ino)
 	if err := j.Save(); err != nil { // before allocating, so a crash is found by DEL and GC
 		return types.NewError(types.ErrIOFailure, err.Error(), "")

@@ -227,3 +227,5 @@ func (e *env) sameAs(before string, pods ...*harness.NS) {
 		e.t.Fatalf("state differs from before:\n%s", harness.Diff(before, after))
 	}
 }
+
+func currentResult(r types.Result) (*current.Result, error) { return current.NewResultFromResult(r) }

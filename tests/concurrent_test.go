@@ -1,0 +1,108 @@
+package tests
+
+import (
+	"fmt"
+	"net/netip"
+	"sync"
+	"testing"
+
+	"github.com/spinneret-cni/spinneret/tests/harness"
+)
+
+// TestConcurrentAdds runs ADDs for many pods at once (separate processes, as
+// a runtime does): every pod gets distinct addresses, each pod reaches the
+// gateway, and concurrent DELs leave everything as before.
+func TestConcurrentAdds(t *testing.T) {
+	const n = 16
+	e := newEnv(t)
+	l := e.confList("1.1.0", dual, "")
+	pods := make([]*harness.NS, n)
+	for i := range pods {
+		pods[i], _ = e.topo.NewPod()
+	}
+	before := e.snapshot(pods...)
+	addrs := make([][]netip.Addr, n)
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := range pods {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			res, err := e.add(l, rtConf(fmt.Sprintf("c%d", i), pods[i]))
+			if err != nil {
+				errs <- fmt.Errorf("ADD c%d: %w", i, err)
+				return
+			}
+			r, _ := currentResult(res)
+			for _, ip := range r.IPs {
+				a, _ := netip.AddrFromSlice(ip.Address.IP)
+				addrs[i] = append(addrs[i], a.Unmap())
+			}
+		}(i)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	seen := map[netip.Addr]int{}
+	for i, as := range addrs {
+		if len(as) != 2 {
+			t.Fatalf("pod %d got %v", i, as)
+		}
+		for _, a := range as {
+			if j, dup := seen[a]; dup {
+				t.Fatalf("%s given to pods %d and %d", a, j, i)
+			}
+			seen[a] = i
+		}
+	}
+	for _, p := range []*harness.NS{pods[0], pods[n-1]} {
+		for _, gw := range []netip.Addr{harness.Gateway4, harness.Gateway6} {
+			if err := p.Ping(gw, 5e9); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	errs = make(chan error, n)
+	for i := range pods {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			if err := e.del(l, rtConf(fmt.Sprintf("c%d", i), pods[i])); err != nil {
+				errs <- err
+			}
+		}(i)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	e.sameAs(before, pods...)
+}
+
+// TestRepeatedAdd: an ADD for an attachment that already exists (no DEL in
+// between) replaces it in place and keeps its addresses.
+func TestRepeatedAdd(t *testing.T) {
+	e := newEnv(t)
+	l := e.confList("1.0.0", dual, "")
+	p, _ := e.topo.NewPod()
+	before := e.snapshot(p)
+	r1 := e.mustAdd(l, rtConf("c1", p))
+	// the runtime lost track and adds again; eth0 exists, which the plugin
+	// refuses for a foreign link but must not for its own attachment
+	_, err := e.add(l, rtConf("c1", p))
+	if err != nil {
+		t.Fatalf("second ADD: %v", err)
+	}
+	r2 := e.mustAdd(l, rtConf("c1", p))
+	if r1.IPs[0].Address.String() != r2.IPs[0].Address.String() {
+		t.Fatalf("addresses changed: %v -> %v", r1.IPs, r2.IPs)
+	}
+	if err := p.Ping(harness.Gateway4, 5e9); err != nil {
+		t.Fatal(err)
+	}
+	e.mustDel(l, rtConf("c1", p))
+	e.sameAs(before, p)
+}
