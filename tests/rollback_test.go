@@ -8,10 +8,11 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/spinneret-cni/spinneret/cni"
-	_ "github.com/spinneret-cni/spinneret/drivers"         // registers op kinds
-	_ "github.com/spinneret-cni/spinneret/internal/netops" // registers op kinds
+	"github.com/containernetworking/cni/libcni"
+
+	"github.com/spinneret-cni/spinneret/cni" // also registers every op kind
 	"github.com/spinneret-cni/spinneret/internal/txn"
+	"github.com/spinneret-cni/spinneret/tests/harness"
 )
 
 // planSteps runs one ADD and DEL to learn the plan's length for a family.
@@ -29,10 +30,11 @@ func planSteps(t *testing.T, e *env, fam family) int {
 	return len(j.Steps)
 }
 
-// TestRollback fails the ADD at each step of the plan in turn (and once
-// after the last): the ADD reports the step, and the node, the pod and the
-// pool are exactly as before.
-func TestRollback(t *testing.T) {
+// eachStep sets up a pod for each family, learns the plan's length n, and
+// runs one ADD per step (0..n, n meaning after the last step) with envVar
+// set to the step. after checks the ADD's outcome and cleans up if it must;
+// then the node, the pod and the pool must be exactly as before.
+func eachStep(t *testing.T, envVar string, after func(e *env, l *libcni.NetworkConfigList, p *harness.NS, step, n int, err error)) {
 	for _, fam := range families {
 		t.Run(string(fam), func(t *testing.T) {
 			e := newEnv(t)
@@ -41,53 +43,47 @@ func TestRollback(t *testing.T) {
 			p, _ := e.topo.NewPod()
 			before := e.snapshot(p)
 			for step := 0; step <= n; step++ {
-				t.Setenv("SPINNERET_TEST_FAIL_STEP", strconv.Itoa(step))
+				t.Setenv(envVar, strconv.Itoa(step))
 				_, err := e.add(l, rtConf("c1", p))
-				want := fmt.Sprintf("step %d/%d", min(step, n-1)+1, n)
-				wantErr(t, err, cni.ErrStepFailed, want)
-				if !strings.Contains(err.Error(), "injected fault") || !strings.Contains(err.Error(), "rolled back") {
-					t.Fatalf("step %d: error %q does not name the cause and the rollback", step, err)
-				}
+				os.Unsetenv(envVar)
+				after(e, l, p, step, n, err)
 				e.sameAs(before, p)
 			}
-			os.Unsetenv("SPINNERET_TEST_FAIL_STEP")
 			e.mustAdd(l, rtConf("c1", p)) // and the pool still serves
 			e.mustDel(l, rtConf("c1", p))
 		})
 	}
 }
 
+// TestRollback fails the ADD at each step of the plan in turn (and once
+// after the last): the ADD reports the step, and the node, the pod and the
+// pool are exactly as before, with no DEL.
+func TestRollback(t *testing.T) {
+	eachStep(t, "SPINNERET_TEST_FAIL_STEP", func(e *env, _ *libcni.NetworkConfigList, _ *harness.NS, step, n int, err error) {
+		wantErr(e.t, err, cni.ErrStepFailed, fmt.Sprintf("step %d/%d", min(step, n-1)+1, n))
+		if !strings.Contains(err.Error(), "injected fault") || !strings.Contains(err.Error(), "rolled back") {
+			e.t.Fatalf("step %d: error %q does not name the cause and the rollback", step, err)
+		}
+	})
+}
+
 // TestCrash SIGKILLs the binary after each journal step in turn (and after
-// the last step, before the result): a following DEL leaves the node, the
-// pod and the pool exactly as before.
+// the last step, before the result): the journal holds the step that was
+// about to run, and a following DEL leaves the node, the pod and the pool
+// exactly as before.
 func TestCrash(t *testing.T) {
-	for _, fam := range families {
-		t.Run(string(fam), func(t *testing.T) {
-			e := newEnv(t)
-			n := planSteps(t, e, fam)
-			l := e.confList("1.1.0", fam, "")
-			p, _ := e.topo.NewPod()
-			before := e.snapshot(p)
-			for step := 0; step <= n; step++ {
-				t.Setenv("SPINNERET_TEST_KILL_STEP", strconv.Itoa(step))
-				_, err := e.add(l, rtConf("c1", p))
-				if err == nil || !strings.Contains(err.Error(), "signal: killed") {
-					t.Fatalf("kill at step %d: ADD returned %v, want the process killed", step, err)
-				}
-				journal := filepath.Join(e.stateDir(), "journal", "underlay", "c1.eth0.json")
-				j, err := txn.LoadJournal(journal)
-				if err != nil {
-					t.Fatalf("kill at step %d: the journal must survive the crash: %v", step, err)
-				}
-				// the step about to run is already recorded (steps on the pod's
-				// new link are recorded together with it)
-				if len(j.Steps) < min(step+1, n) {
-					t.Fatalf("kill at step %d: journal has only %d steps", step, len(j.Steps))
-				}
-				os.Unsetenv("SPINNERET_TEST_KILL_STEP")
-				e.mustDel(l, rtConf("c1", p))
-				e.sameAs(before, p)
-			}
-		})
-	}
+	eachStep(t, "SPINNERET_TEST_KILL_STEP", func(e *env, l *libcni.NetworkConfigList, p *harness.NS, step, n int, err error) {
+		if err == nil || !strings.Contains(err.Error(), "signal: killed") {
+			e.t.Fatalf("kill at step %d: ADD returned %v, want the process killed", step, err)
+		}
+		j, err := txn.LoadJournal(filepath.Join(e.stateDir(), "journal", "underlay", "c1.eth0.json"))
+		if err != nil {
+			e.t.Fatalf("kill at step %d: the journal must survive the crash: %v", step, err)
+		}
+		// steps on the pod's new link are recorded together with it
+		if len(j.Steps) < min(step+1, n) {
+			e.t.Fatalf("kill at step %d: journal has only %d steps", step, len(j.Steps))
+		}
+		e.mustDel(l, rtConf("c1", p))
+	})
 }

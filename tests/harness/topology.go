@@ -3,11 +3,12 @@ package harness
 import (
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/spinneret-cni/spinneret/internal/netops"
 )
 
 // Addresses of the test network: documentation ranges (RFC 5737, RFC 3849),
@@ -68,7 +69,7 @@ func NewTopology(prefix string) (t *Topology, err error) {
 		return
 	}
 	for _, a := range []netip.Prefix{netip.PrefixFrom(Gateway4, Subnet4.Bits()), netip.PrefixFrom(Gateway6, Subnet6.Bits())} {
-		addr := &netlink.Addr{IPNet: &net.IPNet{IP: a.Addr().AsSlice(), Mask: net.CIDRMask(a.Bits(), a.Addr().BitLen())}}
+		addr := &netlink.Addr{IPNet: netops.IPNet(a)}
 		if a.Addr().Is6() {
 			addr.Flags = unix.IFA_F_NODAD
 		}
