@@ -25,7 +25,7 @@ func cmdGC(args *skel.CmdArgs) (err error) {
 	defer func(t time.Time) { p.done("GC", args, t, err) }(time.Now())
 	valid := map[string]bool{}
 	for _, a := range p.cfg.ValidAttachments {
-		valid[a.ContainerID+"."+a.IfName] = true
+		valid[txn.Key(a.ContainerID, a.IfName)] = true
 	}
 	var errs []error
 	removed := 0
@@ -34,7 +34,7 @@ func cmdGC(args *skel.CmdArgs) (err error) {
 		return types.NewError(types.ErrIOFailure, err.Error(), "")
 	}
 	for _, j := range journals {
-		if valid[j.ContainerID+"."+j.IfName] {
+		if valid[txn.Key(j.ContainerID, j.IfName)] {
 			continue
 		}
 		err := p.locked(j.ContainerID, j.IfName, func() error {
@@ -58,7 +58,7 @@ func cmdGC(args *skel.CmdArgs) (err error) {
 		errs = append(errs, err)
 	}
 	for _, o := range owners {
-		if o.Network != p.cfg.Name || valid[o.ContainerID+"."+o.IfName] {
+		if o.Network != p.cfg.Name || valid[txn.Key(o.ContainerID, o.IfName)] {
 			continue
 		}
 		if err := p.locked(o.ContainerID, o.IfName, func() error { return p.store.Release(o.ContainerID, o.IfName) }); err != nil {
@@ -88,6 +88,6 @@ func (p *plugin) locked(containerID, ifname string, fn func() error) error {
 	if err := fn(); err != nil {
 		return err
 	}
-	os.Remove(filepath.Join(p.node.StateDir, "locks", containerID+"."+ifname))
+	os.Remove(filepath.Join(p.node.StateDir, "locks", txn.Key(containerID, ifname)))
 	return nil
 }

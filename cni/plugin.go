@@ -81,7 +81,7 @@ func (p *plugin) attachmentLock(containerID, ifname string, wait bool) (*fileuti
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	path := filepath.Join(dir, containerID+"."+ifname)
+	path := filepath.Join(dir, txn.Key(containerID, ifname))
 	if wait {
 		return fileutil.LockFile(path)
 	}
@@ -152,6 +152,6 @@ func cmdDel(args *skel.CmdArgs) (err error) {
 	if err != nil {
 		return types.NewError(types.ErrTryAgainLater, fmt.Sprintf("DEL %s/%s: %v", args.ContainerID, args.IfName, err), "")
 	}
-	os.Remove(filepath.Join(p.node.StateDir, "locks", args.ContainerID+"."+args.IfName))
+	os.Remove(filepath.Join(p.node.StateDir, "locks", txn.Key(args.ContainerID, args.IfName)))
 	return nil
 }

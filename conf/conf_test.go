@@ -104,6 +104,7 @@ func TestParseErrors(t *testing.T) {
 	cases := []struct{ path, value, want string }{
 		{"cniVersion", `"0.2.0"`, `cniVersion: "0.2.0" is not supported`},
 		{"name", `"Bad Name"`, `name: "Bad Name" is not a valid network name`},
+		{"name", `"-net"`, `name: "-net" is not a valid network name`},
 		{"type", `"macvlan"`, `type: "macvlan", want "spinneret"`},
 		{"capabilities", `{"portMappings":true}`, `capabilities.portMappings: unknown capability`},
 		{"nodeConf", `"etc/node.yaml"`, `nodeConf: "etc/node.yaml" is not an absolute path`},

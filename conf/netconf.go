@@ -125,8 +125,9 @@ type Route struct {
 const DefaultNodeConf = "/etc/spinneret/node.yaml"
 
 var (
-	nameRE   = regexp.MustCompile(`^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$`)
-	ifnameRE = regexp.MustCompile(`^[^/\s:]{1,15}$`)
+	nameRE    = regexp.MustCompile(`^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$`) // pools: DNS-like
+	netNameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$`)          // CNI's rule
+	ifnameRE  = regexp.MustCompile(`^[^/\s:]{1,15}$`)
 )
 
 // ValidIfName reports whether s is a valid Linux interface name.
@@ -190,8 +191,8 @@ func (r *raw) validate() (*Config, error) {
 	if !slices.Contains(SupportedVersions, r.CNIVersion) {
 		return nil, fmt.Errorf("cniVersion: %q is not supported (supported: %s)", r.CNIVersion, strings.Join(SupportedVersions, ", "))
 	}
-	if !nameRE.MatchString(r.Name) {
-		return nil, fmt.Errorf("name: %q is not a valid network name (lower case letters, digits, '.', '_', '-'; at most 63)", r.Name)
+	if !netNameRE.MatchString(r.Name) {
+		return nil, fmt.Errorf("name: %q is not a valid network name (letters, digits, '.', '_', '-', starting with a letter or digit)", r.Name)
 	}
 	if r.Type != PluginType {
 		return nil, fmt.Errorf("type: %q, want %q", r.Type, PluginType)

@@ -25,7 +25,9 @@ type Owner struct {
 	Network     string `json:"network"`
 }
 
-func (o Owner) key() string { return o.ContainerID + "." + o.IfName }
+// key names an owner in file names; ':' is valid in neither a container ID
+// nor an interface name, so keys cannot collide.
+func (o Owner) key() string { return o.ContainerID + ":" + o.IfName }
 
 // ErrExhausted is returned (wrapped) when no pool of a family has a free address.
 var ErrExhausted = errors.New("exhausted")

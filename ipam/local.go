@@ -19,7 +19,7 @@ import (
 // Local is the file-backed IPAM store of one node. Layout under <stateDir>/ipam:
 //
 //	lock                      flock held for every operation
-//	owners/<cid>.<if>.json    what one interface holds (idempotency, release)
+//	owners/<cid>:<if>.json    what one interface holds (idempotency, release)
 //	pools/<pool>/ips/<addr>   one file per allocated address (the claim)
 //	pools/<pool>/freed/<seq>  released addresses, oldest first (FIFO)
 //	pools/<pool>/state.json   the next never-used address and the FIFO's ends
@@ -137,7 +137,7 @@ func (s *Local) Release(containerID, ifname string) error {
 		return err
 	}
 	defer l.Unlock()
-	rec, err := s.readOwner(containerID + "." + ifname)
+	rec, err := s.readOwner(Owner{ContainerID: containerID, IfName: ifname}.key())
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
 	}

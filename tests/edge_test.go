@@ -11,6 +11,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/spinneret-cni/spinneret/cni"
+	"github.com/spinneret-cni/spinneret/internal/txn"
 	"github.com/spinneret-cni/spinneret/tests/harness"
 )
 
@@ -56,7 +57,7 @@ func TestReplacedNetns(t *testing.T) {
 	// a new pod gets an eth0 of its own under a different container
 	p2, _ := e.topo.NewPod()
 	e.mustAdd(l, rtConf("c2", p2))
-	journal := filepath.Join(e.stateDir(), "journal", "underlay", "c1.eth0.json")
+	journal := txn.JournalPath(e.stateDir(), "underlay", "c1", "eth0")
 	b, err := os.ReadFile(journal)
 	if err != nil {
 		t.Fatal(err)

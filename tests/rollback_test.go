@@ -3,7 +3,6 @@ package tests
 import (
 	"fmt"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -48,6 +47,8 @@ func eachStep(t *testing.T, envVar string, after func(e *env, l *libcni.NetworkC
 				os.Unsetenv(envVar)
 				after(e, l, p, step, n, err)
 				e.sameAs(before, p)
+				e.mustDel(l, rtConf("c1", p)) // a (further) DEL finds nothing to do
+				e.sameAs(before, p)
 			}
 			e.mustAdd(l, rtConf("c1", p)) // and the pool still serves
 			e.mustDel(l, rtConf("c1", p))
@@ -76,7 +77,7 @@ func TestCrash(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "signal: killed") {
 			e.t.Fatalf("kill at step %d: ADD returned %v, want the process killed", step, err)
 		}
-		j, err := txn.LoadJournal(filepath.Join(e.stateDir(), "journal", "underlay", "c1.eth0.json"))
+		j, err := txn.LoadJournal(txn.JournalPath(e.stateDir(), "underlay", "c1", "eth0"))
 		if err != nil {
 			e.t.Fatalf("kill at step %d: the journal must survive the crash: %v", step, err)
 		}

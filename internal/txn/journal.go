@@ -37,9 +37,13 @@ func JournalDir(stateDir, network string) string {
 	return filepath.Join(stateDir, "journal", network)
 }
 
+// Key names an attachment in file names; ':' is valid in neither a
+// container ID nor an interface name, so keys cannot collide.
+func Key(containerID, ifname string) string { return containerID + ":" + ifname }
+
 // JournalPath is the journal file of one attachment.
 func JournalPath(stateDir, network, containerID, ifname string) string {
-	return filepath.Join(JournalDir(stateDir, network), containerID+"."+ifname+".json")
+	return filepath.Join(JournalDir(stateDir, network), Key(containerID, ifname)+".json")
 }
 
 // NewJournal returns an empty journal for an attachment; nothing is written yet.
