@@ -11,7 +11,6 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -66,44 +65,39 @@ never touched; Ctrl-C cleans up.`)
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("needs root (it creates network namespaces)")
 	}
+	// Ctrl-C cancels ctx: the running plugin call is killed, the demo stops
+	// at its next step, and cleanup removes every namespace and file it made
+	// (the plugin only ever touched the demo's node and pod namespaces).
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
 	d := &demo{out: stdout}
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
-	done := make(chan error, 1)
-	go func() { done <- d.run() }()
-	select {
-	case err := <-done:
-		d.cleanup()
-		return err
-	case s := <-sig:
-		fmt.Fprintf(stdout, "\n%s: cleaning up\n", s)
-		d.cleanup()
+	err := d.run(ctx)
+	d.cleanup()
+	if ctx.Err() != nil {
+		fmt.Fprintln(stdout, "\ninterrupted: namespaces and state removed")
 		os.Exit(130)
 	}
-	return nil
+	return err
 }
 
 type demo struct {
 	out  io.Writer
 	topo *harness.Topology
 	dir  string
-	once sync.Once
 }
 
 func (d *demo) cleanup() {
-	d.once.Do(func() {
-		if d.topo != nil {
-			d.topo.Close()
-		}
-		if d.dir != "" {
-			os.RemoveAll(d.dir)
-		}
-	})
+	if d.topo != nil {
+		d.topo.Close()
+	}
+	if d.dir != "" {
+		os.RemoveAll(d.dir)
+	}
 }
 
 func (d *demo) step(format string, a ...any) { fmt.Fprintf(d.out, "\n== "+format+"\n", a...) }
 
-func (d *demo) run() error {
+func (d *demo) run(ctx context.Context) error {
 	var err error
 	if d.dir, err = os.MkdirTemp("", "spinneret-demo-"); err != nil {
 		return err
@@ -144,8 +138,10 @@ func (d *demo) run() error {
 	rt := func(i int) *libcni.RuntimeConf {
 		return &libcni.RuntimeConf{ContainerID: fmt.Sprintf("demo-pod-%d", i+1), NetNS: pods[i].Path(), IfName: "eth0"}
 	}
-	ctx := context.Background()
 	for i, p := range pods {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
 		d.step("ADD pod%d (netns %s)", i+1, p.Name)
 		start := time.Now()
 		err := d.topo.Node.Do(func() error {
@@ -180,6 +176,9 @@ func (d *demo) run() error {
 	}
 	failed := 0
 	check := func(from int, what string, dst netip.Addr) {
+		if ctx.Err() != nil {
+			return
+		}
 		err := pods[from].Ping(dst, 3*time.Second)
 		mark := "ok  "
 		if err != nil {
