@@ -81,36 +81,35 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	return types.PrintResult(res, p.cfg.CNIVersion)
 }
 
-// abort finishes a failed ADD: Apply has undone the steps it could; release
-// the addresses and drop the journal, or keep it for DEL if undo was partial.
+// abort finishes a failed ADD. Apply has already undone what it could when a
+// step failed; a failure after Apply (reading the result back, committing
+// the journal) is undone here. Then the addresses are released and the
+// journal removed, or the journal is kept for DEL if the undo was partial.
 func (p *plugin) abort(j *txn.Journal, cause error) error {
+	var undoErr error
 	var se *txn.StepError
-	if !errors.As(cause, &se) { // failed after Apply: undo everything here
+	if errors.As(cause, &se) {
+		undoErr = se.UndoErr
+	} else {
 		env := p.envFor(j)
-		uerr := txn.Rollback(env, j)
+		undoErr = txn.Rollback(env, j)
 		env.Close()
-		se = &txn.StepError{Index: len(j.Steps) - 1, Total: len(j.Steps), Op: nopOp{"commit"}, Err: cause, UndoErr: uerr}
+		cause = fmt.Errorf("after the last step: %w", cause)
+		if undoErr != nil {
+			cause = fmt.Errorf("%w; rollback incomplete, journal kept for DEL: %v", cause, undoErr)
+		}
 	}
-	if se.UndoErr != nil {
+	if undoErr != nil {
 		j.Save()
-		return types.NewError(ErrRollbackIncomlete, se.Error(), "")
+		return types.NewError(ErrRollbackIncomplete, fmt.Sprintf("network %s: %v", p.cfg.Name, cause), "")
 	}
 	if err := p.store.Release(j.ContainerID, j.IfName); err != nil {
 		j.Save()
-		return types.NewError(ErrRollbackIncomlete, fmt.Sprintf("%v; release addresses: %v", se, err), "")
+		return types.NewError(ErrRollbackIncomplete, fmt.Sprintf("network %s: %v; release addresses: %v", p.cfg.Name, cause, err), "")
 	}
 	j.Remove()
-	return types.NewError(ErrStepFailed, fmt.Sprintf("network %s: %v (rolled back)", p.cfg.Name, se), "")
+	return types.NewError(ErrStepFailed, fmt.Sprintf("network %s: %v (rolled back)", p.cfg.Name, cause), "")
 }
-
-// nopOp names a failure that is not a plan step in a StepError.
-type nopOp struct{ name string }
-
-func (o nopOp) Kind() string         { return o.name }
-func (o nopOp) Do(*txn.Env) error    { return nil }
-func (o nopOp) Undo(*txn.Env) error  { return nil }
-func (o nopOp) Check(*txn.Env) error { return nil }
-func (o nopOp) String() string       { return o.name }
 
 // resolve turns the request into one NIC: the master mapped and allowed by
 // the node conf, the MAC from runtimeConfig, CNI_ARGS or the config.

@@ -25,9 +25,9 @@ import (
 
 // Plugin-specific CNI error codes (100+ are free for plugins).
 const (
-	ErrPoolExhausted     uint = 101 // no free address in the network's pools
-	ErrStepFailed        uint = 102 // a plan step failed; everything was rolled back
-	ErrRollbackIncomlete uint = 103 // a step failed and its rollback did not finish; DEL retries it
+	ErrPoolExhausted      uint = 101 // no free address in the network's pools
+	ErrStepFailed         uint = 102 // a plan step failed; everything was rolled back
+	ErrRollbackIncomplete uint = 103 // a step failed and its rollback did not finish; DEL retries it
 )
 
 // Main runs the plugin for the CNI_COMMAND in the environment.
