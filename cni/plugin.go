@@ -5,6 +5,7 @@
 package cni
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
+	"github.com/containernetworking/cni/pkg/utils"
 	"github.com/containernetworking/cni/pkg/version"
 
 	"github.com/spinneret-cni/spinneret/conf"
@@ -56,6 +58,31 @@ func load(stdin []byte) (*plugin, error) {
 	}
 	p := &plugin{cfg: cfg, node: node, store: ipam.NewLocal(node.StateDir), close: func() {}}
 	p.log, p.close = newLogger(node)
+	return p, nil
+}
+
+// loadForDel reads just the network name and node conf path from a config
+// that failed validation; the journal and the IPAM owner records hold the
+// rest of what DEL needs.
+func loadForDel(stdin []byte, cause error) (*plugin, error) {
+	var minimal struct {
+		Name     string `json:"name"`
+		NodeConf string `json:"nodeConf"`
+	}
+	if json.Unmarshal(stdin, &minimal) != nil || utils.ValidateNetworkName(minimal.Name) != nil {
+		return nil, cause
+	}
+	cfg := &conf.Config{Name: minimal.Name, NodeConfPath: conf.DefaultNodeConf}
+	if minimal.NodeConf != "" {
+		cfg.NodeConfPath, cfg.NodeConfExplicit = minimal.NodeConf, true
+	}
+	node, err := conf.LoadNode(cfg.NodeConfPath, cfg.NodeConfExplicit)
+	if err != nil {
+		return nil, cause
+	}
+	p := &plugin{cfg: cfg, node: node, store: ipam.NewLocal(node.StateDir)}
+	p.log, p.close = newLogger(node)
+	p.log.Warn("config is invalid; DEL works from the journal alone", "err", cause)
 	return p, nil
 }
 
@@ -130,7 +157,11 @@ func (p *plugin) done(verb string, args *skel.CmdArgs, start time.Time, err erro
 func cmdDel(args *skel.CmdArgs) (err error) {
 	p, err := load(args.StdinData)
 	if err != nil {
-		return err
+		// a config broken after ADD must not leave pods stuck terminating:
+		// DEL needs only the network's name and the node conf
+		if p, err = loadForDel(args.StdinData, err); err != nil {
+			return err
+		}
 	}
 	defer func(t time.Time) { p.done("DEL", args, t, err) }(time.Now())
 	lk, err := p.attachmentLock(args.ContainerID, args.IfName, true)

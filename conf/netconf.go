@@ -394,14 +394,15 @@ func (rp *rawPool) validate(path string) (*Pool, error) {
 // for IPv4, the broadcast address.
 func DefaultRange(sub netip.Prefix) Range {
 	start := sub.Addr().Next()
-	end := lastAddr(sub)
+	end := LastAddr(sub)
 	if sub.Addr().Is4() {
 		end = end.Prev()
 	}
 	return Range{start, end}
 }
 
-func lastAddr(p netip.Prefix) netip.Addr {
+// LastAddr is the last address of a prefix.
+func LastAddr(p netip.Prefix) netip.Addr {
 	b := p.Addr().AsSlice()
 	for i := range b {
 		bit := i * 8
@@ -417,6 +418,17 @@ func lastAddr(p netip.Prefix) netip.Addr {
 
 // Is4 reports whether the pool is IPv4.
 func (p *Pool) Is4() bool { return p.Subnet.Addr().Is4() }
+
+// ExcludedBlock returns the last address of the exclude prefix holding a, so
+// a scan can jump over the whole block.
+func (p *Pool) ExcludedBlock(a netip.Addr) (netip.Addr, bool) {
+	for _, x := range p.Exclude {
+		if x.Contains(a) {
+			return LastAddr(x), true
+		}
+	}
+	return netip.Addr{}, false
+}
 
 // Excluded reports whether a is never to be handed out: excluded by config,
 // the gateway, or outside every range.

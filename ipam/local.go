@@ -204,7 +204,7 @@ func (s *Local) Exhausted(p conf.Pool) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	for a := st.Next; !st.Done && a.IsValid(); a = nextInRanges(&p, a) {
+	for a := st.Next; !st.Done && a.IsValid(); a = nextCandidate(&p, a) {
 		if !p.Excluded(a) && !s.claimed(p.Name, a) {
 			return false, nil
 		}
@@ -266,6 +266,15 @@ func nextInRanges(p *conf.Pool, a netip.Addr) netip.Addr {
 	return netip.Addr{}
 }
 
+// nextCandidate is the address to try after a: the next one in the ranges,
+// past the whole excluded block if a is in one.
+func nextCandidate(p *conf.Pool, a netip.Addr) netip.Addr {
+	if end, ok := p.ExcludedBlock(a); ok {
+		a = end
+	}
+	return nextInRanges(p, a)
+}
+
 func (s *Local) claimed(pool string, a netip.Addr) bool {
 	_, err := os.Stat(filepath.Join(s.poolDir(pool), "ips", a.String()))
 	return err == nil
@@ -312,7 +321,7 @@ func (s *Local) allocateFrom(owner string, p *conf.Pool) (*Allocation, error) {
 	found := netip.Addr{}
 	for !st.Done && !found.IsValid() {
 		a := st.Next
-		if st.Next = nextInRanges(p, a); !st.Next.IsValid() {
+		if st.Next = nextCandidate(p, a); !st.Next.IsValid() {
 			st.Done = true
 		}
 		if p.Excluded(a) {

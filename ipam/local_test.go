@@ -219,3 +219,17 @@ func BenchmarkAllocateRelease(b *testing.B) {
 		})
 	}
 }
+
+// TestExcludedBlockSkipped: a large excluded block is jumped over, not walked.
+func TestExcludedBlockSkipped(t *testing.T) {
+	s := NewLocal(t.TempDir())
+	p := pool(t, "big", "10.0.0.0/8", "10.0.0.1", "10.255.255.254", "10.0.0.0/9", "10.128.0.0/31")
+	a, err := s.Allocate(owner(1), []conf.Pool{p})
+	if err != nil || addrs(a) != "10.128.0.2/8" {
+		t.Fatalf("allocated %s, %v", addrs(a), err)
+	}
+	st, _ := s.loadState(&p)
+	if st.Next.String() != "10.128.0.3" {
+		t.Fatalf("next = %s", st.Next)
+	}
+}

@@ -173,3 +173,17 @@ func (e *env) confListRaw(s string) *libcni.NetworkConfigList {
 	}
 	return l
 }
+
+// TestDelWithBrokenConfig: a config broken after ADD (here a typo'd field)
+// fails ADD, but DEL still cleans up from the journal.
+func TestDelWithBrokenConfig(t *testing.T) {
+	e := newEnv(t)
+	p, _ := e.topo.NewPod()
+	before := e.snapshot(p)
+	e.mustAdd(e.confList("1.0.0", dual, ""), rtConf("c1", p))
+	broken := e.confList("1.0.0", dual, `"mdoe":"bridge"`)
+	_, err := e.add(broken, rtConf("c2", p))
+	wantErr(t, err, types.ErrInvalidNetworkConfig, "mdoe: unknown field")
+	e.mustDel(broken, rtConf("c1", p))
+	e.sameAs(before, p)
+}
