@@ -86,7 +86,7 @@ func (s *Local) Allocate(o Owner, pools []conf.Pool) ([]Allocation, error) {
 		var names []string
 		var got *Allocation
 		for _, p := range fam {
-			a, err := s.allocateFrom(o.key(), &p)
+			a, err := s.allocateFrom(rec, &p)
 			if err != nil {
 				s.release(rec)
 				return nil, err
@@ -101,11 +101,6 @@ func (s *Local) Allocate(o Owner, pools []conf.Pool) ([]Allocation, error) {
 			s.release(rec)
 			return nil, &exhaustedError{pools: names}
 		}
-		rec.Addrs = append(rec.Addrs, *got)
-	}
-	if err := s.writeOwner(rec); err != nil {
-		s.release(rec)
-		return nil, err
 	}
 	return rec.Addrs, nil
 }
@@ -311,27 +306,25 @@ func (s *Local) readFreed(pool string, seq uint64) (netip.Addr, error) {
 	return netip.ParseAddr(strings.TrimSpace(string(b)))
 }
 
-// allocateFrom claims one address of p for owner, or returns nil if p is
-// exhausted.
-func (s *Local) allocateFrom(owner string, p *conf.Pool) (*Allocation, error) {
+// allocateFrom claims one address of p for rec's owner, or returns nil if p
+// is exhausted. The owner record naming the address is written before the
+// claim, so a process killed in between leaves nothing that a release by
+// owner cannot find; a FIFO entry is removed only after the claim and the
+// state are saved, so a crash cannot drop a released address.
+func (s *Local) allocateFrom(rec *ownerRecord, p *conf.Pool) (*Allocation, error) {
 	st, err := s.loadState(p)
 	if err != nil {
 		return nil, err
 	}
+	var stale []uint64 // FIFO entries passed over
+	popped := uint64(0)
 	found := netip.Addr{}
 	for !st.Done && !found.IsValid() {
 		a := st.Next
 		if st.Next = nextCandidate(p, a); !st.Next.IsValid() {
 			st.Done = true
 		}
-		if p.Excluded(a) {
-			continue
-		}
-		ok, err := s.claim(p.Name, a, owner)
-		if err != nil {
-			return nil, err
-		}
-		if ok {
+		if !p.Excluded(a) && !s.claimed(p.Name, a) {
 			found = a
 		}
 	}
@@ -339,25 +332,39 @@ func (s *Local) allocateFrom(owner string, p *conf.Pool) (*Allocation, error) {
 		seq := st.Head
 		st.Head++
 		a, err := s.readFreed(p.Name, seq)
-		os.Remove(filepath.Join(s.poolDir(p.Name), "freed", strconv.FormatUint(seq, 10)))
-		if err != nil || !p.Subnet.Contains(a) || p.Excluded(a) {
-			continue // stale entry, or the pool's ranges changed
+		if err != nil || !p.Subnet.Contains(a) || p.Excluded(a) || s.claimed(p.Name, a) {
+			stale = append(stale, seq) // the pool's ranges changed, or claimed again
+			continue
 		}
-		ok, err := s.claim(p.Name, a, owner)
+		found, popped = a, seq+1
+	}
+	if found.IsValid() {
+		al := Allocation{Pool: p.Name, Address: netip.PrefixFrom(found, p.Subnet.Bits()), Gateway: p.Gateway}
+		rec.Addrs = append(rec.Addrs, al)
+		if err := s.writeOwner(rec); err != nil {
+			return nil, err
+		}
+		ok, err := s.claim(p.Name, found, rec.key())
 		if err != nil {
 			return nil, err
 		}
-		if ok {
-			found = a
+		if !ok { // only a store changed behind the lock's back gets here
+			return nil, fmt.Errorf("ipam: pool %q: %s is already claimed", p.Name, found)
 		}
 	}
 	if err := s.saveState(p.Name, st); err != nil {
 		return nil, err
 	}
+	if popped > 0 {
+		stale = append(stale, popped-1)
+	}
+	for _, seq := range stale {
+		os.Remove(filepath.Join(s.poolDir(p.Name), "freed", strconv.FormatUint(seq, 10)))
+	}
 	if !found.IsValid() {
 		return nil, nil
 	}
-	return &Allocation{Pool: p.Name, Address: netip.PrefixFrom(found, p.Subnet.Bits()), Gateway: p.Gateway}, nil
+	return &rec.Addrs[len(rec.Addrs)-1], nil
 }
 
 func (s *Local) readOwner(key string) (*ownerRecord, error) {

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -231,5 +233,47 @@ func TestExcludedBlockSkipped(t *testing.T) {
 	st, _ := s.loadState(&p)
 	if st.Next.String() != "10.128.0.3" {
 		t.Fatalf("next = %s", st.Next)
+	}
+}
+
+// TestCrashWindows: the store stays consistent whatever step a killed
+// process stopped at. Owner records are written before claims, the pool
+// state after them, and a FIFO entry outlives its claim until the state is
+// saved.
+func TestCrashWindows(t *testing.T) {
+	dir := t.TempDir()
+	s := NewLocal(dir)
+	p := []conf.Pool{pool(t, "p", "192.0.2.0/24", "192.0.2.1", "192.0.2.4")}
+	poolDir := filepath.Join(dir, "ipam", "pools", "p")
+
+	// killed after the owner record, before the claim (and so before the
+	// state): release finds the owner and skips the missing claim; the
+	// cursor never moved, so the address is handed out next
+	s.Allocate(owner(9), p) // creates the pool state
+	s.Release("c9", "eth0")
+	state, _ := os.ReadFile(filepath.Join(poolDir, "state.json"))
+	a, _ := s.Allocate(owner(1), p)
+	os.Remove(filepath.Join(poolDir, "ips", a[0].Address.Addr().String()))
+	os.WriteFile(filepath.Join(poolDir, "state.json"), state, 0o600)
+	if err := s.Release("c1", "eth0"); err != nil {
+		t.Fatal(err)
+	}
+	if owners, _ := s.Owners(); len(owners) != 0 {
+		t.Fatalf("owners left: %v", owners)
+	}
+	b, _ := s.Allocate(owner(2), p)
+	if addrs(b) != addrs(a) {
+		t.Fatalf("after the crash %s was handed out, want %s", addrs(b), addrs(a))
+	}
+
+	// killed after claiming a released address, before saving the FIFO
+	// head: the entry is found claimed and skipped, not handed out twice
+	s.Allocate(owner(3), p)
+	s.Allocate(owner(4), p) // the fresh addresses are used up
+	s.Release("c2", "eth0") // FIFO: .1 (c9's), .2
+	os.WriteFile(filepath.Join(poolDir, "ips", "192.0.2.1"), []byte("crashed:eth0"), 0o600)
+	got, err := s.Allocate(owner(5), p)
+	if err != nil || addrs(got) != "192.0.2.2/24" {
+		t.Fatalf("allocated %s, %v; want 192.0.2.2 (192.0.2.1 is claimed by a crashed process)", addrs(got), err)
 	}
 }
