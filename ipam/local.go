@@ -14,6 +14,7 @@ import (
 
 	"github.com/spinneret-cni/spinneret/conf"
 	"github.com/spinneret-cni/spinneret/internal/fileutil"
+	"github.com/spinneret-cni/spinneret/internal/testhook"
 )
 
 // Local is the file-backed IPAM store of one node. Layout under <stateDir>/ipam:
@@ -344,10 +345,12 @@ func (s *Local) allocateFrom(rec *ownerRecord, p *conf.Pool) (*Allocation, error
 		if err := s.writeOwner(rec); err != nil {
 			return nil, err
 		}
+		testhook.Point("ipam-owner-written")
 		ok, err := s.claim(p.Name, found, rec.key())
 		if err != nil {
 			return nil, err
 		}
+		testhook.Point("ipam-claimed")
 		if !ok { // only a store changed behind the lock's back gets here
 			return nil, fmt.Errorf("ipam: pool %q: %s is already claimed", p.Name, found)
 		}
@@ -355,6 +358,7 @@ func (s *Local) allocateFrom(rec *ownerRecord, p *conf.Pool) (*Allocation, error
 	if err := s.saveState(p.Name, st); err != nil {
 		return nil, err
 	}
+	testhook.Point("ipam-state-saved")
 	if popped > 0 {
 		stale = append(stale, popped-1)
 	}
@@ -399,9 +403,11 @@ func (s *Local) release(rec *ownerRecord) error {
 		if err := s.pushFreed(a.Pool, addr); err != nil {
 			return err
 		}
+		testhook.Point("ipam-release-queued")
 		if err := os.Remove(claim); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return err
 		}
+		testhook.Point("ipam-release-unclaimed")
 	}
 	if err := os.Remove(s.ownerPath(rec.key())); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err

@@ -201,7 +201,7 @@ func (e *env) snapshot(pods ...*harness.NS) string {
 		parts = append(parts, "## "+ns.Name+"\n"+d)
 	}
 	store := ipam.NewLocal(e.stateDir())
-	for _, p := range []string{"t-v4", "t-v6", "small"} {
+	for _, p := range []string{"t-v4", "t-v6", "small", "small6"} {
 		held, err := store.Allocated(p)
 		if err != nil {
 			e.t.Fatal(err)

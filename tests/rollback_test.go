@@ -88,3 +88,53 @@ func TestCrash(t *testing.T) {
 		e.mustDel(l, rtConf("c1", p))
 	})
 }
+
+// TestCrashInIPAM SIGKILLs the binary inside the IPAM store: between the
+// owner record and the claim, after the claim, after the pool state, and in
+// DEL between queueing a released address and dropping its claim. After a
+// DEL the pool is as before, and every address can still be handed out,
+// once.
+func TestCrashInIPAM(t *testing.T) {
+	e := newEnv(t)
+	l := e.confListRaw(`{"cniVersion":"1.1.0","name":"underlay","plugins":[{"type":"spinneret","nodeConf":"` + e.dir + `/node.yaml","master":"uplink","ipam":{"pools":[` +
+		`{"name":"small","subnet":"192.0.2.0/24","ranges":[{"start":"192.0.2.10","end":"192.0.2.11"}]},` +
+		`{"name":"small6","subnet":"2001:db8:0:1::/64","ranges":[{"start":"2001:db8:0:1::10","end":"2001:db8:0:1::11"}]}]}}]}`)
+	p1, _ := e.topo.NewPod()
+	p2, _ := e.topo.NewPod()
+	before := e.snapshot(p1, p2)
+	// both addresses of each pool are usable, by two pods at once, once
+	fillAndEmpty := func(point string) {
+		t.Helper()
+		r1 := e.mustAdd(l, rtConf("f1", p1))
+		r2 := e.mustAdd(l, rtConf("f2", p2))
+		for i := range r1.IPs {
+			if r1.IPs[i].Address.String() == r2.IPs[i].Address.String() {
+				t.Fatalf("after a kill at %s, %s was handed out twice", point, r1.IPs[i].Address.String())
+			}
+		}
+		e.mustDel(l, rtConf("f1", p1))
+		e.mustDel(l, rtConf("f2", p2))
+		e.sameAs(before, p1, p2)
+	}
+	for _, point := range []string{"ipam-owner-written", "ipam-claimed", "ipam-state-saved"} {
+		t.Setenv("SPINNERET_TEST_KILL_AT", point)
+		if _, err := e.add(l, rtConf("c1", p1)); err == nil || !strings.Contains(err.Error(), "signal: killed") {
+			t.Fatalf("kill at %s: ADD returned %v", point, err)
+		}
+		os.Unsetenv("SPINNERET_TEST_KILL_AT")
+		e.mustDel(l, rtConf("c1", p1))
+		e.sameAs(before, p1, p2)
+		fillAndEmpty(point)
+	}
+	for _, point := range []string{"ipam-release-queued", "ipam-release-unclaimed"} {
+		e.mustAdd(l, rtConf("c1", p1))
+		t.Setenv("SPINNERET_TEST_KILL_AT", point)
+		if err := e.del(l, rtConf("c1", p1)); err == nil || !strings.Contains(err.Error(), "signal: killed") {
+			t.Fatalf("kill at %s: DEL returned %v", point, err)
+		}
+		os.Unsetenv("SPINNERET_TEST_KILL_AT")
+		e.mustDel(l, rtConf("c1", p1))
+		e.sameAs(before, p1, p2)
+		fillAndEmpty(point)
+	}
+}
