@@ -59,7 +59,7 @@ traffic over IPv4 and IPv6, runs CHECK and STATUS, then DEL, and shows that
 the node and the pods are clean. Needs root. The machine's own namespace is
 never touched; Ctrl-C cleans up.`)
 	}
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if os.Geteuid() != 0 {

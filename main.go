@@ -3,6 +3,7 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -34,18 +35,30 @@ func main() {
 		usage(os.Stdout)
 		return
 	}
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// run runs a subcommand and returns the exit code: 0 (also for --help), 1
+// when the command failed, 2 for a usage error.
+func run(args []string, stdout, stderr io.Writer) int {
 	for _, c := range commands {
-		if c.name == os.Args[1] {
-			if err := c.run(os.Args[2:], os.Stdout); err != nil {
-				fmt.Fprintf(os.Stderr, "spinneret %s: %v\n", c.name, err)
-				os.Exit(1)
-			}
-			return
+		if c.name != args[0] {
+			continue
+		}
+		err := c.run(args[1:], stdout)
+		switch {
+		case err == nil, errors.Is(err, flag.ErrHelp):
+			return 0
+		case errors.As(err, new(usageError)):
+			return 2 // the flag package has printed the usage
+		default:
+			fmt.Fprintf(stderr, "spinneret %s: %v\n", c.name, err)
+			return 1
 		}
 	}
-	fmt.Fprintf(os.Stderr, "spinneret: unknown command %q\n\n", os.Args[1])
-	usage(os.Stderr)
-	os.Exit(2)
+	fmt.Fprintf(stderr, "spinneret: unknown command %q\n\n", args[0])
+	usage(stderr)
+	return 2
 }
 
 func usage(w io.Writer) {
@@ -61,13 +74,31 @@ Run by hand:
 	fmt.Fprintf(w, "\n'spinneret COMMAND --help' describes a command.\n")
 }
 
+// usageError is a command line the flag package rejected.
+type usageError struct{ error }
+
+// parseFlags parses a subcommand's flags; --help gives flag.ErrHelp.
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil && !errors.Is(err, flag.ErrHelp) {
+		return usageError{err}
+	} else if err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(fs.Output(), "unexpected argument %q\n", fs.Arg(0))
+		fs.Usage()
+		return usageError{fmt.Errorf("unexpected argument %q", fs.Arg(0))}
+	}
+	return nil
+}
+
 func runVersion(args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("version", flag.ContinueOnError)
 	fs.SetOutput(stdout)
 	fs.Usage = func() {
 		fmt.Fprintln(stdout, "usage: spinneret version\n\nPrints the version and the CNI spec versions supported.")
 	}
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "spinneret %s\nCNI versions: %v\n", version, conf.SupportedVersions)

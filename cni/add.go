@@ -78,6 +78,9 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	if err != nil {
 		return p.abort(j, err)
 	}
+	for _, a := range nic.Addrs {
+		p.log.Info("attached", "container", args.ContainerID, "ifname", args.IfName, "master", nic.Network.Master, "pool", a.Pool, "address", a.Address)
+	}
 	return types.PrintResult(res, p.cfg.CNIVersion)
 }
 

@@ -103,6 +103,19 @@ func TestLifecycle(t *testing.T) {
 	}
 }
 
+// TestVersion: libcni's VERSION call reports every supported spec version.
+func TestVersion(t *testing.T) {
+	e := newEnv(t)
+	info, err := e.cni.GetVersionInfo(e.ctx, "spinneret")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := info.SupportedVersions()
+	if strings.Join(got, ",") != strings.Join(conf.SupportedVersions, ",") {
+		t.Fatalf("VERSION = %v, want %v", got, conf.SupportedVersions)
+	}
+}
+
 // verifyResult checks the result against the pod's kernel state: the
 // interface with its sandbox and MAC, addresses with interface index and
 // gateway, routes, DNS; IPv6 addresses are usable at once (not tentative).
