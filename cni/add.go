@@ -50,34 +50,36 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	if err := p.precheck(env, nic); err != nil {
 		return types.NewError(types.ErrInvalidNetworkConfig, err.Error(), "")
 	}
+	p.phase("check")
 
+	// the journal is first written with the first step: a process killed
+	// before that holds only addresses, which DEL and GC release by owner
 	j := txn.NewJournal(p.node.StateDir, p.cfg.Name, args.ContainerID, args.IfName, args.Netns, ino)
-	if err := j.Save(); err != nil { // before allocating, so a crash is found by DEL and GC
-		return types.NewError(types.ErrIOFailure, err.Error(), "")
-	}
 	owner := ipam.Owner{ContainerID: args.ContainerID, IfName: args.IfName, Network: p.cfg.Name}
 	nic.Addrs, err = p.store.Allocate(owner, nic.Network.Pools)
 	if err != nil {
-		j.Remove()
 		if errors.Is(err, ipam.ErrExhausted) {
 			return types.NewError(ErrPoolExhausted, fmt.Sprintf("network %s: %v", p.cfg.Name, err), "")
 		}
 		return types.NewError(types.ErrIOFailure, err.Error(), "")
 	}
+	p.phase("allocate")
 	nics := []NIC{*nic}
 	if aerr := txn.Apply(env, j, Plan(nics)); aerr != nil {
 		return p.abort(j, aerr)
 	}
+	p.phase("apply")
 	res, err := buildResult(env, args.Netns, nics, p.cfg.DNS)
 	if err == nil {
-		j.State = txn.StateCommitted
-		if j.Result, err = json.Marshal(res); err == nil {
-			err = j.Save()
+		var b []byte
+		if b, err = json.Marshal(res); err == nil {
+			err = j.Commit(b)
 		}
 	}
 	if err != nil {
 		return p.abort(j, err)
 	}
+	p.phase("commit")
 	for _, a := range nic.Addrs {
 		p.log.Info("attached", "container", args.ContainerID, "ifname", args.IfName, "master", nic.Network.Master, "pool", a.Pool, "address", a.Address)
 	}

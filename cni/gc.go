@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
@@ -85,9 +84,5 @@ func (p *plugin) locked(containerID, ifname string, fn func() error) error {
 		return err
 	}
 	defer lk.Unlock()
-	if err := fn(); err != nil {
-		return err
-	}
-	os.Remove(filepath.Join(p.node.StateDir, "locks", txn.Key(containerID, ifname)))
-	return nil
+	return fn()
 }

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"log/slog"
 	"os"
@@ -45,9 +46,20 @@ type plugin struct {
 	log   *slog.Logger
 	store *ipam.Local
 	close func()
+	// phases are "name", milliseconds pairs for the final log line
+	phases []any
+	mark   time.Time
+}
+
+// phase records how long the work since the last mark took.
+func (p *plugin) phase(name string) {
+	now := time.Now()
+	p.phases = append(p.phases, name+"-ms", float64(now.Sub(p.mark).Microseconds())/1000)
+	p.mark = now
 }
 
 func load(stdin []byte) (*plugin, error) {
+	start := time.Now()
 	cfg, err := conf.Parse(stdin)
 	if err != nil {
 		return nil, types.NewError(types.ErrInvalidNetworkConfig, "invalid config: "+err.Error(), "")
@@ -56,8 +68,9 @@ func load(stdin []byte) (*plugin, error) {
 	if err != nil {
 		return nil, types.NewError(types.ErrInvalidNetworkConfig, err.Error(), "")
 	}
-	p := &plugin{cfg: cfg, node: node, store: ipam.NewLocal(node.StateDir), close: func() {}}
+	p := &plugin{cfg: cfg, node: node, store: ipam.NewLocal(node.StateDir), mark: start}
 	p.log, p.close = newLogger(node)
+	p.phase("load")
 	return p, nil
 }
 
@@ -80,7 +93,7 @@ func loadForDel(stdin []byte, cause error) (*plugin, error) {
 	if err != nil {
 		return nil, cause
 	}
-	p := &plugin{cfg: cfg, node: node, store: ipam.NewLocal(node.StateDir)}
+	p := &plugin{cfg: cfg, node: node, store: ipam.NewLocal(node.StateDir), mark: time.Now()}
 	p.log, p.close = newLogger(node)
 	p.log.Warn("config is invalid; DEL works from the journal alone", "err", cause)
 	return p, nil
@@ -101,14 +114,22 @@ func newLogger(n *conf.Node) (*slog.Logger, func()) {
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: lvl})).With("pid", os.Getpid()), closeFn
 }
 
-// attachmentLock serialises ADD, DEL and GC of one attachment; GC skips an
-// attachment whose lock is held (an ADD in flight).
+// lockStripes is how many lock files attachments hash onto. A file per
+// attachment would cost a file creation per pod; with stripes the files
+// exist after the first few pods, and two attachments share a lock only
+// rarely (they then wait for each other, or GC retries one next time).
+const lockStripes = 64
+
+// attachmentLock serialises ADD, DEL and GC of one attachment; GC does not
+// wait for it (wait false) and skips an attachment whose ADD is in flight.
 func (p *plugin) attachmentLock(containerID, ifname string, wait bool) (*fileutil.Lock, error) {
 	dir := filepath.Join(p.node.StateDir, "locks")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	path := filepath.Join(dir, txn.Key(containerID, ifname))
+	h := fnv.New32a()
+	h.Write([]byte(txn.Key(containerID, ifname)))
+	path := filepath.Join(dir, fmt.Sprintf("%02d", h.Sum32()%lockStripes))
 	if wait {
 		return fileutil.LockFile(path)
 	}
@@ -137,15 +158,18 @@ func (p *plugin) teardown(j *txn.Journal) error {
 		}
 		return err
 	}
+	p.phase("undo")
 	if err := p.store.Release(j.ContainerID, j.IfName); err != nil {
 		return err
 	}
+	p.phase("release")
 	return j.Remove()
 }
 
 func (p *plugin) done(verb string, args *skel.CmdArgs, start time.Time, err error) {
 	attrs := []any{"verb", verb, "network", p.cfg.Name, "container", args.ContainerID, "ifname", args.IfName,
 		"ms", float64(time.Since(start).Microseconds()) / 1000}
+	attrs = append(attrs, p.phases...)
 	if err != nil {
 		p.log.Error("failed", append(attrs, "err", err)...)
 	} else {
@@ -183,6 +207,5 @@ func cmdDel(args *skel.CmdArgs) (err error) {
 	if err != nil {
 		return types.NewError(types.ErrTryAgainLater, fmt.Sprintf("DEL %s/%s: %v", args.ContainerID, args.IfName, err), "")
 	}
-	os.Remove(filepath.Join(p.node.StateDir, "locks", txn.Key(args.ContainerID, args.IfName)))
 	return nil
 }

@@ -82,25 +82,41 @@ func (s *Local) Allocate(o Owner, pools []conf.Pool) ([]Allocation, error) {
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return nil, err
 	}
-	rec := &ownerRecord{Owner: o}
+	// pick an address per family first (reads only), then write the owner
+	// record naming them all, then claim them: a process killed at any
+	// point leaves either nothing or an owner record a release can follow
+	var picks []*pick
 	for _, fam := range Families(pools) {
 		var names []string
-		var got *Allocation
-		for _, p := range fam {
-			a, err := s.allocateFrom(rec, &p)
+		var got *pick
+		for i := range fam {
+			pk, err := s.pick(&fam[i])
 			if err != nil {
-				s.release(rec)
 				return nil, err
 			}
-			if a != nil {
-				got = a
+			if pk != nil {
+				got = pk
 				break
 			}
-			names = append(names, p.Name)
+			names = append(names, fam[i].Name)
 		}
 		if got == nil {
-			s.release(rec)
 			return nil, &exhaustedError{pools: names}
+		}
+		picks = append(picks, got)
+	}
+	rec := &ownerRecord{Owner: o}
+	for _, pk := range picks {
+		rec.Addrs = append(rec.Addrs, Allocation{Pool: pk.pool.Name, Address: netip.PrefixFrom(pk.addr, pk.pool.Subnet.Bits()), Gateway: pk.pool.Gateway})
+	}
+	if err := s.writeOwner(rec); err != nil {
+		return nil, err
+	}
+	testhook.Point("ipam-owner-written")
+	for _, pk := range picks {
+		if err := s.commit(rec.key(), pk); err != nil {
+			s.release(rec)
+			return nil, err
 		}
 	}
 	return rec.Addrs, nil
@@ -196,21 +212,8 @@ func (s *Local) Exhausted(p conf.Pool) (bool, error) {
 		return false, err
 	}
 	defer l.Unlock()
-	st, err := s.loadState(&p)
-	if err != nil {
-		return false, err
-	}
-	for a := st.Next; !st.Done && a.IsValid(); a = nextCandidate(&p, a) {
-		if !p.Excluded(a) && !s.claimed(p.Name, a) {
-			return false, nil
-		}
-	}
-	for seq := st.Head; seq < st.Tail; seq++ {
-		if a, err := s.readFreed(p.Name, seq); err == nil && !p.Excluded(a) && !s.claimed(p.Name, a) {
-			return false, nil
-		}
-	}
-	return true, nil
+	pk, err := s.pick(&p)
+	return pk == nil, err
 }
 
 func fingerprint(p *conf.Pool) string {
@@ -220,13 +223,8 @@ func fingerprint(p *conf.Pool) string {
 }
 
 func (s *Local) loadState(p *conf.Pool) (*poolState, error) {
-	st := &poolState{}
-	b, err := os.ReadFile(filepath.Join(s.poolDir(p.Name), "state.json"))
-	if err == nil {
-		if err := json.Unmarshal(b, st); err != nil {
-			return nil, fmt.Errorf("ipam: pool %q state: %w", p.Name, err)
-		}
-	} else if !errors.Is(err, os.ErrNotExist) {
+	st, err := s.readState(p.Name)
+	if err != nil {
 		return nil, err
 	}
 	if fp := fingerprint(p); st.Fingerprint != fp {
@@ -240,9 +238,24 @@ func (s *Local) loadState(p *conf.Pool) (*poolState, error) {
 	return st, nil
 }
 
+// readState reads a pool's state. The state is only a hint (claims decide
+// what is taken, FIFO entries are created exclusively), so it is saved
+// without fsync, and an unreadable one, as a power cut may leave, starts over.
+func (s *Local) readState(pool string) (*poolState, error) {
+	st := &poolState{}
+	b, err := os.ReadFile(filepath.Join(s.poolDir(pool), "state.json"))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	if err == nil && json.Unmarshal(b, st) != nil {
+		st = &poolState{}
+	}
+	return st, nil
+}
+
 func (s *Local) saveState(pool string, st *poolState) error {
 	b, _ := json.Marshal(st)
-	return fileutil.WriteAtomic(filepath.Join(s.poolDir(pool), "state.json"), b)
+	return fileutil.Replace(filepath.Join(s.poolDir(pool), "state.json"), b)
 }
 
 // nextInRanges returns the address after a in the pool's ranges, or an
@@ -282,19 +295,9 @@ func (s *Local) claim(pool string, a netip.Addr, owner string) (bool, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return false, err
 	}
-	f, err := os.OpenFile(filepath.Join(dir, a.String()), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	err := fileutil.CreateDurable(filepath.Join(dir, a.String()), []byte(owner))
 	if errors.Is(err, os.ErrExist) {
 		return false, nil
-	}
-	if err != nil {
-		return false, err
-	}
-	_, err = f.WriteString(owner)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
 	}
 	return err == nil, err
 }
@@ -307,68 +310,74 @@ func (s *Local) readFreed(pool string, seq uint64) (netip.Addr, error) {
 	return netip.ParseAddr(strings.TrimSpace(string(b)))
 }
 
-// allocateFrom claims one address of p for rec's owner, or returns nil if p
-// is exhausted. The owner record naming the address is written before the
-// claim, so a process killed in between leaves nothing that a release by
-// owner cannot find; a FIFO entry is removed only after the claim and the
-// state are saved, so a crash cannot drop a released address.
-func (s *Local) allocateFrom(rec *ownerRecord, p *conf.Pool) (*Allocation, error) {
+// pick is an address chosen in a pool, with the pool state that hands it
+// out and the FIFO entries it consumed.
+type pick struct {
+	pool  *conf.Pool
+	addr  netip.Addr
+	st    *poolState
+	freed []uint64 // FIFO entries to remove once the state is saved
+}
+
+// pick chooses p's next address without writing anything: a never-used one
+// while there are any, then the oldest released one. Before calling the pool
+// exhausted it rescans the whole pool once, so an address whose release was
+// lost (a power cut before the FIFO entry reached the disk) comes back.
+// It returns nil if p has no free address.
+func (s *Local) pick(p *conf.Pool) (*pick, error) {
 	st, err := s.loadState(p)
 	if err != nil {
 		return nil, err
 	}
-	var stale []uint64 // FIFO entries passed over
-	popped := uint64(0)
-	found := netip.Addr{}
-	for !st.Done && !found.IsValid() {
-		a := st.Next
-		if st.Next = nextCandidate(p, a); !st.Next.IsValid() {
-			st.Done = true
+	pk := &pick{pool: p, st: st}
+	for rescanned := false; ; rescanned = true {
+		for !st.Done {
+			a := st.Next
+			if st.Next = nextCandidate(p, a); !st.Next.IsValid() {
+				st.Done = true
+			}
+			if !p.Excluded(a) && !s.claimed(p.Name, a) {
+				pk.addr = a
+				return pk, nil
+			}
 		}
-		if !p.Excluded(a) && !s.claimed(p.Name, a) {
-			found = a
+		for st.Head < st.Tail {
+			seq := st.Head
+			st.Head++
+			pk.freed = append(pk.freed, seq)
+			a, err := s.readFreed(p.Name, seq)
+			if err == nil && p.Subnet.Contains(a) && !p.Excluded(a) && !s.claimed(p.Name, a) {
+				pk.addr = a
+				return pk, nil
+			} // else: stale, the pool's ranges changed, or claimed again
 		}
+		if rescanned {
+			return nil, nil
+		}
+		st.Next, st.Done = p.Ranges[0].Start, false
 	}
-	for !found.IsValid() && st.Head < st.Tail {
-		seq := st.Head
-		st.Head++
-		a, err := s.readFreed(p.Name, seq)
-		if err != nil || !p.Subnet.Contains(a) || p.Excluded(a) || s.claimed(p.Name, a) {
-			stale = append(stale, seq) // the pool's ranges changed, or claimed again
-			continue
-		}
-		found, popped = a, seq+1
+}
+
+// commit claims a picked address for owner, saves the pool state, and only
+// then drops the FIFO entries the pick consumed, so a crash cannot lose a
+// released address.
+func (s *Local) commit(owner string, pk *pick) error {
+	ok, err := s.claim(pk.pool.Name, pk.addr, owner)
+	if err != nil {
+		return err
 	}
-	if found.IsValid() {
-		al := Allocation{Pool: p.Name, Address: netip.PrefixFrom(found, p.Subnet.Bits()), Gateway: p.Gateway}
-		rec.Addrs = append(rec.Addrs, al)
-		if err := s.writeOwner(rec); err != nil {
-			return nil, err
-		}
-		testhook.Point("ipam-owner-written")
-		ok, err := s.claim(p.Name, found, rec.key())
-		if err != nil {
-			return nil, err
-		}
-		testhook.Point("ipam-claimed")
-		if !ok { // only a store changed behind the lock's back gets here
-			return nil, fmt.Errorf("ipam: pool %q: %s is already claimed", p.Name, found)
-		}
+	if !ok { // only a store changed behind the lock's back gets here
+		return fmt.Errorf("ipam: pool %q: %s is already claimed", pk.pool.Name, pk.addr)
 	}
-	if err := s.saveState(p.Name, st); err != nil {
-		return nil, err
+	testhook.Point("ipam-claimed")
+	if err := s.saveState(pk.pool.Name, pk.st); err != nil {
+		return err
 	}
 	testhook.Point("ipam-state-saved")
-	if popped > 0 {
-		stale = append(stale, popped-1)
+	for _, seq := range pk.freed {
+		os.Remove(filepath.Join(s.poolDir(pk.pool.Name), "freed", strconv.FormatUint(seq, 10)))
 	}
-	for _, seq := range stale {
-		os.Remove(filepath.Join(s.poolDir(p.Name), "freed", strconv.FormatUint(seq, 10)))
-	}
-	if !found.IsValid() {
-		return nil, nil
-	}
-	return &rec.Addrs[len(rec.Addrs)-1], nil
+	return nil
 }
 
 func (s *Local) readOwner(key string) (*ownerRecord, error) {
@@ -416,20 +425,25 @@ func (s *Local) release(rec *ownerRecord) error {
 }
 
 func (s *Local) pushFreed(pool string, a netip.Addr) error {
-	st := &poolState{}
-	statePath := filepath.Join(s.poolDir(pool), "state.json")
-	if b, err := os.ReadFile(statePath); err == nil {
-		if err := json.Unmarshal(b, st); err != nil {
-			return fmt.Errorf("ipam: pool %q state: %w", pool, err)
-		}
+	st, err := s.readState(pool)
+	if err != nil {
+		return err
 	}
 	dir := filepath.Join(s.poolDir(pool), "freed")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
-	if err := fileutil.WriteAtomic(filepath.Join(dir, strconv.FormatUint(st.Tail, 10)), []byte(a.String())); err != nil {
-		return err
+	// an entry is created exclusively: a tail that is behind (its state was
+	// lost) skips entries that exist instead of overwriting them
+	for {
+		err := fileutil.CreateDurable(filepath.Join(dir, strconv.FormatUint(st.Tail, 10)), []byte(a.String()))
+		st.Tail++
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, os.ErrExist) {
+			return err
+		}
 	}
-	st.Tail++
 	return s.saveState(pool, st)
 }

@@ -3,8 +3,11 @@ package tests
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -82,6 +85,46 @@ func benchLifecycle(b *testing.B, fam family) {
 	b.ReportMetric(ms(delP[2]), "del-p99-ms")
 	b.ReportMetric(ms(percentiles(adds[:50])[0]), "add-p50-first50-ms")
 	b.ReportMetric(ms(percentiles(adds[benchPods-50:])[0]), "add-p50-last50-ms")
+
+	// the plugin's own account of each ADD (its log line), without process
+	// start and libcni: total and per phase, and first vs last 50 pods
+	phases := pluginPhases(b, filepath.Join(dir, "spinneret.log"), "ADD")
+	for _, name := range []string{"ms", "load-ms", "check-ms", "allocate-ms", "apply-ms", "commit-ms"} {
+		v := phases[name]
+		if len(v) != benchPods {
+			b.Fatalf("%d ADD log lines with %s, want %d", len(v), name, benchPods)
+		}
+		b.ReportMetric(ms(percentiles(v)[0]), "plugin-add-"+strings.TrimSuffix(name, "-ms")+"-p50-ms")
+	}
+	b.ReportMetric(ms(percentiles(phases["ms"][:50])[0]), "plugin-add-p50-first50-ms")
+	b.ReportMetric(ms(percentiles(phases["ms"][benchPods-50:])[0]), "plugin-add-p50-last50-ms")
+}
+
+// pluginPhases reads the durations the plugin logged for each call of verb,
+// in call order: "ms" (the whole call) and each "<phase>-ms".
+func pluginPhases(b *testing.B, logFile, verb string) map[string][]time.Duration {
+	data, err := os.ReadFile(logFile)
+	if err != nil {
+		b.Fatal(err)
+	}
+	out := map[string][]time.Duration{}
+	for _, line := range strings.Split(string(data), "\n") {
+		if !strings.Contains(line, " msg=ok ") || !strings.Contains(line, " verb="+verb+" ") {
+			continue
+		}
+		for _, field := range strings.Fields(line) {
+			k, v, ok := strings.Cut(field, "=")
+			if !ok || (k != "ms" && !strings.HasSuffix(k, "-ms")) {
+				continue
+			}
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				b.Fatalf("log field %s: %v", field, err)
+			}
+			out[k] = append(out[k], time.Duration(f*float64(time.Millisecond)))
+		}
+	}
+	return out
 }
 
 // percentiles returns p50, p90 and p99 (nearest rank).

@@ -13,14 +13,20 @@ import (
 // WriteAtomic replaces path with data so that a reader (or a process started
 // after a crash) sees either the old or the new content, never a mix: it
 // writes a temp file in the same directory, fsyncs it and renames it over path.
-func WriteAtomic(path string, data []byte) error {
+func WriteAtomic(path string, data []byte) error { return replace(path, data, true) }
+
+// Replace is WriteAtomic without the fsync: atomic for readers and across a
+// killed process, but a power cut may lose it. For hints that can be rebuilt.
+func Replace(path string, data []byte) error { return replace(path, data, false) }
+
+func replace(path string, data []byte, durable bool) error {
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
 	if err != nil {
 		return err
 	}
 	tmp := f.Name()
-	if _, err = f.Write(data); err == nil {
+	if _, err = f.Write(data); err == nil && durable {
 		err = f.Sync()
 	}
 	if cerr := f.Close(); err == nil {
@@ -31,6 +37,27 @@ func WriteAtomic(path string, data []byte) error {
 	}
 	if err != nil {
 		os.Remove(tmp)
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}
+
+// CreateDurable creates path exclusively with data and fsyncs it. If path
+// exists it fails with an error matching os.ErrExist; on any other failure
+// nothing is left behind.
+func CreateDurable(path string, data []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err = f.Write(data); err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(path)
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	return nil

@@ -111,6 +111,19 @@ func (j *Journal) Save() error {
 	return fileutil.WriteAtomic(j.path, b)
 }
 
+// Commit marks the journal committed with the ADD's result. It adds no step,
+// so it is written atomically but without waiting for the disk: after a
+// power cut the pod namespaces are gone and the journal's steps, which are
+// durable, are all a DEL or GC needs.
+func (j *Journal) Commit(result []byte) error {
+	j.State, j.Result = StateCommitted, result
+	b, err := json.Marshal(j)
+	if err != nil {
+		return err
+	}
+	return fileutil.Replace(j.path, b)
+}
+
 // Remove deletes the journal; a missing file is not an error.
 func (j *Journal) Remove() error {
 	if err := os.Remove(j.path); err != nil && !errors.Is(err, os.ErrNotExist) {
