@@ -215,7 +215,7 @@ func (e *env) snapshot(pods ...*harness.NS) string {
 	}
 	owners, _ := store.Owners()
 	parts = append(parts, fmt.Sprintf("## owners %v", owners))
-	journals, _ := filepath.Glob(filepath.Join(e.stateDir(), "journal", "*", "*.json"))
+	journals, _ := filepath.Glob(filepath.Join(e.stateDir(), "journal", "*", "*.journal"))
 	parts = append(parts, fmt.Sprintf("## journals %v", journals))
 	return strings.Join(parts, "\n")
 }

@@ -39,8 +39,7 @@ func Apply(env *Env, j *Journal, ops []Op) error {
 				break
 			}
 		}
-		j.Steps = append(j.Steps, Steps(ops[i:end])...)
-		if err := j.Save(); err != nil {
+		if err := j.Append(Steps(ops[i:end])...); err != nil {
 			return fail(i, err)
 		}
 		for ; i < end; i++ {

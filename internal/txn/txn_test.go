@@ -220,3 +220,35 @@ func TestApplyBatchesStepsOnACreatedLink(t *testing.T) {
 		t.Fatalf("journal lengths seen by steps = %v", saved)
 	}
 }
+
+// TestJournalTornLine: a line torn by a crash (its step never ran) is
+// ignored; everything before it is read back, and so is a commit.
+func TestJournalTornLine(t *testing.T) {
+	var log []string
+	j := NewJournal(t.TempDir(), "net", "c1", "eth0", "/run/netns/x", 42)
+	if err := Apply(NewEnv("", 0), j, ops(&log, "a", "b")); err != nil {
+		t.Fatal(err)
+	}
+	f, _ := os.OpenFile(j.Path(), os.O_WRONLY|os.O_APPEND, 0)
+	f.WriteString(`{"step":{"kind":"test.fake","op":{"na`)
+	f.Close()
+	back, err := LoadJournal(j.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(back.Steps) != 2 || back.NetNS != "/run/netns/x" || back.NetNSIno != 42 || back.State != StateApplying {
+		t.Fatalf("read back %+v", back)
+	}
+	if err := j.Commit([]byte(`{"cniVersion":"1.1.0"}`)); err != nil {
+		t.Fatal(err)
+	}
+	if back, _ = LoadJournal(j.Path()); back.State != StateApplying {
+		t.Fatal("a commit after a torn line must not be trusted")
+	}
+	j2 := NewJournal(t.TempDir(), "net", "c2", "eth0", "", 0)
+	Apply(NewEnv("", 0), j2, ops(&log, "a"))
+	j2.Commit([]byte(`{"cniVersion":"1.1.0"}`))
+	if back, _ = LoadJournal(j2.Path()); back.State != StateCommitted || string(back.Result) != `{"cniVersion":"1.1.0"}` {
+		t.Fatalf("commit read back as %s %s", back.State, back.Result)
+	}
+}
