@@ -1,15 +1,12 @@
 package ipam
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 
 	"github.com/spinneret-cni/spinneret/conf"
@@ -22,27 +19,21 @@ import (
 //	lock                      flock held for every operation
 //	owners/<cid>:<if>.json    what one interface holds (idempotency, release)
 //	pools/<pool>/ips/<addr>   one file per allocated address (the claim)
-//	pools/<pool>/freed/<seq>  released addresses, oldest first (FIFO)
-//	pools/<pool>/state.json   the next never-used address and the FIFO's ends
+//	pools/<pool>/freed.log    released addresses, oldest first (a FIFO)
+//	pools/<pool>/state.json   the next never-used address and the FIFO's head
 //
 // An ADD touches a constant number of files whatever the number of pods: fresh
 // addresses come from a cursor, and once every address has been used,
 // released ones come back oldest first, so an address just released is the
-// last to be handed out again.
+// last to be handed out again. An allocation creates two files (the owner
+// record and the claim) and a release none: creating a file is what costs
+// on a node's disk (~1.2 ms on the test machine, an fsync'd append ~0.14 ms).
 type Local struct {
 	dir string
 }
 
 // NewLocal returns the store under stateDir.
 func NewLocal(stateDir string) *Local { return &Local{dir: filepath.Join(stateDir, "ipam")} }
-
-type poolState struct {
-	Fingerprint string     `json:"fingerprint"`
-	Next        netip.Addr `json:"next,omitzero"`  // zero: start of the first range
-	Done        bool       `json:"done,omitempty"` // every address was handed out once
-	Head        uint64     `json:"head"`
-	Tail        uint64     `json:"tail"`
-}
 
 type ownerRecord struct {
 	Owner
@@ -216,188 +207,29 @@ func (s *Local) Exhausted(p conf.Pool) (bool, error) {
 	return pk == nil, err
 }
 
-func fingerprint(p *conf.Pool) string {
-	h := sha256.New()
-	fmt.Fprintf(h, "%s|%v|%v|%s", p.Subnet, p.Ranges, p.Exclude, p.Gateway)
-	return hex.EncodeToString(h.Sum(nil))[:16]
-}
-
-func (s *Local) loadState(p *conf.Pool) (*poolState, error) {
-	st, err := s.readState(p.Name)
-	if err != nil {
-		return nil, err
-	}
-	if fp := fingerprint(p); st.Fingerprint != fp {
-		// the pool's ranges changed: scan for fresh addresses from the start;
-		// claimed ones are skipped, the FIFO of released ones is kept
-		st.Fingerprint, st.Next, st.Done = fp, netip.Addr{}, false
-	}
-	if !st.Done && !st.Next.IsValid() {
-		st.Next = p.Ranges[0].Start
-	}
-	return st, nil
-}
-
-// readState reads a pool's state. The state is only a hint (claims decide
-// what is taken, FIFO entries are created exclusively), so it is saved
-// without fsync, and an unreadable one, as a power cut may leave, starts over.
-func (s *Local) readState(pool string) (*poolState, error) {
-	st := &poolState{}
-	b, err := os.ReadFile(filepath.Join(s.poolDir(pool), "state.json"))
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, err
-	}
-	if err == nil && json.Unmarshal(b, st) != nil {
-		st = &poolState{}
-	}
-	return st, nil
-}
-
-func (s *Local) saveState(pool string, st *poolState) error {
-	b, _ := json.Marshal(st)
-	return fileutil.Replace(filepath.Join(s.poolDir(pool), "state.json"), b)
-}
-
-// nextInRanges returns the address after a in the pool's ranges, or an
-// invalid address after the last one.
-func nextInRanges(p *conf.Pool, a netip.Addr) netip.Addr {
-	for i, r := range p.Ranges {
-		if a.Less(r.Start) {
-			return r.Start
-		}
-		if a.Less(r.End) {
-			return a.Next()
-		}
-		if a == r.End && i+1 < len(p.Ranges) {
-			return p.Ranges[i+1].Start
-		}
-	}
-	return netip.Addr{}
-}
-
-// nextCandidate is the address to try after a: the next one in the ranges,
-// past the whole excluded block if a is in one.
-func nextCandidate(p *conf.Pool, a netip.Addr) netip.Addr {
-	if end, ok := p.ExcludedBlock(a); ok {
-		a = end
-	}
-	return nextInRanges(p, a)
-}
-
-func (s *Local) claimed(pool string, a netip.Addr) bool {
-	_, err := os.Stat(filepath.Join(s.poolDir(pool), "ips", a.String()))
-	return err == nil
-}
-
-// claim creates the address's claim file; false if another owner has it.
-func (s *Local) claim(pool string, a netip.Addr, owner string) (bool, error) {
-	dir := filepath.Join(s.poolDir(pool), "ips")
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return false, err
-	}
-	err := fileutil.CreateDurable(filepath.Join(dir, a.String()), []byte(owner))
-	if errors.Is(err, os.ErrExist) {
-		return false, nil
-	}
-	return err == nil, err
-}
-
-func (s *Local) readFreed(pool string, seq uint64) (netip.Addr, error) {
-	b, err := os.ReadFile(filepath.Join(s.poolDir(pool), "freed", strconv.FormatUint(seq, 10)))
-	if err != nil {
-		return netip.Addr{}, err
-	}
-	return netip.ParseAddr(strings.TrimSpace(string(b)))
-}
-
-// pick is an address chosen in a pool, with the pool state that hands it
-// out and the FIFO entries it consumed.
-type pick struct {
-	pool  *conf.Pool
-	addr  netip.Addr
-	st    *poolState
-	freed []uint64 // FIFO entries to remove once the state is saved
-}
-
-// pick chooses p's next address without writing anything: a never-used one
-// while there are any, then the oldest released one. Before calling the pool
-// exhausted it rescans the whole pool once, so an address whose release was
-// lost (a power cut before the FIFO entry reached the disk) comes back.
-// It returns nil if p has no free address.
-func (s *Local) pick(p *conf.Pool) (*pick, error) {
-	st, err := s.loadState(p)
-	if err != nil {
-		return nil, err
-	}
-	pk := &pick{pool: p, st: st}
-	for rescanned := false; ; rescanned = true {
-		for !st.Done {
-			a := st.Next
-			if st.Next = nextCandidate(p, a); !st.Next.IsValid() {
-				st.Done = true
-			}
-			if !p.Excluded(a) && !s.claimed(p.Name, a) {
-				pk.addr = a
-				return pk, nil
-			}
-		}
-		for st.Head < st.Tail {
-			seq := st.Head
-			st.Head++
-			pk.freed = append(pk.freed, seq)
-			a, err := s.readFreed(p.Name, seq)
-			if err == nil && p.Subnet.Contains(a) && !p.Excluded(a) && !s.claimed(p.Name, a) {
-				pk.addr = a
-				return pk, nil
-			} // else: stale, the pool's ranges changed, or claimed again
-		}
-		if rescanned {
-			return nil, nil
-		}
-		st.Next, st.Done = p.Ranges[0].Start, false
-	}
-}
-
-// commit claims a picked address for owner, saves the pool state, and only
-// then drops the FIFO entries the pick consumed, so a crash cannot lose a
-// released address.
-func (s *Local) commit(owner string, pk *pick) error {
-	ok, err := s.claim(pk.pool.Name, pk.addr, owner)
-	if err != nil {
-		return err
-	}
-	if !ok { // only a store changed behind the lock's back gets here
-		return fmt.Errorf("ipam: pool %q: %s is already claimed", pk.pool.Name, pk.addr)
-	}
-	testhook.Point("ipam-claimed")
-	if err := s.saveState(pk.pool.Name, pk.st); err != nil {
-		return err
-	}
-	testhook.Point("ipam-state-saved")
-	for _, seq := range pk.freed {
-		os.Remove(filepath.Join(s.poolDir(pk.pool.Name), "freed", strconv.FormatUint(seq, 10)))
-	}
-	return nil
-}
-
+// readOwner reads an owner record. One a crash left torn names no claim
+// (claims are made only after the record is on disk): it reads as empty.
 func (s *Local) readOwner(key string) (*ownerRecord, error) {
 	b, err := os.ReadFile(s.ownerPath(key))
 	if err != nil {
 		return nil, err
 	}
 	rec := &ownerRecord{}
-	if err := json.Unmarshal(b, rec); err != nil {
-		return nil, fmt.Errorf("ipam: owner %s: %w", key, err)
+	if json.Unmarshal(b, rec) != nil {
+		rec = &ownerRecord{}
+		rec.ContainerID, rec.IfName, _ = strings.Cut(key, ":")
 	}
 	return rec, nil
 }
 
+// writeOwner writes the record in place (a new owner's record is a new
+// file; a temp file and a rename would cost a second creation) and fsyncs it.
 func (s *Local) writeOwner(rec *ownerRecord) error {
 	if err := os.MkdirAll(filepath.Join(s.dir, "owners"), 0o700); err != nil {
 		return err
 	}
 	b, _ := json.Marshal(rec)
-	return fileutil.WriteAtomic(s.ownerPath(rec.key()), b)
+	return fileutil.WriteDurable(s.ownerPath(rec.key()), b)
 }
 
 // release frees rec's addresses (only claims that are still rec's), queues
@@ -422,28 +254,4 @@ func (s *Local) release(rec *ownerRecord) error {
 		return err
 	}
 	return nil
-}
-
-func (s *Local) pushFreed(pool string, a netip.Addr) error {
-	st, err := s.readState(pool)
-	if err != nil {
-		return err
-	}
-	dir := filepath.Join(s.poolDir(pool), "freed")
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
-	// an entry is created exclusively: a tail that is behind (its state was
-	// lost) skips entries that exist instead of overwriting them
-	for {
-		err := fileutil.CreateDurable(filepath.Join(dir, strconv.FormatUint(st.Tail, 10)), []byte(a.String()))
-		st.Tail++
-		if err == nil {
-			break
-		}
-		if !errors.Is(err, os.ErrExist) {
-			return err
-		}
-	}
-	return s.saveState(pool, st)
 }

@@ -291,7 +291,7 @@ func TestLostStateRecovers(t *testing.T) {
 		s.Allocate(owner(i), p)
 	}
 	s.Release("c2", "eth0")
-	os.RemoveAll(filepath.Join(poolDir, "freed")) // the entry for .2 is lost
+	os.Truncate(filepath.Join(poolDir, "freed.log"), 0) // the entry for .2 is lost
 	a, err := s.Allocate(owner(4), p)
 	if err != nil || addrs(a) != "192.0.2.2/24" {
 		t.Fatalf("lost FIFO entry: allocated %s, %v", addrs(a), err)
@@ -299,9 +299,9 @@ func TestLostStateRecovers(t *testing.T) {
 	s.Release("c1", "eth0")
 	os.WriteFile(filepath.Join(poolDir, "state.json"), []byte("{garbage"), 0o600) // the state is lost
 	s.Release("c3", "eth0")
-	entries, _ := os.ReadDir(filepath.Join(poolDir, "freed"))
-	if len(entries) != 2 {
-		t.Fatalf("FIFO entries after a lost state: %d, want 2 (none overwritten)", len(entries))
+	fi, _ := os.Stat(filepath.Join(poolDir, "freed.log"))
+	if fi.Size() != 2*fifoRecord {
+		t.Fatalf("FIFO holds %d bytes after a lost state, want 2 entries (none overwritten)", fi.Size())
 	}
 	got := map[string]bool{}
 	for i := 5; i <= 6; i++ {
@@ -316,5 +316,51 @@ func TestLostStateRecovers(t *testing.T) {
 	}
 	if _, err := s.Allocate(owner(7), p); !errors.Is(err, ErrExhausted) {
 		t.Fatalf("full pool: %v", err)
+	}
+}
+
+// TestFIFOCompaction: under steady churn the FIFO never drains, yet its
+// file stays bounded and the order (oldest released first) holds.
+func TestFIFOCompaction(t *testing.T) {
+	defer func(v int64) { fifoCompactAt = v }(fifoCompactAt)
+	fifoCompactAt = 4
+	dir := t.TempDir()
+	s := NewLocal(dir)
+	p := []conf.Pool{pool(t, "p", "192.0.2.0/24", "192.0.2.1", "192.0.2.20")}
+	var held []int
+	for i := 0; i < 20; i++ {
+		s.Allocate(owner(i), p)
+		held = append(held, i)
+	}
+	// release 10, then churn: release the oldest holder, allocate a new one;
+	// each new allocation must get the address released longest ago
+	var queue []string
+	for _, i := range held[:10] {
+		a, _ := s.Allocate(owner(i), p) // idempotent: read its address
+		queue = append(queue, addrs(a))
+		s.Release(fmt.Sprintf("c%d", i), "eth0")
+	}
+	held = held[10:]
+	next := 100
+	for round := 0; round < 60; round++ {
+		a, err := s.Allocate(owner(next), p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if addrs(a) != queue[0] {
+			t.Fatalf("round %d: got %s, want the oldest released %s", round, addrs(a), queue[0])
+		}
+		queue = queue[1:]
+		held = append(held, next)
+		next++
+		old := held[0]
+		held = held[1:]
+		b, _ := s.Allocate(owner(old), p)
+		queue = append(queue, addrs(b))
+		s.Release(fmt.Sprintf("c%d", old), "eth0")
+		fi, _ := os.Stat(filepath.Join(dir, "ipam", "pools", "p", "freed.log"))
+		if fi.Size() > (2*fifoCompactAt+12)*fifoRecord {
+			t.Fatalf("round %d: freed.log grew to %d bytes", round, fi.Size())
+		}
 	}
 }

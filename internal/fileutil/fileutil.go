@@ -42,11 +42,22 @@ func replace(path string, data []byte, durable bool) error {
 	return nil
 }
 
+// WriteDurable writes path in place (creating or truncating it) and fsyncs
+// it: one file creation at most, but a crash can leave it torn, so readers
+// must tolerate that.
+func WriteDurable(path string, data []byte) error {
+	return writeSync(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, data)
+}
+
 // CreateDurable creates path exclusively with data and fsyncs it. If path
 // exists it fails with an error matching os.ErrExist; on any other failure
 // nothing is left behind.
 func CreateDurable(path string, data []byte) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	return writeSync(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, data)
+}
+
+func writeSync(path string, flags int, data []byte) error {
+	f, err := os.OpenFile(path, flags, 0o600)
 	if err != nil {
 		return err
 	}

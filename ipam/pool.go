@@ -1,0 +1,289 @@
+package ipam
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/spinneret-cni/spinneret/conf"
+	"github.com/spinneret-cni/spinneret/internal/fileutil"
+	"github.com/spinneret-cni/spinneret/internal/testhook"
+)
+
+// poolState is a pool's allocation cursor and FIFO head. It is only a hint
+// (claims decide what is taken), so it is written in place without fsync,
+// and a torn or lost one costs a rescan, never an address.
+type poolState struct {
+	Fingerprint string     `json:"fingerprint"`
+	Next        netip.Addr `json:"next,omitzero"`  // the next never-used address
+	Done        bool       `json:"done,omitempty"` // every address was handed out once
+	Head        int64      `json:"head"`           // the FIFO's oldest entry
+}
+
+// fifoRecord is the fixed size of one released address in freed.log: an
+// address padded with spaces (an IPv6 address is at most 39 characters) and
+// a newline, so entry i sits at offset i*fifoRecord and the tail is the
+// file's size: a lost state cannot make a release overwrite an entry.
+const fifoRecord = 48
+
+// fifoCompactAt is how many consumed entries the FIFO may hold at its head
+// before the file is rewritten without them (a variable for tests).
+var fifoCompactAt int64 = 1024
+
+func fingerprint(p *conf.Pool) string {
+	h := sha256.New()
+	fmt.Fprintf(h, "%s|%v|%v|%s", p.Subnet, p.Ranges, p.Exclude, p.Gateway)
+	return hex.EncodeToString(h.Sum(nil))[:16]
+}
+
+func (s *Local) statePath(pool string) string { return filepath.Join(s.poolDir(pool), "state.json") }
+func (s *Local) fifoPath(pool string) string  { return filepath.Join(s.poolDir(pool), "freed.log") }
+
+// readState reads a pool's state; a missing or unreadable one starts over.
+func (s *Local) readState(pool string) (*poolState, error) {
+	st := &poolState{}
+	b, err := os.ReadFile(s.statePath(pool))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	if err == nil && json.Unmarshal(b, st) != nil {
+		st = &poolState{}
+	}
+	return st, nil
+}
+
+// loadState reads p's state for allocating: if the pool's ranges changed,
+// the cursor starts over (claimed addresses are skipped; the FIFO is kept).
+func (s *Local) loadState(p *conf.Pool) (*poolState, error) {
+	st, err := s.readState(p.Name)
+	if err != nil {
+		return nil, err
+	}
+	if fp := fingerprint(p); st.Fingerprint != fp {
+		st.Fingerprint, st.Next, st.Done = fp, netip.Addr{}, false
+	}
+	if !st.Done && !st.Next.IsValid() {
+		st.Next = p.Ranges[0].Start
+	}
+	return st, nil
+}
+
+func (s *Local) saveState(pool string, st *poolState) error {
+	if err := os.MkdirAll(s.poolDir(pool), 0o700); err != nil {
+		return err
+	}
+	b, _ := json.Marshal(st)
+	return os.WriteFile(s.statePath(pool), b, 0o600)
+}
+
+// nextInRanges returns the address after a in the pool's ranges, or an
+// invalid address after the last one.
+func nextInRanges(p *conf.Pool, a netip.Addr) netip.Addr {
+	for i, r := range p.Ranges {
+		if a.Less(r.Start) {
+			return r.Start
+		}
+		if a.Less(r.End) {
+			return a.Next()
+		}
+		if a == r.End && i+1 < len(p.Ranges) {
+			return p.Ranges[i+1].Start
+		}
+	}
+	return netip.Addr{}
+}
+
+// nextCandidate is the address to try after a: the next one in the ranges,
+// past the whole excluded block if a is in one.
+func nextCandidate(p *conf.Pool, a netip.Addr) netip.Addr {
+	if end, ok := p.ExcludedBlock(a); ok {
+		a = end
+	}
+	return nextInRanges(p, a)
+}
+
+func (s *Local) claimPath(pool string, a netip.Addr) string {
+	return filepath.Join(s.poolDir(pool), "ips", a.String())
+}
+
+func (s *Local) claimed(pool string, a netip.Addr) bool {
+	_, err := os.Stat(s.claimPath(pool, a))
+	return err == nil
+}
+
+// claim creates the address's claim file; false if another owner has it.
+func (s *Local) claim(pool string, a netip.Addr, owner string) (bool, error) {
+	if err := os.MkdirAll(filepath.Dir(s.claimPath(pool, a)), 0o700); err != nil {
+		return false, err
+	}
+	err := fileutil.CreateDurable(s.claimPath(pool, a), []byte(owner))
+	if errors.Is(err, os.ErrExist) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// fifo is a pool's freed.log, open for one operation.
+type fifo struct {
+	f    *os.File
+	tail int64 // entries in the file
+}
+
+func (s *Local) openFIFO(pool string) (*fifo, error) {
+	f, err := os.OpenFile(s.fifoPath(pool), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return &fifo{f: f, tail: fi.Size() / fifoRecord}, nil // a torn last record is overwritten
+}
+
+// at reads entry i; a torn or foreign record reads as invalid.
+func (q *fifo) at(i int64) netip.Addr {
+	buf := make([]byte, fifoRecord)
+	if _, err := q.f.ReadAt(buf, i*fifoRecord); err != nil && err != io.EOF {
+		return netip.Addr{}
+	}
+	a, _ := netip.ParseAddr(strings.TrimSpace(string(buf)))
+	return a
+}
+
+// push appends a and fsyncs: a release must not be lost.
+func (q *fifo) push(a netip.Addr) error {
+	rec := fmt.Sprintf("%-*s\n", fifoRecord-1, a)
+	if _, err := q.f.WriteAt([]byte(rec), q.tail*fifoRecord); err != nil {
+		return err
+	}
+	q.tail++
+	return q.f.Sync()
+}
+
+// compact drops the consumed entries before head once there are enough of
+// them, rewriting the file atomically; it returns the new head.
+func (q *fifo) compact(path string, head int64) (int64, error) {
+	if head < fifoCompactAt || head*2 < q.tail {
+		return head, nil
+	}
+	rest := make([]byte, (q.tail-head)*fifoRecord)
+	if _, err := q.f.ReadAt(rest, head*fifoRecord); err != nil && err != io.EOF {
+		return head, err
+	}
+	if err := fileutil.WriteAtomic(path, rest); err != nil {
+		return head, err
+	}
+	return 0, nil
+}
+
+func (q *fifo) close() { q.f.Close() }
+
+// pick is an address chosen in a pool, with the pool state that hands it out.
+type pick struct {
+	pool *conf.Pool
+	addr netip.Addr
+	st   *poolState
+}
+
+// pick chooses p's next address without writing anything: a never-used one
+// while there are any, then the oldest released one. Before calling the pool
+// exhausted it rescans the whole pool once, so an address whose release was
+// lost (a power cut before the FIFO entry reached the disk) comes back.
+// It returns nil if p has no free address.
+func (s *Local) pick(p *conf.Pool) (*pick, error) {
+	st, err := s.loadState(p)
+	if err != nil {
+		return nil, err
+	}
+	pk := &pick{pool: p, st: st}
+	var q *fifo
+	defer func() {
+		if q != nil {
+			q.close()
+		}
+	}()
+	for rescanned := false; ; rescanned = true {
+		for !st.Done {
+			a := st.Next
+			if st.Next = nextCandidate(p, a); !st.Next.IsValid() {
+				st.Done = true
+			}
+			if !p.Excluded(a) && !s.claimed(p.Name, a) {
+				pk.addr = a
+				return pk, nil
+			}
+		}
+		if q == nil {
+			if err := os.MkdirAll(s.poolDir(p.Name), 0o700); err != nil {
+				return nil, err
+			}
+			if q, err = s.openFIFO(p.Name); err != nil {
+				return nil, err
+			}
+		}
+		for st.Head < q.tail {
+			a := q.at(st.Head)
+			st.Head++
+			if a.IsValid() && p.Subnet.Contains(a) && !p.Excluded(a) && !s.claimed(p.Name, a) {
+				pk.addr = a
+				return pk, nil
+			} // else: torn, the pool's ranges changed, or claimed again
+		}
+		if rescanned {
+			return nil, nil
+		}
+		st.Next, st.Done = p.Ranges[0].Start, false
+	}
+}
+
+// commit claims a picked address for owner and then saves the pool state:
+// a process killed in between leaves the state behind, and the next pick
+// finds the address claimed and moves on.
+func (s *Local) commit(owner string, pk *pick) error {
+	ok, err := s.claim(pk.pool.Name, pk.addr, owner)
+	if err != nil {
+		return err
+	}
+	if !ok { // only a store changed behind the lock's back gets here
+		return fmt.Errorf("ipam: pool %q: %s is already claimed", pk.pool.Name, pk.addr)
+	}
+	testhook.Point("ipam-claimed")
+	if pk.st.Head > 0 {
+		q, err := s.openFIFO(pk.pool.Name)
+		if err != nil {
+			return err
+		}
+		pk.st.Head, err = q.compact(s.fifoPath(pk.pool.Name), pk.st.Head)
+		q.close()
+		if err != nil {
+			return err
+		}
+	}
+	if err := s.saveState(pk.pool.Name, pk.st); err != nil {
+		return err
+	}
+	testhook.Point("ipam-state-saved")
+	return nil
+}
+
+// pushFreed queues a released address at the end of its pool's FIFO.
+func (s *Local) pushFreed(pool string, a netip.Addr) error {
+	if err := os.MkdirAll(s.poolDir(pool), 0o700); err != nil {
+		return err
+	}
+	q, err := s.openFIFO(pool)
+	if err != nil {
+		return err
+	}
+	defer q.close()
+	return q.push(a)
+}
