@@ -8,6 +8,8 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"os"
+	"path/filepath"
 	"runtime"
 
 	"github.com/vishvananda/netlink"
@@ -81,6 +83,14 @@ func (n *NS) Do(fn func() error) error {
 		}
 	}()
 	return fn()
+}
+
+// Sysctl writes /proc/sys/<key> inside the namespace.
+func (n *NS) Sysctl(key, value string) error {
+	return n.Do(func() error {
+		// /proc/sys/net resolves to the namespace of the thread that opens it
+		return os.WriteFile(filepath.Join("/proc/sys", key), []byte(value), 0o644)
+	})
 }
 
 // Close deletes the namespace; links inside it go with it.

@@ -49,6 +49,14 @@ func NewTopology(prefix string) (t *Topology, err error) {
 	if t.Gateway, err = NewNS(prefix + "-gw"); err != nil {
 		return
 	}
+	// the infrastructure's own link-local addresses would finish DAD a second
+	// or two later and make before/after dumps differ; pods keep DAD, so
+	// tests can see that ADD never leaves an address tentative
+	for _, ns := range []*NS{t.Switch, t.Node, t.Gateway} {
+		if err = ns.Sysctl("net/ipv6/conf/default/accept_dad", "0"); err != nil {
+			return
+		}
+	}
 	sw := t.Switch.NL()
 	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br0"}}
 	if err = sw.LinkAdd(br); err != nil {
