@@ -214,10 +214,7 @@ func (d *demo) run(ctx context.Context) error {
 			return fmt.Errorf("DEL pod%d: %w", i+1, err)
 		}
 		show, _ := pods[i].Show()
-		if show == "" {
-			show = "  (only lo)"
-		}
-		fmt.Fprintf(d.out, "pod%d after DEL:\n%s\n", i+1, show)
+		fmt.Fprintf(d.out, "pod%d after DEL (only lo is left, which is not shown):\n%s\n", i+1, show)
 	}
 	nodeAfter, err := d.topo.Node.Dump()
 	if err != nil {

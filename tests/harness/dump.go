@@ -95,8 +95,8 @@ func RouteString(r netlink.Route, names map[int]string) string {
 	return s
 }
 
-// Show is a short, readable listing of a namespace's addresses, main-table
-// routes and rules, for the demo.
+// Show is a short, readable listing of a namespace's links with their
+// addresses, its main-table routes and its rules, for the demo.
 func (n *NS) Show() (string, error) {
 	h := n.nl
 	links, err := h.LinkList()
@@ -104,40 +104,85 @@ func (n *NS) Show() (string, error) {
 		return "", err
 	}
 	names := map[int]string{}
-	var out []string
 	for _, l := range links {
 		names[l.Attrs().Index] = l.Attrs().Name
 	}
+	var out []string
 	for _, l := range links {
 		a := l.Attrs()
 		if a.Name == "lo" {
 			continue
 		}
-		up := "DOWN"
+		state := "DOWN"
 		if a.Flags&net.FlagUp != 0 {
-			up = "UP"
+			state = "UP"
 		}
-		var ips []string
+		out = append(out, fmt.Sprintf("  %s (%s) %s mac %s mtu %d", a.Name, l.Type(), state, a.HardwareAddr, a.MTU))
 		addrs, _ := h.AddrList(l, netlink.FAMILY_ALL)
 		for _, ad := range addrs {
-			ips = append(ips, ad.IPNet.String())
+			fam := "inet "
+			if ad.IP.To4() == nil {
+				fam = "inet6"
+			}
+			out = append(out, fmt.Sprintf("      %s %s", fam, ad.IPNet))
 		}
-		out = append(out, fmt.Sprintf("  link  %-8s %-8s %s %s mtu %d  %s", a.Name, l.Type(), up, a.HardwareAddr, a.MTU, strings.Join(ips, " ")))
 	}
+	var routes, rules []string
 	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
-		routes, _ := h.RouteList(nil, fam)
-		for _, r := range routes {
+		rs, _ := h.RouteList(nil, fam)
+		for _, r := range rs {
 			if r.Dst != nil && r.Dst.IP.IsLinkLocalUnicast() {
 				continue
 			}
-			out = append(out, "  route "+RouteString(r, names))
+			routes = append(routes, "      "+shortRoute(r, names))
 		}
-		rules, _ := h.RuleList(fam)
-		for _, r := range rules {
-			out = append(out, fmt.Sprintf("  rule  %d: from %s lookup %d", r.Priority, orAll(r.Src), r.Table))
+		rls, _ := h.RuleList(fam)
+		var rl []string
+		for _, r := range rls {
+			rl = append(rl, fmt.Sprintf("%d: from %s lookup %s", r.Priority, orAll(r.Src), tableName(r.Table)))
+		}
+		rules = append(rules, fmt.Sprintf("      IPv%d: %s", map[int]int{netlink.FAMILY_V4: 4, netlink.FAMILY_V6: 6}[fam], strings.Join(rl, ", ")))
+	}
+	if len(routes) > 0 {
+		out = append(out, "  routes:")
+		out = append(out, routes...)
+	}
+	out = append(out, "  rules:")
+	out = append(out, rules...)
+	return strings.Join(out, "\n"), nil
+}
+
+// shortRoute formats a route as `ip route` prints it by default.
+func shortRoute(r netlink.Route, names map[int]string) string {
+	s := "default"
+	if r.Dst != nil {
+		if ones, _ := r.Dst.Mask.Size(); ones != 0 {
+			s = r.Dst.String()
 		}
 	}
-	return strings.Join(out, "\n"), nil
+	if r.Gw != nil {
+		s += " via " + r.Gw.String()
+	}
+	s += " dev " + names[r.LinkIndex]
+	if r.Scope == netlink.SCOPE_LINK {
+		s += " scope link"
+	}
+	if r.Src != nil {
+		s += " src " + r.Src.String()
+	}
+	return s
+}
+
+func tableName(t int) string {
+	switch t {
+	case unix.RT_TABLE_LOCAL:
+		return "local"
+	case unix.RT_TABLE_MAIN:
+		return "main"
+	case unix.RT_TABLE_DEFAULT:
+		return "default"
+	}
+	return fmt.Sprint(t)
 }
 
 func orAll(n *net.IPNet) string {
