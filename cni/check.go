@@ -13,6 +13,7 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
 
+	"github.com/spinneret-cni/spinneret/internal/netops"
 	"github.com/spinneret-cni/spinneret/internal/txn"
 )
 
@@ -34,7 +35,7 @@ func cmdCheck(args *skel.CmdArgs) (err error) {
 	}
 	env := p.envFor(j)
 	defer env.Close()
-	drift := []error{txn.Check(env, j)}
+	drift := []error{txn.Check(env, j), checkInterfaces(env, j.Result)}
 	drift = append(drift, comparePrevResult(p.cfg.CNIVersion, p.cfg.PrevResult, j.Result)...)
 	if err := errors.Join(drift...); err != nil {
 		return types.NewError(types.ErrInternal, "drift: "+err.Error(), "")
@@ -75,6 +76,32 @@ func comparePrevResult(cniVersion string, prev, recorded json.RawMessage) []erro
 		}
 	}
 	return errs
+}
+
+// checkInterfaces compares the MAC and MTU each pod interface had when ADD
+// returned with what it has now.
+func checkInterfaces(env *txn.Env, recorded json.RawMessage) error {
+	rec, err := parseResult(current.ImplementedSpecVersion, recorded)
+	if err != nil {
+		return fmt.Errorf("journal result: %w", err)
+	}
+	var errs []error
+	for _, i := range rec.Interfaces {
+		if i.Sandbox == "" {
+			continue
+		}
+		_, l, err := netops.Link(env, txn.Pod, i.Name)
+		if err != nil {
+			continue // reported by the step that created it
+		}
+		if mac := l.Attrs().HardwareAddr.String(); mac != i.Mac {
+			errs = append(errs, fmt.Errorf("%s: mac %s, was %s at ADD", i.Name, mac, i.Mac))
+		}
+		if i.Mtu != 0 && l.Attrs().MTU != i.Mtu {
+			errs = append(errs, fmt.Errorf("%s: mtu %d, was %d at ADD", i.Name, l.Attrs().MTU, i.Mtu))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 func parseResult(cniVersion string, b []byte) (*current.Result, error) {

@@ -29,6 +29,13 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "tests: the netns suite needs root (it creates network namespaces); run `make test` as root")
 		os.Exit(1)
 	}
+	// a test binary killed mid-run (a CI timeout) cannot clean up; its
+	// namespaces carry the suite's prefixes and are removed here
+	if n, err := harness.RemoveStale("spntest-", "spnbench-"); err != nil {
+		fmt.Fprintln(os.Stderr, "tests: removing stale namespaces:", err)
+	} else if n > 0 {
+		fmt.Fprintf(os.Stderr, "tests: removed %d namespaces left by an earlier run\n", n)
+	}
 	dir, err := os.MkdirTemp("", "spinneret-bin-")
 	if err != nil {
 		panic(err)

@@ -88,8 +88,13 @@ func TestCheckReportsDrift(t *testing.T) {
 		}
 	}
 	h.LinkSetDown(eth0)
-	if err := e.check(l, rt); err == nil || !strings.Contains(err.Error(), "eth0: link is down") {
-		t.Errorf("CHECK after link down: %v", err)
+	h.LinkSetMTU(eth0, 1400)
+	h.LinkSetHardwareAddr(eth0, []byte{0x0a, 0x1b, 0, 0, 0, 9})
+	err = e.check(l, rt)
+	for _, want := range []string{"eth0: link is down", "eth0: mtu 1400, was 1500 at ADD", "eth0: mac 0a:1b:00:00:00:09, was "} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("CHECK after changing eth0: %v, want %q", err, want)
+		}
 	}
 	e.mustDel(l, rt)
 	if err := e.check(l, rt); err == nil {

@@ -7,10 +7,12 @@ package harness
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -83,6 +85,31 @@ func (n *NS) Do(fn func() error) error {
 		}
 	}()
 	return fn()
+}
+
+// RemoveStale deletes named namespaces whose names start with one of the
+// prefixes (left by a run that was killed) and returns how many it removed.
+func RemoveStale(prefixes ...string) (int, error) {
+	ents, err := os.ReadDir("/run/netns")
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, e := range ents {
+		for _, p := range prefixes {
+			if strings.HasPrefix(e.Name(), p) {
+				if err := netns.DeleteNamed(e.Name()); err != nil {
+					return n, err
+				}
+				n++
+				break
+			}
+		}
+	}
+	return n, nil
 }
 
 // Sysctl writes /proc/sys/<key> inside the namespace.
