@@ -226,7 +226,7 @@ func (d *demo) run(ctx context.Context) error {
 		fmt.Fprintln(d.out, harness.Diff(nodeBefore, nodeAfter))
 	}
 	left, _ := filepath.Glob(filepath.Join(d.dir, "state", "journal", "*", "*.journal"))
-	held, _ := filepath.Glob(filepath.Join(d.dir, "state", "ipam", "pools", "*", "ips", "*"))
+	held, _ := filepath.Glob(filepath.Join(d.dir, "state", "ipam", "ips", "*"))
 	fmt.Fprintf(d.out, "journals left: %d, addresses still allocated: %d\n", len(left), len(held))
 	if !clean || len(left)+len(held) > 0 {
 		failed++

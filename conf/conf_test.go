@@ -124,6 +124,7 @@ func TestParseErrors(t *testing.T) {
 		{"ipam.subnet", `"x"`, `ipam.subnet: unknown field (value "x")`},
 		{"ipam.pools[0].name", `"V4!"`, `ipam.pools[0].name: "V4!" is not a valid pool name`},
 		{"ipam.pools[1]", `{"name":"v4","subnet":"192.0.3.0/24"}`, `ipam.pools[1].name: "v4" is used twice`},
+		{"ipam.pools[1]", `{"name":"v4b","subnet":"192.0.2.0/25","ranges":[{"start":"192.0.2.20","end":"192.0.2.30"}]}`, `ipam.pools[1]: ranges of "v4b" overlap pool "v4"`},
 		{"ipam.pools[0]", `{"name":"a","subnet":"192.0.2.0/33"}`, `ipam.pools[0].subnet: "192.0.2.0/33" is not a CIDR`},
 		{"ipam.pools[0]", `{"name":"a","subnet":"192.0.2.7/24"}`, `ipam.pools[0].subnet: "192.0.2.7/24" has host bits set (did you mean 192.0.2.0/24?)`},
 		{"ipam.pools[0]", `{"name":"a","subnet":"192.0.2.0/31"}`, `ipam.pools[0].subnet: "192.0.2.0/31" is too small`},

@@ -271,6 +271,11 @@ func (r *raw) network() (*Network, error) {
 			return nil, fmt.Errorf("ipam.pools[%d].name: %q is used twice", i, p.Name)
 		}
 		seen[p.Name] = true
+		for _, q := range n.Pools {
+			if q.overlaps(p) {
+				return nil, fmt.Errorf("ipam.pools[%d]: ranges of %q overlap pool %q", i, p.Name, q.Name)
+			}
+		}
 		if p.Subnet.Addr().Is6() && n.MTU != 0 && n.MTU < 1280 {
 			return nil, fmt.Errorf("mtu: %d is below IPv6's minimum 1280 but pool %q is IPv6", n.MTU, p.Name)
 		}
@@ -414,6 +419,17 @@ func LastAddr(p netip.Prefix) netip.Addr {
 	}
 	a, _ := netip.AddrFromSlice(b)
 	return a
+}
+
+func (p *Pool) overlaps(q *Pool) bool {
+	for _, a := range p.Ranges {
+		for _, b := range q.Ranges {
+			if a.Start.Is4() == b.Start.Is4() && !a.End.Less(b.Start) && !b.End.Less(a.Start) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // Is4 reports whether the pool is IPv4.

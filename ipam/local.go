@@ -18,7 +18,7 @@ import (
 //
 //	lock                      flock held for every operation
 //	owners/<cid>:<if>.json    what one interface holds (idempotency, release)
-//	pools/<pool>/ips/<addr>   one file per allocated address (the claim)
+//	ips/<addr>                one file per allocated address (the claim)
 //	pools/<pool>/freed.log    released addresses, oldest first (a FIFO)
 //	pools/<pool>/state.json   the next never-used address and the FIFO's head
 //
@@ -176,7 +176,7 @@ func (s *Local) Owners() ([]Owner, error) {
 
 // Allocated lists a pool's allocated addresses with their owner keys.
 func (s *Local) Allocated(pool string) (map[netip.Addr]string, error) {
-	dir := filepath.Join(s.poolDir(pool), "ips")
+	dir := filepath.Join(s.dir, "ips")
 	ents, err := os.ReadDir(dir)
 	if errors.Is(err, os.ErrNotExist) {
 		return map[netip.Addr]string{}, nil
@@ -191,7 +191,9 @@ func (s *Local) Allocated(pool string) (map[netip.Addr]string, error) {
 			continue
 		}
 		b, _ := os.ReadFile(filepath.Join(dir, e.Name()))
-		out[a] = string(b)
+		if owner, p, _ := strings.Cut(string(b), " "); p == pool {
+			out[a] = owner
+		}
 	}
 	return out, nil
 }
@@ -237,8 +239,8 @@ func (s *Local) writeOwner(rec *ownerRecord) error {
 func (s *Local) release(rec *ownerRecord) error {
 	for _, a := range rec.Addrs {
 		addr := a.Address.Addr()
-		claim := filepath.Join(s.poolDir(a.Pool), "ips", addr.String())
-		if b, err := os.ReadFile(claim); err != nil || string(b) != rec.key() {
+		claim := s.claimPath(addr)
+		if b, err := os.ReadFile(claim); err != nil || string(b) != claimText(rec.key(), a.Pool) {
 			continue // not ours (any more)
 		}
 		if err := s.pushFreed(a.Pool, addr); err != nil {

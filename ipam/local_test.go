@@ -253,7 +253,7 @@ func TestCrashWindows(t *testing.T) {
 	s.Release("c9", "eth0")
 	state, _ := os.ReadFile(filepath.Join(poolDir, "state.json"))
 	a, _ := s.Allocate(owner(1), p)
-	os.Remove(filepath.Join(poolDir, "ips", a[0].Address.Addr().String()))
+	os.Remove(filepath.Join(dir, "ipam", "ips", a[0].Address.Addr().String()))
 	os.WriteFile(filepath.Join(poolDir, "state.json"), state, 0o600)
 	if err := s.Release("c1", "eth0"); err != nil {
 		t.Fatal(err)
@@ -271,7 +271,7 @@ func TestCrashWindows(t *testing.T) {
 	s.Allocate(owner(3), p)
 	s.Allocate(owner(4), p) // the fresh addresses are used up
 	s.Release("c2", "eth0") // FIFO: .1 (c9's), .2
-	os.WriteFile(filepath.Join(poolDir, "ips", "192.0.2.1"), []byte("crashed:eth0"), 0o600)
+	os.WriteFile(filepath.Join(dir, "ipam", "ips", "192.0.2.1"), []byte("crashed:eth0"), 0o600)
 	got, err := s.Allocate(owner(5), p)
 	if err != nil || addrs(got) != "192.0.2.2/24" {
 		t.Fatalf("allocated %s, %v; want 192.0.2.2 (192.0.2.1 is claimed by a crashed process)", addrs(got), err)
@@ -362,5 +362,34 @@ func TestFIFOCompaction(t *testing.T) {
 		if fi.Size() > (2*fifoCompactAt+12)*fifoRecord {
 			t.Fatalf("round %d: freed.log grew to %d bytes", round, fi.Size())
 		}
+	}
+}
+
+// TestOverlappingPoolsShareClaims: two networks whose pools overlap never
+// hand the same address out twice: claims are per node, not per pool.
+func TestOverlappingPoolsShareClaims(t *testing.T) {
+	s := NewLocal(t.TempDir())
+	a := []conf.Pool{pool(t, "net-a", "192.0.2.0/24", "192.0.2.1", "192.0.2.3")}
+	b := []conf.Pool{pool(t, "net-b", "192.0.2.0/24", "192.0.2.2", "192.0.2.4")}
+	seen := map[string]bool{}
+	for i := 0; i < 4; i++ {
+		ps := a
+		if i%2 == 1 {
+			ps = b
+		}
+		got, err := s.Allocate(owner(i), ps)
+		if err != nil {
+			t.Fatalf("allocation %d: %v", i, err)
+		}
+		if seen[addrs(got)] {
+			t.Fatalf("%s handed out twice", addrs(got))
+		}
+		seen[addrs(got)] = true
+	}
+	if _, err := s.Allocate(owner(9), b); !errors.Is(err, ErrExhausted) {
+		t.Fatalf("net-b after .1-.4 are taken: %v", err)
+	}
+	if held, _ := s.Allocated("net-b"); len(held) != 2 {
+		t.Fatalf("net-b holds %v", held)
 	}
 }

@@ -109,21 +109,27 @@ func nextCandidate(p *conf.Pool, a netip.Addr) netip.Addr {
 	return nextInRanges(p, a)
 }
 
-func (s *Local) claimPath(pool string, a netip.Addr) string {
-	return filepath.Join(s.poolDir(pool), "ips", a.String())
+// Claims are per node, not per pool: an address is claimed once whatever
+// pools (of whatever networks) contain it, so overlapping pools can never
+// hand the same address out twice.
+func (s *Local) claimPath(a netip.Addr) string {
+	return filepath.Join(s.dir, "ips", a.String())
 }
 
-func (s *Local) claimed(pool string, a netip.Addr) bool {
-	_, err := os.Stat(s.claimPath(pool, a))
+func (s *Local) claimed(a netip.Addr) bool {
+	_, err := os.Stat(s.claimPath(a))
 	return err == nil
 }
 
+// claimText is a claim file's content: the owner's key and the pool.
+func claimText(owner, pool string) string { return owner + " " + pool }
+
 // claim creates the address's claim file; false if another owner has it.
 func (s *Local) claim(pool string, a netip.Addr, owner string) (bool, error) {
-	if err := os.MkdirAll(filepath.Dir(s.claimPath(pool, a)), 0o700); err != nil {
+	if err := os.MkdirAll(filepath.Dir(s.claimPath(a)), 0o700); err != nil {
 		return false, err
 	}
-	err := fileutil.CreateDurable(s.claimPath(pool, a), []byte(owner))
+	err := fileutil.CreateDurable(s.claimPath(a), []byte(claimText(owner, pool)))
 	if errors.Is(err, os.ErrExist) {
 		return false, nil
 	}
@@ -217,7 +223,7 @@ func (s *Local) pick(p *conf.Pool) (*pick, error) {
 			if st.Next = nextCandidate(p, a); !st.Next.IsValid() {
 				st.Done = true
 			}
-			if !p.Excluded(a) && !s.claimed(p.Name, a) {
+			if !p.Excluded(a) && !s.claimed(a) {
 				pk.addr = a
 				return pk, nil
 			}
@@ -233,7 +239,7 @@ func (s *Local) pick(p *conf.Pool) (*pick, error) {
 		for st.Head < q.tail {
 			a := q.at(st.Head)
 			st.Head++
-			if a.IsValid() && p.Subnet.Contains(a) && !p.Excluded(a) && !s.claimed(p.Name, a) {
+			if a.IsValid() && p.Subnet.Contains(a) && !p.Excluded(a) && !s.claimed(a) {
 				pk.addr = a
 				return pk, nil
 			} // else: torn, the pool's ranges changed, or claimed again
