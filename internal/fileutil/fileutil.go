@@ -3,6 +3,7 @@
 package fileutil
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -46,17 +47,23 @@ func replace(path string, data []byte, durable bool) error {
 // it: one file creation at most, but a crash can leave it torn, so readers
 // must tolerate that.
 func WriteDurable(path string, data []byte) error {
-	return writeSync(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, data)
+	return WriteSync(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, data)
 }
 
 // CreateDurable creates path exclusively with data and fsyncs it. If path
 // exists it fails with an error matching os.ErrExist; on any other failure
 // nothing is left behind.
 func CreateDurable(path string, data []byte) error {
-	return writeSync(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, data)
+	err := WriteSync(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, data)
+	if err != nil && !errors.Is(err, os.ErrExist) {
+		os.Remove(path)
+	}
+	return err
 }
 
-func writeSync(path string, flags int, data []byte) error {
+// WriteSync opens path with flags (O_APPEND to append), writes data and
+// fsyncs it.
+func WriteSync(path string, flags int, data []byte) error {
 	f, err := os.OpenFile(path, flags, 0o600)
 	if err != nil {
 		return err
@@ -68,7 +75,6 @@ func writeSync(path string, flags int, data []byte) error {
 		err = cerr
 	}
 	if err != nil {
-		os.Remove(path)
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	return nil
@@ -106,7 +112,7 @@ func (l *Lock) Unlock() {
 }
 
 // ErrLocked is returned by TryLockFile when another process holds the lock.
-var ErrLocked = fmt.Errorf("locked by another process")
+var ErrLocked = errors.New("locked by another process")
 
 // TryLockFile is LockFile without waiting: it fails with ErrLocked.
 func TryLockFile(path string) (*Lock, error) {

@@ -160,7 +160,7 @@ func (j *Journal) Append(steps ...Step) error {
 			return err
 		}
 	}
-	if err := appendDurable(j.path, flags, buf.Bytes()); err != nil {
+	if err := fileutil.WriteSync(j.path, flags, buf.Bytes()); err != nil {
 		return fmt.Errorf("journal %s: %w", j.path, err)
 	}
 	j.created = true
@@ -175,7 +175,7 @@ func (j *Journal) Commit(result []byte) error {
 	if err != nil {
 		return err
 	}
-	if err := appendDurable(j.path, os.O_WRONLY|os.O_APPEND, append(b, '\n')); err != nil {
+	if err := fileutil.WriteSync(j.path, os.O_WRONLY|os.O_APPEND, append(b, '\n')); err != nil {
 		return fmt.Errorf("journal %s: %w", j.path, err)
 	}
 	j.State, j.Result = StateCommitted, result
@@ -204,20 +204,6 @@ func (j *Journal) Save() error {
 	}
 	j.created, j.written = true, len(j.Steps)
 	return nil
-}
-
-func appendDurable(path string, flags int, data []byte) error {
-	f, err := os.OpenFile(path, flags, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err = f.Write(data); err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	return err
 }
 
 // Remove deletes the journal; a missing file is not an error.

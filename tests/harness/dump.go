@@ -18,13 +18,9 @@ import (
 func (n *NS) Dump() (string, error) {
 	h := n.nl
 	var lines []string
-	links, err := h.LinkList()
+	links, names, err := linkNames(h)
 	if err != nil {
 		return "", err
-	}
-	names := map[int]string{}
-	for _, l := range links {
-		names[l.Attrs().Index] = l.Attrs().Name
 	}
 	for _, l := range links {
 		a := l.Attrs()
@@ -72,6 +68,19 @@ func (n *NS) Dump() (string, error) {
 	return strings.Join(lines, "\n"), nil
 }
 
+// linkNames lists the links and maps their indexes to names.
+func linkNames(h *netlink.Handle) ([]netlink.Link, map[int]string, error) {
+	links, err := h.LinkList()
+	if err != nil {
+		return nil, nil, err
+	}
+	names := map[int]string{}
+	for _, l := range links {
+		names[l.Attrs().Index] = l.Attrs().Name
+	}
+	return links, names, nil
+}
+
 // RouteString formats a route like `ip route`: dst, gateway, device, table.
 func RouteString(r netlink.Route, names map[int]string) string {
 	dst := "default"
@@ -99,13 +108,9 @@ func RouteString(r netlink.Route, names map[int]string) string {
 // addresses, its main-table routes and its rules, for the demo.
 func (n *NS) Show() (string, error) {
 	h := n.nl
-	links, err := h.LinkList()
+	links, names, err := linkNames(h)
 	if err != nil {
 		return "", err
-	}
-	names := map[int]string{}
-	for _, l := range links {
-		names[l.Attrs().Index] = l.Attrs().Name
 	}
 	var out []string
 	for _, l := range links {
