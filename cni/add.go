@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"strings"
 	"time"
 
@@ -30,9 +29,20 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	}
 	defer lk.Unlock()
 
-	nic, ino, err := p.resolve(args)
+	ino, err := txn.NetNSInode(args.Netns)
 	if err != nil {
-		return err
+		return types.NewError(types.ErrInvalidNetNS, fmt.Sprintf("CNI_NETNS %q: %v", args.Netns, err), "")
+	}
+	if !conf.ValidIfName(args.IfName) {
+		return types.NewError(types.ErrInvalidEnvironmentVariables, fmt.Sprintf("CNI_IFNAME: %q is not a valid interface name", args.IfName), "")
+	}
+	nics, err := p.resolveNICs(args)
+	if err != nil {
+		var te *types.Error
+		if errors.As(err, &te) {
+			return te
+		}
+		return types.NewError(ErrBadRequest, err.Error(), "")
 	}
 	env := txn.NewEnv(args.Netns, ino)
 	env.Log = p.log
@@ -47,7 +57,7 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 			return types.NewError(types.ErrTryAgainLater, "undo earlier ADD: "+rerr.Error(), "")
 		}
 	}
-	if err := p.precheck(env, nic); err != nil {
+	if err := p.precheck(env, nics); err != nil {
 		return types.NewError(types.ErrInvalidNetworkConfig, err.Error(), "")
 	}
 	p.phase("check")
@@ -56,15 +66,24 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	// before that holds only addresses, which DEL and GC release by owner
 	j := txn.NewJournal(p.node.StateDir, p.cfg.Name, args.ContainerID, args.IfName, args.Netns, ino)
 	owner := ipam.Owner{ContainerID: args.ContainerID, IfName: args.IfName, Network: p.cfg.Name}
-	nic.Addrs, err = p.store.Allocate(owner, nic.Network.Pools)
+	allocs, err := p.store.Allocate(owner, ipamRequests(nics))
 	if err != nil {
-		if errors.Is(err, ipam.ErrExhausted) {
+		switch {
+		case errors.Is(err, ipam.ErrExhausted):
 			return types.NewError(ErrPoolExhausted, fmt.Sprintf("network %s: %v", p.cfg.Name, err), "")
+		case errors.Is(err, ipam.ErrStaticTaken), strings.Contains(err.Error(), "static address"):
+			return types.NewError(ErrBadRequest, err.Error(), "")
 		}
 		return types.NewError(types.ErrIOFailure, err.Error(), "")
 	}
+	for i := range nics {
+		for _, a := range allocs {
+			if a.IfName == nics[i].IfName {
+				nics[i].Addrs = append(nics[i].Addrs, a)
+			}
+		}
+	}
 	p.phase("allocate")
-	nics := []NIC{*nic}
 	if aerr := txn.Apply(env, j, Plan(nics)); aerr != nil {
 		return p.abort(j, aerr)
 	}
@@ -80,8 +99,10 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 		return p.abort(j, err)
 	}
 	p.phase("commit")
-	for _, a := range nic.Addrs {
-		p.log.Info("attached", "container", args.ContainerID, "ifname", args.IfName, "master", nic.Network.Master, "pool", a.Pool, "address", a.Address)
+	for _, n := range nics {
+		for _, a := range n.Addrs {
+			p.log.Info("attached", "container", args.ContainerID, "nic", n.IfName, "network", n.Network.Name, "master", n.Network.Master, "pool", a.Pool, "address", a.Address)
+		}
 	}
 	return types.PrintResult(res, p.cfg.CNIVersion)
 }
@@ -116,52 +137,26 @@ func (p *plugin) abort(j *txn.Journal, cause error) error {
 	return types.NewError(ErrStepFailed, fmt.Sprintf("network %s: %v (rolled back)", p.cfg.Name, cause), "")
 }
 
-// resolve turns the request into one NIC: the master mapped and allowed by
-// the node conf, the MAC from runtimeConfig, CNI_ARGS or the config.
-func (p *plugin) resolve(args *skel.CmdArgs) (*NIC, uint64, error) {
-	if !conf.ValidIfName(args.IfName) {
-		return nil, 0, types.NewError(types.ErrInvalidEnvironmentVariables, fmt.Sprintf("CNI_IFNAME: %q is not a valid interface name", args.IfName), "")
-	}
-	ino, err := txn.NetNSInode(args.Netns)
-	if err != nil {
-		return nil, 0, types.NewError(types.ErrInvalidNetNS, fmt.Sprintf("CNI_NETNS %q: %v", args.Netns, err), "")
-	}
-	nw := p.cfg.Network
-	if nw.Master, err = p.node.ResolveMaster(nw.Master); err != nil {
-		return nil, 0, types.NewError(types.ErrInvalidNetworkConfig, err.Error(), "")
-	}
-	mac := nw.MAC
-	if m := cniArg(args.Args, "MAC"); m != "" {
-		hw, perr := net.ParseMAC(m)
-		if perr != nil || len(hw) != 6 || hw[0]&1 == 1 {
-			return nil, 0, types.NewError(types.ErrInvalidEnvironmentVariables, fmt.Sprintf("CNI_ARGS MAC: %q is not a unicast MAC address", m), "")
-		}
-		mac = hw.String()
-	}
-	if p.cfg.RuntimeMAC != "" {
-		mac = p.cfg.RuntimeMAC
-	}
-	return &NIC{IfName: args.IfName, Network: nw, MAC: mac}, ino, nil
-}
-
-// precheck validates the NIC against the host and the pod before anything is
-// allocated or created.
-func (p *plugin) precheck(env *txn.Env, n *NIC) error {
+// precheck validates the NICs against the host and the pod before anything
+// is allocated or created.
+func (p *plugin) precheck(env *txn.Env, nics []NIC) error {
 	host, err := env.Handle(txn.Host)
 	if err != nil {
-		return err
-	}
-	if err := drivers.CheckMaster(host, n.IfName, n.Network.Master, n.Network.MTU); err != nil {
 		return err
 	}
 	pod, err := env.Handle(txn.Pod)
 	if err != nil {
 		return fmt.Errorf("pod netns %s: %w", env.PodNetNS, err)
 	}
-	if _, err := pod.LinkByName(n.IfName); err == nil {
-		return fmt.Errorf("interface %s already exists in pod netns %s", n.IfName, env.PodNetNS)
-	} else if !netops.Gone(err) {
-		return err
+	for _, n := range nics {
+		if err := drivers.CheckMaster(host, n.IfName, n.Network.Master, n.Network.MTU); err != nil {
+			return err
+		}
+		if _, err := pod.LinkByName(n.IfName); err == nil {
+			return fmt.Errorf("interface %s already exists in pod netns %s", n.IfName, env.PodNetNS)
+		} else if !netops.Gone(err) {
+			return err
+		}
 	}
 	return nil
 }

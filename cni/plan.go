@@ -2,6 +2,7 @@ package cni
 
 import (
 	"net/netip"
+	"slices"
 
 	"github.com/spinneret-cni/spinneret/conf"
 	"github.com/spinneret-cni/spinneret/drivers"
@@ -11,12 +12,19 @@ import (
 )
 
 // NIC is one resolved pod interface: its network (with the master mapped to
-// this node's interface), the MAC to use and its addresses.
+// this node's interface), the MAC to use, its addresses and what the pod's
+// annotations add to it.
 type NIC struct {
 	IfName  string
 	Network conf.Network
 	MAC     string
 	Addrs   []ipam.Allocation
+	// Static are addresses the pod asked for (networks annotation "ips").
+	Static []netip.Addr
+	// ExtraRoutes come from spinneret.io/routes.
+	ExtraRoutes []Route
+	// DefaultRoute marks the NIC that holds the pod's default route.
+	DefaultRoute bool
 }
 
 // Route is a route of a NIC, resolved to a gateway (or on-link).
@@ -26,8 +34,8 @@ type Route struct {
 }
 
 // Routes are the NIC's routes: a default route via each pool's gateway
-// (unless the pool lists its own default route) and the pool's routes, a
-// route without gw going via the pool gateway.
+// (unless the pool lists its own default route), the pool's routes (a route
+// without gw goes via the pool gateway), and the annotation's routes.
 func (n *NIC) Routes() []Route {
 	var out []Route
 	for _, a := range n.Addrs {
@@ -53,7 +61,7 @@ func (n *NIC) Routes() []Route {
 			out = append(out, Route{Dst: r.Dst, GW: gw})
 		}
 	}
-	return out
+	return append(out, n.ExtraRoutes...)
 }
 
 func (n *NIC) pool(name string) *conf.Pool {
@@ -65,19 +73,73 @@ func (n *NIC) pool(name string) *conf.Pool {
 	return nil
 }
 
+// FirstTable is the policy routing table of the pod's first NIC; NIC i (in
+// pod order: eth0, net1, ...) uses FirstTable+i when it does not hold the
+// default route. Tables come from the order of the request, never from
+// counting the links in the pod.
+const FirstTable = 101
+
+// RulePriority is the priority of NIC i's "from <address>" rules: before
+// the main table's 32766.
+func RulePriority(i int) int { return 30000 + i }
+
+// routing is where a NIC's routes go: Table 0 is main.
+type routing struct {
+	Table  int
+	Routes []Route
+}
+
+// layout decides each NIC's table and routes. With route tuning on (the
+// primary network's coordinator.tunePodRoutes) and several NICs, the NIC
+// holding the default route keeps its routes in main and every other NIC
+// gets its own table, with its subnet, default and other routes moved
+// there (not copied: main holds only the default NIC's), and "from <its
+// addresses>" rules, so replies leave by the NIC the request came in on.
+// With tuning off all routes go to main, and only the default NIC gets a
+// default route.
+func layout(nics []NIC) []routing {
+	tune := len(nics) > 1 && nics[0].Network.Coordinator.TunePodRoutes
+	def := max(0, slices.IndexFunc(nics, func(n NIC) bool { return n.DefaultRoute })) // eth0 unless marked
+	out := make([]routing, len(nics))
+	for i, n := range nics {
+		if tune && i != def {
+			out[i].Table = FirstTable + i
+		}
+		for _, r := range n.Routes() {
+			if !tune && i != def && r.Dst.Bits() == 0 {
+				continue
+			}
+			out[i].Routes = append(out[i].Routes, r)
+		}
+	}
+	return out
+}
+
 // Plan is the ordered list of operations that attaches the NICs: for each,
-// create the link in the pod, add its addresses, set it up, add its routes.
-// It is a pure function of its input: no kernel, no root.
+// create the link in the pod, add its addresses, set it up, add its routes
+// and rules. It is a pure function of its input: no kernel, no root.
 func Plan(nics []NIC) []txn.Op {
 	var ops []txn.Op
-	for _, n := range nics {
+	routes := layout(nics)
+	for i, n := range nics {
+		rt := routes[i]
 		ops = append(ops, &drivers.Macvlan{Name: n.IfName, Master: n.Network.Master, Mode: n.Network.Mode, MTU: n.Network.MTU, MAC: n.MAC})
 		for _, a := range n.Addrs {
-			ops = append(ops, &netops.AddrAdd{NS: txn.Pod, Link: n.IfName, Addr: a.Address})
+			ops = append(ops, &netops.AddrAdd{NS: txn.Pod, Link: n.IfName, Addr: a.Address, NoPrefixRoute: rt.Table != 0})
 		}
 		ops = append(ops, &netops.LinkUp{NS: txn.Pod, Link: n.IfName})
-		for _, r := range n.Routes() {
-			ops = append(ops, &netops.RouteAdd{NS: txn.Pod, Link: n.IfName, Dst: r.Dst, GW: r.GW})
+		if rt.Table != 0 {
+			for _, a := range n.Addrs {
+				ops = append(ops, &netops.RouteAdd{NS: txn.Pod, Link: n.IfName, Dst: a.Address.Masked(), Table: rt.Table})
+			}
+		}
+		for _, r := range rt.Routes {
+			ops = append(ops, &netops.RouteAdd{NS: txn.Pod, Link: n.IfName, Dst: r.Dst, GW: r.GW, Table: rt.Table})
+		}
+		if rt.Table != 0 {
+			for _, a := range n.Addrs {
+				ops = append(ops, &netops.RuleAdd{NS: txn.Pod, Priority: RulePriority(i), Src: netip.PrefixFrom(a.Address.Addr(), a.Address.Addr().BitLen()), Table: rt.Table})
+			}
 		}
 	}
 	return ops

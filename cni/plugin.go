@@ -31,6 +31,7 @@ const (
 	ErrPoolExhausted      uint = 101 // no free address in the network's pools
 	ErrStepFailed         uint = 102 // a plan step failed; everything was rolled back
 	ErrRollbackIncomplete uint = 103 // a step failed and its rollback did not finish; DEL retries it
+	ErrBadRequest         uint = 104 // the pod's annotations (or CNI_ARGS) ask for something invalid
 )
 
 // Main runs the plugin for the CNI_COMMAND in the environment.

@@ -16,7 +16,8 @@ import (
 // with its interface index and gateway, the routes and the DNS settings.
 func buildResult(env *txn.Env, netnsPath string, nics []NIC, dns types.DNS) (*current.Result, error) {
 	res := &current.Result{CNIVersion: current.ImplementedSpecVersion, DNS: dns}
-	for _, n := range nics {
+	routes := layout(nics)
+	for i, n := range nics {
 		_, l, err := netops.Link(env, txn.Pod, n.IfName)
 		if err != nil {
 			return nil, fmt.Errorf("read back %s: %w", n.IfName, err)
@@ -32,10 +33,13 @@ func buildResult(env *txn.Env, netnsPath string, nics []NIC, dns types.DNS) (*cu
 			}
 			res.IPs = append(res.IPs, ipc)
 		}
-		for _, r := range n.Routes() {
+		for _, r := range routes[i].Routes {
 			rt := &types.Route{Dst: *netops.IPNet(r.Dst)}
 			if r.GW.IsValid() {
 				rt.GW = net.IP(r.GW.AsSlice())
+			}
+			if t := routes[i].Table; t != 0 {
+				rt.Table = &t
 			}
 			res.Routes = append(res.Routes, rt)
 		}

@@ -21,8 +21,15 @@ const PluginType = "spinneret"
 // SupportedVersions are the CNI spec versions spinneret speaks.
 var SupportedVersions = []string{"0.3.1", "0.4.0", "1.0.0", "1.1.0"}
 
+// PodAnnotationsCapability is the runtimeConfig key under which containerd
+// passes every pod annotation.
+const PodAnnotationsCapability = "io.kubernetes.cri.pod-annotations"
+
 // Capabilities spinneret understands in "capabilities" / "runtimeConfig".
-var Capabilities = []string{"mac"}
+var Capabilities = []string{"mac", PodAnnotationsCapability}
+
+// DefaultMaxNICs is how many NICs a pod may have unless maxNICs says otherwise.
+const DefaultMaxNICs = 8
 
 // raw is the CNI config as written on disk and passed on stdin.
 type raw struct {
@@ -31,12 +38,11 @@ type raw struct {
 	Type             string               `json:"type"`
 	Capabilities     map[string]bool      `json:"capabilities,omitempty"`
 	NodeConf         string               `json:"nodeConf,omitempty"`
-	Driver           string               `json:"driver,omitempty"`
-	Master           string               `json:"master"`
-	Mode             string               `json:"mode,omitempty"`
-	MTU              int                  `json:"mtu,omitempty"`
-	MAC              string               `json:"mac,omitempty"`
-	IPAM             rawIPAM              `json:"ipam"`
+	rawLink                               // a single network, named after the config
+	Networks         []rawNetwork         `json:"networks,omitempty"`
+	Primary          string               `json:"primary,omitempty"`
+	MaxNICs          int                  `json:"maxNICs,omitempty"`
+	Coordinator      *rawCoordinator      `json:"coordinator,omitempty"`
 	DNS              types.DNS            `json:"dns,omitempty"`
 	RuntimeConfig    rawRuntime           `json:"runtimeConfig,omitempty"`
 	Args             json.RawMessage      `json:"args,omitempty"`
@@ -46,7 +52,25 @@ type raw struct {
 }
 
 type rawRuntime struct {
-	MAC string `json:"mac,omitempty"`
+	MAC            string            `json:"mac,omitempty"`
+	PodAnnotations map[string]string `json:"io.kubernetes.cri.pod-annotations,omitempty"`
+}
+
+// rawLink is what makes a network: its driver, master and addresses.
+type rawLink struct {
+	Driver string   `json:"driver,omitempty"`
+	Master string   `json:"master,omitempty"`
+	Mode   string   `json:"mode,omitempty"`
+	MTU    int      `json:"mtu,omitempty"`
+	MAC    string   `json:"mac,omitempty"`
+	IPAM   *rawIPAM `json:"ipam,omitempty"`
+}
+
+// rawNetwork is an entry of the network catalogue.
+type rawNetwork struct {
+	Name string `json:"name"`
+	rawLink
+	Coordinator *rawCoordinator `json:"coordinator,omitempty"`
 }
 
 type rawIPAM struct {
@@ -81,10 +105,18 @@ type Config struct {
 	// config named it (then it must exist).
 	NodeConfPath     string
 	NodeConfExplicit bool
-	Network          Network
-	DNS              types.DNS
+	// Network is the primary network, for eth0; Networks is the whole
+	// catalogue (the primary network included), in config order.
+	Network  Network
+	Networks []Network
+	// MaxNICs is how many NICs one pod may have.
+	MaxNICs int
+	DNS     types.DNS
 	// RuntimeMAC is the "mac" capability passed by the runtime.
 	RuntimeMAC string
+	// PodAnnotations are the pod's annotations as the runtime passed them
+	// (containerd's io.kubernetes.cri.pod-annotations); nil if it did not.
+	PodAnnotations map[string]string
 	// PrevResult is the raw prevResult (CHECK, chained ADD).
 	PrevResult json.RawMessage
 	// ValidAttachments is set on GC.
@@ -100,6 +132,19 @@ type Network struct {
 	MTU    int    // 0: the master's
 	MAC    string // normalised, lower case; "" = kernel's choice
 	Pools  []Pool
+	// Coordinator is the config's coordinator settings with this
+	// network's overrides applied.
+	Coordinator Coordinator
+}
+
+// Lookup returns the catalogue's network of that name.
+func (c *Config) Lookup(name string) (*Network, bool) {
+	for i := range c.Networks {
+		if c.Networks[i].Name == name {
+			return &c.Networks[i], true
+		}
+	}
+	return nil, false
 }
 
 // Pool is an address pool of the local IPAM.
@@ -220,64 +265,126 @@ func (r *raw) validate() (*Config, error) {
 	if c.ValidAttachments == nil {
 		c.ValidAttachments = r.Attachments
 	}
-	nw, err := r.network()
+	c.PodAnnotations = r.RuntimeConfig.PodAnnotations
+	c.MaxNICs = DefaultMaxNICs
+	if r.MaxNICs != 0 {
+		if r.MaxNICs < 1 || r.MaxNICs > 32 {
+			return nil, fmt.Errorf("maxNICs: %d is out of range (1-32)", r.MaxNICs)
+		}
+		c.MaxNICs = r.MaxNICs
+	}
+	coord, err := DefaultCoordinator().merge("coordinator", r.Coordinator)
 	if err != nil {
 		return nil, err
 	}
-	c.Network = *nw
+	if err := c.networks(r, coord); err != nil {
+		return nil, err
+	}
 	return c, nil
 }
 
-func (r *raw) network() (*Network, error) {
-	n := &Network{Name: r.Name, Driver: r.Driver, Master: r.Master, Mode: r.Mode, MTU: r.MTU}
+// networks validates the catalogue: either "networks", or the single
+// network written at the top level (named after the config).
+func (c *Config) networks(r *raw, coord Coordinator) error {
+	legacy := r.rawLink != (rawLink{})
+	switch {
+	case legacy && len(r.Networks) > 0:
+		return fmt.Errorf("networks: give either networks or a single network's master/ipam at the top level, not both")
+	case legacy:
+		r.Networks = []rawNetwork{{Name: r.Name, rawLink: r.rawLink}}
+	case len(r.Networks) == 0:
+		return fmt.Errorf("networks: at least one network is required (or master and ipam at the top level)")
+	}
+	pools := map[string]string{}
+	for i, rn := range r.Networks {
+		path := fmt.Sprintf("networks[%d]", i)
+		if legacy {
+			path = ""
+		}
+		n, err := rn.validate(path, coord)
+		if err != nil {
+			return err
+		}
+		if _, dup := c.Lookup(n.Name); dup {
+			return fmt.Errorf("%s.name: %q is used twice", path, n.Name)
+		}
+		for j, p := range n.Pools {
+			if other, dup := pools[p.Name]; dup {
+				return fmt.Errorf("%s: pool %q is also defined by network %q (pool names are per node)", join(path, fmt.Sprintf("ipam.pools[%d].name", j)), p.Name, other)
+			}
+			pools[p.Name] = n.Name
+		}
+		c.Networks = append(c.Networks, *n)
+	}
+	primary := r.Primary
+	if primary == "" {
+		primary = c.Networks[0].Name
+	}
+	n, ok := c.Lookup(primary)
+	if !ok {
+		return fmt.Errorf("primary: %q is not a network of the catalogue", r.Primary)
+	}
+	c.Network = *n
+	return nil
+}
+
+func (rn *rawNetwork) validate(path string, coord Coordinator) (*Network, error) {
+	f := func(field string) string { return join(path, field) }
+	n := &Network{Name: rn.Name, Driver: rn.Driver, Master: rn.Master, Mode: rn.Mode, MTU: rn.MTU}
+	if path != "" && !nameRE.MatchString(rn.Name) {
+		return nil, fmt.Errorf("%s: %q is not a valid network name (lower case letters, digits, '.', '_', '-')", f("name"), rn.Name)
+	}
+	var err error
+	if n.Coordinator, err = coord.merge(f("coordinator"), rn.Coordinator); err != nil {
+		return nil, err
+	}
 	if n.Driver == "" {
 		n.Driver = "macvlan"
 	}
 	if n.Driver != "macvlan" {
-		return nil, fmt.Errorf("driver: %q is not supported (supported: macvlan)", r.Driver)
+		return nil, fmt.Errorf("%s: %q is not supported (supported: macvlan)", f("driver"), rn.Driver)
 	}
 	if !ValidIfName(n.Master) {
-		return nil, fmt.Errorf("master: %q is not a valid interface name", r.Master)
+		return nil, fmt.Errorf("%s: %q is not a valid interface name", f("master"), rn.Master)
 	}
 	if n.Mode == "" {
 		n.Mode = "bridge"
 	}
 	if !slices.Contains([]string{"bridge", "private", "vepa", "passthru"}, n.Mode) {
-		return nil, fmt.Errorf("mode: %q is not a macvlan mode (bridge, private, vepa, passthru)", r.Mode)
+		return nil, fmt.Errorf("%s: %q is not a macvlan mode (bridge, private, vepa, passthru)", f("mode"), rn.Mode)
 	}
 	if n.MTU != 0 && (n.MTU < 68 || n.MTU > 65535) {
-		return nil, fmt.Errorf("mtu: %d is out of range (0 for the master's, or 68-65535)", r.MTU)
+		return nil, fmt.Errorf("%s: %d is out of range (0 for the master's, or 68-65535)", f("mtu"), rn.MTU)
 	}
-	if r.MAC != "" {
-		mac, err := parseMAC("mac", r.MAC)
-		if err != nil {
+	if rn.MAC != "" {
+		if n.MAC, err = parseMAC(f("mac"), rn.MAC); err != nil {
 			return nil, err
 		}
-		n.MAC = mac
 	}
-	if r.IPAM.Type != "" && r.IPAM.Type != PluginType {
-		return nil, fmt.Errorf("ipam.type: %q is not supported (leave it empty or %q)", r.IPAM.Type, PluginType)
+	if rn.IPAM == nil || len(rn.IPAM.Pools) == 0 {
+		return nil, fmt.Errorf("%s: at least one pool is required", f("ipam.pools"))
 	}
-	if len(r.IPAM.Pools) == 0 {
-		return nil, fmt.Errorf("ipam.pools: at least one pool is required")
+	if rn.IPAM.Type != "" && rn.IPAM.Type != PluginType {
+		return nil, fmt.Errorf("%s: %q is not supported (leave it empty or %q)", f("ipam.type"), rn.IPAM.Type, PluginType)
 	}
 	seen := map[string]bool{}
-	for i, rp := range r.IPAM.Pools {
-		p, err := rp.validate(fmt.Sprintf("ipam.pools[%d]", i))
+	for i, rp := range rn.IPAM.Pools {
+		pp := f(fmt.Sprintf("ipam.pools[%d]", i))
+		p, err := rp.validate(pp)
 		if err != nil {
 			return nil, err
 		}
 		if seen[p.Name] {
-			return nil, fmt.Errorf("ipam.pools[%d].name: %q is used twice", i, p.Name)
+			return nil, fmt.Errorf("%s.name: %q is used twice", pp, p.Name)
 		}
 		seen[p.Name] = true
 		for _, q := range n.Pools {
 			if q.overlaps(p) {
-				return nil, fmt.Errorf("ipam.pools[%d]: ranges of %q overlap pool %q", i, p.Name, q.Name)
+				return nil, fmt.Errorf("%s: ranges of %q overlap pool %q", pp, p.Name, q.Name)
 			}
 		}
 		if p.Subnet.Addr().Is6() && n.MTU != 0 && n.MTU < 1280 {
-			return nil, fmt.Errorf("mtu: %d is below IPv6's minimum 1280 but pool %q is IPv6", n.MTU, p.Name)
+			return nil, fmt.Errorf("%s: %d is below IPv6's minimum 1280 but pool %q is IPv6", f("mtu"), n.MTU, p.Name)
 		}
 		n.Pools = append(n.Pools, *p)
 	}

@@ -61,10 +61,16 @@ func jsonFields(t reflect.Type) map[string]reflect.Type {
 	out := map[string]reflect.Type{}
 	for i := 0; i < t.NumField(); i++ {
 		f := t.Field(i)
+		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if f.Anonymous && name == "" && f.Type.Kind() == reflect.Struct {
+			for k, v := range jsonFields(f.Type) { // promoted fields
+				out[k] = v
+			}
+			continue
+		}
 		if !f.IsExported() {
 			continue
 		}
-		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
 		if name == "-" {
 			continue
 		}
@@ -94,6 +100,10 @@ func compact(raw json.RawMessage) string {
 	}
 	return s
 }
+
+// DecodeStrict decodes raw into v, first rejecting unknown fields; errors
+// name the field (under path) and the value.
+func DecodeStrict(path string, raw []byte, v any) error { return decodeStrict(path, raw, v) }
 
 // decodeStrict decodes raw into v, first rejecting unknown fields.
 func decodeStrict(path string, raw []byte, v any) error {

@@ -13,12 +13,22 @@ import (
 
 // Allocation is one address handed to one interface.
 type Allocation struct {
+	IfName  string       `json:"ifname"`
 	Pool    string       `json:"pool"`
 	Address netip.Prefix `json:"address"` // the address with its subnet's length
 	Gateway netip.Addr   `json:"gateway,omitzero"`
 }
 
-// Owner identifies who holds addresses: one attachment's interface.
+// Request is what one NIC of an attachment asks for: an address per family
+// of its pools, or the given static addresses (each inside one of them).
+type Request struct {
+	IfName string
+	Pools  []conf.Pool
+	Static []netip.Addr
+}
+
+// Owner identifies who holds addresses: one attachment (container ID and the
+// runtime's interface name), for all its NICs.
 type Owner struct {
 	ContainerID string `json:"containerID"`
 	IfName      string `json:"ifname"`

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/spinneret-cni/spinneret/conf"
@@ -53,18 +54,20 @@ func (s *Local) ownerPath(key string) string {
 
 func (s *Local) poolDir(pool string) string { return filepath.Join(s.dir, "pools", pool) }
 
-// Allocate gives the owner one address per address family present in pools,
-// from the first pool of that family with a free address. It is idempotent:
-// an owner that already holds addresses gets the same ones back. All or none:
-// if one family is exhausted nothing stays allocated.
-func (s *Local) Allocate(o Owner, pools []conf.Pool) ([]Allocation, error) {
+// Allocate gives each NIC of an attachment one address per address family
+// present in its pools (from the first pool of that family with a free
+// address), or the static addresses it asks for. It is idempotent: an owner
+// that already holds addresses for the same request gets the same ones
+// back. All or none: if any NIC's family is exhausted, or a static address
+// is taken, nothing stays allocated.
+func (s *Local) Allocate(o Owner, reqs []Request) ([]Allocation, error) {
 	l, err := s.lock()
 	if err != nil {
 		return nil, err
 	}
 	defer l.Unlock()
 	if rec, err := s.readOwner(o.key()); err == nil {
-		if coversPools(rec.Addrs, pools) {
+		if covers(rec.Addrs, reqs) {
 			return rec.Addrs, nil
 		}
 		if err := s.release(rec); err != nil {
@@ -73,39 +76,28 @@ func (s *Local) Allocate(o Owner, pools []conf.Pool) ([]Allocation, error) {
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return nil, err
 	}
-	// pick an address per family first (reads only), then write the owner
-	// record naming them all, then claim them: a process killed at any
-	// point leaves either nothing or an owner record a release can follow
+	// pick every address first (reads only), then write the owner record
+	// naming them all, then claim them: a process killed at any point
+	// leaves either nothing or an owner record a release can follow
+	pk := s.newPicker()
 	var picks []*pick
-	for _, fam := range Families(pools) {
-		var names []string
-		var got *pick
-		for i := range fam {
-			pk, err := s.pick(&fam[i])
-			if err != nil {
-				return nil, err
-			}
-			if pk != nil {
-				got = pk
-				break
-			}
-			names = append(names, fam[i].Name)
+	for _, r := range reqs {
+		got, err := pk.request(r)
+		if err != nil {
+			return nil, err
 		}
-		if got == nil {
-			return nil, &exhaustedError{pools: names}
-		}
-		picks = append(picks, got)
+		picks = append(picks, got...)
 	}
 	rec := &ownerRecord{Owner: o}
-	for _, pk := range picks {
-		rec.Addrs = append(rec.Addrs, Allocation{Pool: pk.pool.Name, Address: netip.PrefixFrom(pk.addr, pk.pool.Subnet.Bits()), Gateway: pk.pool.Gateway})
+	for _, p := range picks {
+		rec.Addrs = append(rec.Addrs, Allocation{IfName: p.ifname, Pool: p.pool.Name, Address: netip.PrefixFrom(p.addr, p.pool.Subnet.Bits()), Gateway: p.pool.Gateway})
 	}
 	if err := s.writeOwner(rec); err != nil {
 		return nil, err
 	}
 	testhook.Point("ipam-owner-written")
-	for _, pk := range picks {
-		if err := s.commit(rec.key(), pk); err != nil {
+	for _, p := range picks {
+		if err := s.commit(rec.key(), p); err != nil {
 			s.release(rec)
 			return nil, err
 		}
@@ -113,27 +105,34 @@ func (s *Local) Allocate(o Owner, pools []conf.Pool) ([]Allocation, error) {
 	return rec.Addrs, nil
 }
 
-// coversPools reports whether existing allocations are still valid for pools:
-// one address per family, each from a pool that is still configured.
-func coversPools(addrs []Allocation, pools []conf.Pool) bool {
-	if len(addrs) != len(Families(pools)) {
+// covers reports whether existing allocations still answer reqs: per NIC,
+// one address per family of its pools, each from one of them, and the
+// static addresses asked for.
+func covers(addrs []Allocation, reqs []Request) bool {
+	n := 0
+	for _, r := range reqs {
+		n += len(Families(r.Pools))
+		for _, st := range r.Static {
+			if !slices.ContainsFunc(addrs, func(a Allocation) bool { return a.IfName == r.IfName && a.Address.Addr() == st }) {
+				return false
+			}
+		}
+	}
+	if len(addrs) != n {
 		return false
 	}
 	for _, a := range addrs {
-		ok := false
-		for _, p := range pools {
-			if p.Name == a.Pool && p.Subnet.Contains(a.Address.Addr()) && !p.Excluded(a.Address.Addr()) {
-				ok = true
-			}
-		}
-		if !ok {
+		i := slices.IndexFunc(reqs, func(r Request) bool { return r.IfName == a.IfName })
+		if i < 0 || !slices.ContainsFunc(reqs[i].Pools, func(p conf.Pool) bool {
+			return p.Name == a.Pool && p.Subnet.Contains(a.Address.Addr()) && (!p.Excluded(a.Address.Addr()) || slices.Contains(reqs[i].Static, a.Address.Addr()))
+		}) {
 			return false
 		}
 	}
 	return true
 }
 
-// Release frees what an interface holds. Releasing nothing is not an error.
+// Release frees what an attachment holds. Releasing nothing is not an error.
 func (s *Local) Release(containerID, ifname string) error {
 	l, err := s.lock()
 	if err != nil {
@@ -205,8 +204,8 @@ func (s *Local) Exhausted(p conf.Pool) (bool, error) {
 		return false, err
 	}
 	defer l.Unlock()
-	pk, err := s.pick(&p)
-	return pk == nil, err
+	got, err := s.newPicker().pick(&p)
+	return got == nil, err
 }
 
 // readOwner reads an owner record. One a crash left torn names no claim

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/spinneret-cni/spinneret/conf"
@@ -193,11 +194,77 @@ func (q *fifo) compact(path string, head int64) (int64, error) {
 
 func (q *fifo) close() { q.f.Close() }
 
-// pick is an address chosen in a pool, with the pool state that hands it out.
+// pick is an address chosen for a NIC in a pool, with the pool state that
+// hands it out (nil for a static address, which moves no cursor).
 type pick struct {
-	pool *conf.Pool
-	addr netip.Addr
-	st   *poolState
+	ifname string
+	pool   *conf.Pool
+	addr   netip.Addr
+	st     *poolState
+}
+
+// picker chooses the addresses of one allocation: pools shared by several
+// NICs of it share one state, and an address picked once is not picked again.
+type picker struct {
+	s      *Local
+	states map[string]*poolState
+	taken  map[netip.Addr]bool
+}
+
+func (s *Local) newPicker() *picker {
+	return &picker{s: s, states: map[string]*poolState{}, taken: map[netip.Addr]bool{}}
+}
+
+// ErrStaticTaken is returned (wrapped) when a static address is in use.
+var ErrStaticTaken = errors.New("address in use")
+
+// request picks one NIC's addresses.
+func (pk *picker) request(r Request) ([]*pick, error) {
+	var out []*pick
+	for _, fam := range Families(r.Pools) {
+		var static netip.Addr
+		for _, a := range r.Static {
+			if a.Is4() == fam[0].Is4() {
+				static = a
+			}
+		}
+		if static.IsValid() {
+			i := slices.IndexFunc(fam, func(p conf.Pool) bool { return p.Subnet.Contains(static) })
+			if i < 0 {
+				return nil, fmt.Errorf("ipam: %s: static address %s is in none of the pools %q", r.IfName, static, poolNames(fam))
+			}
+			if pk.taken[static] || pk.s.claimed(static) {
+				return nil, fmt.Errorf("ipam: %s: static address %s: %w", r.IfName, static, ErrStaticTaken)
+			}
+			pk.taken[static] = true
+			out = append(out, &pick{ifname: r.IfName, pool: &fam[i], addr: static})
+			continue
+		}
+		var got *pick
+		for i := range fam {
+			p, err := pk.pick(&fam[i])
+			if err != nil {
+				return nil, err
+			}
+			if p != nil {
+				p.ifname, got = r.IfName, p
+				break
+			}
+		}
+		if got == nil {
+			return nil, &exhaustedError{pools: poolNames(fam)}
+		}
+		out = append(out, got)
+	}
+	return out, nil
+}
+
+func poolNames(pools []conf.Pool) []string {
+	var out []string
+	for _, p := range pools {
+		out = append(out, p.Name)
+	}
+	return out
 }
 
 // pick chooses p's next address without writing anything: a never-used one
@@ -205,12 +272,21 @@ type pick struct {
 // exhausted it rescans the whole pool once, so an address whose release was
 // lost (a power cut before the FIFO entry reached the disk) comes back.
 // It returns nil if p has no free address.
-func (s *Local) pick(p *conf.Pool) (*pick, error) {
-	st, err := s.loadState(p)
-	if err != nil {
-		return nil, err
+func (pk *picker) pick(p *conf.Pool) (*pick, error) {
+	s := pk.s
+	st, ok := pk.states[p.Name]
+	if !ok {
+		var err error
+		if st, err = s.loadState(p); err != nil {
+			return nil, err
+		}
+		pk.states[p.Name] = st
 	}
-	pk := &pick{pool: p, st: st}
+	free := func(a netip.Addr) bool { return !pk.taken[a] && !p.Excluded(a) && !s.claimed(a) }
+	got := func(a netip.Addr) (*pick, error) {
+		pk.taken[a] = true
+		return &pick{pool: p, addr: a, st: st}, nil
+	}
 	var q *fifo
 	defer func() {
 		if q != nil {
@@ -223,15 +299,15 @@ func (s *Local) pick(p *conf.Pool) (*pick, error) {
 			if st.Next = nextCandidate(p, a); !st.Next.IsValid() {
 				st.Done = true
 			}
-			if !p.Excluded(a) && !s.claimed(a) {
-				pk.addr = a
-				return pk, nil
+			if free(a) {
+				return got(a)
 			}
 		}
 		if q == nil {
 			if err := os.MkdirAll(s.poolDir(p.Name), 0o700); err != nil {
 				return nil, err
 			}
+			var err error
 			if q, err = s.openFIFO(p.Name); err != nil {
 				return nil, err
 			}
@@ -239,9 +315,8 @@ func (s *Local) pick(p *conf.Pool) (*pick, error) {
 		for st.Head < q.tail {
 			a := q.at(st.Head)
 			st.Head++
-			if a.IsValid() && p.Subnet.Contains(a) && !p.Excluded(a) && !s.claimed(a) {
-				pk.addr = a
-				return pk, nil
+			if a.IsValid() && p.Subnet.Contains(a) && free(a) {
+				return got(a)
 			} // else: torn, the pool's ranges changed, or claimed again
 		}
 		if rescanned {
@@ -263,6 +338,9 @@ func (s *Local) commit(owner string, pk *pick) error {
 		return fmt.Errorf("ipam: pool %q: %s is already claimed", pk.pool.Name, pk.addr)
 	}
 	testhook.Point("ipam-claimed")
+	if pk.st == nil { // a static address moves no cursor
+		return nil
+	}
 	if pk.st.Head > 0 {
 		q, err := s.openFIFO(pk.pool.Name)
 		if err != nil {

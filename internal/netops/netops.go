@@ -19,6 +19,7 @@ func init() {
 	txn.Register("addr.add", func() txn.Op { return &AddrAdd{} })
 	txn.Register("link.up", func() txn.Op { return &LinkUp{} })
 	txn.Register("route.add", func() txn.Op { return &RouteAdd{} })
+	txn.Register("rule.add", func() txn.Op { return &RuleAdd{} })
 }
 
 // Gone reports whether err means the object (link, address, route,
@@ -70,6 +71,9 @@ type AddrAdd struct {
 	NS   string       `json:"ns"`
 	Link string       `json:"link"`
 	Addr netip.Prefix `json:"addr"`
+	// NoPrefixRoute keeps the kernel from adding the subnet route to the
+	// main table (the plan puts it in the NIC's own table instead).
+	NoPrefixRoute bool `json:"noPrefixRoute,omitempty"`
 }
 
 func (o *AddrAdd) Kind() string { return "addr.add" }
@@ -81,6 +85,9 @@ func (o *AddrAdd) nlAddr() *netlink.Addr {
 	a := &netlink.Addr{IPNet: IPNet(o.Addr)}
 	if o.Addr.Addr().Is6() {
 		a.Flags = unix.IFA_F_NODAD
+	}
+	if o.NoPrefixRoute {
+		a.Flags |= unix.IFA_F_NOPREFIXROUTE
 	}
 	return a
 }
@@ -253,4 +260,72 @@ func (o *RouteAdd) Check(env *txn.Env) error {
 		return fmt.Errorf("%s: route %s missing", o.Link, o.String()[len("add route "):])
 	}
 	return nil
+}
+
+// RuleAdd adds a policy routing rule: from Src (if set) lookup Table, at
+// Priority.
+type RuleAdd struct {
+	NS       string       `json:"ns"`
+	Priority int          `json:"priority"`
+	Src      netip.Prefix `json:"src,omitzero"`
+	Table    int          `json:"table"`
+}
+
+func (o *RuleAdd) Kind() string { return "rule.add" }
+func (o *RuleAdd) String() string {
+	from := "all"
+	if o.Src.IsValid() {
+		from = o.Src.String()
+	}
+	return fmt.Sprintf("add rule %d: from %s lookup %d in %s", o.Priority, from, o.Table, o.NS)
+}
+
+func (o *RuleAdd) rule() *netlink.Rule {
+	r := netlink.NewRule()
+	r.Priority, r.Table = o.Priority, o.Table
+	if o.Src.IsValid() {
+		r.Src = IPNet(o.Src)
+		r.Family = netlink.FAMILY_V4
+		if o.Src.Addr().Is6() {
+			r.Family = netlink.FAMILY_V6
+		}
+	}
+	return r
+}
+
+// Do adds the rule.
+func (o *RuleAdd) Do(env *txn.Env) error {
+	h, err := env.Handle(o.NS)
+	if err != nil {
+		return err
+	}
+	return h.RuleAdd(o.rule())
+}
+
+// Undo deletes the rule.
+func (o *RuleAdd) Undo(env *txn.Env) error {
+	h, err := env.Handle(o.NS)
+	if err != nil {
+		return IgnoreGone(err)
+	}
+	return IgnoreGone(h.RuleDel(o.rule()))
+}
+
+// Check reports a missing rule.
+func (o *RuleAdd) Check(env *txn.Env) error {
+	h, err := env.Handle(o.NS)
+	if err != nil {
+		return err
+	}
+	want := o.rule()
+	rules, err := h.RuleList(want.Family)
+	if err != nil {
+		return err
+	}
+	for _, r := range rules {
+		if r.Priority == want.Priority && r.Table == want.Table && fmt.Sprint(r.Src) == fmt.Sprint(want.Src) {
+			return nil
+		}
+	}
+	return fmt.Errorf("rule %s missing", o.String()[len("add rule "):])
 }

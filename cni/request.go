@@ -1,0 +1,288 @@
+package cni
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+
+	"github.com/spinneret-cni/spinneret/conf"
+	"github.com/spinneret-cni/spinneret/ipam"
+)
+
+// Pod annotations spinneret reads.
+const (
+	AnnotNetworks        = "k8s.v1.cni.cncf.io/networks"
+	AnnotDefaultRouteNIC = "spinneret.io/default-route-nic"
+	AnnotIPPools         = "spinneret.io/ippools"
+	AnnotRoutes          = "spinneret.io/routes"
+)
+
+// selection is one entry of k8s.v1.cni.cncf.io/networks (the Network
+// Plumbing WG format), short or JSON form.
+type selection struct {
+	Name         string   `json:"name"`
+	Namespace    string   `json:"namespace,omitempty"`
+	Interface    string   `json:"interface,omitempty"`
+	IPs          []string `json:"ips,omitempty"`
+	MAC          string   `json:"mac,omitempty"`
+	DefaultRoute []string `json:"default-route,omitempty"`
+}
+
+// parseNetworks reads the networks annotation: a JSON list, or the short
+// form "name, ns/name, name@ifname, ns/name@ifname".
+func parseNetworks(s string) ([]selection, error) {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return nil, nil
+	}
+	if strings.HasPrefix(s, "[") {
+		var out []selection
+		if err := conf.DecodeStrict(AnnotNetworks, []byte(s), &out); err != nil {
+			return nil, err
+		}
+		for i, sel := range out {
+			if sel.Name == "" {
+				return nil, fmt.Errorf("%s[%d].name: missing", AnnotNetworks, i)
+			}
+		}
+		return out, nil
+	}
+	var out []selection
+	for i, item := range strings.Split(s, ",") {
+		item = strings.TrimSpace(item)
+		var sel selection
+		if name, ifname, ok := strings.Cut(item, "@"); ok {
+			item, sel.Interface = name, ifname
+		}
+		if ns, name, ok := strings.Cut(item, "/"); ok {
+			sel.Namespace, item = ns, name
+		}
+		sel.Name = item
+		if sel.Name == "" || strings.ContainsAny(sel.Name, "/@ ") || (strings.Contains(item, "@") && sel.Interface == "") {
+			return nil, fmt.Errorf("%s: entry %d %q is not name, namespace/name or name@interface", AnnotNetworks, i, strings.TrimSpace(strings.Split(s, ",")[i]))
+		}
+		out = append(out, sel)
+	}
+	return out, nil
+}
+
+// ippoolsEntry is one entry of spinneret.io/ippools.
+type ippoolsEntry struct {
+	Interface string   `json:"interface"`
+	IPv4      []string `json:"ipv4,omitempty"`
+	IPv6      []string `json:"ipv6,omitempty"`
+}
+
+// routeEntry is one entry of spinneret.io/routes.
+type routeEntry struct {
+	Dst string `json:"dst"`
+	GW  string `json:"gw"`
+}
+
+// resolveNICs turns the request into the pod's NICs, in order: eth0 (the
+// CNI_IFNAME) on the primary network, then every network the pod's
+// annotations select. Every error names the annotation or field at fault,
+// and comes before anything is allocated or created.
+func (p *plugin) resolveNICs(args *skel.CmdArgs) ([]NIC, error) {
+	ann := p.cfg.PodAnnotations
+	podNS := cniArg(args.Args, "K8S_POD_NAMESPACE")
+	primary := p.cfg.Network
+	eth0 := NIC{IfName: args.IfName, Network: primary, MAC: primary.MAC}
+	if m := cniArg(args.Args, "MAC"); m != "" {
+		hw, err := net.ParseMAC(m)
+		if err != nil || len(hw) != 6 || hw[0]&1 == 1 {
+			return nil, types.NewError(types.ErrInvalidEnvironmentVariables, fmt.Sprintf("CNI_ARGS MAC: %q is not a unicast MAC address", m), "")
+		}
+		eth0.MAC = hw.String()
+	}
+	if p.cfg.RuntimeMAC != "" {
+		eth0.MAC = p.cfg.RuntimeMAC
+	}
+	nics := []NIC{eth0}
+	sels, err := parseNetworks(ann[AnnotNetworks])
+	if err != nil {
+		return nil, err
+	}
+	defaultNIC := -1
+	for i, sel := range sels {
+		field := fmt.Sprintf("%s[%d]", AnnotNetworks, i)
+		nw, ok := p.cfg.Lookup(sel.Name)
+		if !ok {
+			var known []string
+			for _, n := range p.cfg.Networks {
+				known = append(known, n.Name)
+			}
+			return nil, fmt.Errorf("%s: network %q is not defined (networks: %s)", field, sel.Name, strings.Join(known, ", "))
+		}
+		if sel.Namespace != "" && podNS != "" && sel.Namespace != podNS {
+			return nil, fmt.Errorf("%s: network %s/%s is not in the pod's namespace %s", field, sel.Namespace, sel.Name, podNS)
+		}
+		n := NIC{IfName: sel.Interface, Network: *nw, MAC: nw.MAC}
+		if n.IfName == "" {
+			n.IfName = fmt.Sprintf("net%d", i+1)
+		}
+		if !conf.ValidIfName(n.IfName) {
+			return nil, fmt.Errorf("%s: interface %q is not a valid interface name", field, n.IfName)
+		}
+		for _, s := range sel.IPs {
+			a, err := parseAddr(s)
+			if err != nil {
+				return nil, fmt.Errorf("%s.ips: %q is not an address", field, s)
+			}
+			n.Static = append(n.Static, a)
+		}
+		if sel.MAC != "" {
+			hw, err := net.ParseMAC(sel.MAC)
+			if err != nil || len(hw) != 6 || hw[0]&1 == 1 {
+				return nil, fmt.Errorf("%s.mac: %q is not a unicast MAC address", field, sel.MAC)
+			}
+			n.MAC = hw.String()
+		}
+		if len(sel.DefaultRoute) > 0 {
+			if defaultNIC >= 0 {
+				return nil, fmt.Errorf("%s.default-route: %s already has the default route", field, nics[defaultNIC].IfName)
+			}
+			defaultNIC = len(nics)
+		}
+		nics = append(nics, n)
+	}
+	if len(nics) > p.cfg.MaxNICs {
+		return nil, fmt.Errorf("%s: %d NICs requested, at most %d (maxNICs)", AnnotNetworks, len(nics), p.cfg.MaxNICs)
+	}
+	for i := range nics {
+		for j := range i {
+			if nics[i].IfName == nics[j].IfName {
+				return nil, fmt.Errorf("%s: interface %s is used twice", AnnotNetworks, nics[i].IfName)
+			}
+		}
+		if nics[i].Network.Master, err = p.node.ResolveMaster(nics[i].Network.Master); err != nil {
+			return nil, fmt.Errorf("network %s: %w", nics[i].Network.Name, err)
+		}
+	}
+	if err := applyIPPools(nics, ann[AnnotIPPools]); err != nil {
+		return nil, err
+	}
+	if err := applyRoutes(nics, ann[AnnotRoutes]); err != nil {
+		return nil, err
+	}
+	name := primary.Coordinator.PodDefaultRouteNIC
+	field := "coordinator.podDefaultRouteNic"
+	if a, ok := ann[AnnotDefaultRouteNIC]; ok {
+		name, field = strings.TrimSpace(a), AnnotDefaultRouteNIC
+	}
+	if defaultNIC < 0 && name != "" {
+		if defaultNIC = slices.IndexFunc(nics, func(n NIC) bool { return n.IfName == name }); defaultNIC < 0 {
+			return nil, fmt.Errorf("%s: %q is not one of the pod's NICs (%s)", field, name, ifnames(nics))
+		}
+	}
+	if defaultNIC < 0 {
+		defaultNIC = 0
+	}
+	nics[defaultNIC].DefaultRoute = true
+	return nics, nil
+}
+
+func ifnames(nics []NIC) string {
+	var out []string
+	for _, n := range nics {
+		out = append(out, n.IfName)
+	}
+	return strings.Join(out, ", ")
+}
+
+func nicIndex(nics []NIC, ifname string) int {
+	return slices.IndexFunc(nics, func(n NIC) bool { return n.IfName == ifname })
+}
+
+// parseAddr reads an address, with or without a prefix length.
+func parseAddr(s string) (netip.Addr, error) {
+	if p, err := netip.ParsePrefix(s); err == nil {
+		return p.Addr(), nil
+	}
+	return netip.ParseAddr(s)
+}
+
+// applyIPPools narrows NICs' pools to those spinneret.io/ippools names.
+func applyIPPools(nics []NIC, s string) error {
+	if strings.TrimSpace(s) == "" {
+		return nil
+	}
+	var entries []ippoolsEntry
+	if err := conf.DecodeStrict(AnnotIPPools, []byte(s), &entries); err != nil {
+		return err
+	}
+	for i, e := range entries {
+		field := fmt.Sprintf("%s[%d]", AnnotIPPools, i)
+		k := nicIndex(nics, e.Interface)
+		if k < 0 {
+			return fmt.Errorf("%s.interface: %q is not one of the pod's NICs (%s)", field, e.Interface, ifnames(nics))
+		}
+		var pools []conf.Pool
+		for _, fam := range []struct {
+			key   string
+			names []string
+			v4    bool
+		}{{"ipv4", e.IPv4, true}, {"ipv6", e.IPv6, false}} {
+			for j, name := range fam.names {
+				pi := slices.IndexFunc(nics[k].Network.Pools, func(p conf.Pool) bool { return p.Name == name })
+				if pi < 0 {
+					return fmt.Errorf("%s.%s[%d]: pool %q is not a pool of network %s", field, fam.key, j, name, nics[k].Network.Name)
+				}
+				if nics[k].Network.Pools[pi].Is4() != fam.v4 {
+					return fmt.Errorf("%s.%s[%d]: pool %q is not an %s pool", field, fam.key, j, name, fam.key)
+				}
+				pools = append(pools, nics[k].Network.Pools[pi])
+			}
+		}
+		if len(pools) == 0 {
+			return fmt.Errorf("%s: names no pool", field)
+		}
+		nics[k].Network.Pools = pools
+	}
+	return nil
+}
+
+// applyRoutes gives each route of spinneret.io/routes to the NIC whose
+// subnet holds its gateway.
+func applyRoutes(nics []NIC, s string) error {
+	if strings.TrimSpace(s) == "" {
+		return nil
+	}
+	var entries []routeEntry
+	if err := conf.DecodeStrict(AnnotRoutes, []byte(s), &entries); err != nil {
+		return err
+	}
+	for i, e := range entries {
+		field := fmt.Sprintf("%s[%d]", AnnotRoutes, i)
+		dst, err := netip.ParsePrefix(e.Dst)
+		if err != nil {
+			return fmt.Errorf("%s.dst: %q is not a CIDR", field, e.Dst)
+		}
+		gw, err := netip.ParseAddr(e.GW)
+		if err != nil || gw.Is4() != dst.Addr().Is4() {
+			return fmt.Errorf("%s.gw: %q is not an address of the destination's family", field, e.GW)
+		}
+		k := slices.IndexFunc(nics, func(n NIC) bool {
+			return slices.ContainsFunc(n.Network.Pools, func(p conf.Pool) bool { return p.Subnet.Contains(gw) })
+		})
+		if k < 0 {
+			return fmt.Errorf("%s.gw: %s is in the subnet of none of the pod's NICs", field, gw)
+		}
+		nics[k].ExtraRoutes = append(nics[k].ExtraRoutes, Route{Dst: dst.Masked(), GW: gw})
+	}
+	return nil
+}
+
+// ipamRequests is what the NICs ask of the IPAM store.
+func ipamRequests(nics []NIC) []ipam.Request {
+	var out []ipam.Request
+	for _, n := range nics {
+		out = append(out, ipam.Request{IfName: n.IfName, Pools: n.Network.Pools, Static: n.Static})
+	}
+	return out
+}
