@@ -56,14 +56,13 @@ func parseNetworks(s string) ([]selection, error) {
 	for i, item := range strings.Split(s, ",") {
 		item = strings.TrimSpace(item)
 		var sel selection
-		if name, ifname, ok := strings.Cut(item, "@"); ok {
-			item, sel.Interface = name, ifname
+		name, ifname, hasIf := strings.Cut(item, "@")
+		sel.Interface = ifname
+		if ns, n, ok := strings.Cut(name, "/"); ok {
+			sel.Namespace, name = ns, n
 		}
-		if ns, name, ok := strings.Cut(item, "/"); ok {
-			sel.Namespace, item = ns, name
-		}
-		sel.Name = item
-		if sel.Name == "" || strings.ContainsAny(sel.Name, "/@ ") || (strings.Contains(item, "@") && sel.Interface == "") {
+		sel.Name = name
+		if sel.Name == "" || strings.ContainsAny(sel.Name, "/@ ") || (hasIf && sel.Interface == "") || (strings.Contains(item, "/") && sel.Namespace == "") {
 			return nil, fmt.Errorf("%s: entry %d %q is not name, namespace/name or name@interface", AnnotNetworks, i, strings.TrimSpace(strings.Split(s, ",")[i]))
 		}
 		out = append(out, sel)

@@ -173,8 +173,9 @@ func (s *Local) Owners() ([]Owner, error) {
 	return out, nil
 }
 
-// Allocated lists a pool's allocated addresses with their owner keys.
-func (s *Local) Allocated(pool string) (map[netip.Addr]string, error) {
+// Claims lists every claimed address of the node with its claim ("<owner>
+// <pool>").
+func (s *Local) Claims() (map[netip.Addr]string, error) {
 	dir := filepath.Join(s.dir, "ips")
 	ents, err := os.ReadDir(dir)
 	if errors.Is(err, os.ErrNotExist) {
@@ -190,7 +191,20 @@ func (s *Local) Allocated(pool string) (map[netip.Addr]string, error) {
 			continue
 		}
 		b, _ := os.ReadFile(filepath.Join(dir, e.Name()))
-		if owner, p, _ := strings.Cut(string(b), " "); p == pool {
+		out[a] = string(b)
+	}
+	return out, nil
+}
+
+// Allocated lists a pool's allocated addresses with their owner keys.
+func (s *Local) Allocated(pool string) (map[netip.Addr]string, error) {
+	all, err := s.Claims()
+	if err != nil {
+		return nil, err
+	}
+	out := map[netip.Addr]string{}
+	for a, c := range all {
+		if owner, p, _ := strings.Cut(c, " "); p == pool {
 			out[a] = owner
 		}
 	}

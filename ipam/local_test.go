@@ -270,7 +270,7 @@ func TestCrashWindows(t *testing.T) {
 	// head: the entry is found claimed and skipped, not handed out twice
 	s.Allocate(owner(3), req(p))
 	s.Allocate(owner(4), req(p)) // the fresh addresses are used up
-	s.Release("c2", "eth0") // FIFO: .1 (c9's), .2
+	s.Release("c2", "eth0")      // FIFO: .1 (c9's), .2
 	os.WriteFile(filepath.Join(dir, "ipam", "ips", "192.0.2.1"), []byte("crashed:eth0"), 0o600)
 	got, err := s.Allocate(owner(5), req(p))
 	if err != nil || addrs(got) != "192.0.2.2/24" {

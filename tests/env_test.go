@@ -98,6 +98,13 @@ func writeNodeConf(t testing.TB, dir, level string) {
 	}
 }
 
+// sub is e for a subtest: failures are reported on t.
+func (e *env) sub(t *testing.T) *env {
+	c := *e
+	c.t = t
+	return &c
+}
+
 func (e *env) stateDir() string { return filepath.Join(e.dir, "state") }
 
 // family selects the pools of a test network.
@@ -208,18 +215,16 @@ func (e *env) snapshot(pods ...*harness.NS) string {
 		parts = append(parts, "## "+ns.Name+"\n"+d)
 	}
 	store := ipam.NewLocal(e.stateDir())
-	for _, p := range []string{"t-v4", "t-v6", "small", "small6"} {
-		held, err := store.Allocated(p)
-		if err != nil {
-			e.t.Fatal(err)
-		}
-		var lines []string
-		for a, o := range held {
-			lines = append(lines, a.String()+" "+o)
-		}
-		sort.Strings(lines)
-		parts = append(parts, "## pool "+p+"\n"+strings.Join(lines, "\n"))
+	claims, err := store.Claims()
+	if err != nil {
+		e.t.Fatal(err)
 	}
+	var lines []string
+	for a, c := range claims {
+		lines = append(lines, a.String()+" "+c)
+	}
+	sort.Strings(lines)
+	parts = append(parts, "## claims\n"+strings.Join(lines, "\n"))
 	owners, _ := store.Owners()
 	parts = append(parts, fmt.Sprintf("## owners %v", owners))
 	journals, _ := filepath.Glob(filepath.Join(e.stateDir(), "journal", "*", "*.journal"))
@@ -236,3 +241,15 @@ func (e *env) sameAs(before string, pods ...*harness.NS) {
 }
 
 func currentResult(r types.Result) (*current.Result, error) { return current.NewResultFromResult(r) }
+
+func appendFile(t testing.TB, path, text string) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteString(text); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -14,44 +14,72 @@ import (
 	"github.com/spinneret-cni/spinneret/tests/harness"
 )
 
-// planSteps runs one ADD and DEL to learn the plan's length for a family.
-func planSteps(t *testing.T, e *env, fam family) int {
+// scenario is a pod request the step tests replay: one NIC per family, and
+// three NICs (eth0, net1, net2 on three networks) in dual stack.
+type scenario struct {
+	name    string
+	network string
+	setup   func(t *testing.T) (*env, *libcni.NetworkConfigList)
+	rt      func(id string, p *harness.NS) *libcni.RuntimeConf
+}
+
+func scenarios() []scenario {
+	var out []scenario
+	for _, fam := range families {
+		out = append(out, scenario{name: string(fam), network: "underlay",
+			setup: func(t *testing.T) (*env, *libcni.NetworkConfigList) {
+				e := newEnv(t)
+				return e, e.confList("1.1.0", fam, "")
+			},
+			rt: func(id string, p *harness.NS) *libcni.RuntimeConf { return rtConf(id, p) }})
+	}
+	return append(out, scenario{name: "3nics-dual", network: "multi",
+		setup: func(t *testing.T) (*env, *libcni.NetworkConfigList) {
+			e := multiEnv(t)
+			return e, e.multiConf(dual, "")
+		},
+		rt: func(id string, p *harness.NS) *libcni.RuntimeConf {
+			return podRT(id, p, map[string]string{cni.AnnotNetworks: "blue, green"})
+		}})
+}
+
+// planSteps runs one ADD and DEL to learn the plan's length.
+func (sc scenario) planSteps(t *testing.T, e *env, l *libcni.NetworkConfigList) int {
 	t.Helper()
-	l := e.confList("1.1.0", fam, "")
 	p, _ := e.topo.NewPod()
-	e.mustAdd(l, rtConf("probe", p))
-	j, err := txn.LoadJournal(txn.JournalPath(e.stateDir(), "underlay", "probe", "eth0"))
+	e.mustAdd(l, sc.rt("probe", p))
+	j, err := txn.LoadJournal(txn.JournalPath(e.stateDir(), sc.network, "probe", "eth0"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.mustDel(l, rtConf("probe", p))
+	e.mustDel(l, sc.rt("probe", p))
 	e.topo.RemovePod(p)
 	return len(j.Steps)
 }
 
-// eachStep sets up a pod for each family, learns the plan's length n, and
-// runs one ADD per step (0..n, n meaning after the last step) with envVar
-// set to the step. after checks the ADD's outcome and cleans up if it must;
-// then the node, the pod and the pool must be exactly as before.
-func eachStep(t *testing.T, envVar string, after func(e *env, l *libcni.NetworkConfigList, p *harness.NS, step, n int, err error)) {
-	for _, fam := range families {
-		t.Run(string(fam), func(t *testing.T) {
-			e := newEnv(t)
-			n := planSteps(t, e, fam)
-			l := e.confList("1.1.0", fam, "")
+// eachStep sets up each scenario, learns the plan's length n, and runs one
+// ADD per step (0..n, n meaning after the last step) with envVar set to the
+// step. after checks the ADD's outcome and cleans up if it must; then the
+// node, the pod and the pool must be exactly as before, and stay so after a
+// further DEL.
+func eachStep(t *testing.T, envVar string, after func(e *env, sc scenario, l *libcni.NetworkConfigList, p *harness.NS, step, n int, err error)) {
+	for _, sc := range scenarios() {
+		t.Run(sc.name, func(t *testing.T) {
+			e, l := sc.setup(t)
+			n := sc.planSteps(t, e, l)
 			p, _ := e.topo.NewPod()
 			before := e.snapshot(p)
 			for step := 0; step <= n; step++ {
 				t.Setenv(envVar, strconv.Itoa(step))
-				_, err := e.add(l, rtConf("c1", p))
+				_, err := e.add(l, sc.rt("c1", p))
 				os.Unsetenv(envVar)
-				after(e, l, p, step, n, err)
+				after(e, sc, l, p, step, n, err)
 				e.sameAs(before, p)
-				e.mustDel(l, rtConf("c1", p)) // a (further) DEL finds nothing to do
+				e.mustDel(l, sc.rt("c1", p)) // a (further) DEL finds nothing to do
 				e.sameAs(before, p)
 			}
-			e.mustAdd(l, rtConf("c1", p)) // and the pool still serves
-			e.mustDel(l, rtConf("c1", p))
+			e.mustAdd(l, sc.rt("c1", p)) // and the pool still serves
+			e.mustDel(l, sc.rt("c1", p))
 		})
 	}
 }
@@ -60,7 +88,7 @@ func eachStep(t *testing.T, envVar string, after func(e *env, l *libcni.NetworkC
 // after the last): the ADD reports the step, and the node, the pod and the
 // pool are exactly as before, with no DEL.
 func TestRollback(t *testing.T) {
-	eachStep(t, "SPINNERET_TEST_FAIL_STEP", func(e *env, _ *libcni.NetworkConfigList, _ *harness.NS, step, n int, err error) {
+	eachStep(t, "SPINNERET_TEST_FAIL_STEP", func(e *env, _ scenario, _ *libcni.NetworkConfigList, _ *harness.NS, step, n int, err error) {
 		wantErr(e.t, err, cni.ErrStepFailed, fmt.Sprintf("step %d/%d", min(step, n-1)+1, n))
 		if !strings.Contains(err.Error(), "injected fault") || !strings.Contains(err.Error(), "rolled back") {
 			e.t.Fatalf("step %d: error %q does not name the cause and the rollback", step, err)
@@ -73,11 +101,11 @@ func TestRollback(t *testing.T) {
 // about to run, and a following DEL leaves the node, the pod and the pool
 // exactly as before.
 func TestCrash(t *testing.T) {
-	eachStep(t, "SPINNERET_TEST_KILL_STEP", func(e *env, l *libcni.NetworkConfigList, p *harness.NS, step, n int, err error) {
+	eachStep(t, "SPINNERET_TEST_KILL_STEP", func(e *env, sc scenario, l *libcni.NetworkConfigList, p *harness.NS, step, n int, err error) {
 		if err == nil || !strings.Contains(err.Error(), "signal: killed") {
 			e.t.Fatalf("kill at step %d: ADD returned %v, want the process killed", step, err)
 		}
-		j, err := txn.LoadJournal(txn.JournalPath(e.stateDir(), "underlay", "c1", "eth0"))
+		j, err := txn.LoadJournal(txn.JournalPath(e.stateDir(), sc.network, "c1", "eth0"))
 		if err != nil {
 			e.t.Fatalf("kill at step %d: the journal must survive the crash: %v", step, err)
 		}
@@ -85,7 +113,7 @@ func TestCrash(t *testing.T) {
 		if len(j.Steps) < min(step+1, n) {
 			e.t.Fatalf("kill at step %d: journal has only %d steps", step, len(j.Steps))
 		}
-		e.mustDel(l, rtConf("c1", p))
+		e.mustDel(l, sc.rt("c1", p))
 	})
 }
 

@@ -15,12 +15,23 @@ import (
 // Ping sends ICMP echo requests from inside ns to dst until one is answered
 // or the timeout passes. The first packet may wait for ARP/ND resolution.
 func (n *NS) Ping(dst netip.Addr, timeout time.Duration) error {
+	return n.PingFrom(netip.Addr{}, dst, timeout)
+}
+
+// PingFrom is Ping with the requests' source address set to src (zero: the
+// kernel's choice).
+func (n *NS) PingFrom(src, dst netip.Addr, timeout time.Duration) error {
 	var c *icmp.PacketConn
 	err := n.Do(func() error { // the socket belongs to the namespace it was opened in
 		var err error
-		if dst.Is4() {
+		switch {
+		case dst.Is4() && src.IsValid():
+			c, err = icmp.ListenPacket("ip4:icmp", src.String())
+		case dst.Is4():
 			c, err = icmp.ListenPacket("ip4:icmp", "0.0.0.0")
-		} else {
+		case src.IsValid():
+			c, err = icmp.ListenPacket("ip6:ipv6-icmp", src.String())
+		default:
 			c, err = icmp.ListenPacket("ip6:ipv6-icmp", "::")
 		}
 		return err
@@ -66,4 +77,13 @@ func (n *NS) Ping(dst netip.Addr, timeout time.Duration) error {
 		}
 	}
 	return fmt.Errorf("ping %s from %s: no reply within %s", dst, n.Name, timeout)
+}
+
+// TxPackets is how many packets a link of the namespace has sent.
+func (n *NS) TxPackets(link string) (uint64, error) {
+	l, err := n.nl.LinkByName(link)
+	if err != nil {
+		return 0, err
+	}
+	return l.Attrs().Statistics.TxPackets, nil
 }

@@ -3,7 +3,9 @@ package harness
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -11,27 +13,49 @@ import (
 	"github.com/spinneret-cni/spinneret/internal/netops"
 )
 
-// Addresses of the test network: documentation ranges (RFC 5737, RFC 3849),
-// used only inside the namespaces the harness creates.
-var (
-	Subnet4  = netip.MustParsePrefix("192.0.2.0/24")
-	Subnet6  = netip.MustParsePrefix("2001:db8:0:1::/64")
-	Gateway4 = netip.MustParseAddr("192.0.2.1")
-	Gateway6 = netip.MustParseAddr("2001:db8:0:1::1")
-)
-
-// Uplink is the node's interface that plays the physical NIC.
-const Uplink = "uplink0"
-
-// Topology is a switch with a node and a gateway attached, and pods.
-type Topology struct {
-	Switch, Node, Gateway *NS
-	Pods                  []*NS
-	prefix                string
+// Net is one L2 network of the test world: a switch (a bridge in its own
+// namespace), a gateway on it, and the node's uplink to it. Addresses are
+// documentation ranges (RFC 5737, RFC 3849), used only inside the
+// namespaces the harness creates.
+type Net struct {
+	Switch, Gateway  *NS
+	Uplink           string // the node's interface on this network
+	Subnet4, Subnet6 netip.Prefix
+	GW4, GW6         netip.Addr
+	// Remote4 and Remote6 sit behind the gateway (on its lo), off every
+	// pod subnet: reachable only through this network's gateway.
+	Remote4, Remote6 netip.Addr
 }
 
-// NewTopology builds the switch, node and gateway namespaces; names start
-// with prefix so leftovers are recognisable.
+var netPlans = []struct{ sub4, sub6, remote4, remote6 string }{
+	{"192.0.2.0/24", "2001:db8:0:1::/64", "198.18.0.1", "2001:db8:ff:1::1"},
+	{"198.51.100.0/24", "2001:db8:0:2::/64", "198.18.0.2", "2001:db8:ff:2::1"},
+	{"203.0.113.0/24", "2001:db8:0:3::/64", "198.18.0.3", "2001:db8:ff:3::1"},
+}
+
+// Addresses of the first network, which every topology has.
+var (
+	Subnet4  = netip.MustParsePrefix(netPlans[0].sub4)
+	Subnet6  = netip.MustParsePrefix(netPlans[0].sub6)
+	Gateway4 = Subnet4.Addr().Next()
+	Gateway6 = Subnet6.Addr().Next()
+)
+
+// Uplink is the node's interface on the first network.
+const Uplink = "uplink0"
+
+// Topology is a node with one or more networks, and pods.
+type Topology struct {
+	Node *NS
+	// Switch and Gateway are the first network's (Nets[0]).
+	Switch, Gateway *NS
+	Nets            []*Net
+	Pods            []*NS
+	prefix          string
+}
+
+// NewTopology builds the node and the first network; names start with
+// prefix so leftovers are recognisable.
 func NewTopology(prefix string) (t *Topology, err error) {
 	t = &Topology{prefix: prefix}
 	defer func() {
@@ -40,58 +64,100 @@ func NewTopology(prefix string) (t *Topology, err error) {
 			t = nil
 		}
 	}()
-	if t.Switch, err = NewNS(prefix + "-switch"); err != nil {
-		return
-	}
 	if t.Node, err = NewNS(prefix + "-node"); err != nil {
-		return
-	}
-	if t.Gateway, err = NewNS(prefix + "-gw"); err != nil {
 		return
 	}
 	// the infrastructure's own link-local addresses would finish DAD a second
 	// or two later and make before/after dumps differ; pods keep DAD, so
 	// tests can see that ADD never leaves an address tentative
-	for _, ns := range []*NS{t.Switch, t.Node, t.Gateway} {
-		if err = ns.Sysctl("net/ipv6/conf/default/accept_dad", "0"); err != nil {
-			return
-		}
-	}
-	sw := t.Switch.NL()
-	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br0"}}
-	if err = sw.LinkAdd(br); err != nil {
-		return t, fmt.Errorf("switch bridge: %w", err)
-	}
-	if err = sw.LinkSetUp(br); err != nil {
+	if err = t.Node.Sysctl("net/ipv6/conf/default/accept_dad", "0"); err != nil {
 		return
 	}
-	if err = t.plug("port-node", t.Node, Uplink); err != nil {
-		return
-	}
-	if err = t.plug("port-gw", t.Gateway, "gw0"); err != nil {
-		return
-	}
-	gw := t.Gateway.NL()
-	l, err := gw.LinkByName("gw0")
+	n, err := t.AddNet()
 	if err != nil {
 		return
 	}
-	for _, a := range []netip.Prefix{netip.PrefixFrom(Gateway4, Subnet4.Bits()), netip.PrefixFrom(Gateway6, Subnet6.Bits())} {
+	t.Switch, t.Gateway = n.Switch, n.Gateway
+	return t, nil
+}
+
+// AddNet adds a network: switch, gateway (with a remote address behind it)
+// and the node's uplink<N> to it.
+func (t *Topology) AddNet() (n *Net, err error) {
+	k := len(t.Nets)
+	if k >= len(netPlans) {
+		return nil, fmt.Errorf("harness: at most %d networks", len(netPlans))
+	}
+	plan := netPlans[k]
+	n = &Net{Uplink: fmt.Sprintf("uplink%d", k),
+		Subnet4: netip.MustParsePrefix(plan.sub4), Subnet6: netip.MustParsePrefix(plan.sub6),
+		Remote4: netip.MustParseAddr(plan.remote4), Remote6: netip.MustParseAddr(plan.remote6)}
+	n.GW4, n.GW6 = n.Subnet4.Addr().Next(), n.Subnet6.Addr().Next()
+	t.Nets = append(t.Nets, n) // Close removes what exists so far
+	for _, ns := range []**NS{&n.Switch, &n.Gateway} {
+		role := "switch"
+		if ns == &n.Gateway {
+			role = "gw"
+		}
+		if *ns, err = NewNS(fmt.Sprintf("%s-%s%d", t.prefix, role, k)); err != nil {
+			return nil, err
+		}
+		if err = (*ns).Sysctl("net/ipv6/conf/default/accept_dad", "0"); err != nil {
+			return nil, err
+		}
+	}
+	sw := n.Switch.NL()
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br0"}}
+	if err = sw.LinkAdd(br); err != nil {
+		return nil, fmt.Errorf("switch bridge: %w", err)
+	}
+	if err = sw.LinkSetUp(br); err != nil {
+		return nil, err
+	}
+	if err = plug(n.Switch, "port-node", t.Node, n.Uplink); err != nil {
+		return nil, err
+	}
+	if err = plug(n.Switch, "port-gw", n.Gateway, "gw0"); err != nil {
+		return nil, err
+	}
+	gw := n.Gateway.NL()
+	if err = addAddrs(gw, "gw0", netip.PrefixFrom(n.GW4, n.Subnet4.Bits()), netip.PrefixFrom(n.GW6, n.Subnet6.Bits())); err != nil {
+		return nil, err
+	}
+	if err = addAddrs(gw, "lo", netip.PrefixFrom(n.Remote4, 32), netip.PrefixFrom(n.Remote6, 128)); err != nil {
+		return nil, err
+	}
+	// the gateway routes: it forwards between its networks' pods and
+	// answers for the remote addresses
+	for _, key := range []string{"net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding"} {
+		if err = n.Gateway.Sysctl(key, "1"); err != nil {
+			return nil, err
+		}
+	}
+	return n, nil
+}
+
+func addAddrs(h *netlink.Handle, link string, addrs ...netip.Prefix) error {
+	l, err := h.LinkByName(link)
+	if err != nil {
+		return err
+	}
+	for _, a := range addrs {
 		addr := &netlink.Addr{IPNet: netops.IPNet(a)}
 		if a.Addr().Is6() {
 			addr.Flags = unix.IFA_F_NODAD
 		}
-		if err = gw.AddrAdd(l, addr); err != nil {
-			return t, fmt.Errorf("gateway address %s: %w", a, err)
+		if err := h.AddrAdd(l, addr); err != nil {
+			return fmt.Errorf("address %s on %s: %w", a, link, err)
 		}
 	}
-	return t, nil
+	return nil
 }
 
-// plug connects a namespace to the switch with a veth: port in the switch
+// plug connects a namespace to a switch with a veth: port in the switch
 // (enslaved to br0), ifname in ns; both up.
-func (t *Topology) plug(port string, ns *NS, ifname string) error {
-	sw := t.Switch.NL()
+func plug(swNS *NS, port string, ns *NS, ifname string) error {
+	sw := swNS.NL()
 	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: port}, PeerName: ifname, PeerNamespace: netlink.NsFd(ns.h)}
 	if err := sw.LinkAdd(veth); err != nil {
 		return fmt.Errorf("veth %s/%s: %w", port, ifname, err)
@@ -114,7 +180,35 @@ func (t *Topology) plug(port string, ns *NS, ifname string) error {
 	if err != nil {
 		return err
 	}
-	return ns.NL().LinkSetUp(peer)
+	if err := ns.NL().LinkSetUp(peer); err != nil {
+		return err
+	}
+	return settle(ns, ifname)
+}
+
+// settle waits until a new link has its carrier and its IPv6 link-local
+// address, so that the test's "before" dumps do not catch it half way.
+func settle(ns *NS, ifname string) error {
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		l, err := ns.NL().LinkByName(ifname)
+		if err != nil {
+			return err
+		}
+		if l.Attrs().Flags&net.FlagRunning != 0 {
+			addrs, err := ns.NL().AddrList(l, netlink.FAMILY_V6)
+			if err != nil {
+				return err
+			}
+			for _, a := range addrs {
+				if a.IP.IsLinkLocalUnicast() && a.Flags&unix.IFA_F_TENTATIVE == 0 {
+					return nil
+				}
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return fmt.Errorf("%s in %s: no carrier or link-local address after 5s", ifname, ns.Name)
 }
 
 // NewPod adds an empty pod namespace.
@@ -144,10 +238,16 @@ func (t *Topology) Close() error {
 		errs = append(errs, p.Close())
 	}
 	t.Pods = nil
-	for _, n := range []*NS{t.Gateway, t.Node, t.Switch} {
-		if n != nil {
-			errs = append(errs, n.Close())
+	for _, n := range t.Nets {
+		for _, ns := range []*NS{n.Gateway, n.Switch} {
+			if ns != nil {
+				errs = append(errs, ns.Close())
+			}
 		}
+	}
+	t.Nets = nil
+	if t.Node != nil {
+		errs = append(errs, t.Node.Close())
 	}
 	return errors.Join(errs...)
 }

@@ -1,0 +1,311 @@
+package tests
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+	current "github.com/containernetworking/cni/pkg/types/100"
+
+	"github.com/spinneret-cni/spinneret/cni"
+	"github.com/spinneret-cni/spinneret/tests/harness"
+)
+
+// multiEnv is an env with three networks (red on uplink0, blue on uplink1,
+// green on uplink2) and a catalogue naming them.
+func multiEnv(t *testing.T) *env {
+	e := newEnv(t)
+	for i := 0; i < 2; i++ {
+		if _, err := e.topo.AddNet(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return e
+}
+
+var colours = []string{"red", "blue", "green"}
+
+// multiConf is a conflist whose catalogue has one network per topology
+// network, with pools of the family; extra is spliced into the plugin entry.
+func (e *env) multiConf(fam family, extra string) *libcni.NetworkConfigList {
+	e.t.Helper()
+	var nets []string
+	for i, n := range e.topo.Nets {
+		var pools []string
+		if fam.has4() {
+			pools = append(pools, fmt.Sprintf(`{"name":"%s-v4","subnet":"%s","ranges":[{"start":"%s","end":"%s"}],"gateway":"%s"}`,
+				colours[i], n.Subnet4, nth(n.Subnet4, 10), nth(n.Subnet4, 60), n.GW4))
+		}
+		if fam.has6() {
+			pools = append(pools, fmt.Sprintf(`{"name":"%s-v6","subnet":"%s","ranges":[{"start":"%s","end":"%s"}],"gateway":"%s"}`,
+				colours[i], n.Subnet6, nth(n.Subnet6, 10), nth(n.Subnet6, 60), n.GW6))
+		}
+		nets = append(nets, fmt.Sprintf(`{"name":%q,"master":%q,"ipam":{"pools":[%s]}}`, colours[i], n.Uplink, strings.Join(pools, ",")))
+	}
+	if extra != "" {
+		extra = "," + extra
+	}
+	return e.confListRaw(fmt.Sprintf(`{"cniVersion":"1.1.0","name":"multi","plugins":[{"type":"spinneret","nodeConf":"%s/node.yaml",
+		"capabilities":{"io.kubernetes.cri.pod-annotations":true},"networks":[%s]%s}]}`, e.dir, strings.Join(nets, ","), extra))
+}
+
+func nth(p netip.Prefix, n int) netip.Addr {
+	a := p.Addr()
+	for range n {
+		a = a.Next()
+	}
+	return a
+}
+
+// podRT is a runtime conf carrying pod annotations, as containerd passes them.
+func podRT(id string, pod *harness.NS, ann map[string]string) *libcni.RuntimeConf {
+	rt := rtConf(id, pod)
+	rt.Args = [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", "default"}, {"K8S_POD_NAME", id}}
+	rt.CapabilityArgs = map[string]interface{}{"io.kubernetes.cri.pod-annotations": ann}
+	return rt
+}
+
+// nicAddr is the result's address of a family on the interface named ifname.
+func nicAddr(t *testing.T, r *current.Result, ifname string, v4 bool) netip.Addr {
+	t.Helper()
+	for _, ip := range r.IPs {
+		a, _ := netip.AddrFromSlice(ip.Address.IP)
+		if a = a.Unmap(); ip.Interface != nil && r.Interfaces[*ip.Interface].Name == ifname && a.Is4() == v4 {
+			return a
+		}
+	}
+	t.Fatalf("no IPv%d address on %s in %v", map[bool]int{true: 4, false: 6}[v4], ifname, r.IPs)
+	return netip.Addr{}
+}
+
+func (f family) versions() []bool {
+	switch f {
+	case v4:
+		return []bool{true}
+	case v6:
+		return []bool{false}
+	}
+	return []bool{true, false}
+}
+
+// replyLeavesBy pings the pod's address on ifname from a remote address
+// behind that NIC's gateway and checks, with the pod's packet counters, that
+// the replies left by ifname and not by other.
+func replyLeavesBy(t *testing.T, pod *harness.NS, gwNS *harness.NS, remote, podAddr netip.Addr, ifname, other string) {
+	t.Helper()
+	txIf, _ := pod.TxPackets(ifname)
+	txOther, _ := pod.TxPackets(other)
+	const n = 5
+	for i := 0; i < n; i++ {
+		if err := gwNS.PingFrom(remote, podAddr, 3*time.Second); err != nil {
+			t.Fatalf("request from %s to %s (%s): %v", remote, podAddr, ifname, err)
+		}
+	}
+	dIf, _ := pod.TxPackets(ifname)
+	dOther, _ := pod.TxPackets(other)
+	if dIf-txIf < n || dOther-txOther >= n {
+		t.Fatalf("replies to %s: %s sent %d packets, %s sent %d; want the %d replies on %s", remote, ifname, dIf-txIf, other, dOther-txOther, n, ifname)
+	}
+}
+
+// TestMultiNIC: one ADD attaches eth0 and every network the annotation
+// selects, in order, with the interface names asked for; each NIC reaches
+// its own gateway; a request that arrives on a NIC from off its subnet is
+// answered out of that NIC; CHECK passes; DEL leaves nothing.
+func TestMultiNIC(t *testing.T) {
+	for _, fam := range families {
+		t.Run(string(fam), func(t *testing.T) {
+			e := multiEnv(t)
+			l := e.multiConf(fam, "")
+			p, _ := e.topo.NewPod()
+			before := e.snapshot(p)
+			rt := podRT("c1", p, map[string]string{cni.AnnotNetworks: "blue, default/green@data"})
+			r := e.mustAdd(l, rt)
+			var names []string
+			for _, i := range r.Interfaces {
+				names = append(names, i.Name)
+			}
+			if strings.Join(names, ",") != "eth0,net1,data" {
+				t.Fatalf("interfaces %v, want eth0,net1,data", names)
+			}
+			for _, v4 := range fam.versions() {
+				red, blue, green := e.topo.Nets[0], e.topo.Nets[1], e.topo.Nets[2]
+				gw := func(n *harness.Net) netip.Addr { return map[bool]netip.Addr{true: n.GW4, false: n.GW6}[v4] }
+				remote := func(n *harness.Net) netip.Addr { return map[bool]netip.Addr{true: n.Remote4, false: n.Remote6}[v4] }
+				// eth0 holds the default route; each other NIC's routes live
+				// in its own table, used for traffic from its addresses
+				for _, g := range []netip.Addr{gw(red), remote(red)} {
+					if err := p.Ping(g, 5*time.Second); err != nil {
+						t.Error(err)
+					}
+				}
+				for _, c := range []struct {
+					nic string
+					n   *harness.Net
+				}{{"net1", blue}, {"data", green}} {
+					if err := p.PingFrom(nicAddr(t, r, c.nic, v4), gw(c.n), 5*time.Second); err != nil {
+						t.Errorf("%s: %v", c.nic, err)
+					}
+				}
+				replyLeavesBy(t, p, blue.Gateway, remote(blue), nicAddr(t, r, "net1", v4), "net1", "eth0")
+				replyLeavesBy(t, p, green.Gateway, remote(green), nicAddr(t, r, "data", v4), "data", "eth0")
+				replyLeavesBy(t, p, red.Gateway, remote(red), nicAddr(t, r, "eth0", v4), "eth0", "net1")
+			}
+			if err := e.check(l, rt); err != nil {
+				t.Errorf("CHECK: %v", err)
+			}
+			e.mustDel(l, rt)
+			e.sameAs(before, p)
+		})
+	}
+}
+
+// TestDefaultRouteNIC: spinneret.io/default-route-nic (and the JSON form's
+// default-route) moves the default route to that NIC; eth0's routes move to
+// its own table, so replies from eth0's address still leave by eth0.
+func TestDefaultRouteNIC(t *testing.T) {
+	for _, c := range []struct{ name, networks, defaultNIC string }{
+		{"annotation", "blue", "net1"},
+		{"json default-route", `[{"name":"blue","default-route":["198.51.100.1"]}]`, ""},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			e := multiEnv(t)
+			l := e.multiConf(dual, "")
+			p, _ := e.topo.NewPod()
+			before := e.snapshot(p)
+			ann := map[string]string{cni.AnnotNetworks: c.networks}
+			if c.defaultNIC != "" {
+				ann[cni.AnnotDefaultRouteNIC] = c.defaultNIC
+			}
+			rt := podRT("c1", p, ann)
+			r := e.mustAdd(l, rt)
+			red, blue := e.topo.Nets[0], e.topo.Nets[1]
+			// the default route is blue's: its remote answers, red's does not
+			for _, a := range []netip.Addr{blue.Remote4, blue.Remote6} {
+				if err := p.Ping(a, 5*time.Second); err != nil {
+					t.Errorf("default route via net1: %v", err)
+				}
+			}
+			if err := p.Ping(red.Remote4, time.Second); err == nil {
+				t.Error("red's remote answered through the default route: the default route did not move")
+			}
+			// but eth0's own traffic still uses eth0 (its table)
+			if err := p.PingFrom(nicAddr(t, r, "eth0", true), red.Remote4, 5*time.Second); err != nil {
+				t.Errorf("from eth0's address: %v", err)
+			}
+			replyLeavesBy(t, p, red.Gateway, red.Remote4, nicAddr(t, r, "eth0", true), "eth0", "net1")
+			var defaults []string
+			for _, rt := range r.Routes {
+				if ones, _ := rt.Dst.Mask.Size(); ones == 0 {
+					table := 0
+					if rt.Table != nil {
+						table = *rt.Table
+					}
+					defaults = append(defaults, fmt.Sprintf("%s table %d", rt.GW, table))
+				}
+			}
+			want := "192.0.2.1 table 101,2001:db8:0:1::1 table 101,198.51.100.1 table 0,2001:db8:0:2::1 table 0"
+			if strings.Join(defaults, ",") != want {
+				t.Errorf("default routes in the result: %v, want %s", defaults, want)
+			}
+			e.mustDel(l, rt)
+			e.sameAs(before, p)
+		})
+	}
+}
+
+// TestAnnotationPoolsRoutesStatic: spinneret.io/ippools picks the pool of a
+// NIC, spinneret.io/routes adds a route on the NIC whose subnet holds its
+// gateway, and the networks annotation's ips and mac are honoured.
+func TestAnnotationPoolsRoutesStatic(t *testing.T) {
+	e := multiEnv(t)
+	l := e.multiConf(dual, "")
+	p, _ := e.topo.NewPod()
+	before := e.snapshot(p)
+	rt := podRT("c1", p, map[string]string{
+		cni.AnnotNetworks: `[{"name":"blue","interface":"net1","ips":["198.51.100.42/24"],"mac":"0a:1b:2c:3d:4e:5f"}]`,
+		cni.AnnotIPPools:  `[{"interface":"eth0","ipv6":["red-v6"]}]`,
+		cni.AnnotRoutes:   `[{"dst":"198.18.0.0/24","gw":"198.51.100.1"}]`,
+	})
+	r := e.mustAdd(l, rt)
+	var got []string
+	for _, ip := range r.IPs {
+		got = append(got, r.Interfaces[*ip.Interface].Name+"="+ip.Address.String())
+	}
+	if strings.Join(got, " ") != "eth0=2001:db8:0:1::a/64 net1=198.51.100.42/24 net1=2001:db8:0:2::a/64" {
+		t.Fatalf("addresses %v", got)
+	}
+	if r.Interfaces[1].Mac != "0a:1b:2c:3d:4e:5f" {
+		t.Errorf("net1 mac %s", r.Interfaces[1].Mac)
+	}
+	// the annotation's route went to net1 (its gateway is in blue's subnet),
+	// in net1's table, and carries traffic from net1's address
+	found := false
+	for _, rr := range r.Routes {
+		if rr.Dst.String() == "198.18.0.0/24" && rr.GW.String() == "198.51.100.1" && rr.Table != nil && *rr.Table == 102 {
+			found = true
+		}
+	}
+	if !found {
+		t.Errorf("annotation route not in the result as 198.18.0.0/24 via 198.51.100.1 table 102: %v", r.Routes)
+	}
+	if err := p.PingFrom(netip.MustParseAddr("198.51.100.42"), e.topo.Nets[1].Remote4, 5*time.Second); err != nil {
+		t.Errorf("via the annotation route: %v", err)
+	}
+	if err := e.check(l, rt); err != nil {
+		t.Errorf("CHECK: %v", err)
+	}
+	e.mustDel(l, rt)
+	e.sameAs(before, p)
+}
+
+// TestBadRequests: every bad annotation or config gives an error naming it,
+// before anything is created or allocated.
+func TestBadRequests(t *testing.T) {
+	e := multiEnv(t)
+	p, _ := e.topo.NewPod()
+	before := e.snapshot(p)
+	cases := []struct {
+		name  string
+		ann   map[string]string
+		extra string
+		code  uint
+		msg   string
+	}{
+		{"unknown network", map[string]string{cni.AnnotNetworks: "purple"}, "", cni.ErrBadRequest, `k8s.v1.cni.cncf.io/networks[0]: network "purple" is not defined (networks: red, blue, green)`},
+		{"other namespace", map[string]string{cni.AnnotNetworks: "kube-system/blue"}, "", cni.ErrBadRequest, "network kube-system/blue is not in the pod's namespace default"},
+		{"duplicate interface", map[string]string{cni.AnnotNetworks: "blue@net5, green@net5"}, "", cni.ErrBadRequest, "interface net5 is used twice"},
+		{"interface eth0 twice", map[string]string{cni.AnnotNetworks: "blue@eth0"}, "", cni.ErrBadRequest, "interface eth0 is used twice"},
+		{"bad short form", map[string]string{cni.AnnotNetworks: "blue@"}, "", cni.ErrBadRequest, `entry 0 "blue@" is not name`},
+		{"unknown JSON field", map[string]string{cni.AnnotNetworks: `[{"name":"blue","colour":"x"}]`}, "", cni.ErrBadRequest, `k8s.v1.cni.cncf.io/networks[0].colour: unknown field (value "x")`},
+		{"too many NICs", map[string]string{cni.AnnotNetworks: "blue, green"}, `"maxNICs":2`, cni.ErrBadRequest, "3 NICs requested, at most 2 (maxNICs)"},
+		{"master not allowed", map[string]string{cni.AnnotNetworks: "blue"}, "", cni.ErrBadRequest, `network blue: master: "uplink1" (interface uplink1) is not in the node's allowedMasters [uplink0 uplink2]`},
+		{"default-route-nic unknown", map[string]string{cni.AnnotDefaultRouteNIC: "net7"}, "", cni.ErrBadRequest, `spinneret.io/default-route-nic: "net7" is not one of the pod's NICs (eth0)`},
+		{"ippools unknown pool", map[string]string{cni.AnnotIPPools: `[{"interface":"eth0","ipv4":["blue-v4"]}]`}, "", cni.ErrBadRequest, `spinneret.io/ippools[0].ipv4[0]: pool "blue-v4" is not a pool of network red`},
+		{"ippools wrong family", map[string]string{cni.AnnotIPPools: `[{"interface":"eth0","ipv4":["red-v6"]}]`}, "", cni.ErrBadRequest, `pool "red-v6" is not an ipv4 pool`},
+		{"ippools unknown interface", map[string]string{cni.AnnotIPPools: `[{"interface":"net3","ipv4":["red-v4"]}]`}, "", cni.ErrBadRequest, `spinneret.io/ippools[0].interface: "net3" is not one of the pod's NICs`},
+		{"route gw off every NIC", map[string]string{cni.AnnotRoutes: `[{"dst":"10.10.0.0/16","gw":"10.6.0.1"}]`}, "", cni.ErrBadRequest, "spinneret.io/routes[0].gw: 10.6.0.1 is in the subnet of none of the pod's NICs"},
+		{"route bad dst", map[string]string{cni.AnnotRoutes: `[{"dst":"nope","gw":"192.0.2.1"}]`}, "", cni.ErrBadRequest, `spinneret.io/routes[0].dst: "nope" is not a CIDR`},
+		{"static address outside", map[string]string{cni.AnnotNetworks: `[{"name":"blue","ips":["10.1.1.1/24"]}]`}, "", cni.ErrBadRequest, "static address 10.1.1.1 is in none of the pools"},
+		{"bad mac", map[string]string{cni.AnnotNetworks: `[{"name":"blue","mac":"01:00:5e:00:00:01"}]`}, "", cni.ErrBadRequest, `k8s.v1.cni.cncf.io/networks[0].mac: "01:00:5e:00:00:01" is not a unicast MAC address`},
+		{"two default routes", map[string]string{cni.AnnotNetworks: `[{"name":"blue","default-route":["198.51.100.1"]},{"name":"green","default-route":["203.0.113.1"]}]`}, "", cni.ErrBadRequest, "already has the default route"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			e := e.sub(t)
+			if c.name == "master not allowed" {
+				writeNodeConf(t, e.dir, "debug")
+				b, _ := json.Marshal([]string{"uplink0", "uplink2"})
+				appendFile(t, e.dir+"/node.yaml", "allowedMasters: "+string(b)+"\n")
+				defer writeNodeConf(t, e.dir, "debug")
+			}
+			_, err := e.add(e.multiConf(dual, c.extra), podRT("c1", p, c.ann))
+			wantErr(t, err, c.code, c.msg)
+			e.sameAs(before, p)
+		})
+	}
+}
