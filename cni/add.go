@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"strings"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/spinneret-cni/spinneret/conf"
+	"github.com/spinneret-cni/spinneret/coordinator"
 	"github.com/spinneret-cni/spinneret/drivers"
 	"github.com/spinneret-cni/spinneret/internal/netops"
 	"github.com/spinneret-cni/spinneret/internal/txn"
@@ -45,7 +47,7 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 		return types.NewError(ErrBadRequest, err.Error(), "")
 	}
 	env := txn.NewEnv(args.Netns, ino)
-	env.Log = p.log
+	env.Log, env.StateDir = p.log, p.node.StateDir
 	defer env.Close()
 	// an ADD without DEL for the same attachment: undo what the earlier one
 	// left (its addresses are kept and handed back by the idempotent IPAM)
@@ -83,12 +85,19 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 			}
 		}
 	}
+	in := PlanInput{ContainerID: args.ContainerID, NICs: nics}
+	if p.cfg.Network.Coordinator.Underlay() {
+		if in.NodeIPs, err = p.nodeIPs(env, nics); err != nil {
+			p.store.Release(args.ContainerID, args.IfName)
+			return types.NewError(types.ErrInternal, "learn node addresses: "+err.Error(), "")
+		}
+	}
 	p.phase("allocate")
-	if aerr := txn.Apply(env, j, Plan(nics)); aerr != nil {
+	if aerr := txn.Apply(env, j, Plan(in)); aerr != nil {
 		return p.abort(j, aerr)
 	}
 	p.phase("apply")
-	res, err := buildResult(env, args.Netns, nics, p.cfg.DNS)
+	res, err := buildResult(env, args.Netns, in, p.cfg.DNS)
 	if err == nil {
 		var b []byte
 		if b, err = json.Marshal(res); err == nil {
@@ -135,6 +144,21 @@ func (p *plugin) abort(j *txn.Journal, cause error) error {
 	}
 	j.Remove()
 	return types.NewError(ErrStepFailed, fmt.Sprintf("network %s: %v (rolled back)", p.cfg.Name, cause), "")
+}
+
+// nodeIPs are the node's addresses the pod reaches through its veth.
+func (p *plugin) nodeIPs(env *txn.Env, nics []NIC) ([]netip.Addr, error) {
+	host, err := env.Handle(txn.Host)
+	if err != nil {
+		return nil, err
+	}
+	var podAddrs []netip.Addr
+	for _, n := range nics {
+		for _, a := range n.Addrs {
+			podAddrs = append(podAddrs, a.Address.Addr())
+		}
+	}
+	return coordinator.NodeIPs(host, podAddrs)
 }
 
 // precheck validates the NICs against the host and the pod before anything

@@ -5,6 +5,7 @@ import (
 	"slices"
 
 	"github.com/spinneret-cni/spinneret/conf"
+	"github.com/spinneret-cni/spinneret/coordinator"
 	"github.com/spinneret-cni/spinneret/drivers"
 	"github.com/spinneret-cni/spinneret/internal/netops"
 	"github.com/spinneret-cni/spinneret/internal/txn"
@@ -115,10 +116,40 @@ func layout(nics []NIC) []routing {
 	return out
 }
 
-// Plan is the ordered list of operations that attaches the NICs: for each,
-// create the link in the pod, add its addresses, set it up, add its routes
-// and rules. It is a pure function of its input: no kernel, no root.
-func Plan(nics []NIC) []txn.Op {
+// PlanInput is everything a pod's plan depends on.
+type PlanInput struct {
+	ContainerID string
+	NICs        []NIC
+	// NodeIPs are the node's addresses (see coordinator.NodeIPs).
+	NodeIPs []netip.Addr
+}
+
+// Plan is the ordered list of operations that attaches the pod: for each
+// NIC, create the link in the pod, add its addresses, set it up, add its
+// routes and rules; then the coordinator's veth and routes. It is a pure
+// function of its input: no kernel, no root.
+func Plan(in PlanInput) []txn.Op {
+	ops := planNICs(in.NICs)
+	return append(ops, coordinator.Plan(coordinatorInput(in))...)
+}
+
+// coordinatorInput is what the coordinator needs of the pod.
+func coordinatorInput(in PlanInput) coordinator.Input {
+	ci := coordinator.Input{ContainerID: in.ContainerID, NodeIPs: in.NodeIPs}
+	if len(in.NICs) > 0 {
+		ci.Conf = in.NICs[0].Network.Coordinator
+	}
+	for i, rt := range layout(in.NICs) {
+		n := coordinator.NIC{IfName: in.NICs[i].IfName, Table: rt.Table}
+		for _, a := range in.NICs[i].Addrs {
+			n.Addrs = append(n.Addrs, a.Address)
+		}
+		ci.NICs = append(ci.NICs, n)
+	}
+	return ci
+}
+
+func planNICs(nics []NIC) []txn.Op {
 	var ops []txn.Op
 	routes := layout(nics)
 	for i, n := range nics {

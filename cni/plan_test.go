@@ -60,7 +60,9 @@ func TestPlanGolden(t *testing.T) {
 				}
 				nic.Addrs = append(nic.Addrs, al)
 			}
-			got, err := json.MarshalIndent(txn.Steps(Plan([]NIC{nic})), "", "  ")
+			in := PlanInput{ContainerID: "0123456789abcdef", NICs: []NIC{nic},
+				NodeIPs: []netip.Addr{netip.MustParseAddr("10.6.212.101"), netip.MustParseAddr("fd00:6::101")}}
+			got, err := json.MarshalIndent(txn.Steps(Plan(in)), "", "  ")
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -144,7 +144,7 @@ func (p *plugin) journalPath(containerID, ifname string) string {
 // envFor returns an Env for a journal's pod namespace that logs to p.
 func (p *plugin) envFor(j *txn.Journal) *txn.Env {
 	e := j.Env()
-	e.Log = p.log
+	e.Log, e.StateDir = p.log, p.node.StateDir
 	return e
 }
 

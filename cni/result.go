@@ -7,6 +7,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 
+	"github.com/spinneret-cni/spinneret/coordinator"
 	"github.com/spinneret-cni/spinneret/internal/netops"
 	"github.com/spinneret-cni/spinneret/internal/txn"
 )
@@ -14,7 +15,8 @@ import (
 // buildResult reads each NIC's MAC and MTU back from the pod namespace and
 // returns the CNI result: every interface with its sandbox, every address
 // with its interface index and gateway, the routes and the DNS settings.
-func buildResult(env *txn.Env, netnsPath string, nics []NIC, dns types.DNS) (*current.Result, error) {
+func buildResult(env *txn.Env, netnsPath string, in PlanInput, dns types.DNS) (*current.Result, error) {
+	nics := in.NICs
 	res := &current.Result{CNIVersion: current.ImplementedSpecVersion, DNS: dns}
 	routes := layout(nics)
 	for i, n := range nics {
@@ -42,6 +44,18 @@ func buildResult(env *txn.Env, netnsPath string, nics []NIC, dns types.DNS) (*cu
 				rt.Table = &t
 			}
 			res.Routes = append(res.Routes, rt)
+		}
+	}
+	// the coordinator's veth: the node end, then the pod end
+	if len(nics) > 0 && nics[0].Network.Coordinator.Underlay() {
+		for _, end := range []struct{ ns, name, sandbox string }{
+			{txn.Host, coordinator.HostVethName(in.ContainerID), ""}, {txn.Pod, coordinator.PodVeth, netnsPath},
+		} {
+			_, l, err := netops.Link(env, end.ns, end.name)
+			if err != nil {
+				return nil, fmt.Errorf("read back %s: %w", end.name, err)
+			}
+			res.Interfaces = append(res.Interfaces, &current.Interface{Name: end.name, Mac: l.Attrs().HardwareAddr.String(), Mtu: l.Attrs().MTU, Sandbox: end.sandbox})
 		}
 	}
 	return res, nil

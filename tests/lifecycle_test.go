@@ -121,8 +121,11 @@ func TestVersion(t *testing.T) {
 // gateway, routes, DNS; IPv6 addresses are usable at once (not tentative).
 func verifyResult(t *testing.T, r *current.Result, pod *harness.NS, fam family) {
 	t.Helper()
-	if len(r.Interfaces) != 1 || r.Interfaces[0].Name != "eth0" || r.Interfaces[0].Sandbox != pod.Path() {
-		t.Fatalf("interfaces = %v, want eth0 in %s", r.Interfaces, pod.Path())
+	// eth0, then the coordinator's veth: the node end, the pod end
+	if len(r.Interfaces) != 3 || r.Interfaces[0].Name != "eth0" || r.Interfaces[0].Sandbox != pod.Path() ||
+		!strings.HasPrefix(r.Interfaces[1].Name, "spn") || r.Interfaces[1].Sandbox != "" ||
+		r.Interfaces[2].Name != "veth0" || r.Interfaces[2].Sandbox != pod.Path() {
+		t.Fatalf("interfaces = %v, want eth0 and veth0 in %s and the node's veth", r.Interfaces, pod.Path())
 	}
 	l, err := pod.NL().LinkByName("eth0")
 	if err != nil {

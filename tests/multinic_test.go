@@ -129,8 +129,8 @@ func TestMultiNIC(t *testing.T) {
 			for _, i := range r.Interfaces {
 				names = append(names, i.Name)
 			}
-			if strings.Join(names, ",") != "eth0,net1,data" {
-				t.Fatalf("interfaces %v, want eth0,net1,data", names)
+			if strings.Join(names[:3], ",") != "eth0,net1,data" || names[4] != "veth0" {
+				t.Fatalf("interfaces %v, want eth0,net1,data, then the veth", names)
 			}
 			for _, v4 := range fam.versions() {
 				red, blue, green := e.topo.Nets[0], e.topo.Nets[1], e.topo.Nets[2]

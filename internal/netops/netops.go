@@ -20,6 +20,7 @@ func init() {
 	txn.Register("link.up", func() txn.Op { return &LinkUp{} })
 	txn.Register("route.add", func() txn.Op { return &RouteAdd{} })
 	txn.Register("rule.add", func() txn.Op { return &RuleAdd{} })
+	txn.Register("neigh.add", func() txn.Op { return &NeighAdd{} })
 }
 
 // Gone reports whether err means the object (link, address, route,
@@ -185,6 +186,8 @@ type RouteAdd struct {
 	Dst   netip.Prefix `json:"dst"`
 	GW    netip.Addr   `json:"gw,omitzero"`
 	Table int          `json:"table,omitempty"`
+	// Src is the preferred source address for the route.
+	Src netip.Addr `json:"src,omitzero"`
 }
 
 func (o *RouteAdd) Kind() string { return "route.add" }
@@ -197,11 +200,17 @@ func (o *RouteAdd) String() string {
 	if o.Table != 0 {
 		s += fmt.Sprintf(" table %d", o.Table)
 	}
+	if o.Src.IsValid() {
+		s += " src " + o.Src.String()
+	}
 	return s
 }
 
 func (o *RouteAdd) route(l netlink.Link) *netlink.Route {
 	r := &netlink.Route{LinkIndex: l.Attrs().Index, Dst: IPNet(o.Dst), Table: o.Table}
+	if o.Src.IsValid() {
+		r.Src = o.Src.AsSlice()
+	}
 	if o.GW.IsValid() {
 		r.Gw = o.GW.AsSlice()
 	} else {
@@ -328,4 +337,80 @@ func (o *RuleAdd) Check(env *txn.Env) error {
 		}
 	}
 	return fmt.Errorf("rule %s missing", o.String()[len("add rule "):])
+}
+
+// NeighAdd adds a permanent neighbour entry: IP is at MAC on Link.
+type NeighAdd struct {
+	NS   string     `json:"ns"`
+	Link string     `json:"link"`
+	IP   netip.Addr `json:"ip"`
+	MAC  string     `json:"mac"`
+}
+
+func (o *NeighAdd) Kind() string { return "neigh.add" }
+func (o *NeighAdd) String() string {
+	return fmt.Sprintf("add neighbour %s lladdr %s dev %s in %s", o.IP, o.MAC, o.Link, o.NS)
+}
+
+// DependsOn names the link the entry lives on.
+func (o *NeighAdd) DependsOn() string { return LinkKey(o.NS, o.Link) }
+
+func (o *NeighAdd) neigh(l netlink.Link) (*netlink.Neigh, error) {
+	mac, err := net.ParseMAC(o.MAC)
+	if err != nil {
+		return nil, err
+	}
+	fam := netlink.FAMILY_V4
+	if o.IP.Is6() {
+		fam = netlink.FAMILY_V6
+	}
+	return &netlink.Neigh{LinkIndex: l.Attrs().Index, Family: fam, State: netlink.NUD_PERMANENT, IP: o.IP.AsSlice(), HardwareAddr: mac}, nil
+}
+
+// Do adds (or replaces a stale) entry.
+func (o *NeighAdd) Do(env *txn.Env) error {
+	h, l, err := Link(env, o.NS, o.Link)
+	if err != nil {
+		return err
+	}
+	n, err := o.neigh(l)
+	if err != nil {
+		return err
+	}
+	return h.NeighSet(n)
+}
+
+// Undo deletes the entry.
+func (o *NeighAdd) Undo(env *txn.Env) error {
+	h, l, err := Link(env, o.NS, o.Link)
+	if err != nil {
+		return IgnoreGone(err)
+	}
+	n, err := o.neigh(l)
+	if err != nil {
+		return err
+	}
+	return IgnoreGone(h.NeighDel(n))
+}
+
+// Check reports a missing or changed entry.
+func (o *NeighAdd) Check(env *txn.Env) error {
+	h, l, err := Link(env, o.NS, o.Link)
+	if err != nil {
+		return err
+	}
+	want, err := o.neigh(l)
+	if err != nil {
+		return err
+	}
+	ns, err := h.NeighList(l.Attrs().Index, want.Family)
+	if err != nil {
+		return err
+	}
+	for _, n := range ns {
+		if n.IP.Equal(want.IP) && n.HardwareAddr.String() == o.MAC && n.State&netlink.NUD_PERMANENT != 0 {
+			return nil
+		}
+	}
+	return fmt.Errorf("%s: permanent neighbour %s lladdr %s missing", o.Link, o.IP, o.MAC)
 }

@@ -26,6 +26,9 @@ type Env struct {
 	PodNetNSIno uint64 // inode recorded at ADD; 0 = do not check
 	// Log receives one debug line per step done or undone; nil: no logging.
 	Log *slog.Logger
+	// StateDir is the node's state dir, for operations that lock across
+	// processes (shared node objects).
+	StateDir string
 
 	podNS   netns.NsHandle
 	handles map[string]*netlink.Handle

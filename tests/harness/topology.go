@@ -41,6 +41,17 @@ var (
 	Gateway6 = Subnet6.Addr().Next()
 )
 
+// The node's address on the first network, and the service stand-ins it
+// serves (inside ServiceCIDR4/6, off every pod network).
+var (
+	NodeIP4      = Subnet4.Addr().Next().Next()
+	NodeIP6      = Subnet6.Addr().Next().Next()
+	ServiceCIDR4 = netip.MustParsePrefix("198.19.0.0/24")
+	ServiceCIDR6 = netip.MustParsePrefix("2001:db8:fe::/64")
+	ServiceIP4   = netip.MustParseAddr("198.19.0.10")
+	ServiceIP6   = netip.MustParseAddr("2001:db8:fe::10")
+)
+
 // Uplink is the node's interface on the first network.
 const Uplink = "uplink0"
 
@@ -78,6 +89,14 @@ func NewTopology(prefix string) (t *Topology, err error) {
 		return
 	}
 	t.Switch, t.Gateway = n.Switch, n.Gateway
+	// the node's own addresses: on its uplink to the first network, and
+	// stand-ins for a service (ClusterIP) it serves, on its lo
+	if err = addAddrs(t.Node.NL(), Uplink, netip.PrefixFrom(NodeIP4, Subnet4.Bits()), netip.PrefixFrom(NodeIP6, Subnet6.Bits())); err != nil {
+		return
+	}
+	if err = addAddrs(t.Node.NL(), "lo", netip.PrefixFrom(ServiceIP4, 32), netip.PrefixFrom(ServiceIP6, 128)); err != nil {
+		return
+	}
 	return t, nil
 }
 

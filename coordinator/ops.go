@@ -1,0 +1,232 @@
+package coordinator
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"path/filepath"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/spinneret-cni/spinneret/internal/fileutil"
+	"github.com/spinneret-cni/spinneret/internal/netops"
+	"github.com/spinneret-cni/spinneret/internal/txn"
+)
+
+func init() {
+	txn.Register("veth.create", func() txn.Op { return &Veth{} })
+	txn.Register("hostroute.add", func() txn.Op { return &HostRoute{} })
+}
+
+// Veth creates the pod-node veth pair in one request: the host end in the
+// node's namespace and the pod end created directly inside the pod's, both
+// with the MACs the plan chose (so neighbour entries can be planned too).
+type Veth struct {
+	Host    string `json:"host"`
+	Pod     string `json:"pod"`
+	HostMAC string `json:"hostMAC"`
+	PodMAC  string `json:"podMAC"`
+	MTU     int    `json:"mtu"`
+}
+
+func (o *Veth) Kind() string { return "veth.create" }
+func (o *Veth) String() string {
+	return fmt.Sprintf("create veth %s (node) - %s (pod)", o.Host, o.Pod)
+}
+
+// Creates names the host end; the pod end goes with it.
+func (o *Veth) Creates() string { return netops.LinkKey(txn.Host, o.Host) }
+
+// Do creates the pair.
+func (o *Veth) Do(env *txn.Env) error {
+	host, err := env.Handle(txn.Host)
+	if err != nil {
+		return err
+	}
+	fd, err := env.PodNSFd()
+	if err != nil {
+		return err
+	}
+	hm, err := net.ParseMAC(o.HostMAC)
+	if err != nil {
+		return err
+	}
+	pm, err := net.ParseMAC(o.PodMAC)
+	if err != nil {
+		return err
+	}
+	v := &netlink.Veth{
+		LinkAttrs: netlink.LinkAttrs{Name: o.Host, MTU: o.MTU, HardwareAddr: hm},
+		PeerName:  o.Pod, PeerHardwareAddr: pm, PeerNamespace: netlink.NsFd(fd),
+	}
+	if err := host.LinkAdd(v); err != nil {
+		return fmt.Errorf("veth %s/%s: %w", o.Host, o.Pod, err)
+	}
+	return nil
+}
+
+// Undo deletes the host end, which deletes the pod end and every route and
+// neighbour entry on either.
+func (o *Veth) Undo(env *txn.Env) error {
+	h, l, err := netops.Link(env, txn.Host, o.Host)
+	if err != nil {
+		return netops.IgnoreGone(err)
+	}
+	if l.Type() != "veth" || l.Attrs().HardwareAddr.String() != o.HostMAC {
+		return nil // not ours
+	}
+	return netops.IgnoreGone(h.LinkDel(l))
+}
+
+// Check reports a missing end or a changed MAC.
+func (o *Veth) Check(env *txn.Env) error {
+	var errs []error
+	for _, end := range []struct{ ns, name, mac string }{{txn.Host, o.Host, o.HostMAC}, {txn.Pod, o.Pod, o.PodMAC}} {
+		_, l, err := netops.Link(env, end.ns, end.name)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if l.Attrs().HardwareAddr.String() != end.mac {
+			errs = append(errs, fmt.Errorf("%s: mac %s, want %s", end.name, l.Attrs().HardwareAddr, end.mac))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// HostRoute routes a pod address to the pod's host veth in the node's pod
+// table, and makes sure the rule "from all lookup <table>" exists. The rule
+// is shared by every pod: it is added by the first route and removed with
+// the last, under a node-wide lock, so concurrent ADDs never duplicate it
+// and a DEL never removes it under another pod's feet.
+type HostRoute struct {
+	Dst          netip.Prefix `json:"dst"`
+	Link         string       `json:"link"`
+	Table        int          `json:"table"`
+	RulePriority int          `json:"rulePriority"`
+	// Src is the node's address the node speaks to the pod from: without
+	// it the kernel may pick any address of the node (one on lo, say) that
+	// the pod has no route back to.
+	Src netip.Addr `json:"src,omitzero"`
+}
+
+func (o *HostRoute) Kind() string { return "hostroute.add" }
+func (o *HostRoute) String() string {
+	return fmt.Sprintf("add node route %s dev %s table %d (rule %d: from all lookup %d)", o.Dst, o.Link, o.Table, o.RulePriority, o.Table)
+}
+
+func (o *HostRoute) family() int {
+	if o.Dst.Addr().Is4() {
+		return netlink.FAMILY_V4
+	}
+	return netlink.FAMILY_V6
+}
+
+func (o *HostRoute) rule() *netlink.Rule {
+	r := netlink.NewRule()
+	r.Priority, r.Table, r.Family = o.RulePriority, o.Table, o.family()
+	return r
+}
+
+// lock serialises the rule's check-and-change across processes.
+func (o *HostRoute) lock(env *txn.Env) (*fileutil.Lock, error) {
+	if env.StateDir == "" {
+		return nil, fmt.Errorf("host route: no state dir for the node lock")
+	}
+	return fileutil.LockFile(filepath.Join(env.StateDir, "locks", "host-rules"))
+}
+
+func (o *HostRoute) hasRule(h *netlink.Handle) (bool, error) {
+	rules, err := h.RuleListFiltered(o.family(), o.rule(), netlink.RT_FILTER_TABLE|netlink.RT_FILTER_PRIORITY)
+	if err != nil {
+		return false, err
+	}
+	for _, r := range rules {
+		if r.Src == nil && r.Dst == nil && r.Mark == 0 && r.IifName == "" && r.OifName == "" {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// Do ensures the rule and adds the route, replacing a stale one for the
+// same address (a pod whose DEL never came).
+func (o *HostRoute) Do(env *txn.Env) error {
+	lk, err := o.lock(env)
+	if err != nil {
+		return err
+	}
+	defer lk.Unlock()
+	h, l, err := netops.Link(env, txn.Host, o.Link)
+	if err != nil {
+		return err
+	}
+	ok, err := o.hasRule(h)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		if err := h.RuleAdd(o.rule()); err != nil && !errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("rule from all lookup %d: %w", o.Table, err)
+		}
+	}
+	r := &netlink.Route{LinkIndex: l.Attrs().Index, Dst: netops.IPNet(o.Dst), Table: o.Table, Scope: netlink.SCOPE_LINK}
+	if o.Src.IsValid() {
+		r.Src = o.Src.AsSlice()
+	}
+	return h.RouteReplace(r)
+}
+
+// Undo deletes the route (if it is still through this pod's veth) and the
+// rule if no pod route is left in the table.
+func (o *HostRoute) Undo(env *txn.Env) error {
+	lk, err := o.lock(env)
+	if err != nil {
+		return err
+	}
+	defer lk.Unlock()
+	h, err := env.Handle(txn.Host)
+	if err != nil {
+		return err
+	}
+	if l, err := h.LinkByName(o.Link); err == nil {
+		err = h.RouteDel(&netlink.Route{LinkIndex: l.Attrs().Index, Dst: netops.IPNet(o.Dst), Table: o.Table, Scope: netlink.SCOPE_LINK})
+		if err := netops.IgnoreGone(err); err != nil {
+			return err
+		}
+	}
+	left, err := h.RouteListFiltered(o.family(), &netlink.Route{Table: o.Table}, netlink.RT_FILTER_TABLE)
+	if err != nil {
+		return err
+	}
+	if len(left) > 0 {
+		return nil
+	}
+	if ok, err := o.hasRule(h); err != nil || !ok {
+		return err
+	}
+	return netops.IgnoreGone(h.RuleDel(o.rule()))
+}
+
+// Check reports a missing route or rule.
+func (o *HostRoute) Check(env *txn.Env) error {
+	h, l, err := netops.Link(env, txn.Host, o.Link)
+	if err != nil {
+		return err
+	}
+	rs, err := h.RouteListFiltered(o.family(), &netlink.Route{Table: o.Table, Dst: netops.IPNet(o.Dst), LinkIndex: l.Attrs().Index},
+		netlink.RT_FILTER_TABLE|netlink.RT_FILTER_DST|netlink.RT_FILTER_OIF)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	if len(rs) == 0 {
+		errs = append(errs, fmt.Errorf("node: route %s dev %s table %d missing", o.Dst, o.Link, o.Table))
+	}
+	if ok, err := o.hasRule(h); err != nil || !ok {
+		errs = append(errs, fmt.Errorf("node: rule %d: from all lookup %d missing", o.RulePriority, o.Table))
+	}
+	return errors.Join(errs...)
+}

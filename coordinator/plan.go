@@ -1,0 +1,124 @@
+// Package coordinator plans what Spiderpool's coordinator does, in
+// underlay mode, as operations of the pod's one transaction: a veth pair
+// from the pod to its node, so the pod reaches its node and the cluster's
+// service and pod CIDRs through the node's stack, and host routes so the
+// node reaches the pod. The layout is written up in README.md.
+package coordinator
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"net"
+	"net/netip"
+
+	"github.com/spinneret-cni/spinneret/conf"
+	"github.com/spinneret-cni/spinneret/internal/netops"
+	"github.com/spinneret-cni/spinneret/internal/txn"
+)
+
+// PodVeth is the pod end of the veth pair.
+const PodVeth = "veth0"
+
+// HostRulePriority is the priority of the node's "from all lookup
+// <hostRuleTable>" rule: before the main table.
+const HostRulePriority = 1000
+
+// NIC is what the coordinator needs of one pod NIC.
+type NIC struct {
+	IfName string
+	Addrs  []netip.Prefix
+	// Table is the NIC's policy table; 0 means main (the default-route NIC).
+	Table int
+}
+
+// Input is everything the coordinator's plan depends on.
+type Input struct {
+	ContainerID string
+	NICs        []NIC
+	// NodeIPs are the node's addresses the pod must reach through veth0.
+	NodeIPs []netip.Addr
+	Conf    conf.Coordinator
+}
+
+// HostVethName is the node end of a pod's veth: "spn" and 12 hex digits of
+// the container ID's hash (fits IFNAMSIZ; container IDs that share a prefix
+// do not collide).
+func HostVethName(containerID string) string {
+	h := sha256.Sum256([]byte(containerID))
+	return "spn" + hex.EncodeToString(h[:6])
+}
+
+// vethMAC is a stable, locally administered unicast MAC for one end of a
+// pod's veth, chosen by the plan so neighbour entries can be planned too.
+func vethMAC(containerID, end string) string {
+	h := sha256.Sum256([]byte(containerID + "/" + end))
+	h[0] = (h[0] | 0x02) &^ 0x01
+	return net.HardwareAddr(h[:6]).String()
+}
+
+// Plan returns the coordinator's operations for a pod, after its NICs'.
+func Plan(in Input) []txn.Op {
+	c := in.Conf
+	if !c.Underlay() || len(in.NICs) == 0 {
+		return nil
+	}
+	host := HostVethName(in.ContainerID)
+	hostMAC, podMAC := vethMAC(in.ContainerID, "host"), vethMAC(in.ContainerID, "pod")
+	ops := []txn.Op{
+		&Veth{Host: host, Pod: PodVeth, HostMAC: hostMAC, PodMAC: podMAC, MTU: c.VethMTU},
+		&netops.LinkUp{NS: txn.Host, Link: host},
+		&netops.LinkUp{NS: txn.Pod, Link: PodVeth},
+	}
+	// the node reaches every pod address through the veth
+	for _, n := range in.NICs {
+		for _, a := range n.Addrs {
+			ip := a.Addr()
+			ops = append(ops,
+				&netops.NeighAdd{NS: txn.Host, Link: host, IP: ip, MAC: podMAC},
+				&HostRoute{Dst: netip.PrefixFrom(ip, ip.BitLen()), Link: host, Table: c.HostRuleTable, RulePriority: HostRulePriority, Src: firstOf(in.NodeIPs, ip.Is4())})
+		}
+	}
+	// the pod reaches the node's addresses and the cluster's CIDRs through
+	// the veth, from main and from every NIC's own table
+	for _, ip := range in.NodeIPs {
+		ops = append(ops, &netops.NeighAdd{NS: txn.Pod, Link: PodVeth, IP: ip, MAC: hostMAC})
+	}
+	hijack := append(append(append([]netip.Prefix{}, c.ServiceCIDR...), c.PodCIDR...), c.HijackCIDR...)
+	for _, n := range in.NICs {
+		for _, ip := range in.NodeIPs {
+			src := addrOf(n, ip.Is4())
+			if !src.IsValid() {
+				continue // the NIC has no address of this family
+			}
+			ops = append(ops, &netops.RouteAdd{NS: txn.Pod, Link: PodVeth, Dst: netip.PrefixFrom(ip, ip.BitLen()), Table: n.Table, Src: src})
+		}
+		for _, cidr := range hijack {
+			gw := firstOf(in.NodeIPs, cidr.Addr().Is4())
+			src := addrOf(n, cidr.Addr().Is4())
+			if !gw.IsValid() || !src.IsValid() {
+				continue
+			}
+			ops = append(ops, &netops.RouteAdd{NS: txn.Pod, Link: PodVeth, Dst: cidr, GW: gw, Table: n.Table, Src: src})
+		}
+	}
+	return ops
+}
+
+// addrOf is the NIC's first address of a family.
+func addrOf(n NIC, v4 bool) netip.Addr {
+	for _, a := range n.Addrs {
+		if a.Addr().Is4() == v4 {
+			return a.Addr()
+		}
+	}
+	return netip.Addr{}
+}
+
+func firstOf(ips []netip.Addr, v4 bool) netip.Addr {
+	for _, ip := range ips {
+		if ip.Is4() == v4 {
+			return ip
+		}
+	}
+	return netip.Addr{}
+}
