@@ -26,6 +26,9 @@ type NIC struct {
 	ExtraRoutes []Route
 	// DefaultRoute marks the NIC that holds the pod's default route.
 	DefaultRoute bool
+	// PodMAC marks a MAC the pod asked for (annotation, runtime, CNI_ARGS):
+	// it wins over podMACPrefix.
+	PodMAC bool
 }
 
 // Route is a route of a NIC, resolved to a gateway (or on-link).
@@ -154,7 +157,18 @@ func planNICs(nics []NIC) []txn.Op {
 	routes := layout(nics)
 	for i, n := range nics {
 		rt := routes[i]
-		ops = append(ops, &drivers.Macvlan{Name: n.IfName, Master: n.Network.Master, Mode: n.Network.Mode, MTU: n.Network.MTU, MAC: n.MAC})
+		c := n.Network.Coordinator
+		mac := n.MAC
+		if c.Underlay() && c.HasMACPrefix && !n.PodMAC {
+			var addrs []netip.Prefix
+			for _, a := range n.Addrs {
+				addrs = append(addrs, a.Address)
+			}
+			if m, ok := coordinator.PrefixMAC(c.PodMACPrefix, addrs); ok {
+				mac = m
+			}
+		}
+		ops = append(ops, &drivers.Macvlan{Name: n.IfName, Master: n.Network.Master, Mode: n.Network.Mode, MTU: n.Network.MTU, MAC: mac, TxQLen: c.TxQueueLen})
 		for _, a := range n.Addrs {
 			ops = append(ops, &netops.AddrAdd{NS: txn.Pod, Link: n.IfName, Addr: a.Address, NoPrefixRoute: rt.Table != 0})
 		}

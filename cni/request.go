@@ -97,10 +97,10 @@ func (p *plugin) resolveNICs(args *skel.CmdArgs) ([]NIC, error) {
 		if err != nil || len(hw) != 6 || hw[0]&1 == 1 {
 			return nil, types.NewError(types.ErrInvalidEnvironmentVariables, fmt.Sprintf("CNI_ARGS MAC: %q is not a unicast MAC address", m), "")
 		}
-		eth0.MAC = hw.String()
+		eth0.MAC, eth0.PodMAC = hw.String(), true
 	}
 	if p.cfg.RuntimeMAC != "" {
-		eth0.MAC = p.cfg.RuntimeMAC
+		eth0.MAC, eth0.PodMAC = p.cfg.RuntimeMAC, true
 	}
 	nics := []NIC{eth0}
 	sels, err := parseNetworks(ann[AnnotNetworks])
@@ -140,7 +140,7 @@ func (p *plugin) resolveNICs(args *skel.CmdArgs) ([]NIC, error) {
 			if err != nil || len(hw) != 6 || hw[0]&1 == 1 {
 				return nil, fmt.Errorf("%s.mac: %q is not a unicast MAC address", field, sel.MAC)
 			}
-			n.MAC = hw.String()
+			n.MAC, n.PodMAC = hw.String(), true
 		}
 		if len(sel.DefaultRoute) > 0 {
 			if defaultNIC >= 0 {

@@ -142,6 +142,27 @@ func TestParseErrors(t *testing.T) {
 		{"ipam.pools[0]", `{"name":"a","subnet":"192.0.2.0/24","routes":[{"dst":"x"}]}`, `ipam.pools[0].routes[0].dst: "x" is not a CIDR`},
 		{"dns", `{"nameserver":["1.1.1.1"]}`, `dns.nameserver: unknown field (value ["1.1.1.1"])`},
 		{"colour", `"blue"`, `colour: unknown field (value "blue")`},
+		{"coordinator", `{"mode":"sideways"}`, `coordinator.mode: "sideways" is not one of auto, underlay, disable`},
+		{"coordinator", `{"mode":"overlay"}`, `coordinator.mode: "overlay" needs an overlay primary network`},
+		{"coordinator", `{"podDefaultRouteNic":"a/b"}`, `coordinator.podDefaultRouteNic: "a/b" is not a valid interface name`},
+		{"coordinator", `{"serviceCIDR":["10.96.0.0/33"]}`, `coordinator.serviceCIDR[0]: "10.96.0.0/33" is not a CIDR or an address`},
+		{"coordinator", `{"podCIDR":["x"]}`, `coordinator.podCIDR[0]: "x" is not a CIDR or an address`},
+		{"coordinator", `{"hijackCIDR":["169.254.0.0/16","y"]}`, `coordinator.hijackCIDR[1]: "y" is not a CIDR or an address`},
+		{"coordinator", `{"hostRuleTable":254}`, `coordinator.hostRuleTable: 254 is reserved or out of range`},
+		{"coordinator", `{"hostRuleTable":101}`, `coordinator.hostRuleTable: 101 is reserved or out of range`},
+		{"coordinator", `{"podRPFilter":3}`, `coordinator.podRPFilter: 3 is not -1 (leave), 0, 1 or 2`},
+		{"coordinator", `{"txQueueLen":-5}`, `coordinator.txQueueLen: -5 is negative`},
+		{"coordinator", `{"vethMTU":500}`, `coordinator.vethMTU: 500 is out of range (1280-65535)`},
+		{"coordinator", `{"podMACPrefix":"0b:1b"}`, `coordinator.podMACPrefix: "0b:1b" has the multicast bit set`},
+		{"coordinator", `{"podMACPrefix":"0a1b"}`, `coordinator.podMACPrefix: "0a1b" is not two bytes`},
+		{"coordinator", `{"detectOptions":{"retries":0}}`, `coordinator.detectOptions.retries: 0 is out of range (1-100)`},
+		{"coordinator", `{"detectOptions":{"interval":"soon"}}`, `coordinator.detectOptions.interval: "soon" is not a duration`},
+		{"coordinator", `{"detectOptions":{"timeout":"1h"}}`, `coordinator.detectOptions.timeout: "1h" is not a duration`},
+		{"coordinator", `{"detectGateway":"yes"}`, `coordinator.detectGateway: value of type string where bool is expected`},
+		{"coordinator", `{"tunePodRoute":true}`, `coordinator.tunePodRoute: unknown field (value true)`},
+		{"maxNICs", `40`, `maxNICs: 40 is out of range (1-32)`},
+		{"primary", `"storage"`, `primary: "storage" is not a network of the catalogue`},
+		{"networks", `[{"name":"x","master":"eth1","ipam":{"pools":[{"name":"x4","subnet":"10.0.0.0/24"}]}}]`, `networks: give either networks or a single network's master/ipam at the top level, not both`},
 	}
 	for _, c := range cases {
 		t.Run(c.path+"="+c.value, func(t *testing.T) {
@@ -242,5 +263,49 @@ func TestNodeErrors(t *testing.T) {
 				t.Fatalf("error = %v, want %q", err, c.want)
 			}
 		})
+	}
+}
+
+// TestCatalogue: networks with per-network coordinator overrides, the
+// primary network, and the catalogue's own errors.
+func TestCatalogue(t *testing.T) {
+	cfg := `{"cniVersion":"1.1.0","name":"pods","type":"spinneret","primary":"blue",
+		"coordinator":{"serviceCIDR":["10.96.0.0/12"],"podMACPrefix":"0a:1b","txQueueLen":1000},
+		"networks":[
+			{"name":"red","master":"eth1","ipam":{"pools":[{"name":"red4","subnet":"10.1.0.0/24"}]}},
+			{"name":"blue","master":"eth2","mode":"private","coordinator":{"podMACPrefix":"","txQueueLen":2000},
+			 "ipam":{"pools":[{"name":"blue4","subnet":"10.2.0.0/24"}]}}]}`
+	c, err := Parse([]byte(cfg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Network.Name != "blue" || len(c.Networks) != 2 {
+		t.Fatalf("primary %s, %d networks", c.Network.Name, len(c.Networks))
+	}
+	red, _ := c.Lookup("red")
+	if !red.Coordinator.HasMACPrefix || red.Coordinator.TxQueueLen != 1000 || len(red.Coordinator.ServiceCIDR) != 1 {
+		t.Errorf("red inherits the config's coordinator: %+v", red.Coordinator)
+	}
+	if c.Network.Coordinator.HasMACPrefix || c.Network.Coordinator.TxQueueLen != 2000 || len(c.Network.Coordinator.ServiceCIDR) != 1 {
+		t.Errorf("blue's overrides: %+v", c.Network.Coordinator)
+	}
+	for _, bad := range []struct{ edit, want string }{
+		{`"name":"blue","master"`, `networks[1].name: "red" is used twice`},
+		{`{"name":"blue4"`, `networks[1].ipam.pools[0].name: pool "red4" is also defined by network "red"`},
+		{`"mode":"private"`, `networks[1].mode: "nope" is not a macvlan mode`},
+	} {
+		var s string
+		switch {
+		case strings.Contains(bad.want, "is used twice"):
+			s = strings.Replace(cfg, bad.edit, `"name":"red","master"`, 1)
+			s = strings.Replace(s, `"primary":"blue",`, "", 1)
+		case strings.Contains(bad.want, "also defined"):
+			s = strings.Replace(cfg, bad.edit, `{"name":"red4"`, 1)
+		default:
+			s = strings.Replace(cfg, bad.edit, `"mode":"nope"`, 1)
+		}
+		if _, err := Parse([]byte(s)); err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("error = %v, want %q", err, bad.want)
+		}
 	}
 }

@@ -57,10 +57,9 @@ func (o *Veth) Do(env *txn.Env) error {
 	if err != nil {
 		return err
 	}
-	v := &netlink.Veth{
-		LinkAttrs: netlink.LinkAttrs{Name: o.Host, MTU: o.MTU, HardwareAddr: hm},
-		PeerName:  o.Pod, PeerHardwareAddr: pm, PeerNamespace: netlink.NsFd(fd),
-	}
+	attrs := netlink.NewLinkAttrs()
+	attrs.Name, attrs.MTU, attrs.HardwareAddr = o.Host, o.MTU, hm
+	v := &netlink.Veth{LinkAttrs: attrs, PeerName: o.Pod, PeerHardwareAddr: pm, PeerNamespace: netlink.NsFd(fd)}
 	if err := host.LinkAdd(v); err != nil {
 		return fmt.Errorf("veth %s/%s: %w", o.Host, o.Pod, err)
 	}

@@ -8,6 +8,7 @@ package coordinator
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"net"
 	"net/netip"
 
@@ -62,6 +63,7 @@ func Plan(in Input) []txn.Op {
 	if !c.Underlay() || len(in.NICs) == 0 {
 		return nil
 	}
+	sysctls := podSysctls(in)
 	host := HostVethName(in.ContainerID)
 	hostMAC, podMAC := vethMAC(in.ContainerID, "host"), vethMAC(in.ContainerID, "pod")
 	ops := []txn.Op{
@@ -99,6 +101,50 @@ func Plan(in Input) []txn.Op {
 				continue
 			}
 			ops = append(ops, &netops.RouteAdd{NS: txn.Pod, Link: PodVeth, Dst: cidr, GW: gw, Table: n.Table, Src: src})
+		}
+	}
+	return append(ops, sysctls...)
+}
+
+// PrefixMAC is the MAC podMACPrefix gives a NIC: the 2-byte prefix, then
+// the 4 bytes of the NIC's IPv4 address, or else the last 4 bytes of its
+// IPv6 address. ok is false for a NIC without addresses.
+func PrefixMAC(prefix [2]byte, addrs []netip.Prefix) (mac string, ok bool) {
+	var tail []byte
+	for _, a := range addrs {
+		if a.Addr().Is4() {
+			b := a.Addr().As4()
+			tail = b[:]
+			break
+		}
+		if tail == nil {
+			b := a.Addr().As16()
+			tail = b[12:]
+		}
+	}
+	if tail == nil {
+		return "", false
+	}
+	return net.HardwareAddr(append(prefix[:], tail...)).String(), true
+}
+
+// podSysctls are the pod-wide settings: rp_filter (all, default and each
+// NIC, since the kernel uses the larger of "all" and the interface's) and
+// IPv6 enabled when the pod has IPv6 addresses.
+func podSysctls(in Input) []txn.Op {
+	var ops []txn.Op
+	if v := in.Conf.PodRPFilter; v >= 0 {
+		keys := []string{"all", "default"}
+		for _, n := range in.NICs {
+			keys = append(keys, n.IfName)
+		}
+		for _, k := range keys {
+			ops = append(ops, &netops.Sysctl{NS: txn.Pod, Key: "net/ipv4/conf/" + k + "/rp_filter", Value: fmt.Sprint(v)})
+		}
+	}
+	for _, n := range in.NICs {
+		if addrOf(n, false).IsValid() {
+			return append(ops, &netops.Sysctl{NS: txn.Pod, Key: "net/ipv6/conf/all/disable_ipv6", Value: "0"})
 		}
 	}
 	return ops

@@ -34,6 +34,8 @@ type Macvlan struct {
 	Mode   string `json:"mode"`
 	MTU    int    `json:"mtu,omitempty"`
 	MAC    string `json:"mac,omitempty"`
+	// TxQLen sets the transmit queue length; 0 keeps the kernel's.
+	TxQLen int `json:"txqlen,omitempty"`
 }
 
 func (o *Macvlan) Kind() string { return "macvlan.create" }
@@ -62,7 +64,11 @@ func (o *Macvlan) Do(env *txn.Env) error {
 	if !ok {
 		return fmt.Errorf("macvlan %s: unknown mode %q", o.Name, o.Mode)
 	}
-	attrs := netlink.LinkAttrs{Name: o.Name, ParentIndex: master.Attrs().Index, MTU: o.MTU, Namespace: netlink.NsFd(fd)}
+	attrs := netlink.NewLinkAttrs()
+	attrs.Name, attrs.ParentIndex, attrs.MTU, attrs.Namespace = o.Name, master.Attrs().Index, o.MTU, netlink.NsFd(fd)
+	if o.TxQLen > 0 {
+		attrs.TxQLen = o.TxQLen
+	}
 	if o.MAC != "" {
 		if attrs.HardwareAddr, err = net.ParseMAC(o.MAC); err != nil {
 			return fmt.Errorf("macvlan %s: mac %q: %w", o.Name, o.MAC, err)
@@ -105,6 +111,9 @@ func (o *Macvlan) Check(env *txn.Env) error {
 	}
 	if o.MAC != "" && mv.HardwareAddr.String() != o.MAC {
 		errs = append(errs, fmt.Errorf("%s: mac %s, want %s", o.Name, mv.HardwareAddr, o.MAC))
+	}
+	if o.TxQLen > 0 && mv.TxQLen != o.TxQLen {
+		errs = append(errs, fmt.Errorf("%s: txqueuelen %d, want %d", o.Name, mv.TxQLen, o.TxQLen))
 	}
 	return errors.Join(errs...)
 }

@@ -3,6 +3,8 @@ package tests
 import (
 	"fmt"
 	"net/netip"
+	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -132,4 +134,49 @@ func nicAddrOf(t *testing.T, p *harness.NS, v4 bool) netip.Addr {
 	}
 	t.Fatalf("eth0 has no address of that family")
 	return netip.Addr{}
+}
+
+// TestPodKnobs: podMACPrefix (from the IPv4 address, else the last 4
+// bytes of the IPv6 one), txQueueLen and podRPFilter are applied inside the
+// pod (txqueuelen never on the node's interfaces), and CHECK sees them.
+func TestPodKnobs(t *testing.T) {
+	for _, c := range []struct {
+		fam     family
+		wantMAC string
+	}{{v4, "0a:1b:c0:00:02:0a"}, {v6, "0a:1b:00:00:00:10"}, {dual, "0a:1b:c0:00:02:0a"}} {
+		t.Run(string(c.fam), func(t *testing.T) {
+			e := newEnv(t)
+			l := e.confList("1.1.0", c.fam, `"coordinator":{"podMACPrefix":"0a:1b","txQueueLen":2000,"podRPFilter":2}`)
+			p, _ := e.topo.NewPod()
+			before := e.snapshot(p)
+			uplink, _ := e.topo.Node.NL().LinkByName(harness.Uplink)
+			r := e.mustAdd(l, rtConf("c1", p))
+			eth0, _ := p.NL().LinkByName("eth0")
+			if eth0.Attrs().HardwareAddr.String() != c.wantMAC || r.Interfaces[0].Mac != c.wantMAC {
+				t.Errorf("eth0 mac %s (result %s), want %s", eth0.Attrs().HardwareAddr, r.Interfaces[0].Mac, c.wantMAC)
+			}
+			if eth0.Attrs().TxQLen != 2000 {
+				t.Errorf("eth0 txqueuelen %d, want 2000", eth0.Attrs().TxQLen)
+			}
+			if after, _ := e.topo.Node.NL().LinkByName(harness.Uplink); after.Attrs().TxQLen != uplink.Attrs().TxQLen {
+				t.Errorf("the node's %s txqueuelen changed to %d", harness.Uplink, after.Attrs().TxQLen)
+			}
+			for _, k := range []string{"all", "default", "eth0"} {
+				var v []byte
+				p.Do(func() error { v, _ = os.ReadFile("/proc/sys/net/ipv4/conf/" + k + "/rp_filter"); return nil })
+				if strings.TrimSpace(string(v)) != "2" {
+					t.Errorf("pod rp_filter %s = %q, want 2", k, v)
+				}
+			}
+			if err := e.check(l, rtConf("c1", p)); err != nil {
+				t.Errorf("CHECK: %v", err)
+			}
+			p.Do(func() error { return os.WriteFile("/proc/sys/net/ipv4/conf/all/rp_filter", []byte("0"), 0o644) })
+			if err := e.check(l, rtConf("c1", p)); err == nil || !strings.Contains(err.Error(), "net/ipv4/conf/all/rp_filter is 0, want 2") {
+				t.Errorf("CHECK after changing rp_filter: %v", err)
+			}
+			e.mustDel(l, rtConf("c1", p))
+			e.sameAs(before, p)
+		})
+	}
 }

@@ -8,6 +8,9 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -21,6 +24,7 @@ func init() {
 	txn.Register("route.add", func() txn.Op { return &RouteAdd{} })
 	txn.Register("rule.add", func() txn.Op { return &RuleAdd{} })
 	txn.Register("neigh.add", func() txn.Op { return &NeighAdd{} })
+	txn.Register("sysctl.set", func() txn.Op { return &Sysctl{} })
 }
 
 // Gone reports whether err means the object (link, address, route,
@@ -413,4 +417,44 @@ func (o *NeighAdd) Check(env *txn.Env) error {
 		}
 	}
 	return fmt.Errorf("%s: permanent neighbour %s lladdr %s missing", o.Link, o.IP, o.MAC)
+}
+
+// Sysctl sets /proc/sys/<Key> in a namespace. In the pod's namespace its
+// undo is nothing: the setting belongs to the pod's namespace and goes
+// with it, and a retried ADD sets it again.
+type Sysctl struct {
+	NS    string `json:"ns"`
+	Key   string `json:"key"`
+	Value string `json:"value"`
+}
+
+func (o *Sysctl) Kind() string   { return "sysctl.set" }
+func (o *Sysctl) String() string { return fmt.Sprintf("set %s=%s in %s", o.Key, o.Value, o.NS) }
+
+func (o *Sysctl) path() string { return filepath.Join("/proc/sys", o.Key) }
+
+// Do writes the value.
+func (o *Sysctl) Do(env *txn.Env) error {
+	return env.In(o.NS, func() error { return os.WriteFile(o.path(), []byte(o.Value), 0o644) })
+}
+
+// Undo does nothing for the pod (see the type); node settings are not
+// planned as sysctls.
+func (o *Sysctl) Undo(env *txn.Env) error { return nil }
+
+// Check reports a changed value.
+func (o *Sysctl) Check(env *txn.Env) error {
+	var got []byte
+	err := env.In(o.NS, func() error {
+		var err error
+		got, err = os.ReadFile(o.path())
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	if v := strings.TrimSpace(string(got)); v != o.Value {
+		return fmt.Errorf("%s is %s, want %s", o.Key, v, o.Value)
+	}
+	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -116,6 +117,34 @@ func (e *Env) logStep(msg string, i int, op Op, start time.Time, err error) {
 	if e.Log != nil {
 		e.Log.Debug(msg, "step", i+1, "op", op.String(), "us", time.Since(start).Microseconds(), "err", err)
 	}
+}
+
+// In runs fn with the calling goroutine's thread in the named namespace
+// (for /proc/sys/net and sockets, which belong to the namespace of the
+// thread that opens them).
+func (e *Env) In(ns string, fn func() error) error {
+	if ns == Host {
+		return fn()
+	}
+	if err := e.openPod(); err != nil {
+		return err
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		return err
+	}
+	defer orig.Close()
+	if err := netns.Set(e.podNS); err != nil {
+		return fmt.Errorf("enter pod netns: %w", err)
+	}
+	defer func() {
+		if err := netns.Set(orig); err != nil {
+			panic("txn: cannot return to the node's netns: " + err.Error())
+		}
+	}()
+	return fn()
 }
 
 // Close releases handles and the pod namespace.
