@@ -103,6 +103,35 @@ func Plan(in Input) []txn.Op {
 			ops = append(ops, &netops.RouteAdd{NS: txn.Pod, Link: PodVeth, Dst: cidr, GW: gw, Table: n.Table, Src: src})
 		}
 	}
+	// replies to connections that came in through veth0 go back through it
+	if len(in.NodeIPs) > 0 {
+		ops = append(ops, &ReplyPath{Veth: PodVeth})
+		def := in.NICs[0]
+		for _, n := range in.NICs {
+			if n.Table == 0 {
+				def = n
+			}
+		}
+		for _, v4 := range []bool{true, false} {
+			gw, src := firstOf(in.NodeIPs, v4), addrOf(def, v4)
+			for _, n := range in.NICs {
+				if !src.IsValid() {
+					src = addrOf(n, v4)
+				}
+			}
+			if !gw.IsValid() || !src.IsValid() {
+				continue
+			}
+			dst := netip.PrefixFrom(netip.IPv4Unspecified(), 0)
+			if !v4 {
+				dst = netip.PrefixFrom(netip.IPv6Unspecified(), 0)
+			}
+			ops = append(ops,
+				&netops.RouteAdd{NS: txn.Pod, Link: PodVeth, Dst: netip.PrefixFrom(gw, gw.BitLen()), Table: ReplyTable, Src: src},
+				&netops.RouteAdd{NS: txn.Pod, Link: PodVeth, Dst: dst, GW: gw, Table: ReplyTable, Src: src},
+				&netops.RuleAdd{NS: txn.Pod, Priority: ReplyRulePriority, Mark: ReplyMark, Table: ReplyTable, V6: !v4})
+		}
+	}
 	return append(ops, sysctls...)
 }
 

@@ -8,7 +8,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/nftables"
+	"github.com/vishvananda/netlink"
+
 	"github.com/spinneret-cni/spinneret/cni"
+	"github.com/spinneret-cni/spinneret/internal/netops"
 	"github.com/spinneret-cni/spinneret/tests/harness"
 )
 
@@ -174,6 +178,62 @@ func TestPodKnobs(t *testing.T) {
 			p.Do(func() error { return os.WriteFile("/proc/sys/net/ipv4/conf/all/rp_filter", []byte("0"), 0o644) })
 			if err := e.check(l, rtConf("c1", p)); err == nil || !strings.Contains(err.Error(), "net/ipv4/conf/all/rp_filter is 0, want 2") {
 				t.Errorf("CHECK after changing rp_filter: %v", err)
+			}
+			e.mustDel(l, rtConf("c1", p))
+			e.sameAs(before, p)
+		})
+	}
+}
+
+// TestReplyPathThroughVeth: a connection that reaches the pod through its
+// node (NodePort with externalTrafficPolicy Local: the node forwards the
+// client's packet unchanged) is answered back through veth0, not by the
+// underlay NIC the client's address would otherwise route to; removing
+// the nftables marking breaks it, which proves the marking does the work.
+func TestReplyPathThroughVeth(t *testing.T) {
+	for _, fam := range families {
+		t.Run(string(fam), func(t *testing.T) {
+			e := newEnv(t)
+			clients := map[bool]netip.Prefix{true: netip.MustParsePrefix("198.18.9.1/32"), false: netip.MustParsePrefix("2001:db8:ff:9::1/128")}
+			lo, _ := e.topo.Node.NL().LinkByName("lo")
+			for _, c := range clients {
+				if err := e.topo.Node.NL().AddrAdd(lo, &netlink.Addr{IPNet: netops.IPNet(c)}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			l := e.confList("1.1.0", fam, "")
+			p, _ := e.topo.NewPod()
+			before := e.snapshot(p)
+			r := e.mustAdd(l, rtConf("c1", p))
+			for _, v4 := range fam.versions() {
+				podIP, client := addrOf(t, r, v4), clients[v4].Addr()
+				if err := sentBy(t, p, "veth0", 3, func() error {
+					for i := 0; i < 3; i++ {
+						if err := e.topo.Node.PingFrom(client, podIP, 5*time.Second); err != nil {
+							return err
+						}
+					}
+					return nil
+				}); err != nil {
+					t.Errorf("client %s -> pod %s through the node: %v", client, podIP, err)
+				}
+			}
+			// without the marking, the replies take the underlay and are lost
+			p.Do(func() error {
+				c, err := nftables.New()
+				if err != nil {
+					return err
+				}
+				c.DelTable(&nftables.Table{Family: nftables.TableFamilyINet, Name: "spinneret"})
+				return c.Flush()
+			})
+			for _, v4 := range fam.versions() {
+				if err := e.topo.Node.PingFrom(clients[v4].Addr(), addrOf(t, r, v4), time.Second); err == nil {
+					t.Errorf("IPv%d: replies found their way back without the reply path: the test proves nothing", map[bool]int{true: 4, false: 6}[v4])
+				}
+			}
+			if err := e.check(l, rtConf("c1", p)); err == nil || !strings.Contains(err.Error(), "nftables table inet spinneret") {
+				t.Errorf("CHECK without the nftables table: %v", err)
 			}
 			e.mustDel(l, rtConf("c1", p))
 			e.sameAs(before, p)

@@ -282,6 +282,10 @@ type RuleAdd struct {
 	Priority int          `json:"priority"`
 	Src      netip.Prefix `json:"src,omitzero"`
 	Table    int          `json:"table"`
+	// Mark matches the packet's fwmark; 0 matches any.
+	Mark uint32 `json:"mark,omitempty"`
+	// V6 picks the family of a rule without Src.
+	V6 bool `json:"v6,omitempty"`
 }
 
 func (o *RuleAdd) Kind() string { return "rule.add" }
@@ -289,13 +293,26 @@ func (o *RuleAdd) String() string {
 	from := "all"
 	if o.Src.IsValid() {
 		from = o.Src.String()
+	} else if o.V6 {
+		from = "all (IPv6)"
 	}
-	return fmt.Sprintf("add rule %d: from %s lookup %d in %s", o.Priority, from, o.Table, o.NS)
+	mark := ""
+	if o.Mark != 0 {
+		mark = fmt.Sprintf(" fwmark %#x", o.Mark)
+	}
+	return fmt.Sprintf("add rule %d: from %s%s lookup %d in %s", o.Priority, from, mark, o.Table, o.NS)
 }
 
 func (o *RuleAdd) rule() *netlink.Rule {
 	r := netlink.NewRule()
 	r.Priority, r.Table = o.Priority, o.Table
+	r.Family = netlink.FAMILY_V4
+	if o.V6 {
+		r.Family = netlink.FAMILY_V6
+	}
+	if o.Mark != 0 {
+		r.Mark = o.Mark
+	}
 	if o.Src.IsValid() {
 		r.Src = IPNet(o.Src)
 		r.Family = netlink.FAMILY_V4
@@ -336,7 +353,7 @@ func (o *RuleAdd) Check(env *txn.Env) error {
 		return err
 	}
 	for _, r := range rules {
-		if r.Priority == want.Priority && r.Table == want.Table && fmt.Sprint(r.Src) == fmt.Sprint(want.Src) {
+		if r.Priority == want.Priority && r.Table == want.Table && r.Mark == want.Mark && fmt.Sprint(r.Src) == fmt.Sprint(want.Src) {
 			return nil
 		}
 	}
