@@ -9,10 +9,8 @@ import (
 	"time"
 
 	"github.com/google/nftables"
-	"github.com/vishvananda/netlink"
 
 	"github.com/spinneret-cni/spinneret/cni"
-	"github.com/spinneret-cni/spinneret/internal/netops"
 	"github.com/spinneret-cni/spinneret/tests/harness"
 )
 
@@ -195,11 +193,8 @@ func TestReplyPathThroughVeth(t *testing.T) {
 		t.Run(string(fam), func(t *testing.T) {
 			e := newEnv(t)
 			clients := map[bool]netip.Prefix{true: netip.MustParsePrefix("198.18.9.1/32"), false: netip.MustParsePrefix("2001:db8:ff:9::1/128")}
-			lo, _ := e.topo.Node.NL().LinkByName("lo")
-			for _, c := range clients {
-				if err := e.topo.Node.NL().AddrAdd(lo, &netlink.Addr{IPNet: netops.IPNet(c)}); err != nil {
-					t.Fatal(err)
-				}
+			if err := e.topo.Node.AddAddrs("lo", clients[true], clients[false]); err != nil {
+				t.Fatal(err)
 			}
 			l := e.confList("1.1.0", fam, "")
 			p, _ := e.topo.NewPod()

@@ -156,6 +156,12 @@ func (t *Topology) AddNet() (n *Net, err error) {
 	return n, nil
 }
 
+// AddAddrs adds addresses to a link of the namespace and waits until they
+// are usable.
+func (n *NS) AddAddrs(link string, addrs ...netip.Prefix) error {
+	return addAddrs(n.nl, link, addrs...)
+}
+
 func addAddrs(h *netlink.Handle, link string, addrs ...netip.Prefix) error {
 	l, err := h.LinkByName(link)
 	if err != nil {
@@ -168,6 +174,27 @@ func addAddrs(h *netlink.Handle, link string, addrs ...netip.Prefix) error {
 		}
 		if err := h.AddrAdd(l, addr); err != nil {
 			return fmt.Errorf("address %s on %s: %w", a, link, err)
+		}
+	}
+	// the kernel adds an IPv6 address's local route a little later: wait for
+	// it, so that "before" dumps are complete
+	for _, a := range addrs {
+		if !a.Addr().Is6() {
+			continue
+		}
+		filter := &netlink.Route{Table: unix.RT_TABLE_LOCAL, Dst: netops.IPNet(netip.PrefixFrom(a.Addr(), 128))}
+		for deadline := time.Now().Add(5 * time.Second); ; {
+			rs, err := h.RouteListFiltered(netlink.FAMILY_V6, filter, netlink.RT_FILTER_TABLE|netlink.RT_FILTER_DST)
+			if err != nil {
+				return err
+			}
+			if len(rs) > 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("address %s on %s: no local route after 5s", a, link)
+			}
+			time.Sleep(5 * time.Millisecond)
 		}
 	}
 	return nil
