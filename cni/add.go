@@ -138,12 +138,29 @@ func (p *plugin) abort(j *txn.Journal, cause error) error {
 		j.Save()
 		return types.NewError(ErrRollbackIncomplete, fmt.Sprintf("network %s: %v", p.cfg.Name, cause), "")
 	}
+	code := ErrStepFailed
+	var conflict *coordinator.ConflictError
+	if errors.As(cause, &conflict) {
+		// not released: another host uses it, and handing it to the next pod
+		// would fail the same way
+		code = ErrIPConflict
+		d := p.cfg.Network.Coordinator.Quarantine
+		owner := ipam.Owner{ContainerID: j.ContainerID, IfName: j.IfName, Network: p.cfg.Name}
+		if err := p.store.Quarantine(owner, conflict.Addr, time.Now().Add(d)); err != nil {
+			p.log.Error("quarantine", "address", conflict.Addr, "err", err)
+		} else {
+			cause = fmt.Errorf("%w; %s is quarantined for %s", cause, conflict.Addr, d)
+		}
+	}
+	if errors.Is(cause, coordinator.ErrGatewayUnreachable) {
+		code = ErrGatewayUnreachable
+	}
 	if err := p.store.Release(j.ContainerID, j.IfName); err != nil {
 		j.Save()
 		return types.NewError(ErrRollbackIncomplete, fmt.Sprintf("network %s: %v; release addresses: %v", p.cfg.Name, cause, err), "")
 	}
 	j.Remove()
-	return types.NewError(ErrStepFailed, fmt.Sprintf("network %s: %v (rolled back)", p.cfg.Name, cause), "")
+	return types.NewError(code, fmt.Sprintf("network %s: %v (rolled back)", p.cfg.Name, cause), "")
 }
 
 // nodeIPs are the node's addresses the pod reaches through its veth.

@@ -173,6 +173,19 @@ func planNICs(nics []NIC) []txn.Op {
 			ops = append(ops, &netops.AddrAdd{NS: txn.Pod, Link: n.IfName, Addr: a.Address, NoPrefixRoute: rt.Table != 0})
 		}
 		ops = append(ops, &netops.LinkUp{NS: txn.Pod, Link: n.IfName})
+		detect := c.Underlay() && (c.DetectIPConflict || c.DetectGateway)
+		if detect {
+			d := &coordinator.Detect{Link: n.IfName, Retries: c.DetectRetries, Interval: c.DetectInterval, Timeout: c.DetectTimeout}
+			for _, a := range n.Addrs {
+				if c.DetectIPConflict {
+					d.Addrs = append(d.Addrs, a.Address.Addr())
+				}
+				if c.DetectGateway && a.Gateway.IsValid() {
+					d.Gateways = append(d.Gateways, a.Gateway)
+				}
+			}
+			ops = append(ops, d)
+		}
 		if rt.Table != 0 {
 			for _, a := range n.Addrs {
 				ops = append(ops, &netops.RouteAdd{NS: txn.Pod, Link: n.IfName, Dst: a.Address.Masked(), Table: rt.Table})
@@ -183,8 +196,15 @@ func planNICs(nics []NIC) []txn.Op {
 		}
 		if rt.Table != 0 {
 			for _, a := range n.Addrs {
-				ops = append(ops, &netops.RuleAdd{NS: txn.Pod, Priority: RulePriority(i), Src: netip.PrefixFrom(a.Address.Addr(), a.Address.Addr().BitLen()), Table: rt.Table})
+				ops = append(ops, &netops.RuleAdd{NS: txn.Pod, Priority: RulePriority(i), Src: netip.PrefixFrom(a.Address.Addr(), a.Address.Addr().BitLen()), Table: rt.Table, V6: a.Address.Addr().Is6()})
 			}
+		}
+		if detect {
+			an := &coordinator.Announce{Link: n.IfName}
+			for _, a := range n.Addrs {
+				an.Addrs = append(an.Addrs, a.Address.Addr())
+			}
+			ops = append(ops, an)
 		}
 	}
 	return ops

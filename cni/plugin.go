@@ -32,6 +32,8 @@ const (
 	ErrStepFailed         uint = 102 // a plan step failed; everything was rolled back
 	ErrRollbackIncomplete uint = 103 // a step failed and its rollback did not finish; DEL retries it
 	ErrBadRequest         uint = 104 // the pod's annotations (or CNI_ARGS) ask for something invalid
+	ErrIPConflict         uint = 105 // another host answers for the pod's address; it is quarantined
+	ErrGatewayUnreachable uint = 106 // a gateway did not answer ARP/NDP probes
 )
 
 // Main runs the plugin for the CNI_COMMAND in the environment.

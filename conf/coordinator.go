@@ -39,6 +39,9 @@ type Coordinator struct {
 	DetectIPConflict, DetectGateway bool
 	DetectRetries                   int
 	DetectInterval, DetectTimeout   time.Duration
+	// Quarantine is how long an address found in conflict is not handed
+	// out again.
+	Quarantine time.Duration
 }
 
 // Underlay reports whether the coordinator builds the veth and the routing.
@@ -49,6 +52,7 @@ func DefaultCoordinator() Coordinator {
 	return Coordinator{
 		Mode: "underlay", TunePodRoutes: true, HostRuleTable: 500, VethMTU: 1500,
 		DetectRetries: 3, DetectInterval: 10 * time.Millisecond, DetectTimeout: 100 * time.Millisecond,
+		Quarantine: 10 * time.Minute,
 	}
 }
 
@@ -72,9 +76,10 @@ type rawCoordinator struct {
 }
 
 type rawDetectOptions struct {
-	Retries  *int    `json:"retries,omitempty"`
-	Interval *string `json:"interval,omitempty"`
-	Timeout  *string `json:"timeout,omitempty"`
+	Retries    *int    `json:"retries,omitempty"`
+	Interval   *string `json:"interval,omitempty"`
+	Timeout    *string `json:"timeout,omitempty"`
+	Quarantine *string `json:"quarantine,omitempty"`
 }
 
 // merge applies r's fields over c and validates them; path names r.
@@ -182,6 +187,13 @@ func (c Coordinator) merge(path string, r *rawCoordinator) (Coordinator, error) 
 				return c, fmt.Errorf("%s: %q is not a duration between 0 and 10s", f("detectOptions."+d.name), *d.in)
 			}
 			*d.out = v
+		}
+		if o.Quarantine != nil {
+			v, err := time.ParseDuration(*o.Quarantine)
+			if err != nil || v < 0 || v > 30*24*time.Hour {
+				return c, fmt.Errorf("%s: %q is not a duration between 0 and 720h", f("detectOptions.quarantine"), *o.Quarantine)
+			}
+			c.Quarantine = v
 		}
 	}
 	return c, nil

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/spinneret-cni/spinneret/conf"
 	"github.com/spinneret-cni/spinneret/internal/fileutil"
@@ -171,6 +172,27 @@ func (s *Local) Owners() ([]Owner, error) {
 		out = append(out, rec.Owner)
 	}
 	return out, nil
+}
+
+// Quarantine takes an address of o's out of circulation until until: the
+// claim passes from o to the quarantine (so o's release leaves it), and the
+// address is handed out again only once the time is up. For an address
+// found in use by another host.
+func (s *Local) Quarantine(o Owner, a netip.Addr, until time.Time) error {
+	l, err := s.lock()
+	if err != nil {
+		return err
+	}
+	defer l.Unlock()
+	b, err := os.ReadFile(s.claimPath(a))
+	if err != nil {
+		return fmt.Errorf("ipam: quarantine %s: %w", a, err)
+	}
+	owner, pool, _ := strings.Cut(string(b), " ")
+	if owner != o.key() {
+		return fmt.Errorf("ipam: quarantine %s: claimed by %s, not %s", a, owner, o.key())
+	}
+	return fileutil.WriteDurable(s.claimPath(a), []byte(claimText(fmt.Sprintf("%s%d", quarantinePrefix, until.Unix()), pool)))
 }
 
 // Claims lists every claimed address of the node with its claim ("<owner>

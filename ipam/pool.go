@@ -11,7 +11,9 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/spinneret-cni/spinneret/conf"
 	"github.com/spinneret-cni/spinneret/internal/fileutil"
@@ -117,9 +119,33 @@ func (s *Local) claimPath(a netip.Addr) string {
 	return filepath.Join(s.dir, "ips", a.String())
 }
 
+// claimed reports whether a is taken. A quarantine whose time is up is
+// lifted here, when the address is next considered.
 func (s *Local) claimed(a netip.Addr) bool {
-	_, err := os.Stat(s.claimPath(a))
-	return err == nil
+	b, err := os.ReadFile(s.claimPath(a))
+	if err != nil {
+		return !errors.Is(err, os.ErrNotExist)
+	}
+	if until, ok := quarantinedUntil(string(b)); ok && time.Now().After(until) {
+		return os.Remove(s.claimPath(a)) != nil
+	}
+	return true
+}
+
+// quarantinePrefix marks a claim held by the quarantine, not by an owner.
+const quarantinePrefix = "quarantine@"
+
+func quarantinedUntil(claim string) (time.Time, bool) {
+	owner, _, _ := strings.Cut(claim, " ")
+	unix, ok := strings.CutPrefix(owner, quarantinePrefix)
+	if !ok {
+		return time.Time{}, false
+	}
+	n, err := strconv.ParseInt(unix, 10, 64)
+	if err != nil {
+		return time.Time{}, false
+	}
+	return time.Unix(n, 0), true
 }
 
 // claimText is a claim file's content: the owner's key and the pool.

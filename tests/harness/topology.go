@@ -267,6 +267,24 @@ func (t *Topology) NewPod() (*NS, error) {
 	return p, nil
 }
 
+// AddHost adds a host namespace plugged into network k's switch, with its
+// eth0 holding addrs: another machine on the L2 (a squatter on a pod's
+// address, say). It is removed with the topology.
+func (t *Topology) AddHost(k int, addrs ...netip.Prefix) (*NS, error) {
+	h, err := NewNS(t.prefix + "-host")
+	if err != nil {
+		return nil, err
+	}
+	t.Pods = append(t.Pods, h)
+	if err := h.Sysctl("net/ipv6/conf/default/accept_dad", "0"); err != nil {
+		return nil, err
+	}
+	if err := plug(t.Nets[k].Switch, "port-"+h.Name[len(h.Name)-6:], h, "eth0"); err != nil {
+		return nil, err
+	}
+	return h, h.AddAddrs("eth0", addrs...)
+}
+
 // RemovePod deletes one pod namespace.
 func (t *Topology) RemovePod(p *NS) error {
 	for i, q := range t.Pods {
