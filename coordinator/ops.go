@@ -36,8 +36,10 @@ func (o *Veth) String() string {
 	return fmt.Sprintf("create veth %s (node) - %s (pod)", o.Host, o.Pod)
 }
 
-// Creates names the host end; the pod end goes with it.
-func (o *Veth) Creates() string { return netops.LinkKey(txn.Host, o.Host) }
+// Creates names both ends: deleting one deletes the other.
+func (o *Veth) Creates() []string {
+	return []string{netops.LinkKey(txn.Host, o.Host), netops.LinkKey(txn.Pod, o.Pod)}
+}
 
 // Do creates the pair.
 func (o *Veth) Do(env *txn.Env) error {

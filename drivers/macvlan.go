@@ -44,7 +44,7 @@ func (o *Macvlan) String() string {
 }
 
 // Creates names the pod link; its addresses and routes go with it.
-func (o *Macvlan) Creates() string { return netops.LinkKey(txn.Pod, o.Name) }
+func (o *Macvlan) Creates() []string { return []string{netops.LinkKey(txn.Pod, o.Name)} }
 
 // Do creates the link.
 func (o *Macvlan) Do(env *txn.Env) error {

@@ -2,7 +2,9 @@ package tests
 
 import (
 	"context"
+
 	"fmt"
+	"github.com/spinneret-cni/spinneret/cni"
 	"os"
 	"path/filepath"
 	"sort"
@@ -21,35 +23,57 @@ const benchPods = 200
 
 // BenchmarkPodLifecycle runs ADD for 200 pods, then DEL for each, through
 // libcni and the production binary (a whole process per call, as a runtime
-// does), one macvlan NIC with local IPAM, and reports p50/p90/p99 of each.
-// "add-p50-first50" against "add-p50-last50" shows whether ADD slows down
-// as the node fills up. Run with `make bench`.
+// does), with local IPAM and the underlay coordinator on, for one macvlan
+// NIC and for three (eth0, net1, net2 on three networks), IPv4 and dual
+// stack, and reports p50/p90/p99 of each. "add-p50-first50" against
+// "add-p50-last50" shows whether ADD slows down as the node fills up. Run
+// with `make bench`.
 func BenchmarkPodLifecycle(b *testing.B) {
-	for _, fam := range []family{v4, dual} {
-		b.Run(string(fam), func(b *testing.B) {
-			for i := 0; i < b.N; i++ {
-				benchLifecycle(b, fam)
-			}
-		})
+	for _, nics := range []int{1, 3} {
+		for _, fam := range []family{v4, dual} {
+			b.Run(fmt.Sprintf("%dnic-%s", nics, fam), func(b *testing.B) {
+				for i := 0; i < b.N; i++ {
+					benchLifecycle(b, nics, fam)
+				}
+			})
+		}
 	}
 }
 
-func benchLifecycle(b *testing.B, fam family) {
+func benchLifecycle(b *testing.B, nics int, fam family) {
 	topo, err := harness.NewTopology("spnbench")
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer topo.Close()
+	for len(topo.Nets) < nics {
+		if _, err := topo.AddNet(); err != nil {
+			b.Fatal(err)
+		}
+	}
 	dir := b.TempDir()
 	e := &env{topo: topo, dir: dir, ctx: context.Background(), cni: libcni.NewCNIConfigWithCacheDir([]string{prodBinDir}, filepath.Join(dir, "cache"), nil)}
 	writeNodeConf(b, dir, "info")
-	pools := map[family]string{
-		v4:   `{"name":"bench-v4","subnet":"198.18.0.0/16","gateway":"198.18.0.1"}`,
-		dual: `{"name":"bench-v4","subnet":"198.18.0.0/16","gateway":"198.18.0.1"},{"name":"bench-v6","subnet":"2001:db8:18::/64","gateway":"2001:db8:18::1"}`,
-	}[fam]
-	l, err := libcni.NetworkConfFromBytes([]byte(fmt.Sprintf(`{"cniVersion":"1.1.0","name":"bench","plugins":[{"type":"spinneret","nodeConf":"%s/node.yaml","master":"uplink","ipam":{"pools":[%s]}}]}`, dir, pools)))
+	var networks, selected []string
+	for i, n := range topo.Nets {
+		pools := []string{fmt.Sprintf(`{"name":"%s-v4","subnet":"%s","ranges":[{"start":"%s","end":"%s"}],"gateway":"%s"}`,
+			colours[i], n.Subnet4, nth(n.Subnet4, 10), nth(n.Subnet4, 250), n.GW4)}
+		if fam == dual {
+			pools = append(pools, fmt.Sprintf(`{"name":"%s-v6","subnet":"%s","ranges":[{"start":"%s","end":"%s"}],"gateway":"%s"}`,
+				colours[i], n.Subnet6, nth(n.Subnet6, 16), nth(n.Subnet6, 4000), n.GW6))
+		}
+		networks = append(networks, fmt.Sprintf(`{"name":%q,"master":%q,"ipam":{"pools":[%s]}}`, colours[i], n.Uplink, strings.Join(pools, ",")))
+		if i > 0 {
+			selected = append(selected, colours[i])
+		}
+	}
+	l, err := libcni.NetworkConfFromBytes([]byte(fmt.Sprintf(`{"cniVersion":"1.1.0","name":"bench","plugins":[{"type":"spinneret","nodeConf":"%s/node.yaml",
+		"capabilities":{"io.kubernetes.cri.pod-annotations":true},"networks":[%s]}]}`, dir, strings.Join(networks, ","))))
 	if err != nil {
 		b.Fatal(err)
+	}
+	rt := func(i int, p *harness.NS) *libcni.RuntimeConf {
+		return podRT(fmt.Sprintf("bench-%d", i), p, map[string]string{cni.AnnotNetworks: strings.Join(selected, ",")})
 	}
 	pods := make([]*harness.NS, benchPods)
 	for i := range pods {
@@ -61,7 +85,7 @@ func benchLifecycle(b *testing.B, fam family) {
 	adds := make([]time.Duration, benchPods)
 	for i, p := range pods {
 		start := time.Now()
-		if _, err := e.add(l, rtConf(fmt.Sprintf("bench-%d", i), p)); err != nil {
+		if _, err := e.add(l, rt(i, p)); err != nil {
 			b.Fatalf("ADD %d: %v", i, err)
 		}
 		adds[i] = time.Since(start)
@@ -69,7 +93,7 @@ func benchLifecycle(b *testing.B, fam family) {
 	dels := make([]time.Duration, benchPods)
 	for i, p := range pods {
 		start := time.Now()
-		if err := e.del(l, rtConf(fmt.Sprintf("bench-%d", i), p)); err != nil {
+		if err := e.del(l, rt(i, p)); err != nil {
 			b.Fatalf("DEL %d: %v", i, err)
 		}
 		dels[i] = time.Since(start)

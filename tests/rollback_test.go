@@ -109,9 +109,9 @@ func TestCrash(t *testing.T) {
 		if err != nil {
 			e.t.Fatalf("kill at step %d: the journal must survive the crash: %v", step, err)
 		}
-		// steps on the pod's new link are recorded together with it
-		if len(j.Steps) < min(step+1, n) {
-			e.t.Fatalf("kill at step %d: journal has only %d steps", step, len(j.Steps))
+		// the whole plan is recorded before its first step runs
+		if len(j.Steps) != n {
+			e.t.Fatalf("kill at step %d: journal has %d steps, want the whole plan's %d", step, len(j.Steps), n)
 		}
 		e.mustDel(l, sc.rt("c1", p))
 	})

@@ -27,9 +27,10 @@ type Op interface {
 	String() string
 }
 
-// Creator is an Op that creates an object others live on (a link); Creates
-// names it, e.g. "pod/link/eth0".
-type Creator interface{ Creates() string }
+// Creator is an Op that creates objects others live on (links); Creates
+// names them, e.g. "pod/link/eth0" (a veth pair is two objects that go
+// together).
+type Creator interface{ Creates() []string }
 
 // Dependent is an Op whose effect lives on an object (an address or route on
 // a link) and vanishes when that object is deleted; DependsOn names it.
