@@ -91,6 +91,9 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 			p.store.Release(args.ContainerID, args.IfName)
 			return types.NewError(types.ErrInternal, "learn node addresses: "+err.Error(), "")
 		}
+		if len(in.NodeIPs) == 0 {
+			p.log.Warn("no node address found towards the pod's networks: the pod will not reach its node through veth0 (set nodeIPs in the node conf)")
+		}
 	}
 	p.phase("allocate")
 	if aerr := txn.Apply(env, j, Plan(in)); aerr != nil {
@@ -163,8 +166,12 @@ func (p *plugin) abort(j *txn.Journal, cause error) error {
 	return types.NewError(code, fmt.Sprintf("network %s: %v (rolled back)", p.cfg.Name, cause), "")
 }
 
-// nodeIPs are the node's addresses the pod reaches through its veth.
+// nodeIPs are the node's addresses the pod reaches through its veth: the
+// node conf's nodeIPs, or else those coordinator.NodeIPs finds.
 func (p *plugin) nodeIPs(env *txn.Env, nics []NIC) ([]netip.Addr, error) {
+	if len(p.node.NodeIPs) > 0 {
+		return p.node.NodeIPs, nil
+	}
 	host, err := env.Handle(txn.Host)
 	if err != nil {
 		return nil, err
@@ -175,7 +182,7 @@ func (p *plugin) nodeIPs(env *txn.Env, nics []NIC) ([]netip.Addr, error) {
 			podAddrs = append(podAddrs, a.Address.Addr())
 		}
 	}
-	return coordinator.NodeIPs(host, podAddrs)
+	return coordinator.NodeIPs(host, podAddrs), nil
 }
 
 // precheck validates the NICs against the host and the pod before anything

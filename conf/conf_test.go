@@ -1,6 +1,7 @@
 package conf
 
 import (
+	"fmt"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -231,9 +232,13 @@ func TestNodeDefaultsAndEnv(t *testing.T) {
 	t.Setenv("SPINNERET_LOG_LEVEL", "debug")
 	t.Setenv("SPINNERET_MASTERS", "uplink=ens224, data=ens256")
 	t.Setenv("SPINNERET_ALLOWED_MASTERS", "ens224,ens256")
+	t.Setenv("SPINNERET_NODE_IPS", "fd00::1, 10.6.212.101")
 	n, err = LoadNode(p, true)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if fmt.Sprint(n.NodeIPs) != "[10.6.212.101 fd00::1]" {
+		t.Fatalf("nodeIPs %v, want IPv4 first", n.NodeIPs)
 	}
 	if n.StateDir != "/run/spn" || n.LogLevel != "debug" || n.Masters["data"] != "ens256" || len(n.AllowedMasters) != 2 {
 		t.Fatalf("env overrides not applied: %+v", n)
@@ -248,6 +253,8 @@ func TestNodeErrors(t *testing.T) {
 		{"masters:\n  uplink: 'has space'\n", "", `masters.uplink: "has space" is not a valid interface name`},
 		{"allowedMasters: ['a/b']\n", "", `allowedMasters[0]: "a/b" is not a valid interface name`},
 		{"colour: blue\n", "", `colour: unknown field (value blue)`},
+		{"nodeIPs: [nope]\n", "", `nodeIPs[0]: "nope" is not a unicast address`},
+		{"", "SPINNERET_NODE_IPS=10.0.0.1,ff02::1", `nodeIPs[1]: "ff02::1" is not a unicast address`},
 		{"stateDir: [1, 2]\n", "", `stateDir`},
 		{"", "SPINNERET_MASTERS=uplink", `SPINNERET_MASTERS: "uplink" is not name=interface`},
 		{"", "SPINNERET_LOG_LEVEL=verbose", `logLevel: "verbose" is not one of`},

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -28,6 +29,10 @@ type Node struct {
 	// AllowedMasters, when not empty, is the only set of real interfaces a
 	// network may use as its master.
 	AllowedMasters []string `mapstructure:"allowedMasters"`
+	// NodeIPRaw lists the node's addresses pods reach through their veth;
+	// empty: learned per pod from the node's routes. NodeIPs is it parsed.
+	NodeIPRaw []string     `mapstructure:"nodeIPs"`
+	NodeIPs   []netip.Addr `mapstructure:"-"`
 }
 
 // node conf keys with their environment variables; viper lower-cases keys.
@@ -37,6 +42,7 @@ var nodeKeys = map[string]string{
 	"logLevel":       "SPINNERET_LOG_LEVEL",
 	"masters":        "SPINNERET_MASTERS",
 	"allowedMasters": "SPINNERET_ALLOWED_MASTERS",
+	"nodeIPs":        "SPINNERET_NODE_IPS",
 }
 
 // LoadNode reads the node conf. A missing file is an error only when
@@ -103,6 +109,9 @@ func (n *Node) applyEnv() error {
 	if s, ok := os.LookupEnv(nodeKeys["allowedMasters"]); ok {
 		n.AllowedMasters = splitList(s)
 	}
+	if s, ok := os.LookupEnv(nodeKeys["nodeIPs"]); ok {
+		n.NodeIPRaw = splitList(s)
+	}
 	return nil
 }
 
@@ -131,6 +140,22 @@ func (n *Node) validate() error {
 			return fmt.Errorf("masters.%s: %q is not a valid interface name", k, m)
 		}
 	}
+	for i, s := range n.NodeIPRaw {
+		a, err := netip.ParseAddr(s)
+		if err != nil || a.IsUnspecified() || a.IsMulticast() {
+			return fmt.Errorf("nodeIPs[%d]: %q is not a unicast address", i, s)
+		}
+		n.NodeIPs = append(n.NodeIPs, a)
+	}
+	slices.SortStableFunc(n.NodeIPs, func(a, b netip.Addr) int {
+		if a.Is4() == b.Is4() {
+			return 0
+		}
+		if a.Is4() {
+			return -1
+		}
+		return 1
+	})
 	for i, m := range n.AllowedMasters {
 		if !ValidIfName(m) {
 			return fmt.Errorf("allowedMasters[%d]: %q is not a valid interface name", i, m)

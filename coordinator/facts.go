@@ -3,53 +3,37 @@ package coordinator
 import (
 	"net/netip"
 	"slices"
-	"strings"
 
 	"github.com/vishvananda/netlink"
 )
 
-// skipLinks are host interfaces whose addresses are not the node's (the
-// same list Spiderpool uses).
-var skipLinks = []string{"docker", "cbr", "dummy", "virbr", "lxcbr", "veth", "cali", "flannel", "kube-ipvs", "cni", "vx-submariner", "cilium", "spn"}
-
 // NodeIPs learns the node's addresses a pod must reach through its veth:
-// for each pod address, the source the node would use towards it, then
-// every global address on the node's own interfaces; IPv4 first, no
-// duplicates.
-func NodeIPs(h *netlink.Handle, podAddrs []netip.Addr) ([]netip.Addr, error) {
+// for each pod address, the source address the node itself would use
+// towards it (the node's address on the pod's network), IPv4 first, no
+// duplicates. One route lookup per pod address: unlike listing the node's
+// links and addresses, this does not grow with the number of pods (each
+// has a veth on the node). Node conf "nodeIPs" overrides it.
+func NodeIPs(h *netlink.Handle, podAddrs []netip.Addr) []netip.Addr {
 	var out []netip.Addr
-	add := func(a netip.Addr) {
-		if a.IsValid() && !a.IsLoopback() && !a.IsLinkLocalUnicast() && !slices.Contains(out, a) {
-			out = append(out, a)
-		}
-	}
 	for _, p := range podAddrs {
-		if rs, err := h.RouteGet(p.AsSlice()); err == nil {
-			for _, r := range rs {
-				a, _ := netip.AddrFromSlice(r.Src)
-				add(a.Unmap())
+		rs, err := h.RouteGet(p.AsSlice())
+		if err != nil {
+			continue // the node has no route to that network
+		}
+		for _, r := range rs {
+			a, _ := netip.AddrFromSlice(r.Src)
+			if a = a.Unmap(); a.IsValid() && !a.IsLoopback() && !a.IsLinkLocalUnicast() && !slices.Contains(out, a) {
+				out = append(out, a)
 			}
 		}
 	}
-	links, err := h.LinkList()
-	if err != nil {
-		return nil, err
-	}
-	for _, l := range links {
-		name := l.Attrs().Name
-		if name == "lo" || slices.ContainsFunc(skipLinks, func(p string) bool { return strings.HasPrefix(name, p) }) {
-			continue
-		}
-		addrs, err := h.AddrList(l, netlink.FAMILY_ALL)
-		if err != nil {
-			return nil, err
-		}
-		for _, a := range addrs {
-			ip, _ := netip.AddrFromSlice(a.IP)
-			add(ip.Unmap())
-		}
-	}
-	slices.SortStableFunc(out, func(a, b netip.Addr) int {
+	SortIPv4First(out)
+	return out
+}
+
+// SortIPv4First orders addresses IPv4 first, keeping the order within a family.
+func SortIPv4First(ips []netip.Addr) {
+	slices.SortStableFunc(ips, func(a, b netip.Addr) int {
 		switch {
 		case a.Is4() && !b.Is4():
 			return -1
@@ -58,5 +42,4 @@ func NodeIPs(h *netlink.Handle, podAddrs []netip.Addr) ([]netip.Addr, error) {
 		}
 		return 0
 	})
-	return out, nil
 }
