@@ -153,7 +153,8 @@ func coordinatorInput(in PlanInput) coordinator.Input {
 }
 
 func planNICs(nics []NIC) []txn.Op {
-	var ops []txn.Op
+	// first: its undo deletes all the pod's links at once
+	ops := []txn.Op{&netops.LinkSweep{NS: txn.Pod, Group: netops.PodLinkGroup}}
 	routes := layout(nics)
 	for i, n := range nics {
 		rt := routes[i]

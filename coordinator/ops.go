@@ -65,7 +65,12 @@ func (o *Veth) Do(env *txn.Env) error {
 	if err := host.LinkAdd(v); err != nil {
 		return fmt.Errorf("veth %s/%s: %w", o.Host, o.Pod, err)
 	}
-	return nil
+	// the pod end joins the group the pod's links are deleted by
+	pod, l, err := netops.Link(env, txn.Pod, o.Pod)
+	if err != nil {
+		return err
+	}
+	return pod.LinkSetGroup(l, netops.PodLinkGroup)
 }
 
 // Undo deletes the host end, which deletes the pod end and every route and

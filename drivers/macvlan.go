@@ -66,6 +66,7 @@ func (o *Macvlan) Do(env *txn.Env) error {
 	}
 	attrs := netlink.NewLinkAttrs()
 	attrs.Name, attrs.ParentIndex, attrs.MTU, attrs.Namespace = o.Name, master.Attrs().Index, o.MTU, netlink.NsFd(fd)
+	attrs.Group = netops.PodLinkGroup
 	if o.TxQLen > 0 {
 		attrs.TxQLen = o.TxQLen
 	}

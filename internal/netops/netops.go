@@ -13,6 +13,7 @@ import (
 	"strings"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 
 	"github.com/spinneret-cni/spinneret/internal/txn"
@@ -25,6 +26,7 @@ func init() {
 	txn.Register("rule.add", func() txn.Op { return &RuleAdd{} })
 	txn.Register("neigh.add", func() txn.Op { return &NeighAdd{} })
 	txn.Register("sysctl.set", func() txn.Op { return &Sysctl{} })
+	txn.Register("links.sweep", func() txn.Op { return &LinkSweep{} })
 }
 
 // Gone reports whether err means the object (link, address, route,
@@ -475,3 +477,43 @@ func (o *Sysctl) Check(env *txn.Env) error {
 	}
 	return nil
 }
+
+// PodLinkGroup is the link group of every link spinneret creates in a pod
+// (IFLA_GROUP), so that they can be deleted in one request.
+const PodLinkGroup = 0x73706e // "spn"
+
+// LinkSweep deletes every link of Group in a namespace in one request
+// (RTM_DELLINK with IFLA_GROUP, as `ip link delete group`): the kernel
+// unregisters them as one batch, with one RCU grace period instead of one
+// per link. It is planned before the links it sweeps; its Do does nothing.
+type LinkSweep struct {
+	NS    string `json:"ns"`
+	Group uint32 `json:"group"`
+}
+
+func (o *LinkSweep) Kind() string { return "links.sweep" }
+func (o *LinkSweep) String() string {
+	return fmt.Sprintf("delete the links of group %#x in %s together", o.Group, o.NS)
+}
+
+// Sweeps covers every link of the namespace (the pod's links all carry the
+// group).
+func (o *LinkSweep) Sweeps(key string) bool { return strings.HasPrefix(key, o.NS+"/link/") }
+
+// Do does nothing: the links are created by their own steps.
+func (o *LinkSweep) Do(*txn.Env) error { return nil }
+
+// Undo deletes the group's links.
+func (o *LinkSweep) Undo(env *txn.Env) error {
+	err := env.In(o.NS, func() error {
+		req := nl.NewNetlinkRequest(unix.RTM_DELLINK, unix.NLM_F_ACK)
+		req.AddData(nl.NewIfInfomsg(unix.AF_UNSPEC))
+		req.AddData(nl.NewRtAttr(unix.IFLA_GROUP, nl.Uint32Attr(o.Group)))
+		_, err := req.Execute(unix.NETLINK_ROUTE, 0)
+		return err
+	})
+	return IgnoreGone(err)
+}
+
+// Check does nothing: the links' own steps report them.
+func (o *LinkSweep) Check(*txn.Env) error { return nil }

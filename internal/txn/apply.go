@@ -53,38 +53,69 @@ func Apply(env *Env, j *Journal, ops []Op) error {
 // are gone count as undone, so a retry only repeats what is left; the error
 // lists every step that could not be undone. Only those stay in j.Steps.
 //
-// A step that lives on an object that a journaled step created (an address on
-// the pod's link) is not undone one by one: deleting the object removes it,
-// and in one kernel operation instead of several (setting a link down before
-// deleting it costs a second RCU grace period, ~10 ms). If deleting the
-// object fails, its dependents stay in the journal with it.
+// Two kinds of steps are not undone one by one. A step that lives on an
+// object a journaled step created (an address on the pod's link) goes with
+// that object's deletion. And objects that a Sweeper step (recorded first)
+// removes all at once, the pod's links, wait for it: deleting links one by
+// one costs a kernel RCU grace period each (~15 ms), deleting them together
+// costs one. If a deletion fails, what waited for it stays in the journal.
 func Rollback(env *Env, j *Journal) error {
 	created := map[string]bool{}
+	var sweepers []Sweeper
 	for _, s := range j.Steps {
 		if c, ok := s.Op.(Creator); ok {
 			for _, k := range c.Creates() {
 				created[k] = true
 			}
 		}
+		if sw, ok := s.Op.(Sweeper); ok {
+			sweepers = append(sweepers, sw)
+		}
+	}
+	swept := func(op Op) bool {
+		c, ok := op.(Creator)
+		if !ok {
+			return false
+		}
+		for _, k := range c.Creates() {
+			for _, sw := range sweepers {
+				if sw.Sweeps(k) {
+					return true
+				}
+			}
+		}
+		return false
 	}
 	var errs []error
-	var left []Step
+	var left, waiting []Step
 	deferred := map[string][]Step{}
+	depsOf := func(op Op) []Step {
+		var deps []Step
+		if c, ok := op.(Creator); ok {
+			for _, k := range c.Creates() {
+				deps = append(deps, deferred[k]...)
+				delete(deferred, k)
+			}
+		}
+		return deps
+	}
 	for i := len(j.Steps) - 1; i >= 0; i-- {
 		step := j.Steps[i]
 		if d, ok := step.Op.(Dependent); ok && created[d.DependsOn()] {
 			deferred[d.DependsOn()] = append([]Step{step}, deferred[d.DependsOn()]...)
 			continue
 		}
+		if swept(step.Op) {
+			waiting = append(append([]Step{step}, depsOf(step.Op)...), waiting...)
+			continue
+		}
 		start := time.Now()
 		err := step.Op.Undo(env)
 		env.logStep("undo", i, step.Op, start, err)
-		var deps []Step
-		if c, ok := step.Op.(Creator); ok {
-			for _, k := range c.Creates() {
-				deps = append(deps, deferred[k]...)
-				delete(deferred, k)
-			}
+		deps := depsOf(step.Op)
+		if _, ok := step.Op.(Sweeper); ok {
+			deps = append(deps, waiting...)
+			waiting = nil
 		}
 		if err != nil && !errors.Is(err, ErrGone) {
 			errs = append(errs, fmt.Errorf("undo step %d (%s): %w", i+1, step.Op, err))

@@ -36,6 +36,10 @@ type Creator interface{ Creates() []string }
 // a link) and vanishes when that object is deleted; DependsOn names it.
 type Dependent interface{ DependsOn() string }
 
+// Sweeper is an Op whose undo removes, in one go, every object for which
+// Sweeps is true (all of the pod's links). It is planned before them.
+type Sweeper interface{ Sweeps(key string) bool }
+
 var registry = map[string]func() Op{}
 
 // Register makes an operation kind decodable from a journal. Packages call it

@@ -245,3 +245,38 @@ func TestJournalTornLine(t *testing.T) {
 		t.Fatalf("commit read back as %s %s", back.State, back.Result)
 	}
 }
+
+type fakeSweep struct{ fakeOp }
+
+func (o *fakeSweep) Sweeps(key string) bool { return strings.HasPrefix(key, "link/") }
+
+// TestRollbackSweepsLinksTogether: links a sweeper covers are not deleted
+// one by one; the sweeper's undo (recorded first, so undone last) removes
+// them; if it fails they stay in the journal.
+func TestRollbackSweepsLinksTogether(t *testing.T) {
+	for _, failSweep := range []bool{false, true} {
+		var log []string
+		j := NewJournal(t.TempDir(), "net", "c1", "eth0", "", 0)
+		j.Steps = Steps([]Op{
+			&fakeSweep{fakeOp{Name: "sweep", FailUndo: failSweep, log: &log}},
+			&fakeLink{fakeOp{Name: "eth0", log: &log}},
+			&fakeOnLink{fakeOp: fakeOp{Name: "addr", log: &log}, Link: "eth0"},
+			&fakeOp{Name: "rule", log: &log},
+			&fakeLink{fakeOp{Name: "net1", log: &log}},
+		})
+		err := Rollback(NewEnv("", 0), j)
+		if got := strings.Join(log, ","); got != "undo rule,undo sweep" {
+			t.Fatalf("failSweep=%v: undo order %s", failSweep, got)
+		}
+		var names []string
+		for _, s := range j.Steps {
+			names = append(names, s.Op.String())
+		}
+		if failSweep && (err == nil || strings.Join(names, ",") != "fake sweep,fake eth0,fake addr,fake net1") {
+			t.Fatalf("after a failed sweep the journal keeps %v (err %v)", names, err)
+		}
+		if !failSweep && (err != nil || len(names) != 0) {
+			t.Fatalf("after a sweep the journal keeps %v (err %v)", names, err)
+		}
+	}
+}
