@@ -20,29 +20,36 @@ import (
 	"github.com/spinneret-cni/spinneret/tests/harness"
 )
 
-const demoNodeConf = `# the demo's node conf: state and log in a temp dir, the logical master
-# "uplink" mapped to the node namespace's uplink veth
+const demoNodeConf = `# the demo's node conf: state and log in a temp dir, the logical masters
+# mapped to the node namespace's uplinks
 stateDir: %[1]s/state
 logFile: %[1]s/spinneret.log
 logLevel: debug
 masters:
   uplink: %[2]s
-allowedMasters: [%[2]s]
+  storage: %[3]s
+allowedMasters: [%[2]s, %[3]s]
 `
 
+// demoConfList is a catalogue of two networks (the primary "underlay" and
+// "storage"); the node serves a stand-in ClusterIP inside serviceCIDR.
 const demoConfList = `{
   "cniVersion": "1.1.0",
-  "name": "underlay",
+  "name": "spinneret",
   "plugins": [{
     "type": "spinneret",
-    "nodeConf": "%s/node.yaml",
-    "master": "uplink",
-    "mode": "bridge",
-    "ipam": {"pools": [
-      {"name": "demo-v4", "subnet": "192.0.2.0/24", "ranges": [{"start": "192.0.2.10", "end": "192.0.2.99"}], "gateway": "192.0.2.1"},
-      {"name": "demo-v6", "subnet": "2001:db8:0:1::/64", "ranges": [{"start": "2001:db8:0:1::10", "end": "2001:db8:0:1::ff"}], "gateway": "2001:db8:0:1::1"}
-    ]},
-    "dns": {"nameservers": ["192.0.2.53"], "search": ["demo.svc.cluster.local"]}
+    "nodeConf": "%[1]s/node.yaml",
+    "capabilities": {"io.kubernetes.cri.pod-annotations": true},
+    "coordinator": {"serviceCIDR": ["%[2]s", "%[3]s"]},
+    "networks": [
+      {"name": "underlay", "master": "uplink", "ipam": {"pools": [
+        {"name": "underlay-v4", "subnet": "192.0.2.0/24", "ranges": [{"start": "192.0.2.10", "end": "192.0.2.99"}], "gateway": "192.0.2.1"},
+        {"name": "underlay-v6", "subnet": "2001:db8:0:1::/64", "ranges": [{"start": "2001:db8:0:1::10", "end": "2001:db8:0:1::ff"}], "gateway": "2001:db8:0:1::1"}]}},
+      {"name": "storage", "master": "storage", "ipam": {"pools": [
+        {"name": "storage-v4", "subnet": "198.51.100.0/24", "ranges": [{"start": "198.51.100.10", "end": "198.51.100.99"}], "gateway": "198.51.100.1"},
+        {"name": "storage-v6", "subnet": "2001:db8:0:2::/64", "ranges": [{"start": "2001:db8:0:2::10", "end": "2001:db8:0:2::ff"}], "gateway": "2001:db8:0:2::1"}]}}
+    ],
+    "dns": {"nameservers": ["198.19.0.53"], "search": ["demo.svc.cluster.local"]}
   }]
 }`
 
@@ -52,12 +59,15 @@ func runDemo(args []string, stdout io.Writer) error {
 	fs.Usage = func() {
 		fmt.Fprintln(stdout, `usage: spinneret demo
 
-Builds throwaway network namespaces (a switch, a node with an uplink, a
-gateway and two pods), runs ADD for both pods through this binary via libcni,
-prints their addresses, routes and rules, checks pod-to-pod and pod-to-gateway
-traffic over IPv4 and IPv6, runs CHECK and STATUS, then DEL, and shows that
-the node and the pods are clean. Needs root. The machine's own namespace is
-never touched; Ctrl-C cleans up.`)
+Builds throwaway network namespaces (two L2 networks, each a switch with a
+gateway; a node with an uplink to each; two pods), runs ADD for both pods
+through this binary via libcni (pod1 asks for a second NIC on the "storage"
+network through its annotation), prints their addresses, routes and rules,
+checks traffic over IPv4 and IPv6 (pod to pod, pod to gateway, pod to node
+and to a ClusterIP stand-in through veth0, node to pod, storage traffic
+from net1), runs CHECK and STATUS, then DEL, and shows that the node and the
+pods are clean. Needs root. The machine's own namespace is never touched;
+Ctrl-C cleans up.`)
 	}
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -111,17 +121,21 @@ func (d *demo) run(ctx context.Context) error {
 	if err := os.Symlink(self, filepath.Join(binDir, "spinneret")); err != nil {
 		return err
 	}
-	if err := os.WriteFile(filepath.Join(d.dir, "node.yaml"), []byte(fmt.Sprintf(demoNodeConf, d.dir, harness.Uplink)), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(d.dir, "node.yaml"), []byte(fmt.Sprintf(demoNodeConf, d.dir, harness.Uplink, "uplink1")), 0o644); err != nil {
 		return err
 	}
-	list, err := libcni.NetworkConfFromBytes([]byte(fmt.Sprintf(demoConfList, d.dir)))
+	list, err := libcni.NetworkConfFromBytes([]byte(fmt.Sprintf(demoConfList, d.dir, harness.ServiceCIDR4, harness.ServiceCIDR6)))
 	if err != nil {
 		return err
 	}
 	cfg := libcni.NewCNIConfigWithCacheDir([]string{binDir}, filepath.Join(d.dir, "cache"), nil)
 
-	d.step("topology: switch (bridge br0), node (%s), gateway (%s, %s), two pods", harness.Uplink, harness.Gateway4, harness.Gateway6)
+	d.step("topology: node %s/%s; networks underlay (gateway %s) and storage; ClusterIP stand-in %s on the node", harness.NodeIP4, harness.NodeIP6, harness.Gateway4, harness.ServiceIP4)
 	if d.topo, err = harness.NewTopology("spndemo"); err != nil {
+		return err
+	}
+	storage, err := d.topo.AddNet()
+	if err != nil {
 		return err
 	}
 	nodeBefore, err := d.topo.Node.Dump()
@@ -135,14 +149,17 @@ func (d *demo) run(ctx context.Context) error {
 			return err
 		}
 	}
+	annotations := []map[string]string{{"k8s.v1.cni.cncf.io/networks": "storage"}, {}}
 	rt := func(i int) *libcni.RuntimeConf {
-		return &libcni.RuntimeConf{ContainerID: fmt.Sprintf("demo-pod-%d", i+1), NetNS: pods[i].Path(), IfName: "eth0"}
+		return &libcni.RuntimeConf{ContainerID: fmt.Sprintf("demo-pod-%d", i+1), NetNS: pods[i].Path(), IfName: "eth0",
+			Args:           [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", "default"}, {"K8S_POD_NAME", fmt.Sprintf("pod%d", i+1)}},
+			CapabilityArgs: map[string]interface{}{"io.kubernetes.cri.pod-annotations": annotations[i]}}
 	}
 	for i, p := range pods {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		d.step("ADD pod%d (netns %s)", i+1, p.Name)
+		d.step("ADD pod%d (netns %s, annotations %v)", i+1, p.Name, annotations[i])
 		start := time.Now()
 		err := d.topo.Node.Do(func() error {
 			res, err := cfg.AddNetworkList(ctx, list, rt(i))
@@ -186,15 +203,44 @@ func (d *demo) run(ctx context.Context) error {
 		}
 		fmt.Fprintf(d.out, "  %s pod%d -> %-8s %s\n", mark, from+1, what, dst)
 	}
+	nicAddr := func(r *current.Result, ifname string, v4 bool) netip.Addr {
+		for _, ip := range r.IPs {
+			a, _ := netip.AddrFromSlice(ip.Address.IP)
+			if a = a.Unmap(); ip.Interface != nil && r.Interfaces[*ip.Interface].Name == ifname && a.Is4() == v4 {
+				return a
+			}
+		}
+		return netip.Addr{}
+	}
 	for _, v4 := range []bool{true, false} {
-		gw := harness.Gateway6
-		if v4 {
-			gw = harness.Gateway4
+		pick := func(a4, a6 netip.Addr) netip.Addr {
+			if v4 {
+				return a4
+			}
+			return a6
 		}
 		check(0, "pod2", addr(results[1], v4))
 		check(1, "pod1", addr(results[0], v4))
-		check(0, "gateway", gw)
-		check(1, "gateway", gw)
+		check(0, "gateway", pick(harness.Gateway4, harness.Gateway6))
+		check(1, "gateway", pick(harness.Gateway4, harness.Gateway6))
+		check(0, "node", pick(harness.NodeIP4, harness.NodeIP6))
+		check(0, "service", pick(harness.ServiceIP4, harness.ServiceIP6))
+		// storage traffic leaves by net1: from its address, through its table
+		src := nicAddr(results[0], "net1", v4)
+		dst := pick(storage.GW4, storage.GW6)
+		err := pods[0].PingFrom(src, dst, 3*time.Second)
+		mark := "ok  "
+		if err != nil {
+			mark, failed = "FAIL", failed+1
+		}
+		fmt.Fprintf(d.out, "  %s pod1 -> %-8s %s (from net1's %s)\n", mark, "storage", dst, src)
+		// and the node reaches each pod through its veth
+		err = d.topo.Node.Ping(addr(results[0], v4), 3*time.Second)
+		mark = "ok  "
+		if err != nil {
+			mark, failed = "FAIL", failed+1
+		}
+		fmt.Fprintf(d.out, "  %s node -> %-8s %s\n", mark, "pod1", addr(results[0], v4))
 	}
 
 	d.step("CHECK and STATUS")

@@ -134,9 +134,9 @@ func (n *NS) Show() (string, error) {
 	}
 	var routes, rules []string
 	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
-		rs, _ := h.RouteList(nil, fam)
+		rs, _ := h.RouteListFiltered(fam, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
 		for _, r := range rs {
-			if r.Dst != nil && r.Dst.IP.IsLinkLocalUnicast() {
+			if r.Table == unix.RT_TABLE_LOCAL || (r.Dst != nil && (r.Dst.IP.IsLinkLocalUnicast() || r.Dst.IP.IsMulticast())) {
 				continue
 			}
 			routes = append(routes, "      "+shortRoute(r, names))
@@ -144,7 +144,11 @@ func (n *NS) Show() (string, error) {
 		rls, _ := h.RuleList(fam)
 		var rl []string
 		for _, r := range rls {
-			rl = append(rl, fmt.Sprintf("%d: from %s lookup %s", r.Priority, orAll(r.Src), tableName(r.Table)))
+			mark := ""
+			if r.Mark != 0 {
+				mark = fmt.Sprintf(" fwmark %#x", r.Mark)
+			}
+			rl = append(rl, fmt.Sprintf("%d: from %s%s lookup %s", r.Priority, orAll(r.Src), mark, tableName(r.Table)))
 		}
 		rules = append(rules, fmt.Sprintf("      IPv%d: %s", map[int]int{netlink.FAMILY_V4: 4, netlink.FAMILY_V6: 6}[fam], strings.Join(rl, ", ")))
 	}
@@ -174,6 +178,9 @@ func shortRoute(r netlink.Route, names map[int]string) string {
 	}
 	if r.Src != nil {
 		s += " src " + r.Src.String()
+	}
+	if r.Table != unix.RT_TABLE_MAIN {
+		s += " table " + tableName(r.Table)
 	}
 	return s
 }
