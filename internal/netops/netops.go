@@ -512,7 +512,12 @@ func (o *LinkSweep) Undo(env *txn.Env) error {
 		_, err := req.Execute(unix.NETLINK_ROUTE, 0)
 		return err
 	})
-	return IgnoreGone(err)
+	if errors.Is(err, unix.ENODEV) {
+		return nil // no link left in the group
+	}
+	// a gone namespace is reported as such (txn.ErrGone), not as success:
+	// the rollback then removes what lives on outside it (a veth's node end)
+	return err
 }
 
 // Check does nothing: the links' own steps report them.

@@ -114,6 +114,20 @@ func Rollback(env *Env, j *Journal) error {
 		env.logStep("undo", i, step.Op, start, err)
 		deps := depsOf(step.Op)
 		if _, ok := step.Op.(Sweeper); ok {
+			if errors.Is(err, ErrGone) {
+				// the namespace is gone, but an object reachable from
+				// elsewhere (a veth's node end, until the kernel's
+				// asynchronous namespace cleanup) must still go now
+				for _, w := range waiting {
+					if _, creator := w.Op.(Creator); !creator {
+						continue
+					}
+					if uerr := w.Op.Undo(env); uerr != nil && !errors.Is(uerr, ErrGone) {
+						errs = append(errs, fmt.Errorf("undo (%s): %w", w.Op, uerr))
+						left = append(left, w)
+					}
+				}
+			}
 			deps = append(deps, waiting...)
 			waiting = nil
 		}

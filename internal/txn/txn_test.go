@@ -246,9 +246,23 @@ func TestJournalTornLine(t *testing.T) {
 	}
 }
 
-type fakeSweep struct{ fakeOp }
+type fakeSweep struct {
+	fakeOp
+	gone bool // the namespace is gone
+}
 
 func (o *fakeSweep) Sweeps(key string) bool { return strings.HasPrefix(key, "link/") }
+
+func (o *fakeSweep) Undo(env *Env) error {
+	*o.log = append(*o.log, "undo "+o.Name)
+	switch {
+	case o.FailUndo:
+		return errors.New("stuck")
+	case o.gone:
+		return ErrGone
+	}
+	return nil
+}
 
 // TestRollbackSweepsLinksTogether: links a sweeper covers are not deleted
 // one by one; the sweeper's undo (recorded first, so undone last) removes
@@ -258,7 +272,7 @@ func TestRollbackSweepsLinksTogether(t *testing.T) {
 		var log []string
 		j := NewJournal(t.TempDir(), "net", "c1", "eth0", "", 0)
 		j.Steps = Steps([]Op{
-			&fakeSweep{fakeOp{Name: "sweep", FailUndo: failSweep, log: &log}},
+			&fakeSweep{fakeOp: fakeOp{Name: "sweep", FailUndo: failSweep, log: &log}},
 			&fakeLink{fakeOp{Name: "eth0", log: &log}},
 			&fakeOnLink{fakeOp: fakeOp{Name: "addr", log: &log}, Link: "eth0"},
 			&fakeOp{Name: "rule", log: &log},
@@ -278,5 +292,24 @@ func TestRollbackSweepsLinksTogether(t *testing.T) {
 		if !failSweep && (err != nil || len(names) != 0) {
 			t.Fatalf("after a sweep the journal keeps %v (err %v)", names, err)
 		}
+	}
+}
+
+// TestRollbackSweepGone: when the sweep finds its namespace gone, the links
+// it would have deleted are undone one by one (a veth's other end may live
+// in another namespace).
+func TestRollbackSweepGone(t *testing.T) {
+	var log []string
+	j := NewJournal(t.TempDir(), "net", "c1", "eth0", "", 0)
+	j.Steps = Steps([]Op{
+		&fakeSweep{fakeOp: fakeOp{Name: "sweep", log: &log}, gone: true},
+		&fakeLink{fakeOp{Name: "veth", log: &log}},
+		&fakeOnLink{fakeOp: fakeOp{Name: "neigh", log: &log}, Link: "veth"},
+	})
+	if err := Rollback(NewEnv("", 0), j); err != nil || len(j.Steps) != 0 {
+		t.Fatalf("rollback: %v, left %v", err, j.Steps)
+	}
+	if got := strings.Join(log, ","); got != "undo sweep,undo veth" {
+		t.Fatalf("undo order %s", got)
 	}
 }
