@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/spinneret-cni/spinneret/conf"
 )
@@ -448,5 +449,37 @@ func TestMultiNIC(t *testing.T) {
 	}
 	if owners, _ := s.Owners(); len(owners) != 2 {
 		t.Fatalf("owners = %v", owners)
+	}
+}
+
+// TestQuarantine: a quarantined address leaves its owner (a release does
+// not free it), is not handed out while the quarantine lasts, and comes
+// back once it is over.
+func TestQuarantine(t *testing.T) {
+	s := NewLocal(t.TempDir())
+	p := []conf.Pool{pool(t, "p", "192.0.2.0/24", "192.0.2.1", "192.0.2.2")}
+	a, _ := s.Allocate(owner(1), req(p))
+	bad := a[0].Address.Addr()
+	if err := s.Quarantine(owner(2), bad, time.Now().Add(time.Hour)); err == nil {
+		t.Fatal("another owner quarantined the address")
+	}
+	if err := s.Quarantine(owner(1), bad, time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	s.Release("c1", "eth0")
+	got, _ := s.Allocate(owner(3), req(p))
+	if got[0].Address.Addr() == bad {
+		t.Fatal("a quarantined address was handed out")
+	}
+	if _, err := s.Allocate(owner(4), req(p)); !errors.Is(err, ErrExhausted) {
+		t.Fatalf("the pool's last address is quarantined: %v", err)
+	}
+	// the quarantine ends
+	if err := os.WriteFile(filepath.Join(s.dir, "ips", bad.String()), []byte(fmt.Sprintf("%s%d p", quarantinePrefix, time.Now().Add(-time.Second).Unix())), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Allocate(owner(4), req(p))
+	if err != nil || got[0].Address.Addr() != bad {
+		t.Fatalf("after the quarantine: %v, %v", got, err)
 	}
 }

@@ -57,6 +57,20 @@ func TestConcurrentAdds(t *testing.T) {
 			seen[a] = i
 		}
 	}
+	// the node's "from all lookup 500" rule exists once per family, however
+	// many ADDs raced to create it
+	for _, fam := range []int{2, 10} {
+		rules, _ := e.topo.Node.NL().RuleList(fam)
+		count := 0
+		for _, r := range rules {
+			if r.Table == 500 {
+				count++
+			}
+		}
+		if count != 1 {
+			t.Errorf("family %d: %d host rules after %d concurrent ADDs, want 1", fam, count, n)
+		}
+	}
 	for _, p := range []*harness.NS{pods[0], pods[n-1]} {
 		for _, gw := range []netip.Addr{harness.Gateway4, harness.Gateway6} {
 			if err := p.Ping(gw, 5e9); err != nil {
