@@ -73,7 +73,7 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 		switch {
 		case errors.Is(err, ipam.ErrExhausted):
 			return types.NewError(ErrPoolExhausted, fmt.Sprintf("network %s: %v", p.cfg.Name, err), "")
-		case errors.Is(err, ipam.ErrStaticTaken), strings.Contains(err.Error(), "static address"):
+		case errors.Is(err, ipam.ErrStaticTaken), errors.Is(err, ipam.ErrStaticOutside):
 			return types.NewError(ErrBadRequest, err.Error(), "")
 		}
 		return types.NewError(types.ErrIOFailure, err.Error(), "")

@@ -161,22 +161,26 @@ func PrefixMAC(prefix [2]byte, addrs []netip.Prefix) (mac string, ok bool) {
 // NIC, since the kernel uses the larger of "all" and the interface's) and
 // IPv6 enabled when the pod has IPv6 addresses.
 func podSysctls(in Input) []txn.Op {
-	var ops []txn.Op
+	op := &netops.Sysctls{NS: txn.Pod}
 	if v := in.Conf.PodRPFilter; v >= 0 {
 		keys := []string{"all", "default"}
 		for _, n := range in.NICs {
 			keys = append(keys, n.IfName)
 		}
 		for _, k := range keys {
-			ops = append(ops, &netops.Sysctl{NS: txn.Pod, Key: "net/ipv4/conf/" + k + "/rp_filter", Value: fmt.Sprint(v)})
+			op.Values = append(op.Values, netops.Sysctl{Key: "net/ipv4/conf/" + k + "/rp_filter", Value: fmt.Sprint(v)})
 		}
 	}
 	for _, n := range in.NICs {
 		if addrOf(n, false).IsValid() {
-			return append(ops, &netops.Sysctl{NS: txn.Pod, Key: "net/ipv6/conf/all/disable_ipv6", Value: "0"})
+			op.Values = append(op.Values, netops.Sysctl{Key: "net/ipv6/conf/all/disable_ipv6", Value: "0"})
+			break
 		}
 	}
-	return ops
+	if len(op.Values) == 0 {
+		return nil
+	}
+	return []txn.Op{op}
 }
 
 // addrOf is the NIC's first address of a family.

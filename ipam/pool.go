@@ -241,8 +241,12 @@ func (s *Local) newPicker() *picker {
 	return &picker{s: s, states: map[string]*poolState{}, taken: map[netip.Addr]bool{}}
 }
 
-// ErrStaticTaken is returned (wrapped) when a static address is in use.
-var ErrStaticTaken = errors.New("address in use")
+// ErrStaticTaken is returned (wrapped) when a static address is in use;
+// ErrStaticOutside when it is in none of the NIC's pools.
+var (
+	ErrStaticTaken   = errors.New("address in use")
+	ErrStaticOutside = errors.New("in none of the pools")
+)
 
 // request picks one NIC's addresses.
 func (pk *picker) request(r Request) ([]*pick, error) {
@@ -257,7 +261,7 @@ func (pk *picker) request(r Request) ([]*pick, error) {
 		if static.IsValid() {
 			i := slices.IndexFunc(fam, func(p conf.Pool) bool { return p.Subnet.Contains(static) })
 			if i < 0 {
-				return nil, fmt.Errorf("ipam: %s: static address %s is in none of the pools %q", r.IfName, static, poolNames(fam))
+				return nil, fmt.Errorf("ipam: %s: static address %s is %w %q", r.IfName, static, ErrStaticOutside, poolNames(fam))
 			}
 			if pk.taken[static] || pk.s.claimed(static) {
 				return nil, fmt.Errorf("ipam: %s: static address %s: %w", r.IfName, static, ErrStaticTaken)

@@ -25,7 +25,7 @@ func init() {
 	txn.Register("route.add", func() txn.Op { return &RouteAdd{} })
 	txn.Register("rule.add", func() txn.Op { return &RuleAdd{} })
 	txn.Register("neigh.add", func() txn.Op { return &NeighAdd{} })
-	txn.Register("sysctl.set", func() txn.Op { return &Sysctl{} })
+	txn.Register("sysctl.set", func() txn.Op { return &Sysctls{} })
 	txn.Register("links.sweep", func() txn.Op { return &LinkSweep{} })
 }
 
@@ -438,44 +438,64 @@ func (o *NeighAdd) Check(env *txn.Env) error {
 	return fmt.Errorf("%s: permanent neighbour %s lladdr %s missing", o.Link, o.IP, o.MAC)
 }
 
-// Sysctl sets /proc/sys/<Key> in a namespace. In the pod's namespace its
-// undo is nothing: the setting belongs to the pod's namespace and goes
-// with it, and a retried ADD sets it again.
+// Sysctl is one /proc/sys setting.
 type Sysctl struct {
-	NS    string `json:"ns"`
 	Key   string `json:"key"`
 	Value string `json:"value"`
 }
 
-func (o *Sysctl) Kind() string   { return "sysctl.set" }
-func (o *Sysctl) String() string { return fmt.Sprintf("set %s=%s in %s", o.Key, o.Value, o.NS) }
+// Sysctls sets /proc/sys keys in a namespace, entering it once. In the
+// pod's namespace its undo is nothing: the settings belong to the pod's
+// namespace and go with it, and a retried ADD sets them again.
+type Sysctls struct {
+	NS     string   `json:"ns"`
+	Values []Sysctl `json:"values"`
+}
 
-func (o *Sysctl) path() string { return filepath.Join("/proc/sys", o.Key) }
+func (o *Sysctls) Kind() string { return "sysctl.set" }
+func (o *Sysctls) String() string {
+	var kv []string
+	for _, v := range o.Values {
+		kv = append(kv, v.Key+"="+v.Value)
+	}
+	return fmt.Sprintf("set %s in %s", strings.Join(kv, " "), o.NS)
+}
 
-// Do writes the value.
-func (o *Sysctl) Do(env *txn.Env) error {
-	return env.In(o.NS, func() error { return os.WriteFile(o.path(), []byte(o.Value), 0o644) })
+// Do writes the values.
+func (o *Sysctls) Do(env *txn.Env) error {
+	return env.In(o.NS, func() error {
+		for _, v := range o.Values {
+			if err := os.WriteFile(filepath.Join("/proc/sys", v.Key), []byte(v.Value), 0o644); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }
 
 // Undo does nothing for the pod (see the type); node settings are not
 // planned as sysctls.
-func (o *Sysctl) Undo(env *txn.Env) error { return nil }
+func (o *Sysctls) Undo(env *txn.Env) error { return nil }
 
-// Check reports a changed value.
-func (o *Sysctl) Check(env *txn.Env) error {
-	var got []byte
+// Check reports every changed value.
+func (o *Sysctls) Check(env *txn.Env) error {
+	var errs []error
 	err := env.In(o.NS, func() error {
-		var err error
-		got, err = os.ReadFile(o.path())
-		return err
+		for _, v := range o.Values {
+			got, err := os.ReadFile(filepath.Join("/proc/sys", v.Key))
+			if err != nil {
+				return err
+			}
+			if g := strings.TrimSpace(string(got)); g != v.Value {
+				errs = append(errs, fmt.Errorf("%s is %s, want %s", v.Key, g, v.Value))
+			}
+		}
+		return nil
 	})
 	if err != nil {
 		return err
 	}
-	if v := strings.TrimSpace(string(got)); v != o.Value {
-		return fmt.Errorf("%s is %s, want %s", o.Key, v, o.Value)
-	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // PodLinkGroup is the link group of every link spinneret creates in a pod
