@@ -5,9 +5,9 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"runtime"
 	"time"
 
+	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -31,8 +31,9 @@ type Env struct {
 	// processes (shared node objects).
 	StateDir string
 
-	podNS   netns.NsHandle
-	handles map[string]*netlink.Handle
+	podNS    netns.NsHandle
+	podCNINS ns.NetNS // the same namespace, for ns.Do
+	handles  map[string]*netlink.Handle
 }
 
 // NewEnv returns an Env for the given pod netns path.
@@ -90,13 +91,13 @@ func (e *Env) PodNSFd() (int, error) {
 }
 
 // Handle returns a netlink handle for the named namespace (Host or Pod).
-func (e *Env) Handle(ns string) (*netlink.Handle, error) {
-	if h, ok := e.handles[ns]; ok {
+func (e *Env) Handle(nsName string) (*netlink.Handle, error) {
+	if h, ok := e.handles[nsName]; ok {
 		return h, nil
 	}
 	var h *netlink.Handle
 	var err error
-	switch ns {
+	switch nsName {
 	case Host:
 		h, err = netlink.NewHandle()
 	case Pod:
@@ -104,12 +105,12 @@ func (e *Env) Handle(ns string) (*netlink.Handle, error) {
 			h, err = netlink.NewHandleAt(e.podNS)
 		}
 	default:
-		err = fmt.Errorf("unknown namespace %q", ns)
+		err = fmt.Errorf("unknown namespace %q", nsName)
 	}
 	if err != nil {
 		return nil, err
 	}
-	e.handles[ns] = h
+	e.handles[nsName] = h
 	return h, nil
 }
 
@@ -119,32 +120,25 @@ func (e *Env) logStep(msg string, i int, op Op, start time.Time, err error) {
 	}
 }
 
-// In runs fn with the calling goroutine's thread in the named namespace
-// (for /proc/sys/net and sockets, which belong to the namespace of the
-// thread that opens them).
-func (e *Env) In(ns string, fn func() error) error {
-	if ns == Host {
+// In runs fn inside the named namespace (for /proc/sys/net and sockets,
+// which belong to the namespace of the thread that opens them), with
+// containernetworking's ns.Do, which also keeps a thread whose namespace
+// could not be restored out of the runtime.
+func (e *Env) In(nsName string, fn func() error) error {
+	if nsName == Host {
 		return fn()
 	}
 	if err := e.openPod(); err != nil {
 		return err
 	}
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		return err
-	}
-	defer orig.Close()
-	if err := netns.Set(e.podNS); err != nil {
-		return fmt.Errorf("enter pod netns: %w", err)
-	}
-	defer func() {
-		if err := netns.Set(orig); err != nil {
-			panic("txn: cannot return to the node's netns: " + err.Error())
+	if e.podCNINS == nil {
+		n, err := ns.GetNS(e.PodNetNS)
+		if err != nil {
+			return fmt.Errorf("pod netns %s: %w", e.PodNetNS, err)
 		}
-	}()
-	return fn()
+		e.podCNINS = n
+	}
+	return e.podCNINS.Do(func(ns.NetNS) error { return fn() })
 }
 
 // Close releases handles and the pod namespace.
@@ -156,5 +150,9 @@ func (e *Env) Close() {
 	if e.podNS >= 0 {
 		e.podNS.Close()
 		e.podNS = -1
+	}
+	if e.podCNINS != nil {
+		e.podCNINS.Close()
+		e.podCNINS = nil
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"runtime"
 	"strings"
 
+	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 )
@@ -23,6 +24,7 @@ type NS struct {
 	Name string
 	h    netns.NsHandle
 	nl   *netlink.Handle
+	cni  ns.NetNS
 }
 
 // NewNS creates a named namespace "<prefix>-<random>" with lo up.
@@ -66,25 +68,18 @@ func (n *NS) Path() string { return "/run/netns/" + n.Name }
 // NL is a netlink handle inside the namespace.
 func (n *NS) NL() *netlink.Handle { return n.nl }
 
-// Do runs fn with the calling goroutine's thread inside the namespace.
-// Processes started from fn (such as a CNI plugin run by libcni) inherit it.
+// Do runs fn inside the namespace (containernetworking's ns.Do: on a
+// thread of its own). Processes started from fn (such as a CNI plugin run
+// by libcni) inherit it.
 func (n *NS) Do(fn func() error) error {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		return err
-	}
-	defer orig.Close()
-	if err := netns.Set(n.h); err != nil {
-		return fmt.Errorf("enter netns %s: %w", n.Name, err)
-	}
-	defer func() {
-		if err := netns.Set(orig); err != nil {
-			panic("harness: cannot return to the original netns: " + err.Error())
+	if n.cni == nil {
+		c, err := ns.GetNS(n.Path())
+		if err != nil {
+			return err
 		}
-	}()
-	return fn()
+		n.cni = c
+	}
+	return n.cni.Do(func(ns.NetNS) error { return fn() })
 }
 
 // RemoveStale deletes named namespaces whose names start with one of the
@@ -128,6 +123,10 @@ func (n *NS) Close() error {
 	if n.nl != nil {
 		n.nl.Close()
 		n.nl = nil
+	}
+	if n.cni != nil {
+		n.cni.Close()
+		n.cni = nil
 	}
 	if n.h >= 0 {
 		n.h.Close()
