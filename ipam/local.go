@@ -103,6 +103,12 @@ func (s *Local) Allocate(o Owner, reqs []Request) ([]Allocation, error) {
 			return nil, err
 		}
 	}
+	if len(picks) > 0 {
+		if err := s.syncClaims(); err != nil {
+			s.release(rec)
+			return nil, err
+		}
+	}
 	return rec.Addrs, nil
 }
 
@@ -184,15 +190,25 @@ func (s *Local) Quarantine(o Owner, a netip.Addr, until time.Time) error {
 		return err
 	}
 	defer l.Unlock()
-	b, err := os.ReadFile(s.claimPath(a))
+	text, err := readClaim(s.claimPath(a))
 	if err != nil {
 		return fmt.Errorf("ipam: quarantine %s: %w", a, err)
 	}
-	owner, pool, _ := strings.Cut(string(b), " ")
+	owner, pool, _ := strings.Cut(text, " ")
 	if owner != o.key() {
 		return fmt.Errorf("ipam: quarantine %s: claimed by %s, not %s", a, owner, o.key())
 	}
-	return fileutil.WriteDurable(s.claimPath(a), []byte(claimText(fmt.Sprintf("%s%d", quarantinePrefix, until.Unix()), pool)))
+	// replace the claim atomically: a new link renamed over the old one
+	tmp := s.claimPath(a) + ".quarantine"
+	os.Remove(tmp)
+	if err := os.Symlink(claimText(fmt.Sprintf("%s%d", quarantinePrefix, until.Unix()), pool), tmp); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, s.claimPath(a)); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return s.syncClaims()
 }
 
 // Claims lists every claimed address of the node with its claim ("<owner>
@@ -212,8 +228,7 @@ func (s *Local) Claims() (map[netip.Addr]string, error) {
 		if err != nil {
 			continue
 		}
-		b, _ := os.ReadFile(filepath.Join(dir, e.Name()))
-		out[a] = string(b)
+		out[a], _ = readClaim(filepath.Join(dir, e.Name()))
 	}
 	return out, nil
 }
@@ -275,7 +290,7 @@ func (s *Local) release(rec *ownerRecord) error {
 	for _, a := range rec.Addrs {
 		addr := a.Address.Addr()
 		claim := s.claimPath(addr)
-		if b, err := os.ReadFile(claim); err != nil || string(b) != claimText(rec.key(), a.Pool) {
+		if text, err := readClaim(claim); err != nil || text != claimText(rec.key(), a.Pool) {
 			continue // not ours (any more)
 		}
 		if err := s.pushFreed(a.Pool, addr); err != nil {

@@ -475,7 +475,9 @@ func TestQuarantine(t *testing.T) {
 		t.Fatalf("the pool's last address is quarantined: %v", err)
 	}
 	// the quarantine ends
-	if err := os.WriteFile(filepath.Join(s.dir, "ips", bad.String()), []byte(fmt.Sprintf("%s%d p", quarantinePrefix, time.Now().Add(-time.Second).Unix())), 0o600); err != nil {
+	claim := filepath.Join(s.dir, "ips", bad.String())
+	os.Remove(claim)
+	if err := os.Symlink(fmt.Sprintf("%s%d p", quarantinePrefix, time.Now().Add(-time.Second).Unix()), claim); err != nil {
 		t.Fatal(err)
 	}
 	got, err := s.Allocate(owner(4), req(p))

@@ -15,6 +15,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/spinneret-cni/spinneret/conf"
 	"github.com/spinneret-cni/spinneret/internal/fileutil"
 	"github.com/spinneret-cni/spinneret/internal/testhook"
@@ -114,19 +116,43 @@ func nextCandidate(p *conf.Pool, a netip.Addr) netip.Addr {
 
 // Claims are per node, not per pool: an address is claimed once whatever
 // pools (of whatever networks) contain it, so overlapping pools can never
-// hand the same address out twice.
+// hand the same address out twice. A claim is a symbolic link whose target
+// is its text: created atomically and exclusively like a file, but with no
+// data to sync, so one fsync of the directory makes all of an allocation's
+// claims durable (a file each cost an fsync each, ~1 ms on the test disk).
 func (s *Local) claimPath(a netip.Addr) string {
 	return filepath.Join(s.dir, "ips", a.String())
+}
+
+// readClaim returns a claim's text; claims written as regular files (by
+// an earlier version) read the same.
+func readClaim(path string) (string, error) {
+	t, err := os.Readlink(path)
+	if errors.Is(err, unix.EINVAL) {
+		b, err := os.ReadFile(path)
+		return string(b), err
+	}
+	return t, err
+}
+
+// syncClaims makes the claim directory's entries durable.
+func (s *Local) syncClaims() error {
+	d, err := os.Open(filepath.Join(s.dir, "ips"))
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }
 
 // claimed reports whether a is taken. A quarantine whose time is up is
 // lifted here, when the address is next considered.
 func (s *Local) claimed(a netip.Addr) bool {
-	b, err := os.ReadFile(s.claimPath(a))
+	text, err := readClaim(s.claimPath(a))
 	if err != nil {
 		return !errors.Is(err, os.ErrNotExist)
 	}
-	if until, ok := quarantinedUntil(string(b)); ok && time.Now().After(until) {
+	if until, ok := quarantinedUntil(text); ok && time.Now().After(until) {
 		return os.Remove(s.claimPath(a)) != nil
 	}
 	return true
@@ -156,7 +182,7 @@ func (s *Local) claim(pool string, a netip.Addr, owner string) (bool, error) {
 	if err := os.MkdirAll(filepath.Dir(s.claimPath(a)), 0o700); err != nil {
 		return false, err
 	}
-	err := fileutil.CreateDurable(s.claimPath(a), []byte(claimText(owner, pool)))
+	err := os.Symlink(claimText(owner, pool), s.claimPath(a))
 	if errors.Is(err, os.ErrExist) {
 		return false, nil
 	}

@@ -14,20 +14,14 @@ import (
 // WriteAtomic replaces path with data so that a reader (or a process started
 // after a crash) sees either the old or the new content, never a mix: it
 // writes a temp file in the same directory, fsyncs it and renames it over path.
-func WriteAtomic(path string, data []byte) error { return replace(path, data, true) }
-
-// Replace is WriteAtomic without the fsync: atomic for readers and across a
-// killed process, but a power cut may lose it. For hints that can be rebuilt.
-func Replace(path string, data []byte) error { return replace(path, data, false) }
-
-func replace(path string, data []byte, durable bool) error {
+func WriteAtomic(path string, data []byte) error {
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
 	if err != nil {
 		return err
 	}
 	tmp := f.Name()
-	if _, err = f.Write(data); err == nil && durable {
+	if _, err = f.Write(data); err == nil {
 		err = f.Sync()
 	}
 	if cerr := f.Close(); err == nil {
@@ -48,17 +42,6 @@ func replace(path string, data []byte, durable bool) error {
 // must tolerate that.
 func WriteDurable(path string, data []byte) error {
 	return WriteSync(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, data)
-}
-
-// CreateDurable creates path exclusively with data and fsyncs it. If path
-// exists it fails with an error matching os.ErrExist; on any other failure
-// nothing is left behind.
-func CreateDurable(path string, data []byte) error {
-	err := WriteSync(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, data)
-	if err != nil && !errors.Is(err, os.ErrExist) {
-		os.Remove(path)
-	}
-	return err
 }
 
 // WriteSync opens path with flags (O_APPEND to append), writes data and
