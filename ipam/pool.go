@@ -85,7 +85,21 @@ func (s *Local) saveState(pool string, st *poolState) error {
 		return err
 	}
 	b, _ := json.Marshal(st)
-	return os.WriteFile(s.statePath(pool), b, 0o600)
+	// overwrite in place, then cut to length: truncating to zero first
+	// (os.WriteFile) makes ext4 flush the file on close (auto_da_alloc),
+	// which costs as much as an fsync
+	f, err := os.OpenFile(s.statePath(pool), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.WriteAt(b, 0)
+	if err == nil {
+		err = f.Truncate(int64(len(b)))
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // nextInRanges returns the address after a in the pool's ranges, or an
