@@ -235,3 +235,30 @@ func TestReplyPathThroughVeth(t *testing.T) {
 		})
 	}
 }
+
+// TestCoordinatorDisabled: with coordinator.mode "disable" the pod gets its
+// NICs only: no veth, nothing on the node, and the pod does not reach the
+// node (macvlan bridge mode cannot talk to its own master).
+func TestCoordinatorDisabled(t *testing.T) {
+	e := newEnv(t)
+	l := e.confList("1.1.0", dual, `"coordinator":{"mode":"disable"}`)
+	p, _ := e.topo.NewPod()
+	nodeBefore, _ := e.topo.Node.Dump()
+	r := e.mustAdd(l, rtConf("c1", p))
+	if len(r.Interfaces) != 1 || r.Interfaces[0].Name != "eth0" {
+		t.Fatalf("interfaces %v, want eth0 only", r.Interfaces)
+	}
+	if _, err := p.NL().LinkByName("veth0"); err == nil {
+		t.Fatal("veth0 created with the coordinator disabled")
+	}
+	if after, _ := e.topo.Node.Dump(); after != nodeBefore {
+		t.Fatalf("the node changed:\n%s", harness.Diff(nodeBefore, after))
+	}
+	if err := p.Ping(harness.Gateway4, 5*time.Second); err != nil {
+		t.Error(err)
+	}
+	if err := p.Ping(harness.NodeIP4, time.Second); err == nil {
+		t.Error("the pod reached its node without the veth")
+	}
+	e.mustDel(l, rtConf("c1", p))
+}
