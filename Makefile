@@ -8,7 +8,7 @@ STATICCHECK_VERSION := v0.8.2
 VERSION     ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS     := -X main.version=$(VERSION)
 
-.PHONY: all build demo test unit lint bench tools clean
+.PHONY: all build demo test unit lint bench tools k8s-bins clean
 
 all: build
 
@@ -19,9 +19,14 @@ build:
 demo: build
 	./bin/spinneret demo
 
-## test: formatting, vet, staticcheck, unit tests and the netns suite
-test: lint
-	$(GO) test -count=1 -timeout 20m ./...
+## test: formatting, vet, staticcheck, unit tests, the netns suite and the
+## Kubernetes suite (a real kube-apiserver: built once per version, cached)
+test: lint k8s-bins
+	$(GO) test -count=1 -timeout 30m ./...
+
+## k8s-bins: build kube-apiserver from the Go module proxy (cached by version)
+k8s-bins:
+	tests/k8s/build-apiserver.sh
 
 ## unit: the tests that need neither root nor namespaces
 unit:
