@@ -5,10 +5,12 @@ GO          ?= go
 GOBIN       := $(shell $(GO) env GOPATH)/bin
 STATICCHECK := $(GOBIN)/staticcheck
 STATICCHECK_VERSION := v0.8.2
+CONTROLLER_GEN := $(GOBIN)/controller-gen
+CONTROLLER_GEN_VERSION := v0.23.0
 VERSION     ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS     := -X main.version=$(VERSION)
 
-.PHONY: all build demo test unit lint bench tools k8s-bins clean
+.PHONY: all build demo test unit lint bench tools k8s-bins generate clean
 
 all: build
 
@@ -39,10 +41,21 @@ lint: tools
 	$(GO) vet -tags testhooks ./...
 	$(STATICCHECK) ./...
 	$(STATICCHECK) -tags testhooks ./...
+	@# the CRDs and deepcopy code must be what the Go types generate
+	$(MAKE) -s generate
+	@git diff --quiet -- deploy/crds ipam/apis 2>/dev/null || \
+	  { echo "deploy/crds or ipam/apis is not what 'make generate' produces:"; git diff --stat -- deploy/crds ipam/apis; exit 1; }
+
+## generate: CRDs (deploy/crds) and deepcopy code from the API types
+generate: tools
+	$(CONTROLLER_GEN) object paths=./ipam/apis/...
+	$(CONTROLLER_GEN) crd paths=./ipam/apis/... output:crd:dir=deploy/crds
 
 tools:
 	@[ -x $(STATICCHECK) ] && $(STATICCHECK) -version | grep -q '$(STATICCHECK_VERSION:v%=%)' || \
 	  $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+	@[ -x $(CONTROLLER_GEN) ] && $(CONTROLLER_GEN) --version | grep -q '$(CONTROLLER_GEN_VERSION)' || \
+	  $(GO) install sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTROLLER_GEN_VERSION)
 
 ## bench: ADD and DEL p50/p90/p99 over 200 pods, and IPAM cost vs pods held
 bench:

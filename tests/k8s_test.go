@@ -3,9 +3,16 @@ package tests
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
+	"time"
+
+	"sigs.k8s.io/yaml"
 
 	"github.com/spinneret-cni/spinneret/tests/k8senv"
 )
@@ -77,5 +84,113 @@ func TestAPIServerEnv(t *testing.T) {
 	}
 	if pod.Metadata.UID == "" || pod.Metadata.Annotations["k8s.v1.cni.cncf.io/networks"] != "storage@net1" {
 		t.Fatalf("pod read back as %+v", pod.Metadata)
+	}
+}
+
+// startAPI starts etcd and kube-apiserver for one test.
+func startAPI(t *testing.T) *k8senv.APIServer {
+	t.Helper()
+	bin, err := k8senv.Binary("..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := k8senv.StartAPIServer(t.TempDir(), bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(a.Stop)
+	return a
+}
+
+// applyCRDs creates the CRDs of deploy/crds and waits until they serve.
+func applyCRDs(t *testing.T, a *k8senv.APIServer) {
+	t.Helper()
+	files, _ := filepath.Glob("../deploy/crds/*.yaml")
+	if len(files) != 3 {
+		t.Fatalf("deploy/crds holds %d CRDs, want 3", len(files))
+	}
+	for _, f := range files {
+		y, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var crd map[string]any
+		if err := yaml.Unmarshal(y, &crd); err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		if code := apiRequest(t, a, http.MethodPost, "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd, nil); code != http.StatusCreated {
+			t.Fatalf("create CRD %s: %d", f, code)
+		}
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for _, res := range []string{"ippools", "ipallocations", "reservedips"} {
+		for apiRequest(t, a, http.MethodGet, "/apis/spinneret.io/v1alpha1/"+res, nil, nil) != http.StatusOK {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s not served after 30s", res)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+}
+
+// TestCRDs: the CRDs generated from the Go types install in a real API
+// server; an IPAllocation's name is the allocation (a second claim on the
+// same address conflicts); validation rejects bad objects; kubectl-style
+// table output shows the useful columns.
+func TestCRDs(t *testing.T) {
+	a := startAPI(t)
+	applyCRDs(t, a)
+	base := "/apis/spinneret.io/v1alpha1/"
+	pool := map[string]any{"apiVersion": "spinneret.io/v1alpha1", "kind": "IPPool", "metadata": map[string]any{"name": "underlay-v4"},
+		"spec": map[string]any{"subnet": "10.6.0.0/16", "gateway": "10.6.0.1", "ranges": []map[string]string{{"start": "10.6.212.100", "end": "10.6.212.200"}}, "default": true}}
+	if code := apiRequest(t, a, http.MethodPost, base+"ippools", pool, nil); code != http.StatusCreated {
+		t.Fatalf("create IPPool: %d", code)
+	}
+	alloc := func(uid string) map[string]any {
+		return map[string]any{"apiVersion": "spinneret.io/v1alpha1", "kind": "IPAllocation", "metadata": map[string]any{"name": "underlay-v4.10.6.212.100"},
+			"spec": map[string]any{"pool": "underlay-v4", "address": "10.6.212.100", "containerID": "c-" + uid, "interface": "eth0", "node": "node1",
+				"pod": map[string]any{"namespace": "default", "name": "pod-" + uid, "uid": uid}}}
+	}
+	if code := apiRequest(t, a, http.MethodPost, base+"ipallocations", alloc("a"), nil); code != http.StatusCreated {
+		t.Fatalf("first allocation: %d", code)
+	}
+	if code := apiRequest(t, a, http.MethodPost, base+"ipallocations", alloc("b"), nil); code != http.StatusConflict {
+		t.Fatalf("second allocation of the same address: %d, want 409 Conflict", code)
+	}
+	bad := []struct {
+		res  string
+		body map[string]any
+	}{
+		{"ippools", map[string]any{"apiVersion": "spinneret.io/v1alpha1", "kind": "IPPool", "metadata": map[string]any{"name": "bad-vlan"}, "spec": map[string]any{"subnet": "10.7.0.0/16", "vlan": 5000}}},
+		{"ippools", map[string]any{"apiVersion": "spinneret.io/v1alpha1", "kind": "IPPool", "metadata": map[string]any{"name": "no-subnet"}, "spec": map[string]any{}}},
+		{"reservedips", map[string]any{"apiVersion": "spinneret.io/v1alpha1", "kind": "ReservedIP", "metadata": map[string]any{"name": "empty"}, "spec": map[string]any{"addresses": []string{}}}},
+	}
+	for _, b := range bad {
+		if code := apiRequest(t, a, http.MethodPost, base+b.res, b.body, nil); code != http.StatusUnprocessableEntity {
+			t.Errorf("invalid %s %v: %d, want 422", b.res, b.body["metadata"], code)
+		}
+	}
+	// what `kubectl get ipallocations` shows
+	req, _ := http.NewRequest(http.MethodGet, a.URL+base+"ipallocations", nil)
+	req.Header.Set("Accept", "application/json;as=Table;v=v1;g=meta.k8s.io")
+	resp, err := a.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var table struct {
+		ColumnDefinitions []struct{ Name string } `json:"columnDefinitions"`
+		Rows              []struct{ Cells []any } `json:"rows"`
+	}
+	json.NewDecoder(resp.Body).Decode(&table)
+	var cols []string
+	for _, c := range table.ColumnDefinitions {
+		cols = append(cols, c.Name)
+	}
+	if strings.Join(cols, ",") != "Name,Pool,Address,Namespace,Pod,Interface,Node,Age" || len(table.Rows) != 1 {
+		t.Fatalf("kubectl columns %v, %d rows", cols, len(table.Rows))
+	}
+	if got := fmt.Sprint(table.Rows[0].Cells[:7]); got != "[underlay-v4.10.6.212.100 underlay-v4 10.6.212.100 default pod-a eth0 node1]" {
+		t.Fatalf("row %s", got)
 	}
 }
