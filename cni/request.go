@@ -1,6 +1,8 @@
 package cni
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -11,6 +13,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/spinneret-cni/spinneret/conf"
+	"github.com/spinneret-cni/spinneret/internal/kube"
 	"github.com/spinneret-cni/spinneret/ipam"
 )
 
@@ -70,6 +73,37 @@ func parseNetworks(s string) ([]selection, error) {
 	return out, nil
 }
 
+// podAnnotations are the pod's annotations: as the runtime passed them
+// (containerd's pod-annotations capability), or else read from the API
+// server when the node conf names a kubeconfig. A pod re-created under the
+// same name (another UID than CNI_ARGS' K8S_POD_UID) is refused: its
+// annotations are not this sandbox's.
+func (p *plugin) podAnnotations(args *skel.CmdArgs) (map[string]string, error) {
+	if p.cfg.PodAnnotations != nil || p.node.Kubeconfig == "" {
+		return p.cfg.PodAnnotations, nil
+	}
+	ns, name, uid := cniArg(args.Args, "K8S_POD_NAMESPACE"), cniArg(args.Args, "K8S_POD_NAME"), cniArg(args.Args, "K8S_POD_UID")
+	if ns == "" || name == "" {
+		return nil, nil // not a Kubernetes pod
+	}
+	c, err := kube.Load(p.node.Kubeconfig, p.node.APITimeout)
+	if err != nil {
+		return nil, types.NewError(types.ErrInvalidNetworkConfig, err.Error(), "")
+	}
+	pod, err := c.GetPod(context.Background(), ns, name)
+	if errors.Is(err, kube.ErrUnreachable) {
+		return nil, types.NewError(types.ErrTryAgainLater, err.Error(), "")
+	}
+	if err != nil {
+		return nil, err
+	}
+	if uid != "" && pod.UID != uid {
+		return nil, fmt.Errorf("pod %s/%s: the API server has UID %s, CNI_ARGS K8S_POD_UID %s: the pod was re-created", ns, name, pod.UID, uid)
+	}
+	p.phase("api")
+	return pod.Annotations, nil
+}
+
 // ippoolsEntry is one entry of spinneret.io/ippools.
 type ippoolsEntry struct {
 	Interface string   `json:"interface"`
@@ -88,7 +122,10 @@ type routeEntry struct {
 // annotations select. Every error names the annotation or field at fault,
 // and comes before anything is allocated or created.
 func (p *plugin) resolveNICs(args *skel.CmdArgs) ([]NIC, error) {
-	ann := p.cfg.PodAnnotations
+	ann, err := p.podAnnotations(args)
+	if err != nil {
+		return nil, err
+	}
 	podNS := cniArg(args.Args, "K8S_POD_NAMESPACE")
 	primary := p.cfg.Network
 	eth0 := NIC{IfName: args.IfName, Network: primary, MAC: primary.MAC}

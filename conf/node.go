@@ -10,6 +10,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/spf13/viper"
 )
@@ -33,6 +34,12 @@ type Node struct {
 	// empty: learned per pod from the node's routes. NodeIPs is it parsed.
 	NodeIPRaw []string     `mapstructure:"nodeIPs"`
 	NodeIPs   []netip.Addr `mapstructure:"-"`
+	// Kubeconfig, when set, lets the plugin read the pod (its annotations,
+	// when the runtime does not pass them) from the API server.
+	Kubeconfig string `mapstructure:"kubeconfig"`
+	// APITimeoutRaw bounds each API request ("5s"); APITimeout is it parsed.
+	APITimeoutRaw string        `mapstructure:"apiTimeout"`
+	APITimeout    time.Duration `mapstructure:"-"`
 }
 
 // node conf keys with their environment variables; viper lower-cases keys.
@@ -43,6 +50,8 @@ var nodeKeys = map[string]string{
 	"masters":        "SPINNERET_MASTERS",
 	"allowedMasters": "SPINNERET_ALLOWED_MASTERS",
 	"nodeIPs":        "SPINNERET_NODE_IPS",
+	"kubeconfig":     "SPINNERET_KUBECONFIG",
+	"apiTimeout":     "SPINNERET_API_TIMEOUT",
 }
 
 // LoadNode reads the node conf. A missing file is an error only when
@@ -53,6 +62,7 @@ func LoadNode(path string, required bool) (*Node, error) {
 	v.SetConfigType("yaml")
 	v.SetDefault("stateDir", "/var/lib/spinneret")
 	v.SetDefault("logLevel", "info")
+	v.SetDefault("apiTimeout", "5s")
 	if err := v.ReadInConfig(); err != nil {
 		var pe *fs.PathError
 		if !errors.As(err, &pe) || !errors.Is(err, fs.ErrNotExist) || required {
@@ -112,6 +122,12 @@ func (n *Node) applyEnv() error {
 	if s, ok := os.LookupEnv(nodeKeys["nodeIPs"]); ok {
 		n.NodeIPRaw = splitList(s)
 	}
+	if s, ok := os.LookupEnv(nodeKeys["kubeconfig"]); ok {
+		n.Kubeconfig = s
+	}
+	if s, ok := os.LookupEnv(nodeKeys["apiTimeout"]); ok {
+		n.APITimeoutRaw = s
+	}
 	return nil
 }
 
@@ -140,6 +156,14 @@ func (n *Node) validate() error {
 			return fmt.Errorf("masters.%s: %q is not a valid interface name", k, m)
 		}
 	}
+	if n.Kubeconfig != "" && !filepath.IsAbs(n.Kubeconfig) {
+		return fmt.Errorf("kubeconfig: %q is not an absolute path", n.Kubeconfig)
+	}
+	d, err := time.ParseDuration(n.APITimeoutRaw)
+	if err != nil || d <= 0 || d > time.Minute {
+		return fmt.Errorf("apiTimeout: %q is not a duration between 0 and 1m", n.APITimeoutRaw)
+	}
+	n.APITimeout = d
 	for i, s := range n.NodeIPRaw {
 		a, err := netip.ParseAddr(s)
 		if err != nil || a.IsUnspecified() || a.IsMulticast() {

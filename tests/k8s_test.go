@@ -12,7 +12,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containernetworking/cni/libcni"
 	"sigs.k8s.io/yaml"
+
+	"github.com/spinneret-cni/spinneret/cni"
 
 	"github.com/spinneret-cni/spinneret/tests/k8senv"
 )
@@ -53,7 +56,7 @@ func TestAPIServerEnv(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := k8senv.StartAPIServer(t.TempDir(), bin)
+	a, err := k8senv.StartAPIServer(t.TempDir(), bin, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,14 +90,15 @@ func TestAPIServerEnv(t *testing.T) {
 	}
 }
 
-// startAPI starts etcd and kube-apiserver for one test.
-func startAPI(t *testing.T) *k8senv.APIServer {
+// startAPI starts etcd and kube-apiserver for one test, inside the netns
+// of in (nil: the test's own).
+func startAPI(t *testing.T, in k8senv.InNS) *k8senv.APIServer {
 	t.Helper()
 	bin, err := k8senv.Binary("..")
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := k8senv.StartAPIServer(t.TempDir(), bin)
+	a, err := k8senv.StartAPIServer(t.TempDir(), bin, in)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -138,7 +142,7 @@ func applyCRDs(t *testing.T, a *k8senv.APIServer) {
 // same address conflicts); validation rejects bad objects; kubectl-style
 // table output shows the useful columns.
 func TestCRDs(t *testing.T) {
-	a := startAPI(t)
+	a := startAPI(t, nil)
 	applyCRDs(t, a)
 	base := "/apis/spinneret.io/v1alpha1/"
 	pool := map[string]any{"apiVersion": "spinneret.io/v1alpha1", "kind": "IPPool", "metadata": map[string]any{"name": "underlay-v4"},
@@ -193,4 +197,64 @@ func TestCRDs(t *testing.T) {
 	if got := fmt.Sprint(table.Rows[0].Cells[:7]); got != "[underlay-v4.10.6.212.100 underlay-v4 10.6.212.100 default pod-a eth0 node1]" {
 		t.Fatalf("row %s", got)
 	}
+}
+
+// TestAnnotationsFromAPIServer: with a kubeconfig in the node conf and no
+// annotations from the runtime, ADD reads the pod from the API server and
+// attaches the networks its annotation asks for; a pod re-created under
+// the same name (another UID) is refused; with the API server down, ADD
+// fails within the timeout, leaves nothing, and DEL still works.
+func TestAnnotationsFromAPIServer(t *testing.T) {
+	e := multiEnv(t)
+	// the API server listens on the node's loopback, where the plugin runs
+	a := startAPI(t, e.topo.Node.Do)
+	ns := "spin"
+	for _, c := range []struct {
+		path string
+		body map[string]any
+	}{
+		{"/api/v1/namespaces", map[string]any{"apiVersion": "v1", "kind": "Namespace", "metadata": map[string]any{"name": ns}}},
+		{"/api/v1/namespaces/" + ns + "/serviceaccounts", map[string]any{"apiVersion": "v1", "kind": "ServiceAccount", "metadata": map[string]any{"name": "default"}}},
+		{"/api/v1/namespaces/" + ns + "/pods", map[string]any{"apiVersion": "v1", "kind": "Pod",
+			"metadata": map[string]any{"name": "web", "annotations": map[string]string{"k8s.v1.cni.cncf.io/networks": "blue@storage"}},
+			"spec":     map[string]any{"containers": []map[string]any{{"name": "c", "image": "pause"}}}}},
+	} {
+		if code := apiRequest(t, a, http.MethodPost, c.path, c.body, nil); code != http.StatusCreated {
+			t.Fatalf("POST %s: %d", c.path, code)
+		}
+	}
+	var pod struct {
+		Metadata struct{ UID string } `json:"metadata"`
+	}
+	apiRequest(t, a, http.MethodGet, "/api/v1/namespaces/"+ns+"/pods/web", nil, &pod)
+
+	appendFile(t, filepath.Join(e.dir, "node.yaml"), fmt.Sprintf("kubeconfig: %s\napiTimeout: 2s\n", a.Kubeconfig))
+	l := e.multiConf(v4, "")
+	p, _ := e.topo.NewPod()
+	before := e.snapshot(p)
+	rt := func(uid string) *libcni.RuntimeConf {
+		r := rtConf("c1", p)
+		r.Args = [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", ns}, {"K8S_POD_NAME", "web"}, {"K8S_POD_UID", uid}}
+		return r
+	}
+	r := e.mustAdd(l, rt(pod.Metadata.UID))
+	if len(r.Interfaces) < 2 || r.Interfaces[1].Name != "storage" {
+		t.Fatalf("interfaces %v: the pod's annotation asked for blue as 'storage'", r.Interfaces)
+	}
+	e.mustDel(l, rt(pod.Metadata.UID))
+	e.sameAs(before, p)
+
+	_, err := e.add(l, rt("7b0e0000-0000-0000-0000-000000000000"))
+	wantErr(t, err, cni.ErrBadRequest, "the pod was re-created")
+	e.sameAs(before, p)
+
+	a.Stop()
+	start := time.Now()
+	_, err = e.add(l, rt(pod.Metadata.UID))
+	wantErr(t, err, 11, "API server unreachable")
+	if d := time.Since(start); d > 4*time.Second {
+		t.Errorf("ADD with the API server down took %s, want about the 2s timeout at most", d)
+	}
+	e.sameAs(before, p)
+	e.mustDel(l, rt(pod.Metadata.UID))
 }

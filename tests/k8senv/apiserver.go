@@ -32,6 +32,18 @@ type APIServer struct {
 	Kubeconfig string
 	dir        string
 	procs      []*exec.Cmd
+	in         InNS
+}
+
+// InNS runs fn inside a network namespace (such as harness.NS.Do); nil
+// means the caller's own.
+type InNS func(fn func() error) error
+
+func (a *APIServer) run(fn func() error) error {
+	if a.in == nil {
+		return fn()
+	}
+	return a.in(fn)
 }
 
 // freePort asks the kernel for an unused loopback port.
@@ -47,12 +59,16 @@ func freePort() (int, error) {
 // StartAPIServer starts etcd (the etcd binary on PATH) and kube-apiserver
 // (the given binary) with their state under dir, and waits until the API
 // server is ready. Logs go to dir/etcd.log and dir/apiserver.log.
-func StartAPIServer(dir, apiserverBin string) (a *APIServer, err error) {
+//
+// With in set, both run inside that network namespace (a test's "node",
+// whose plugin must reach them on its own loopback), and the client's
+// connections are opened there too.
+func StartAPIServer(dir, apiserverBin string, in InNS) (a *APIServer, err error) {
 	etcdBin, err := exec.LookPath("etcd")
 	if err != nil {
 		return nil, fmt.Errorf("etcd not found (Debian package etcd-server): %w", err)
 	}
-	a = &APIServer{dir: dir}
+	a = &APIServer{dir: dir, in: in}
 	defer func() {
 		if err != nil {
 			a.Stop()
@@ -61,7 +77,11 @@ func StartAPIServer(dir, apiserverBin string) (a *APIServer, err error) {
 	}()
 	ports := make([]int, 3)
 	for i := range ports {
-		if ports[i], err = freePort(); err != nil {
+		if err = a.run(func() error {
+			var err error
+			ports[i], err = freePort()
+			return err
+		}); err != nil {
 			return
 		}
 	}
@@ -129,8 +149,13 @@ func (a *APIServer) start(bin, log string, args ...string) error {
 	}
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = f, f
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if a.in == nil {
+		// killed with the test process; not inside a namespace, where the
+		// forking thread (whose death is the trigger) is short-lived
+		cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+	}
+	if err := a.run(cmd.Start); err != nil {
 		f.Close()
 		return fmt.Errorf("start %s: %w", bin, err)
 	}
@@ -142,7 +167,16 @@ func (a *APIServer) start(bin, log string, args ...string) error {
 // Client is an HTTP client for the API server (the token and the
 // self-signed certificate are handled by Do).
 func (a *APIServer) Client() *http.Client {
-	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var c net.Conn
+		err := a.run(func() error {
+			var err error
+			c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
+			return err
+		})
+		return c, err
+	}
+	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, DialContext: dial}}
 }
 
 // Do sends a request with the admin token.
