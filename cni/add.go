@@ -25,6 +25,11 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 		return err
 	}
 	defer func(t time.Time) { p.done("ADD", args, t, err) }(time.Now())
+	defer func() {
+		if err != nil {
+			p.reportFailure(args, err)
+		}
+	}()
 	lk, err := p.attachmentLock(args.ContainerID, args.IfName, true)
 	if err != nil {
 		return types.NewError(types.ErrIOFailure, err.Error(), "")
@@ -111,6 +116,7 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 		return p.abort(j, err)
 	}
 	p.phase("commit")
+	p.writeNetworkStatus(args, nics, res)
 	for _, n := range nics {
 		for _, a := range n.Addrs {
 			p.log.Info("attached", "container", args.ContainerID, "nic", n.IfName, "network", n.Network.Name, "master", n.Network.Master, "pool", a.Pool, "address", a.Address)

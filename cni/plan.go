@@ -29,6 +29,9 @@ type NIC struct {
 	// PodMAC marks a MAC the pod asked for (annotation, runtime, CNI_ARGS):
 	// it wins over podMACPrefix.
 	PodMAC bool
+	// StatusName is the network's name in network-status ("ns/name" when
+	// the annotation named a namespace); "" means the network's name.
+	StatusName string
 }
 
 // Route is a route of a NIC, resolved to a gateway (or on-link).

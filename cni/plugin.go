@@ -22,6 +22,7 @@ import (
 
 	"github.com/spinneret-cni/spinneret/conf"
 	"github.com/spinneret-cni/spinneret/internal/fileutil"
+	"github.com/spinneret-cni/spinneret/internal/kube"
 	"github.com/spinneret-cni/spinneret/internal/txn"
 	"github.com/spinneret-cni/spinneret/ipam"
 )
@@ -52,6 +53,10 @@ type plugin struct {
 	// phases are "name", milliseconds pairs for the final log line
 	phases []any
 	mark   time.Time
+	kube   *kube.Client // loaded on first use, with a kubeconfig
+	// apiDown is set once the API server did not answer: no further
+	// request waits out its timeout again
+	apiDown bool
 }
 
 // phase records how long the work since the last mark took.

@@ -86,12 +86,13 @@ func (p *plugin) podAnnotations(args *skel.CmdArgs) (map[string]string, error) {
 	if ns == "" || name == "" {
 		return nil, nil // not a Kubernetes pod
 	}
-	c, err := kube.Load(p.node.Kubeconfig, p.node.APITimeout)
+	c, err := p.kubeClient()
 	if err != nil {
 		return nil, types.NewError(types.ErrInvalidNetworkConfig, err.Error(), "")
 	}
 	pod, err := c.GetPod(context.Background(), ns, name)
 	if errors.Is(err, kube.ErrUnreachable) {
+		p.apiDown = true
 		return nil, types.NewError(types.ErrTryAgainLater, err.Error(), "")
 	}
 	if err != nil {
@@ -159,6 +160,9 @@ func (p *plugin) resolveNICs(args *skel.CmdArgs) ([]NIC, error) {
 			return nil, fmt.Errorf("%s: network %s/%s is not in the pod's namespace %s", field, sel.Namespace, sel.Name, podNS)
 		}
 		n := NIC{IfName: sel.Interface, Network: *nw, MAC: nw.MAC}
+		if sel.Namespace != "" {
+			n.StatusName = sel.Namespace + "/" + sel.Name
+		}
 		if n.IfName == "" {
 			n.IfName = fmt.Sprintf("net%d", i+1)
 		}

@@ -241,11 +241,62 @@ func TestAnnotationsFromAPIServer(t *testing.T) {
 	if len(r.Interfaces) < 2 || r.Interfaces[1].Name != "storage" {
 		t.Fatalf("interfaces %v: the pod's annotation asked for blue as 'storage'", r.Interfaces)
 	}
+	// network-status, written back with one patch
+	var withStatus struct {
+		Metadata struct{ Annotations map[string]string } `json:"metadata"`
+	}
+	apiRequest(t, a, http.MethodGet, "/api/v1/namespaces/"+ns+"/pods/web", nil, &withStatus)
+	var status []struct {
+		Name      string   `json:"name"`
+		Interface string   `json:"interface"`
+		IPs       []string `json:"ips"`
+		MAC       string   `json:"mac"`
+		Default   bool     `json:"default"`
+		Gateway   []string `json:"gateway"`
+	}
+	if err := json.Unmarshal([]byte(withStatus.Metadata.Annotations["k8s.v1.cni.cncf.io/network-status"]), &status); err != nil || len(status) != 2 {
+		t.Fatalf("network-status %q: %v", withStatus.Metadata.Annotations["k8s.v1.cni.cncf.io/network-status"], err)
+	}
+	if s := status[0]; s.Name != "red" || s.Interface != "eth0" || !s.Default || len(s.IPs) != 1 || s.MAC != r.Interfaces[0].Mac || fmt.Sprint(s.Gateway) != "[192.0.2.1]" {
+		t.Errorf("network-status eth0: %+v", s)
+	}
+	if s := status[1]; s.Name != "blue" || s.Interface != "storage" || s.Default || len(s.IPs) != 1 || s.MAC != r.Interfaces[1].Mac {
+		t.Errorf("network-status storage: %+v", s)
+	}
 	e.mustDel(l, rt(pod.Metadata.UID))
 	e.sameAs(before, p)
 
 	_, err := e.add(l, rt("7b0e0000-0000-0000-0000-000000000000"))
 	wantErr(t, err, cni.ErrBadRequest, "the pod was re-created")
+	e.sameAs(before, p)
+
+	// a failed ADD leaves an event on the pod that says what failed
+	bad := map[string]any{"apiVersion": "v1", "kind": "Pod",
+		"metadata": map[string]any{"name": "bad", "annotations": map[string]string{"k8s.v1.cni.cncf.io/networks": "purple"}},
+		"spec":     map[string]any{"containers": []map[string]any{{"name": "c", "image": "pause"}}}}
+	if code := apiRequest(t, a, http.MethodPost, "/api/v1/namespaces/"+ns+"/pods", bad, nil); code != http.StatusCreated {
+		t.Fatalf("create pod bad: %d", code)
+	}
+	badRT := rtConf("c2", p)
+	badRT.Args = [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", ns}, {"K8S_POD_NAME", "bad"}}
+	_, err = e.add(l, badRT)
+	wantErr(t, err, cni.ErrBadRequest, `network "purple" is not defined`)
+	var events struct {
+		Items []struct {
+			Reason, Message, Type string
+			InvolvedObject        struct{ Name string } `json:"involvedObject"`
+		} `json:"items"`
+	}
+	apiRequest(t, a, http.MethodGet, "/api/v1/namespaces/"+ns+"/events", nil, &events)
+	found := false
+	for _, ev := range events.Items {
+		if ev.InvolvedObject.Name == "bad" && ev.Reason == "BadNetworkRequest" && ev.Type == "Warning" && strings.Contains(ev.Message, "purple") {
+			found = true
+		}
+	}
+	if !found {
+		t.Errorf("no BadNetworkRequest event for pod bad: %+v", events.Items)
+	}
 	e.sameAs(before, p)
 
 	a.Stop()

@@ -220,3 +220,62 @@ func (c *Client) GetPod(ctx context.Context, namespace, name string) (*Pod, erro
 	}
 	return &Pod{Namespace: p.Metadata.Namespace, Name: p.Metadata.Name, UID: p.Metadata.UID, Annotations: p.Metadata.Annotations}, nil
 }
+
+// send issues a request with a JSON body.
+func (c *Client) send(ctx context.Context, method, path, contentType string, body any) error {
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	b, err := json.Marshal(body)
+	if err != nil {
+		return err
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.server+path, strings.NewReader(string(b)))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", contentType)
+	req.Header.Set("Accept", "application/json")
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("%w (%s, timeout %s): %v", ErrUnreachable, c.server, c.timeout, err)
+	}
+	defer resp.Body.Close()
+	rb, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if resp.StatusCode/100 != 2 {
+		var st struct{ Message string }
+		json.Unmarshal(rb, &st)
+		return &StatusError{Code: resp.StatusCode, Message: st.Message}
+	}
+	return nil
+}
+
+// SetPodAnnotation sets one annotation of a pod with one merge patch.
+func (c *Client) SetPodAnnotation(ctx context.Context, namespace, name, key, value string) error {
+	patch := map[string]any{"metadata": map[string]any{"annotations": map[string]string{key: value}}}
+	path := "/api/v1/namespaces/" + url.PathEscape(namespace) + "/pods/" + url.PathEscape(name)
+	if err := c.send(ctx, http.MethodPatch, path, "application/merge-patch+json", patch); err != nil {
+		return fmt.Errorf("annotate pod %s/%s: %w", namespace, name, err)
+	}
+	return nil
+}
+
+// PodEvent records a Warning event about a pod, as `kubectl describe pod`
+// shows them.
+func (c *Client) PodEvent(ctx context.Context, pod *Pod, reason, message string) error {
+	now := time.Now().UTC().Format(time.RFC3339)
+	ev := map[string]any{
+		"apiVersion": "v1", "kind": "Event",
+		"metadata":       map[string]any{"generateName": pod.Name + ".", "namespace": pod.Namespace},
+		"involvedObject": map[string]any{"apiVersion": "v1", "kind": "Pod", "namespace": pod.Namespace, "name": pod.Name, "uid": pod.UID},
+		"reason":         reason, "message": message, "type": "Warning", "count": 1,
+		"firstTimestamp": now, "lastTimestamp": now,
+		"source":         map[string]any{"component": "spinneret"},
+	}
+	if err := c.send(ctx, http.MethodPost, "/api/v1/namespaces/"+url.PathEscape(pod.Namespace)+"/events", "application/json", ev); err != nil {
+		return fmt.Errorf("event for pod %s/%s: %w", pod.Namespace, pod.Name, err)
+	}
+	return nil
+}
