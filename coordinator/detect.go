@@ -101,60 +101,70 @@ func (o *Detect) attempts(send func() error, read func(deadline time.Time) (bool
 	return false, nil
 }
 
+// conflict probes one address: another host answering for it is a
+// *ConflictError.
 func (o *Detect) conflict(ifi *net.Interface, a netip.Addr) error {
-	if a.Is4() {
-		c, err := arp.Dial(ifi)
-		if err != nil {
-			return fmt.Errorf("arp on %s: %w", o.Link, err)
-		}
-		defer c.Close()
-		probe, err := arp.NewPacket(arp.OperationRequest, ifi.HardwareAddr, netip.IPv4Unspecified(), ethernet.Broadcast, a)
-		if err != nil {
-			return err
-		}
-		var other net.HardwareAddr
-		seen, err := o.attempts(func() error { return c.WriteTo(probe, ethernet.Broadcast) }, func(deadline time.Time) (bool, error) {
-			for {
-				c.SetReadDeadline(deadline)
-				p, _, err := c.Read()
-				if err != nil {
-					return false, nil // timeout: nobody answered
-				}
-				if p.Operation == arp.OperationReply && p.SenderIP == a && !bytes.Equal(p.SenderHardwareAddr, ifi.HardwareAddr) {
-					other = p.SenderHardwareAddr
-					return true, nil
-				}
-			}
-		})
-		if err != nil {
-			return err
-		}
-		if seen {
-			return &ConflictError{Link: o.Link, Addr: a, MAC: other.String()}
-		}
-		return nil
+	probe := o.arpProbe
+	if a.Is6() {
+		probe = o.dadProbe
 	}
-	return o.dadProbe(ifi, a)
+	other, err := probe(ifi, a)
+	if err != nil {
+		return err
+	}
+	if other != nil {
+		return &ConflictError{Link: o.Link, Addr: a, MAC: other.String()}
+	}
+	return nil
+}
+
+// arpProbe sends ARP probes (from 0.0.0.0) for a and returns the MAC of
+// another host that answers, or nil.
+func (o *Detect) arpProbe(ifi *net.Interface, a netip.Addr) (net.HardwareAddr, error) {
+	c, err := arp.Dial(ifi)
+	if err != nil {
+		return nil, fmt.Errorf("arp on %s: %w", o.Link, err)
+	}
+	defer c.Close()
+	probe, err := arp.NewPacket(arp.OperationRequest, ifi.HardwareAddr, netip.IPv4Unspecified(), ethernet.Broadcast, a)
+	if err != nil {
+		return nil, err
+	}
+	var other net.HardwareAddr
+	_, err = o.attempts(func() error { return c.WriteTo(probe, ethernet.Broadcast) }, func(deadline time.Time) (bool, error) {
+		for {
+			c.SetReadDeadline(deadline)
+			p, _, err := c.Read()
+			if err != nil {
+				return false, nil // timeout: nobody answered
+			}
+			if p.Operation == arp.OperationReply && p.SenderIP == a && !bytes.Equal(p.SenderHardwareAddr, ifi.HardwareAddr) {
+				other = p.SenderHardwareAddr
+				return true, nil
+			}
+		}
+	})
+	return other, err
 }
 
 // dadProbe sends, on a packet socket, the neighbour solicitation the
 // kernel's own DAD would: from the unspecified address (an ICMPv6 socket
 // cannot send from :: while the NIC already holds addresses), to the
-// target's solicited-node group. An advertisement for the target from
-// another MAC is a conflict.
-func (o *Detect) dadProbe(ifi *net.Interface, a netip.Addr) error {
+// target's solicited-node group. It returns the MAC of another host that
+// advertises the target, or nil.
+func (o *Detect) dadProbe(ifi *net.Interface, a netip.Addr) (net.HardwareAddr, error) {
 	c, err := packet.Listen(ifi, packet.Raw, unix.ETH_P_IPV6, nil)
 	if err != nil {
-		return fmt.Errorf("packet socket on %s: %w", o.Link, err)
+		return nil, fmt.Errorf("packet socket on %s: %w", o.Link, err)
 	}
 	defer c.Close()
 	group, err := ndp.SolicitedNodeMulticast(a)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	icmp, err := ndp.MarshalMessageChecksum(&ndp.NeighborSolicitation{TargetAddress: a}, netip.IPv6Unspecified(), group)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	g := group.As16()
 	dstMAC := net.HardwareAddr{0x33, 0x33, g[12], g[13], g[14], g[15]}
@@ -168,7 +178,7 @@ func (o *Detect) dadProbe(ifi *net.Interface, a netip.Addr) error {
 	frame = append(frame, icmp...)
 	var other net.HardwareAddr
 	buf := make([]byte, 1600)
-	seen, err := o.attempts(func() error {
+	_, err = o.attempts(func() error {
 		_, err := c.WriteTo(frame, &packet.Addr{HardwareAddr: dstMAC})
 		return err
 	}, func(deadline time.Time) (bool, error) {
@@ -200,13 +210,7 @@ func (o *Detect) dadProbe(ifi *net.Interface, a netip.Addr) error {
 			return true, nil
 		}
 	})
-	if err != nil {
-		return err
-	}
-	if seen {
-		return &ConflictError{Link: o.Link, Addr: a, MAC: other.String()}
-	}
-	return nil
+	return other, err
 }
 
 func targetLLA(opts []ndp.Option) net.HardwareAddr {

@@ -62,20 +62,7 @@ func TestAPIServerEnv(t *testing.T) {
 	}
 	defer a.Stop()
 	ns := "spinneret-test"
-	for _, c := range []struct {
-		path string
-		body map[string]any
-	}{
-		{"/api/v1/namespaces", map[string]any{"apiVersion": "v1", "kind": "Namespace", "metadata": map[string]any{"name": ns}}},
-		{"/api/v1/namespaces/" + ns + "/serviceaccounts", map[string]any{"apiVersion": "v1", "kind": "ServiceAccount", "metadata": map[string]any{"name": "default"}}},
-		{"/api/v1/namespaces/" + ns + "/pods", map[string]any{"apiVersion": "v1", "kind": "Pod",
-			"metadata": map[string]any{"name": "pod1", "annotations": map[string]string{"k8s.v1.cni.cncf.io/networks": "storage@net1", "spinneret.io/default-route-nic": "net1"}},
-			"spec":     map[string]any{"containers": []map[string]any{{"name": "c", "image": "pause"}}}}},
-	} {
-		if code := apiRequest(t, a, http.MethodPost, c.path, c.body, nil); code != http.StatusCreated {
-			t.Fatalf("POST %s: %d", c.path, code)
-		}
-	}
+	createPod(t, a, ns, "pod1", map[string]string{"k8s.v1.cni.cncf.io/networks": "storage@net1", "spinneret.io/default-route-nic": "net1"})
 	var pod struct {
 		Metadata struct {
 			UID         string            `json:"uid"`
@@ -87,6 +74,21 @@ func TestAPIServerEnv(t *testing.T) {
 	}
 	if pod.Metadata.UID == "" || pod.Metadata.Annotations["k8s.v1.cni.cncf.io/networks"] != "storage@net1" {
 		t.Fatalf("pod read back as %+v", pod.Metadata)
+	}
+}
+
+// createPod creates a pod with annotations in namespace ns, creating the
+// namespace and its default service account (no controller manager runs
+// here to make it) first if needed.
+func createPod(t *testing.T, a *k8senv.APIServer, ns, name string, annotations map[string]string) {
+	t.Helper()
+	apiRequest(t, a, http.MethodPost, "/api/v1/namespaces", map[string]any{"apiVersion": "v1", "kind": "Namespace", "metadata": map[string]any{"name": ns}}, nil)
+	apiRequest(t, a, http.MethodPost, "/api/v1/namespaces/"+ns+"/serviceaccounts", map[string]any{"apiVersion": "v1", "kind": "ServiceAccount", "metadata": map[string]any{"name": "default"}}, nil)
+	pod := map[string]any{"apiVersion": "v1", "kind": "Pod",
+		"metadata": map[string]any{"name": name, "annotations": annotations},
+		"spec":     map[string]any{"containers": []map[string]any{{"name": "c", "image": "pause"}}}}
+	if code := apiRequest(t, a, http.MethodPost, "/api/v1/namespaces/"+ns+"/pods", pod, nil); code != http.StatusCreated {
+		t.Fatalf("create pod %s/%s: %d", ns, name, code)
 	}
 }
 
@@ -209,20 +211,7 @@ func TestAnnotationsFromAPIServer(t *testing.T) {
 	// the API server listens on the node's loopback, where the plugin runs
 	a := startAPI(t, e.topo.Node.Do)
 	ns := "spin"
-	for _, c := range []struct {
-		path string
-		body map[string]any
-	}{
-		{"/api/v1/namespaces", map[string]any{"apiVersion": "v1", "kind": "Namespace", "metadata": map[string]any{"name": ns}}},
-		{"/api/v1/namespaces/" + ns + "/serviceaccounts", map[string]any{"apiVersion": "v1", "kind": "ServiceAccount", "metadata": map[string]any{"name": "default"}}},
-		{"/api/v1/namespaces/" + ns + "/pods", map[string]any{"apiVersion": "v1", "kind": "Pod",
-			"metadata": map[string]any{"name": "web", "annotations": map[string]string{"k8s.v1.cni.cncf.io/networks": "blue@storage"}},
-			"spec":     map[string]any{"containers": []map[string]any{{"name": "c", "image": "pause"}}}}},
-	} {
-		if code := apiRequest(t, a, http.MethodPost, c.path, c.body, nil); code != http.StatusCreated {
-			t.Fatalf("POST %s: %d", c.path, code)
-		}
-	}
+	createPod(t, a, ns, "web", map[string]string{"k8s.v1.cni.cncf.io/networks": "blue@storage"})
 	var pod struct {
 		Metadata struct{ UID string } `json:"metadata"`
 	}
@@ -271,12 +260,7 @@ func TestAnnotationsFromAPIServer(t *testing.T) {
 	e.sameAs(before, p)
 
 	// a failed ADD leaves an event on the pod that says what failed
-	bad := map[string]any{"apiVersion": "v1", "kind": "Pod",
-		"metadata": map[string]any{"name": "bad", "annotations": map[string]string{"k8s.v1.cni.cncf.io/networks": "purple"}},
-		"spec":     map[string]any{"containers": []map[string]any{{"name": "c", "image": "pause"}}}}
-	if code := apiRequest(t, a, http.MethodPost, "/api/v1/namespaces/"+ns+"/pods", bad, nil); code != http.StatusCreated {
-		t.Fatalf("create pod bad: %d", code)
-	}
+	createPod(t, a, ns, "bad", map[string]string{"k8s.v1.cni.cncf.io/networks": "purple"})
 	badRT := rtConf("c2", p)
 	badRT.Args = [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", ns}, {"K8S_POD_NAME", "bad"}}
 	_, err = e.add(l, badRT)

@@ -6,6 +6,7 @@
 package kube
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -169,13 +170,25 @@ func (e *StatusError) Error() string { return fmt.Sprintf("API server: %d %s", e
 // ErrUnreachable wraps failures to reach the API server (down, timeout).
 var ErrUnreachable = errors.New("API server unreachable")
 
-// get fetches path into out.
-func (c *Client) get(ctx context.Context, path string, out any) error {
+// do sends one request (body, if any, as JSON of contentType) and decodes
+// a 2xx answer into out (if any).
+func (c *Client) do(ctx context.Context, method, path, contentType string, body, out any) error {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.server+path, nil)
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.server+path, rd)
 	if err != nil {
 		return err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", contentType)
 	}
 	req.Header.Set("Accept", "application/json")
 	if c.token != "" {
@@ -194,6 +207,9 @@ func (c *Client) get(ctx context.Context, path string, out any) error {
 		var st struct{ Message string }
 		json.Unmarshal(b, &st)
 		return &StatusError{Code: resp.StatusCode, Message: st.Message}
+	}
+	if out == nil {
+		return nil
 	}
 	return json.Unmarshal(b, out)
 }
@@ -215,48 +231,17 @@ func (c *Client) GetPod(ctx context.Context, namespace, name string) (*Pod, erro
 		} `json:"metadata"`
 	}
 	path := "/api/v1/namespaces/" + url.PathEscape(namespace) + "/pods/" + url.PathEscape(name)
-	if err := c.get(ctx, path, &p); err != nil {
+	if err := c.do(ctx, http.MethodGet, path, "", nil, &p); err != nil {
 		return nil, fmt.Errorf("get pod %s/%s: %w", namespace, name, err)
 	}
 	return &Pod{Namespace: p.Metadata.Namespace, Name: p.Metadata.Name, UID: p.Metadata.UID, Annotations: p.Metadata.Annotations}, nil
-}
-
-// send issues a request with a JSON body.
-func (c *Client) send(ctx context.Context, method, path, contentType string, body any) error {
-	ctx, cancel := context.WithTimeout(ctx, c.timeout)
-	defer cancel()
-	b, err := json.Marshal(body)
-	if err != nil {
-		return err
-	}
-	req, err := http.NewRequestWithContext(ctx, method, c.server+path, strings.NewReader(string(b)))
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Content-Type", contentType)
-	req.Header.Set("Accept", "application/json")
-	if c.token != "" {
-		req.Header.Set("Authorization", "Bearer "+c.token)
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return fmt.Errorf("%w (%s, timeout %s): %v", ErrUnreachable, c.server, c.timeout, err)
-	}
-	defer resp.Body.Close()
-	rb, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if resp.StatusCode/100 != 2 {
-		var st struct{ Message string }
-		json.Unmarshal(rb, &st)
-		return &StatusError{Code: resp.StatusCode, Message: st.Message}
-	}
-	return nil
 }
 
 // SetPodAnnotation sets one annotation of a pod with one merge patch.
 func (c *Client) SetPodAnnotation(ctx context.Context, namespace, name, key, value string) error {
 	patch := map[string]any{"metadata": map[string]any{"annotations": map[string]string{key: value}}}
 	path := "/api/v1/namespaces/" + url.PathEscape(namespace) + "/pods/" + url.PathEscape(name)
-	if err := c.send(ctx, http.MethodPatch, path, "application/merge-patch+json", patch); err != nil {
+	if err := c.do(ctx, http.MethodPatch, path, "application/merge-patch+json", patch, nil); err != nil {
 		return fmt.Errorf("annotate pod %s/%s: %w", namespace, name, err)
 	}
 	return nil
@@ -272,9 +257,9 @@ func (c *Client) PodEvent(ctx context.Context, pod *Pod, reason, message string)
 		"involvedObject": map[string]any{"apiVersion": "v1", "kind": "Pod", "namespace": pod.Namespace, "name": pod.Name, "uid": pod.UID},
 		"reason":         reason, "message": message, "type": "Warning", "count": 1,
 		"firstTimestamp": now, "lastTimestamp": now,
-		"source":         map[string]any{"component": "spinneret"},
+		"source": map[string]any{"component": "spinneret"},
 	}
-	if err := c.send(ctx, http.MethodPost, "/api/v1/namespaces/"+url.PathEscape(pod.Namespace)+"/events", "application/json", ev); err != nil {
+	if err := c.do(ctx, http.MethodPost, "/api/v1/namespaces/"+url.PathEscape(pod.Namespace)+"/events", "application/json", ev, nil); err != nil {
 		return fmt.Errorf("event for pod %s/%s: %w", pod.Namespace, pod.Name, err)
 	}
 	return nil
