@@ -105,6 +105,39 @@ func (p *plugin) podAnnotations(args *skel.CmdArgs) (map[string]string, error) {
 	return pod.Annotations, nil
 }
 
+// nadNetwork is the network a NetworkAttachmentDefinition of the pod's own
+// namespace defines, read from the API server (with a kubeconfig); a name
+// in neither the catalogue nor the namespace is an error listing the
+// catalogue.
+func (p *plugin) nadNetwork(podNS, name string) (*conf.Network, error) {
+	notDefined := func() error {
+		var known []string
+		for _, n := range p.cfg.Networks {
+			known = append(known, n.Name)
+		}
+		return fmt.Errorf("network %q is not defined (networks: %s)", name, strings.Join(known, ", "))
+	}
+	c, err := p.kubeClient()
+	if err != nil {
+		return nil, err
+	}
+	if c == nil || podNS == "" {
+		return nil, notDefined()
+	}
+	cfg, err := c.GetNADConfig(context.Background(), podNS, name)
+	if errors.Is(err, kube.ErrNotFound) {
+		return nil, fmt.Errorf("%w, nor is a NetworkAttachmentDefinition %s/%s", notDefined(), podNS, name)
+	}
+	if errors.Is(err, kube.ErrUnreachable) {
+		p.apiDown = true
+		return nil, types.NewError(types.ErrTryAgainLater, err.Error(), "")
+	}
+	if err != nil {
+		return nil, err
+	}
+	return p.cfg.NADNetwork(podNS, name, cfg)
+}
+
 // ippoolsEntry is one entry of spinneret.io/ippools.
 type ippoolsEntry struct {
 	Interface string   `json:"interface"`
@@ -148,16 +181,14 @@ func (p *plugin) resolveNICs(args *skel.CmdArgs) ([]NIC, error) {
 	defaultNIC := -1
 	for i, sel := range sels {
 		field := fmt.Sprintf("%s[%d]", AnnotNetworks, i)
-		nw, ok := p.cfg.Lookup(sel.Name)
-		if !ok {
-			var known []string
-			for _, n := range p.cfg.Networks {
-				known = append(known, n.Name)
-			}
-			return nil, fmt.Errorf("%s: network %q is not defined (networks: %s)", field, sel.Name, strings.Join(known, ", "))
-		}
 		if sel.Namespace != "" && podNS != "" && sel.Namespace != podNS {
 			return nil, fmt.Errorf("%s: network %s/%s is not in the pod's namespace %s", field, sel.Namespace, sel.Name, podNS)
+		}
+		nw, ok := p.cfg.Lookup(sel.Name)
+		if !ok {
+			if nw, err = p.nadNetwork(podNS, sel.Name); err != nil {
+				return nil, fmt.Errorf("%s: %w", field, err)
+			}
 		}
 		n := NIC{IfName: sel.Interface, Network: *nw, MAC: nw.MAC}
 		if sel.Namespace != "" {

@@ -319,3 +319,42 @@ func TestCatalogue(t *testing.T) {
 		}
 	}
 }
+
+// TestNADNetwork: a NAD's macvlan entry becomes a network (single config or
+// conflist), a coordinator entry overrides the config's settings, unknown
+// fields are ignored, and what spinneret cannot run natively is an error.
+func TestNADNetwork(t *testing.T) {
+	c, err := Parse([]byte(base))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := c.NADNetwork("team-a", "storage", []byte(`{"cniVersion":"0.3.1","name":"storage","plugins":[
+		{"type":"macvlan","master":"eth2","mode":"private","mtu":1400,"somethingElse":true,
+		 "ipam":{"type":"spinneret","pools":[{"name":"v4","subnet":"10.7.0.0/16","gateway":"10.7.0.1"}]}},
+		{"type":"tuning","sysctl":{}},
+		{"type":"coordinator","podMACPrefix":"0a:1b","ipam":{},"dns":{}}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n.Name != "team-a/storage" || n.Master != "eth2" || n.Mode != "private" || n.MTU != 1400 || !n.Coordinator.HasMACPrefix {
+		t.Fatalf("network %+v", n)
+	}
+	if len(n.Pools) != 1 || n.Pools[0].Name != "team-a.storage.v4" {
+		t.Fatalf("pools %+v: NAD pools are named per namespace and NAD", n.Pools)
+	}
+	single, err := c.NADNetwork("ns", "one", []byte(`{"cniVersion":"1.0.0","name":"one","type":"macvlan","master":"eth1","ipam":{"pools":[{"name":"p","subnet":"10.8.0.0/24"}]}}`))
+	if err != nil || single.Mode != "bridge" {
+		t.Fatalf("single config: %+v, %v", single, err)
+	}
+	for _, bad := range []struct{ cfg, want string }{
+		{`{"type":"macvlan","master":"eth1","ipam":{"type":"whereabouts","range":"10.9.0.0/24"}}`, `ipam type "whereabouts": only spinneret's own pools`},
+		{`{"type":"bridge","bridge":"cni0"}`, "no macvlan entry"},
+		{`{"type":"macvlan","master":"eth1","mode":"sideways","ipam":{"pools":[{"name":"p","subnet":"10.8.0.0/24"}]}}`, `NetworkAttachmentDefinition ns/bad.mode: "sideways" is not a macvlan mode`},
+		{`{"plugins":[{"type":"macvlan","master":"eth1","ipam":{"pools":[{"name":"p","subnet":"10.8.0.0/24"}]}},{"type":"coordinator","mode":"overlay"}]}`, "needs an overlay primary network"},
+		{`nope`, "config is not JSON"},
+	} {
+		if _, err := c.NADNetwork("ns", "bad", []byte(bad.cfg)); err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("NAD %s: %v, want %q", bad.cfg, err, bad.want)
+		}
+	}
+}

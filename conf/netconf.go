@@ -111,7 +111,10 @@ type Config struct {
 	Networks []Network
 	// MaxNICs is how many NICs one pod may have.
 	MaxNICs int
-	DNS     types.DNS
+	// Coordinator is the config's coordinator settings, before any
+	// network's overrides (NADs start from it).
+	Coordinator Coordinator
+	DNS         types.DNS
 	// RuntimeMAC is the "mac" capability passed by the runtime.
 	RuntimeMAC string
 	// PodAnnotations are the pod's annotations as the runtime passed them
@@ -277,6 +280,7 @@ func (r *raw) validate() (*Config, error) {
 	if err != nil {
 		return nil, err
 	}
+	c.Coordinator = coord
 	if err := c.networks(r, coord); err != nil {
 		return nil, err
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -292,4 +293,85 @@ func TestAnnotationsFromAPIServer(t *testing.T) {
 	}
 	e.sameAs(before, p)
 	e.mustDel(l, rt(pod.Metadata.UID))
+}
+
+// nadCRD is the Network Plumbing WG's NetworkAttachmentDefinition CRD, as
+// Multus installs it (spec.config is a CNI config as a string).
+var nadCRD = map[string]any{
+	"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+	"metadata": map[string]any{"name": "network-attachment-definitions.k8s.cni.cncf.io"},
+	"spec": map[string]any{
+		"group": "k8s.cni.cncf.io", "scope": "Namespaced",
+		"names": map[string]any{"plural": "network-attachment-definitions", "singular": "network-attachment-definition",
+			"kind": "NetworkAttachmentDefinition", "shortNames": []string{"net-attach-def"}},
+		"versions": []map[string]any{{"name": "v1", "served": true, "storage": true,
+			"schema": map[string]any{"openAPIV3Schema": map[string]any{"type": "object", "properties": map[string]any{
+				"spec": map[string]any{"type": "object", "properties": map[string]any{"config": map[string]any{"type": "string"}}}}}}}},
+	},
+}
+
+func createNAD(t *testing.T, a *k8senv.APIServer, ns, name, config string) {
+	t.Helper()
+	nad := map[string]any{"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+		"metadata": map[string]any{"name": name}, "spec": map[string]any{"config": config}}
+	path := "/apis/k8s.cni.cncf.io/v1/namespaces/" + ns + "/network-attachment-definitions"
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		code := apiRequest(t, a, http.MethodPost, path, nad, nil)
+		if code == http.StatusCreated {
+			return
+		}
+		if code != http.StatusNotFound || time.Now().After(deadline) { // 404 until the CRD serves
+			t.Fatalf("create NAD %s/%s: %d", ns, name, code)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestNADs: a network the catalogue does not define is looked up as a
+// NetworkAttachmentDefinition of the pod's namespace and interpreted
+// natively (the macvlan entry of a conflist, Spiderpool-style coordinator
+// entry included, nothing executed); a NAD with another IPAM plugin is a
+// clear error; another namespace's NAD is refused.
+func TestNADs(t *testing.T) {
+	e := multiEnv(t)
+	a := startAPI(t, e.topo.Node.Do)
+	if code := apiRequest(t, a, http.MethodPost, "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", nadCRD, nil); code != http.StatusCreated {
+		t.Fatalf("NAD CRD: %d", code)
+	}
+	ns := "spin"
+	createPod(t, a, ns, "web", map[string]string{"k8s.v1.cni.cncf.io/networks": "storage-nad"})
+	createNAD(t, a, ns, "storage-nad", `{"cniVersion":"0.3.1","name":"storage-nad","plugins":[
+		{"type":"macvlan","master":"uplink1","mode":"bridge","ipam":{"type":"spinneret","pools":[{"name":"v4","subnet":"198.51.100.0/24","ranges":[{"start":"198.51.100.70","end":"198.51.100.79"}],"gateway":"198.51.100.1"}]}},
+		{"type":"coordinator","detectGateway":true,"ipam":{},"dns":{}}]}`)
+	createNAD(t, a, ns, "hostlocal-nad", `{"cniVersion":"0.3.1","name":"h","type":"macvlan","master":"uplink1","ipam":{"type":"host-local","subnet":"198.51.100.0/24"}}`)
+	appendFile(t, filepath.Join(e.dir, "node.yaml"), fmt.Sprintf("kubeconfig: %s\n", a.Kubeconfig))
+	l := e.multiConf(v4, "")
+	p, _ := e.topo.NewPod()
+	before := e.snapshot(p)
+	rt := func(name string) *libcni.RuntimeConf {
+		r := rtConf("c-"+name, p)
+		r.Args = [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", ns}, {"K8S_POD_NAME", name}}
+		return r
+	}
+	r := e.mustAdd(l, rt("web"))
+	if len(r.Interfaces) < 2 || r.Interfaces[1].Name != "net1" || nicAddr(t, r, "net1", true).String() != "198.51.100.70" {
+		t.Fatalf("NAD network: interfaces %v, IPs %v", r.Interfaces, r.IPs)
+	}
+	if err := p.PingFrom(netip.MustParseAddr("198.51.100.70"), e.topo.Nets[1].GW4, 5*time.Second); err != nil {
+		t.Errorf("net1 from the NAD: %v", err)
+	}
+	e.mustDel(l, rt("web"))
+	e.sameAs(before, p)
+
+	createPod(t, a, ns, "hl", map[string]string{"k8s.v1.cni.cncf.io/networks": "hostlocal-nad"})
+	_, err := e.add(l, rt("hl"))
+	wantErr(t, err, cni.ErrBadRequest, `ipam type "host-local": only spinneret's own pools are supported yet`)
+	createPod(t, a, ns, "other", map[string]string{"k8s.v1.cni.cncf.io/networks": "kube-system/storage-nad"})
+	_, err = e.add(l, rt("other"))
+	wantErr(t, err, cni.ErrBadRequest, "network kube-system/storage-nad is not in the pod's namespace spin")
+	createPod(t, a, ns, "nope", map[string]string{"k8s.v1.cni.cncf.io/networks": "missing-nad"})
+	_, err = e.add(l, rt("nope"))
+	wantErr(t, err, cni.ErrBadRequest, "nor is a NetworkAttachmentDefinition spin/missing-nad")
+	e.sameAs(before, p)
 }

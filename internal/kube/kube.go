@@ -264,3 +264,24 @@ func (c *Client) PodEvent(ctx context.Context, pod *Pod, reason, message string)
 	}
 	return nil
 }
+
+// ErrNotFound is returned (wrapped) for an object that does not exist.
+var ErrNotFound = errors.New("not found")
+
+// GetNADConfig returns a NetworkAttachmentDefinition's spec.config.
+func (c *Client) GetNADConfig(ctx context.Context, namespace, name string) ([]byte, error) {
+	var nad struct {
+		Spec struct {
+			Config string `json:"config"`
+		} `json:"spec"`
+	}
+	path := "/apis/k8s.cni.cncf.io/v1/namespaces/" + url.PathEscape(namespace) + "/network-attachment-definitions/" + url.PathEscape(name)
+	if err := c.do(ctx, http.MethodGet, path, "", nil, &nad); err != nil {
+		var se *StatusError
+		if errors.As(err, &se) && se.Code == http.StatusNotFound {
+			return nil, fmt.Errorf("NetworkAttachmentDefinition %s/%s: %w", namespace, name, ErrNotFound)
+		}
+		return nil, fmt.Errorf("NetworkAttachmentDefinition %s/%s: %w", namespace, name, err)
+	}
+	return []byte(nad.Spec.Config), nil
+}

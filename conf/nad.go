@@ -1,0 +1,88 @@
+package conf
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+)
+
+// nadPlugin is the part of a NetworkAttachmentDefinition's plugin config
+// spinneret reads. Unknown fields are ignored, not refused: NADs are
+// written for Multus and for the plugins they name, and must keep working.
+type nadPlugin struct {
+	Type   string `json:"type"`
+	Master string `json:"master"`
+	Mode   string `json:"mode"`
+	MTU    int    `json:"mtu"`
+	MAC    string `json:"mac"`
+	IPAM   *struct {
+		Type  string    `json:"type"`
+		Pools []rawPool `json:"pools"`
+	} `json:"ipam"`
+}
+
+// NADNetwork interprets a NetworkAttachmentDefinition's spec.config, a
+// single plugin config or a conflist, as a network: its macvlan (or
+// spinneret) entry gives the link and the pools; a Spiderpool-style
+// "coordinator" entry overrides the config's coordinator settings; other
+// entries (tuning, ...) are not run. The NAD's pools are named
+// "<namespace>.<nad>.<pool>" on this node, so NADs of different namespaces
+// never share a pool's state.
+func (c *Config) NADNetwork(namespace, name string, config []byte) (*Network, error) {
+	field := fmt.Sprintf("NetworkAttachmentDefinition %s/%s", namespace, name)
+	var top struct {
+		Plugins []json.RawMessage `json:"plugins"`
+	}
+	if err := json.Unmarshal(config, &top); err != nil {
+		return nil, fmt.Errorf("%s: config is not JSON: %w", field, err)
+	}
+	entries := top.Plugins
+	if entries == nil {
+		entries = []json.RawMessage{config}
+	}
+	var main *nadPlugin
+	coord := c.Coordinator
+	for i, e := range entries {
+		var pl nadPlugin
+		if err := json.Unmarshal(e, &pl); err != nil {
+			return nil, fmt.Errorf("%s: plugins[%d]: %w", field, i, err)
+		}
+		switch pl.Type {
+		case "macvlan", PluginType:
+			if main == nil {
+				main = &pl
+			}
+		case "coordinator":
+			var rc rawCoordinator
+			if err := json.Unmarshal(e, &rc); err != nil {
+				return nil, fmt.Errorf("%s: plugins[%d]: %w", field, i, err)
+			}
+			var err error
+			if coord, err = coord.merge(fmt.Sprintf("%s: plugins[%d]", field, i), &rc); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if main == nil {
+		return nil, fmt.Errorf("%s: no macvlan entry (spinneret interprets macvlan NADs; ipvlan and sriov come with their drivers)", field)
+	}
+	if main.IPAM == nil || (main.IPAM.Type != "" && main.IPAM.Type != PluginType) {
+		t := ""
+		if main.IPAM != nil {
+			t = main.IPAM.Type
+		}
+		return nil, fmt.Errorf("%s: ipam type %q: only spinneret's own pools are supported yet (delegating to other IPAM plugins is not)", field, t)
+	}
+	rn := rawNetwork{Name: strings.ToLower(namespace + "." + name)}
+	rn.Master, rn.Mode, rn.MTU, rn.MAC = main.Master, main.Mode, main.MTU, main.MAC
+	rn.IPAM = &rawIPAM{Pools: main.IPAM.Pools}
+	for i := range rn.IPAM.Pools {
+		rn.IPAM.Pools[i].Name = rn.Name + "." + rn.IPAM.Pools[i].Name
+	}
+	n, err := rn.validate(field, coord)
+	if err != nil {
+		return nil, err
+	}
+	n.Name = namespace + "/" + name
+	return n, nil
+}
