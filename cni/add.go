@@ -1,6 +1,7 @@
 package cni
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -88,6 +89,21 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 			if a.IfName == nics[i].IfName {
 				nics[i].Addrs = append(nics[i].Addrs, a)
 			}
+		}
+	}
+	// NICs of NADs whose IPAM is another plugin: each run is journaled
+	// before it happens, so a rollback, DEL or GC releases it
+	for i := range nics {
+		if d := nics[i].Network.DelegateIPAM; d != nil {
+			op := &ipam.Delegated{Type: d.Type, Conf: d.Conf, Path: args.Path, ContainerID: args.ContainerID, NetNS: args.Netns, IfName: nics[i].IfName, Args: args.Args}
+			if err := j.Append(txn.Step{Op: op}); err != nil {
+				return p.abort(j, err)
+			}
+			res, err := op.Add(context.Background())
+			if err != nil {
+				return p.abort(j, err)
+			}
+			nics[i].useDelegated(res)
 		}
 	}
 	in := PlanInput{ContainerID: args.ContainerID, NICs: nics}

@@ -2,6 +2,8 @@ package cni
 
 import (
 	"net/netip"
+
+	current "github.com/containernetworking/cni/pkg/types/100"
 	"slices"
 
 	"github.com/spinneret-cni/spinneret/conf"
@@ -69,6 +71,34 @@ func (n *NIC) Routes() []Route {
 		}
 	}
 	return append(out, n.ExtraRoutes...)
+}
+
+// useDelegated takes a NIC's addresses and routes from the result of the
+// IPAM plugin a NAD named; a route without gateway goes via the gateway of
+// its family.
+func (n *NIC) useDelegated(res *current.Result) {
+	gw := map[bool]netip.Addr{}
+	for _, ip := range res.IPs {
+		a, _ := netip.AddrFromSlice(ip.Address.IP)
+		ones, _ := ip.Address.Mask.Size()
+		al := ipam.Allocation{IfName: n.IfName, Pool: "ipam:" + n.Network.DelegateIPAM.Type, Address: netip.PrefixFrom(a.Unmap(), ones)}
+		if g, ok := netip.AddrFromSlice(ip.Gateway); ok {
+			al.Gateway = g.Unmap()
+			gw[al.Gateway.Is4()] = al.Gateway
+		}
+		n.Addrs = append(n.Addrs, al)
+	}
+	for _, r := range res.Routes {
+		d, _ := netip.AddrFromSlice(r.Dst.IP)
+		ones, _ := r.Dst.Mask.Size()
+		rt := Route{Dst: netip.PrefixFrom(d.Unmap(), ones)}
+		if g, ok := netip.AddrFromSlice(r.GW); ok {
+			rt.GW = g.Unmap()
+		} else {
+			rt.GW = gw[rt.Dst.Addr().Is4()]
+		}
+		n.ExtraRoutes = append(n.ExtraRoutes, rt)
+	}
 }
 
 func (n *NIC) pool(name string) *conf.Pool {

@@ -342,12 +342,17 @@ func TestNADNetwork(t *testing.T) {
 	if len(n.Pools) != 1 || n.Pools[0].Name != "team-a.storage.v4" {
 		t.Fatalf("pools %+v: NAD pools are named per namespace and NAD", n.Pools)
 	}
+	wa, err := c.NADNetwork("ns", "wa", []byte(`{"cniVersion":"0.3.1","name":"wa","type":"macvlan","master":"eth1","ipam":{"type":"whereabouts","range":"10.9.0.0/24"}}`))
+	if err != nil || wa.DelegateIPAM == nil || wa.DelegateIPAM.Type != "whereabouts" || len(wa.Pools) != 0 ||
+		!strings.Contains(string(wa.DelegateIPAM.Conf), `"range":"10.9.0.0/24"`) || !strings.Contains(string(wa.DelegateIPAM.Conf), `"name":"wa"`) {
+		t.Fatalf("delegated IPAM: %+v, %v", wa, err)
+	}
 	single, err := c.NADNetwork("ns", "one", []byte(`{"cniVersion":"1.0.0","name":"one","type":"macvlan","master":"eth1","ipam":{"pools":[{"name":"p","subnet":"10.8.0.0/24"}]}}`))
 	if err != nil || single.Mode != "bridge" {
 		t.Fatalf("single config: %+v, %v", single, err)
 	}
 	for _, bad := range []struct{ cfg, want string }{
-		{`{"type":"macvlan","master":"eth1","ipam":{"type":"whereabouts","range":"10.9.0.0/24"}}`, `ipam type "whereabouts": only spinneret's own pools`},
+		{`{"type":"macvlan","master":"eth1","ipam":{"type":"../bin/evil"}}`, `ipam type "../bin/evil" is not a plugin name`},
 		{`{"type":"bridge","bridge":"cni0"}`, "no macvlan entry"},
 		{`{"type":"macvlan","master":"eth1","mode":"sideways","ipam":{"pools":[{"name":"p","subnet":"10.8.0.0/24"}]}}`, `NetworkAttachmentDefinition ns/bad.mode: "sideways" is not a macvlan mode`},
 		{`{"plugins":[{"type":"macvlan","master":"eth1","ipam":{"pools":[{"name":"p","subnet":"10.8.0.0/24"}]}},{"type":"coordinator","mode":"overlay"}]}`, "needs an overlay primary network"},

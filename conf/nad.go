@@ -3,6 +3,7 @@ package conf
 import (
 	"encoding/json"
 	"fmt"
+	"regexp"
 	"strings"
 )
 
@@ -41,6 +42,12 @@ func (c *Config) NADNetwork(namespace, name string, config []byte) (*Network, er
 		entries = []json.RawMessage{config}
 	}
 	var main *nadPlugin
+	var mainConf json.RawMessage
+	var meta struct {
+		Name       string `json:"name"`
+		CNIVersion string `json:"cniVersion"`
+	}
+	json.Unmarshal(config, &meta)
 	coord := c.Coordinator
 	for i, e := range entries {
 		var pl nadPlugin
@@ -51,6 +58,15 @@ func (c *Config) NADNetwork(namespace, name string, config []byte) (*Network, er
 		case "macvlan", PluginType:
 			if main == nil {
 				main = &pl
+				var m map[string]any
+				json.Unmarshal(e, &m)
+				if meta.Name != "" {
+					m["name"] = meta.Name
+				}
+				if meta.CNIVersion != "" {
+					m["cniVersion"] = meta.CNIVersion
+				}
+				mainConf, _ = json.Marshal(m)
 			}
 		case "coordinator":
 			var rc rawCoordinator
@@ -66,23 +82,37 @@ func (c *Config) NADNetwork(namespace, name string, config []byte) (*Network, er
 	if main == nil {
 		return nil, fmt.Errorf("%s: no macvlan entry (spinneret interprets macvlan NADs; ipvlan and sriov come with their drivers)", field)
 	}
-	if main.IPAM == nil || (main.IPAM.Type != "" && main.IPAM.Type != PluginType) {
-		t := ""
-		if main.IPAM != nil {
-			t = main.IPAM.Type
-		}
-		return nil, fmt.Errorf("%s: ipam type %q: only spinneret's own pools are supported yet (delegating to other IPAM plugins is not)", field, t)
+	if main.IPAM == nil || main.IPAM.Type == "" && len(main.IPAM.Pools) == 0 {
+		return nil, fmt.Errorf("%s: no ipam", field)
 	}
 	rn := rawNetwork{Name: strings.ToLower(namespace + "." + name)}
 	rn.Master, rn.Mode, rn.MTU, rn.MAC = main.Master, main.Mode, main.MTU, main.MAC
-	rn.IPAM = &rawIPAM{Pools: main.IPAM.Pools}
-	for i := range rn.IPAM.Pools {
-		rn.IPAM.Pools[i].Name = rn.Name + "." + rn.IPAM.Pools[i].Name
+	var delegate *DelegateIPAM
+	if t := main.IPAM.Type; t != "" && t != PluginType {
+		// another IPAM plugin: spinneret runs it with the NAD's own config
+		if !ValidPluginName(t) {
+			return nil, fmt.Errorf("%s: ipam type %q is not a plugin name", field, t)
+		}
+		delegate = &DelegateIPAM{Type: t, Conf: mainConf}
+		rn.IPAM = &rawIPAM{Pools: []rawPool{{Name: "delegate", Subnet: "0.0.0.0/30"}}} // validated shape only; dropped below
+	} else {
+		rn.IPAM = &rawIPAM{Pools: main.IPAM.Pools}
+		for i := range rn.IPAM.Pools {
+			rn.IPAM.Pools[i].Name = rn.Name + "." + rn.IPAM.Pools[i].Name
+		}
 	}
 	n, err := rn.validate(field, coord)
 	if err != nil {
 		return nil, err
 	}
 	n.Name = namespace + "/" + name
+	if delegate != nil {
+		n.Pools, n.DelegateIPAM = nil, delegate
+	}
 	return n, nil
 }
+
+var pluginNameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$`)
+
+// ValidPluginName reports whether s can name a CNI plugin binary (no path).
+func ValidPluginName(s string) bool { return pluginNameRE.MatchString(s) }

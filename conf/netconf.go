@@ -138,6 +138,18 @@ type Network struct {
 	// Coordinator is the config's coordinator settings with this
 	// network's overrides applied.
 	Coordinator Coordinator
+	// DelegateIPAM, for a NAD whose IPAM is another plugin (host-local,
+	// whereabouts, ...), is that plugin and the NAD's config to run it
+	// with; Pools is then empty.
+	DelegateIPAM *DelegateIPAM
+}
+
+// DelegateIPAM is an IPAM plugin binary spinneret runs for a network.
+type DelegateIPAM struct {
+	Type string
+	// Conf is the NAD entry's config (name, cniVersion and ipam included),
+	// as the plugin expects it on stdin.
+	Conf json.RawMessage
 }
 
 // Lookup returns the catalogue's network of that name.

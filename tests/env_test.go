@@ -48,6 +48,15 @@ func TestMain(m *testing.M) {
 			fmt.Fprintln(os.Stderr, "tests: building spinneret:", err)
 			os.Exit(1)
 		}
+		// the reference host-local IPAM plugin, which NADs written for
+		// Multus name and spinneret runs for them
+		install := exec.Command("go", "install", "github.com/containernetworking/plugins/plugins/ipam/host-local@v1.9.1")
+		install.Env = append(os.Environ(), "GOBIN="+bin)
+		install.Stdout, install.Stderr = os.Stderr, os.Stderr
+		if err := install.Run(); err != nil {
+			fmt.Fprintln(os.Stderr, "tests: building host-local:", err)
+			os.Exit(1)
+		}
 	}
 	code := m.Run()
 	os.RemoveAll(dir)

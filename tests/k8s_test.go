@@ -331,8 +331,8 @@ func createNAD(t *testing.T, a *k8senv.APIServer, ns, name, config string) {
 // TestNADs: a network the catalogue does not define is looked up as a
 // NetworkAttachmentDefinition of the pod's namespace and interpreted
 // natively (the macvlan entry of a conflist, Spiderpool-style coordinator
-// entry included, nothing executed); a NAD with another IPAM plugin is a
-// clear error; another namespace's NAD is refused.
+// entry included, nothing executed); a NAD of a kind spinneret does not
+// drive is a clear error; another namespace's NAD is refused.
 func TestNADs(t *testing.T) {
 	e := multiEnv(t)
 	a := startAPI(t, e.topo.Node.Do)
@@ -344,7 +344,7 @@ func TestNADs(t *testing.T) {
 	createNAD(t, a, ns, "storage-nad", `{"cniVersion":"0.3.1","name":"storage-nad","plugins":[
 		{"type":"macvlan","master":"uplink1","mode":"bridge","ipam":{"type":"spinneret","pools":[{"name":"v4","subnet":"198.51.100.0/24","ranges":[{"start":"198.51.100.70","end":"198.51.100.79"}],"gateway":"198.51.100.1"}]}},
 		{"type":"coordinator","detectGateway":true,"ipam":{},"dns":{}}]}`)
-	createNAD(t, a, ns, "hostlocal-nad", `{"cniVersion":"0.3.1","name":"h","type":"macvlan","master":"uplink1","ipam":{"type":"host-local","subnet":"198.51.100.0/24"}}`)
+	createNAD(t, a, ns, "bridge-nad", `{"cniVersion":"0.3.1","name":"b","type":"bridge","bridge":"cni0","ipam":{"type":"host-local","subnet":"198.51.100.0/24"}}`)
 	appendFile(t, filepath.Join(e.dir, "node.yaml"), fmt.Sprintf("kubeconfig: %s\n", a.Kubeconfig))
 	l := e.multiConf(v4, "")
 	p, _ := e.topo.NewPod()
@@ -364,9 +364,9 @@ func TestNADs(t *testing.T) {
 	e.mustDel(l, rt("web"))
 	e.sameAs(before, p)
 
-	createPod(t, a, ns, "hl", map[string]string{"k8s.v1.cni.cncf.io/networks": "hostlocal-nad"})
-	_, err := e.add(l, rt("hl"))
-	wantErr(t, err, cni.ErrBadRequest, `ipam type "host-local": only spinneret's own pools are supported yet`)
+	createPod(t, a, ns, "br", map[string]string{"k8s.v1.cni.cncf.io/networks": "bridge-nad"})
+	_, err := e.add(l, rt("br"))
+	wantErr(t, err, cni.ErrBadRequest, "NetworkAttachmentDefinition spin/bridge-nad: no macvlan entry")
 	createPod(t, a, ns, "other", map[string]string{"k8s.v1.cni.cncf.io/networks": "kube-system/storage-nad"})
 	_, err = e.add(l, rt("other"))
 	wantErr(t, err, cni.ErrBadRequest, "network kube-system/storage-nad is not in the pod's namespace spin")
@@ -374,4 +374,61 @@ func TestNADs(t *testing.T) {
 	_, err = e.add(l, rt("nope"))
 	wantErr(t, err, cni.ErrBadRequest, "nor is a NetworkAttachmentDefinition spin/missing-nad")
 	e.sameAs(before, p)
+}
+
+// TestNADDelegatedIPAM: a standard macvlan NAD, as Multus users write it
+// (IPAM host-local), works unchanged: spinneret runs host-local for the
+// NIC, routes as it says, and releases through host-local on DEL and on a
+// failed ADD (the run is journaled before it happens).
+func TestNADDelegatedIPAM(t *testing.T) {
+	e := multiEnv(t)
+	a := startAPI(t, e.topo.Node.Do)
+	if code := apiRequest(t, a, http.MethodPost, "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", nadCRD, nil); code != http.StatusCreated {
+		t.Fatalf("NAD CRD: %d", code)
+	}
+	ns := "spin"
+	hlData := filepath.Join(e.dir, "host-local")
+	createPod(t, a, ns, "web", map[string]string{"k8s.v1.cni.cncf.io/networks": "macvlan-conf"})
+	createNAD(t, a, ns, "macvlan-conf", fmt.Sprintf(`{"cniVersion":"0.3.1","name":"macvlan-conf","type":"macvlan","master":"uplink1","mode":"bridge",
+		"ipam":{"type":"host-local","subnet":"198.51.100.0/24","rangeStart":"198.51.100.80","rangeEnd":"198.51.100.89","gateway":"198.51.100.1",
+		"routes":[{"dst":"198.18.0.0/24"}],"dataDir":%q}}`, hlData))
+	appendFile(t, filepath.Join(e.dir, "node.yaml"), fmt.Sprintf("kubeconfig: %s\n", a.Kubeconfig))
+	l := e.multiConf(v4, "")
+	p, _ := e.topo.NewPod()
+	before := e.snapshot(p)
+	rt := rtConf("c1", p)
+	rt.Args = [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", ns}, {"K8S_POD_NAME", "web"}}
+	held := func() []string {
+		ents, _ := os.ReadDir(filepath.Join(hlData, "macvlan-conf"))
+		var out []string
+		for _, e := range ents {
+			if strings.HasPrefix(e.Name(), "198.") {
+				out = append(out, e.Name())
+			}
+		}
+		return out
+	}
+	r := e.mustAdd(l, rt)
+	if got := nicAddr(t, r, "net1", true).String(); got != "198.51.100.80" || fmt.Sprint(held()) != "[198.51.100.80]" {
+		t.Fatalf("net1 %s, host-local holds %v", got, held())
+	}
+	// host-local's route, via its gateway, in net1's table
+	if err := p.PingFrom(netip.MustParseAddr("198.51.100.80"), e.topo.Nets[1].Remote4, 5*time.Second); err != nil {
+		t.Errorf("via host-local's route: %v", err)
+	}
+	e.mustDel(l, rt)
+	e.sameAs(before, p)
+	if h := held(); len(h) != 0 {
+		t.Fatalf("host-local still holds %v after DEL", h)
+	}
+	// a failed ADD (its first plan step fails, after host-local ran) gives
+	// the address back to host-local
+	t.Setenv("SPINNERET_TEST_FAIL_STEP", "0")
+	_, err := e.add(l, rt)
+	os.Unsetenv("SPINNERET_TEST_FAIL_STEP")
+	wantErr(t, err, cni.ErrStepFailed, "injected fault")
+	e.sameAs(before, p)
+	if h := held(); len(h) != 0 {
+		t.Fatalf("host-local still holds %v after a failed ADD", h)
+	}
 }
