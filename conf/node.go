@@ -171,21 +171,26 @@ func (n *Node) validate() error {
 		}
 		n.NodeIPs = append(n.NodeIPs, a)
 	}
-	slices.SortStableFunc(n.NodeIPs, func(a, b netip.Addr) int {
-		if a.Is4() == b.Is4() {
-			return 0
-		}
-		if a.Is4() {
-			return -1
-		}
-		return 1
-	})
+	SortIPv4First(n.NodeIPs)
 	for i, m := range n.AllowedMasters {
 		if !ValidIfName(m) {
 			return fmt.Errorf("allowedMasters[%d]: %q is not a valid interface name", i, m)
 		}
 	}
 	return nil
+}
+
+// SortIPv4First orders addresses IPv4 first, keeping the order within a family.
+func SortIPv4First(ips []netip.Addr) {
+	slices.SortStableFunc(ips, func(a, b netip.Addr) int {
+		switch {
+		case a.Is4() == b.Is4():
+			return 0
+		case a.Is4():
+			return -1
+		}
+		return 1
+	})
 }
 
 // ResolveMaster maps a network's logical master to this node's interface and

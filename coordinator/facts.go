@@ -5,6 +5,8 @@ import (
 	"slices"
 
 	"github.com/vishvananda/netlink"
+
+	"github.com/spinneret-cni/spinneret/conf"
 )
 
 // NodeIPs learns the node's addresses a pod must reach through its veth:
@@ -27,19 +29,6 @@ func NodeIPs(h *netlink.Handle, podAddrs []netip.Addr) []netip.Addr {
 			}
 		}
 	}
-	SortIPv4First(out)
+	conf.SortIPv4First(out)
 	return out
-}
-
-// SortIPv4First orders addresses IPv4 first, keeping the order within a family.
-func SortIPv4First(ips []netip.Addr) {
-	slices.SortStableFunc(ips, func(a, b netip.Addr) int {
-		switch {
-		case a.Is4() && !b.Is4():
-			return -1
-		case !a.Is4() && b.Is4():
-			return 1
-		}
-		return 0
-	})
 }

@@ -53,15 +53,7 @@ func apiRequest(t *testing.T, a *k8senv.APIServer, method, path string, body, ou
 // proxy, cached by version) start on 127.0.0.1, take a namespace, a service
 // account and a pod with annotations, give them back, and stop.
 func TestAPIServerEnv(t *testing.T) {
-	bin, err := k8senv.Binary("..")
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := k8senv.StartAPIServer(t.TempDir(), bin, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Stop()
+	a := startAPI(t, nil)
 	ns := "spinneret-test"
 	createPod(t, a, ns, "pod1", map[string]string{"k8s.v1.cni.cncf.io/networks": "storage@net1", "spinneret.io/default-route-nic": "net1"})
 	var pod struct {

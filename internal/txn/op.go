@@ -9,7 +9,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"sort"
 )
 
 // Op is one typed, JSON-serialisable operation of a plan.
@@ -49,16 +48,6 @@ func Register(kind string, newOp func() Op) {
 		panic("txn: operation kind registered twice: " + kind)
 	}
 	registry[kind] = newOp
-}
-
-// Kinds lists the registered operation kinds, sorted.
-func Kinds() []string {
-	out := make([]string, 0, len(registry))
-	for k := range registry {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
 }
 
 // Step is an operation as stored in a plan or a journal: {"kind":..,"op":{..}}.
