@@ -73,9 +73,12 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	// the journal is first written with the first step: a process killed
 	// before that holds only addresses, which DEL and GC release by owner
 	j := txn.NewJournal(p.node.StateDir, p.cfg.Name, args.ContainerID, args.IfName, args.Netns, ino)
-	owner := ipam.Owner{ContainerID: args.ContainerID, IfName: args.IfName, Network: p.cfg.Name}
-	allocs, err := p.store.Allocate(owner, ipamRequests(nics))
+	allocs, err := p.allocate(args, nics)
 	if err != nil {
+		var te *types.Error
+		if errors.As(err, &te) {
+			return te
+		}
 		switch {
 		case errors.Is(err, ipam.ErrExhausted):
 			return types.NewError(ErrPoolExhausted, fmt.Sprintf("network %s: %v", p.cfg.Name, err), "")
@@ -109,7 +112,7 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	in := PlanInput{ContainerID: args.ContainerID, NICs: nics}
 	if p.cfg.Network.Coordinator.Underlay() {
 		if in.NodeIPs, err = p.nodeIPs(env, nics); err != nil {
-			p.store.Release(args.ContainerID, args.IfName)
+			p.releaseAll(args.ContainerID, args.IfName)
 			return types.NewError(types.ErrInternal, "learn node addresses: "+err.Error(), "")
 		}
 		if len(in.NodeIPs) == 0 {
@@ -171,7 +174,7 @@ func (p *plugin) abort(j *txn.Journal, cause error) error {
 		code = ErrIPConflict
 		d := p.cfg.Network.Coordinator.Quarantine
 		owner := ipam.Owner{ContainerID: j.ContainerID, IfName: j.IfName, Network: p.cfg.Name}
-		if err := p.store.Quarantine(owner, conflict.Addr, time.Now().Add(d)); err != nil {
+		if err := p.quarantine(owner, conflict.Addr, d); err != nil {
 			p.log.Error("quarantine", "address", conflict.Addr, "err", err)
 		} else {
 			cause = fmt.Errorf("%w; %s is quarantined for %s", cause, conflict.Addr, d)
@@ -180,7 +183,7 @@ func (p *plugin) abort(j *txn.Journal, cause error) error {
 	if errors.Is(cause, coordinator.ErrGatewayUnreachable) {
 		code = ErrGatewayUnreachable
 	}
-	if err := p.store.Release(j.ContainerID, j.IfName); err != nil {
+	if err := p.releaseAll(j.ContainerID, j.IfName); err != nil {
 		j.Save()
 		return types.NewError(ErrRollbackIncomplete, fmt.Sprintf("network %s: %v; release addresses: %v", p.cfg.Name, cause, err), "")
 	}

@@ -34,6 +34,8 @@ type NIC struct {
 	// StatusName is the network's name in network-status ("ns/name" when
 	// the annotation named a namespace); "" means the network's name.
 	StatusName string
+	// kubeSel is what spinneret.io/ippools asks of the kubernetes backend.
+	kubeSel ipam.KubeSelect
 }
 
 // Route is a route of a NIC, resolved to a gateway (or on-link).

@@ -54,6 +54,8 @@ type plugin struct {
 	phases []any
 	mark   time.Time
 	kube   *kube.Client // loaded on first use, with a kubeconfig
+	pod    *kube.Pod    // the pod as the API server has it, once read
+	kipam  *ipam.Kube   // the kubernetes IPAM backend, once needed
 	// apiDown is set once the API server did not answer: no further
 	// request waits out its timeout again
 	apiDown bool
@@ -215,5 +217,6 @@ func cmdDel(args *skel.CmdArgs) (err error) {
 	if err != nil {
 		return types.NewError(types.ErrTryAgainLater, fmt.Sprintf("DEL %s/%s: %v", args.ContainerID, args.IfName, err), "")
 	}
+	p.releaseKube(args)
 	return nil
 }

@@ -82,26 +82,10 @@ func (p *plugin) podAnnotations(args *skel.CmdArgs) (map[string]string, error) {
 	if p.cfg.PodAnnotations != nil || p.node.Kubeconfig == "" {
 		return p.cfg.PodAnnotations, nil
 	}
-	ns, name, uid := cniArg(args.Args, "K8S_POD_NAMESPACE"), cniArg(args.Args, "K8S_POD_NAME"), cniArg(args.Args, "K8S_POD_UID")
-	if ns == "" || name == "" {
-		return nil, nil // not a Kubernetes pod
-	}
-	c, err := p.kubeClient()
-	if err != nil {
-		return nil, types.NewError(types.ErrInvalidNetworkConfig, err.Error(), "")
-	}
-	pod, err := c.GetPod(context.Background(), ns, name)
-	if errors.Is(err, kube.ErrUnreachable) {
-		p.apiDown = true
-		return nil, types.NewError(types.ErrTryAgainLater, err.Error(), "")
-	}
-	if err != nil {
+	pod, err := p.apiPod(args)
+	if err != nil || pod == nil {
 		return nil, err
 	}
-	if uid != "" && pod.UID != uid {
-		return nil, fmt.Errorf("pod %s/%s: the API server has UID %s, CNI_ARGS K8S_POD_UID %s: the pod was re-created", ns, name, pod.UID, uid)
-	}
-	p.phase("api")
 	return pod.Annotations, nil
 }
 
@@ -238,6 +222,9 @@ func (p *plugin) resolveNICs(args *skel.CmdArgs) ([]NIC, error) {
 	if err := applyIPPools(nics, ann[AnnotIPPools]); err != nil {
 		return nil, err
 	}
+	if err := p.selectKubePools(args, nics); err != nil {
+		return nil, err
+	}
 	if err := applyRoutes(nics, ann[AnnotRoutes]); err != nil {
 		return nil, err
 	}
@@ -292,6 +279,14 @@ func applyIPPools(nics []NIC, s string) error {
 		k := nicIndex(nics, e.Interface)
 		if k < 0 {
 			return fmt.Errorf("%s.interface: %q is not one of the pod's NICs (%s)", field, e.Interface, ifnames(nics))
+		}
+		if nics[k].Network.KubeIPAM {
+			// IPPool names: the kubernetes backend checks them
+			if len(e.IPv4)+len(e.IPv6) == 0 {
+				return fmt.Errorf("%s: names no pool", field)
+			}
+			nics[k].kubeSel = ipam.KubeSelect{Annotated: true, Annot4: e.IPv4, Annot6: e.IPv6}
+			continue
 		}
 		var pools []conf.Pool
 		for _, fam := range []struct {

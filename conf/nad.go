@@ -17,8 +17,10 @@ type nadPlugin struct {
 	MTU    int    `json:"mtu"`
 	MAC    string `json:"mac"`
 	IPAM   *struct {
-		Type  string    `json:"type"`
-		Pools []rawPool `json:"pools"`
+		Type    string    `json:"type"`
+		Backend string    `json:"backend"`
+		Pools   []rawPool `json:"pools"`
+		IPPools []string  `json:"ippools"`
 	} `json:"ipam"`
 }
 
@@ -82,7 +84,7 @@ func (c *Config) NADNetwork(namespace, name string, config []byte) (*Network, er
 	if main == nil {
 		return nil, fmt.Errorf("%s: no macvlan entry (spinneret interprets macvlan NADs; ipvlan and sriov come with their drivers)", field)
 	}
-	if main.IPAM == nil || main.IPAM.Type == "" && len(main.IPAM.Pools) == 0 {
+	if main.IPAM == nil || main.IPAM.Type == "" && len(main.IPAM.Pools) == 0 && len(main.IPAM.IPPools) == 0 && main.IPAM.Backend == "" {
 		return nil, fmt.Errorf("%s: no ipam", field)
 	}
 	rn := rawNetwork{Name: strings.ToLower(namespace + "." + name)}
@@ -96,7 +98,7 @@ func (c *Config) NADNetwork(namespace, name string, config []byte) (*Network, er
 		delegate = &DelegateIPAM{Type: t, Conf: mainConf}
 		rn.IPAM = &rawIPAM{Pools: []rawPool{{Name: "delegate", Subnet: "0.0.0.0/30"}}} // validated shape only; dropped below
 	} else {
-		rn.IPAM = &rawIPAM{Pools: main.IPAM.Pools}
+		rn.IPAM = &rawIPAM{Pools: main.IPAM.Pools, IPPools: main.IPAM.IPPools, Backend: main.IPAM.Backend}
 		for i := range rn.IPAM.Pools {
 			rn.IPAM.Pools[i].Name = rn.Name + "." + rn.IPAM.Pools[i].Name
 		}

@@ -74,8 +74,10 @@ type rawNetwork struct {
 }
 
 type rawIPAM struct {
-	Type  string    `json:"type,omitempty"`
-	Pools []rawPool `json:"pools"`
+	Type    string    `json:"type,omitempty"`
+	Backend string    `json:"backend,omitempty"`
+	Pools   []rawPool `json:"pools,omitempty"`
+	IPPools []string  `json:"ippools,omitempty"`
 }
 
 type rawPool struct {
@@ -138,6 +140,11 @@ type Network struct {
 	// Coordinator is the config's coordinator settings with this
 	// network's overrides applied.
 	Coordinator Coordinator
+	// KubeIPAM says addresses come from IPPool objects of the Kubernetes
+	// API (the "kubernetes" backend); IPPools are then the network's pools
+	// by name (may be empty: namespace or cluster default pools).
+	KubeIPAM bool
+	IPPools  []string
 	// DelegateIPAM, for a NAD whose IPAM is another plugin (host-local,
 	// whereabouts, ...), is that plugin and the NAD's config to run it
 	// with; Pools is then empty.
@@ -377,11 +384,38 @@ func (rn *rawNetwork) validate(path string, coord Coordinator) (*Network, error)
 			return nil, err
 		}
 	}
-	if rn.IPAM == nil || len(rn.IPAM.Pools) == 0 {
+	if rn.IPAM == nil {
 		return nil, fmt.Errorf("%s: at least one pool is required", f("ipam.pools"))
 	}
 	if rn.IPAM.Type != "" && rn.IPAM.Type != PluginType {
 		return nil, fmt.Errorf("%s: %q is not supported (leave it empty or %q)", f("ipam.type"), rn.IPAM.Type, PluginType)
+	}
+	switch rn.IPAM.Backend {
+	case "":
+		n.KubeIPAM = len(rn.IPAM.IPPools) > 0
+	case BackendLocal:
+	case BackendKubernetes:
+		n.KubeIPAM = true
+	default:
+		return nil, fmt.Errorf("%s: %q is not an IPAM backend (%s, %s)", f("ipam.backend"), rn.IPAM.Backend, BackendLocal, BackendKubernetes)
+	}
+	if n.KubeIPAM {
+		for i, name := range rn.IPAM.IPPools {
+			if !nameRE.MatchString(name) {
+				return nil, fmt.Errorf("%s: %q is not a valid IPPool name", f(fmt.Sprintf("ipam.ippools[%d]", i)), name)
+			}
+		}
+		if len(rn.IPAM.Pools) > 0 {
+			return nil, fmt.Errorf("%s: the kubernetes backend takes IPPool names in ipam.ippools, not pools", f("ipam.pools"))
+		}
+		n.IPPools = rn.IPAM.IPPools
+		return n, nil
+	}
+	if len(rn.IPAM.IPPools) > 0 {
+		return nil, fmt.Errorf("%s: ippools name IPPool objects of the kubernetes backend; the local backend takes pools", f("ipam.ippools"))
+	}
+	if len(rn.IPAM.Pools) == 0 {
+		return nil, fmt.Errorf("%s: at least one pool is required", f("ipam.pools"))
 	}
 	seen := map[string]bool{}
 	for i, rp := range rn.IPAM.Pools {
@@ -406,6 +440,18 @@ func (rn *rawNetwork) validate(path string, coord Coordinator) (*Network, error)
 	}
 	return n, nil
 }
+
+// IPAM backends.
+const (
+	BackendLocal      = "local"
+	BackendKubernetes = "kubernetes"
+)
+
+var objectNameRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`)
+
+// ValidObjectName reports whether s can name a Kubernetes object (a DNS
+// subdomain).
+func ValidObjectName(s string) bool { return len(s) <= 253 && objectNameRE.MatchString(s) }
 
 func parseMAC(field, s string) (string, error) {
 	hw, err := net.ParseMAC(s)
@@ -586,4 +632,15 @@ func (p *Pool) Excluded(a netip.Addr) bool {
 		}
 	}
 	return true
+}
+
+// PoolFromSpec validates an IPPool object's spec (subnet, ranges, exclude,
+// gateway, routes; its other fields are ignored here) as a pool of that name.
+func PoolFromSpec(name string, spec []byte) (*Pool, error) {
+	var rp rawPool
+	if err := json.Unmarshal(spec, &rp); err != nil {
+		return nil, fmt.Errorf("IPPool %s: %w", name, err)
+	}
+	rp.Name = name
+	return rp.validate("IPPool " + name + ": spec")
 }

@@ -40,6 +40,13 @@ type Node struct {
 	// APITimeoutRaw bounds each API request ("5s"); APITimeout is it parsed.
 	APITimeoutRaw string        `mapstructure:"apiTimeout"`
 	APITimeout    time.Duration `mapstructure:"-"`
+	// NodeName is this node's Kubernetes name (default: the host name).
+	NodeName string `mapstructure:"nodeName"`
+	// PoolCacheTTLRaw is how long the kubernetes IPAM backend reuses the
+	// IPPool and ReservedIP lists it read ("5s"; "0s": read them on every
+	// ADD). PoolCacheTTL is it parsed.
+	PoolCacheTTLRaw string        `mapstructure:"poolCacheTTL"`
+	PoolCacheTTL    time.Duration `mapstructure:"-"`
 }
 
 // node conf keys with their environment variables; viper lower-cases keys.
@@ -52,6 +59,8 @@ var nodeKeys = map[string]string{
 	"nodeIPs":        "SPINNERET_NODE_IPS",
 	"kubeconfig":     "SPINNERET_KUBECONFIG",
 	"apiTimeout":     "SPINNERET_API_TIMEOUT",
+	"nodeName":       "SPINNERET_NODE_NAME",
+	"poolCacheTTL":   "SPINNERET_POOL_CACHE_TTL",
 }
 
 // LoadNode reads the node conf. A missing file is an error only when
@@ -63,6 +72,7 @@ func LoadNode(path string, required bool) (*Node, error) {
 	v.SetDefault("stateDir", "/var/lib/spinneret")
 	v.SetDefault("logLevel", "info")
 	v.SetDefault("apiTimeout", "5s")
+	v.SetDefault("poolCacheTTL", "5s")
 	if err := v.ReadInConfig(); err != nil {
 		var pe *fs.PathError
 		if !errors.As(err, &pe) || !errors.Is(err, fs.ErrNotExist) || required {
@@ -128,6 +138,12 @@ func (n *Node) applyEnv() error {
 	if s, ok := os.LookupEnv(nodeKeys["apiTimeout"]); ok {
 		n.APITimeoutRaw = s
 	}
+	if s, ok := os.LookupEnv(nodeKeys["nodeName"]); ok {
+		n.NodeName = s
+	}
+	if s, ok := os.LookupEnv(nodeKeys["poolCacheTTL"]); ok {
+		n.PoolCacheTTLRaw = s
+	}
 	return nil
 }
 
@@ -164,6 +180,20 @@ func (n *Node) validate() error {
 		return fmt.Errorf("apiTimeout: %q is not a duration between 0 and 1m", n.APITimeoutRaw)
 	}
 	n.APITimeout = d
+	if d, err = time.ParseDuration(n.PoolCacheTTLRaw); err != nil || d < 0 || d > time.Hour {
+		return fmt.Errorf("poolCacheTTL: %q is not a duration between 0 and 1h", n.PoolCacheTTLRaw)
+	}
+	n.PoolCacheTTL = d
+	if n.NodeName == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return fmt.Errorf("nodeName: not set and no host name: %w", err)
+		}
+		n.NodeName = strings.ToLower(h)
+	}
+	if !ValidObjectName(n.NodeName) {
+		return fmt.Errorf("nodeName: %q is not a valid node name", n.NodeName)
+	}
 	for i, s := range n.NodeIPRaw {
 		a, err := netip.ParseAddr(s)
 		if err != nil || a.IsUnspecified() || a.IsMulticast() {

@@ -42,7 +42,7 @@ func apiRequest(t *testing.T, a *k8senv.APIServer, method, path string, body, ou
 			t.Fatalf("%s %s: %v", method, path, err)
 		}
 	}
-	if resp.StatusCode >= 300 {
+	if resp.StatusCode >= 300 && resp.StatusCode != http.StatusNotFound {
 		t.Logf("%s %s: %d %s", method, path, resp.StatusCode, b)
 	}
 	return resp.StatusCode

@@ -20,6 +20,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"go.yaml.in/yaml/v3"
@@ -194,6 +195,7 @@ func (c *Client) do(ctx context.Context, method, path, contentType string, body,
 	if c.token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.token)
 	}
+	Requests.Add(1)
 	resp, err := c.http.Do(req)
 	if err != nil {
 		return fmt.Errorf("%w (%s, timeout %s): %v", ErrUnreachable, c.server, c.timeout, err)
@@ -218,23 +220,59 @@ func (c *Client) do(ctx context.Context, method, path, contentType string, body,
 type Pod struct {
 	Namespace, Name, UID string
 	Annotations          map[string]string
+	Labels               map[string]string
+	// OwnerKind and OwnerName are the pod's controller (ownerReferences
+	// with controller=true), e.g. StatefulSet.
+	OwnerKind, OwnerName string
+	// Deleting is set once the pod has a deletionTimestamp.
+	Deleting bool
+}
+
+// Meta is the metadata spinneret reads of any object.
+type Meta struct {
+	Namespace         string            `json:"namespace,omitempty"`
+	Name              string            `json:"name"`
+	UID               string            `json:"uid,omitempty"`
+	ResourceVersion   string            `json:"resourceVersion,omitempty"`
+	Labels            map[string]string `json:"labels,omitempty"`
+	Annotations       map[string]string `json:"annotations,omitempty"`
+	DeletionTimestamp *time.Time        `json:"deletionTimestamp,omitempty"`
+	OwnerReferences   []struct {
+		Kind       string `json:"kind"`
+		Name       string `json:"name"`
+		Controller bool   `json:"controller"`
+	} `json:"ownerReferences,omitempty"`
 }
 
 // GetPod fetches a pod.
 func (c *Client) GetPod(ctx context.Context, namespace, name string) (*Pod, error) {
 	var p struct {
-		Metadata struct {
-			Namespace   string            `json:"namespace"`
-			Name        string            `json:"name"`
-			UID         string            `json:"uid"`
-			Annotations map[string]string `json:"annotations"`
-		} `json:"metadata"`
+		Metadata Meta `json:"metadata"`
 	}
 	path := "/api/v1/namespaces/" + url.PathEscape(namespace) + "/pods/" + url.PathEscape(name)
 	if err := c.do(ctx, http.MethodGet, path, "", nil, &p); err != nil {
 		return nil, fmt.Errorf("get pod %s/%s: %w", namespace, name, err)
 	}
-	return &Pod{Namespace: p.Metadata.Namespace, Name: p.Metadata.Name, UID: p.Metadata.UID, Annotations: p.Metadata.Annotations}, nil
+	m := p.Metadata
+	pod := &Pod{Namespace: m.Namespace, Name: m.Name, UID: m.UID, Annotations: m.Annotations, Labels: m.Labels, Deleting: m.DeletionTimestamp != nil}
+	for _, o := range m.OwnerReferences {
+		if o.Controller {
+			pod.OwnerKind, pod.OwnerName = o.Kind, o.Name
+		}
+	}
+	return pod, nil
+}
+
+// GetMeta fetches the metadata of a namespace ("/api/v1/namespaces/x") or a
+// node ("/api/v1/nodes/x").
+func (c *Client) GetMeta(ctx context.Context, path string) (*Meta, error) {
+	var o struct {
+		Metadata Meta `json:"metadata"`
+	}
+	if err := c.do(ctx, http.MethodGet, path, "", nil, &o); err != nil {
+		return nil, fmt.Errorf("get %s: %w", path, err)
+	}
+	return &o.Metadata, nil
 }
 
 // SetPodAnnotation sets one annotation of a pod with one merge patch.
@@ -284,4 +322,61 @@ func (c *Client) GetNADConfig(ctx context.Context, namespace, name string) ([]by
 		return nil, fmt.Errorf("NetworkAttachmentDefinition %s/%s: %w", namespace, name, err)
 	}
 	return []byte(nad.Spec.Config), nil
+}
+
+// Requests counts the requests this process sent (for benchmarks).
+var Requests atomic.Int64
+
+// Get reads the object at path into out.
+func (c *Client) Get(ctx context.Context, path string, out any) error {
+	return c.do(ctx, http.MethodGet, path, "", nil, out)
+}
+
+// List reads the collection at path, narrowed by a label selector ("" for
+// all), into out.
+func (c *Client) List(ctx context.Context, path, labelSelector string, out any) error {
+	if labelSelector != "" {
+		path += "?labelSelector=" + url.QueryEscape(labelSelector)
+	}
+	return c.do(ctx, http.MethodGet, path, "", nil, out)
+}
+
+// Create posts obj to the collection at path; the created object is
+// decoded into out (if any).
+func (c *Client) Create(ctx context.Context, path string, obj, out any) error {
+	return c.do(ctx, http.MethodPost, path, "application/json", obj, out)
+}
+
+// Update replaces the object at path (its metadata.resourceVersion makes
+// it a compare-and-swap on that one object).
+func (c *Client) Update(ctx context.Context, path string, obj, out any) error {
+	return c.do(ctx, http.MethodPut, path, "application/json", obj, out)
+}
+
+// MergePatch applies a JSON merge patch to the object at path.
+func (c *Client) MergePatch(ctx context.Context, path string, patch, out any) error {
+	return c.do(ctx, http.MethodPatch, path, "application/merge-patch+json", patch, out)
+}
+
+// Delete deletes the object at path if its UID and resourceVersion are
+// still those given (either may be empty: not checked).
+func (c *Client) Delete(ctx context.Context, path, uid, resourceVersion string) error {
+	pre := map[string]string{}
+	if uid != "" {
+		pre["uid"] = uid
+	}
+	if resourceVersion != "" {
+		pre["resourceVersion"] = resourceVersion
+	}
+	var body any
+	if len(pre) > 0 {
+		body = map[string]any{"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": pre}
+	}
+	return c.do(ctx, http.MethodDelete, path, "application/json", body, nil)
+}
+
+// IsStatus reports whether err is an API answer with that HTTP code.
+func IsStatus(err error, code int) bool {
+	var se *StatusError
+	return errors.As(err, &se) && se.Code == code
 }

@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -132,5 +133,8 @@ func (n *NS) Close() error {
 		n.h.Close()
 		n.h = -1
 	}
-	return netns.DeleteNamed(n.Name)
+	if err := netns.DeleteNamed(n.Name); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
 }

@@ -33,6 +33,8 @@ type APIServer struct {
 	dir        string
 	procs      []*exec.Cmd
 	in         InNS
+	// apiserver is how kube-apiserver was started (for Restart)
+	apiserver []string
 }
 
 // InNS runs fn inside a network namespace (such as harness.NS.Do); nil
@@ -107,7 +109,7 @@ func StartAPIServer(dir, apiserverBin string, in InNS) (a *APIServer, err error)
 		"--initial-cluster", "test="+peerURL); err != nil {
 		return
 	}
-	if err = a.start(apiserverBin, "apiserver.log",
+	a.apiserver = []string{apiserverBin,
 		"--etcd-servers", etcdURL,
 		"--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1", "--secure-port", strconv.Itoa(secure),
 		"--cert-dir", pki,
@@ -117,7 +119,8 @@ func StartAPIServer(dir, apiserverBin string, in InNS) (a *APIServer, err error)
 		"--service-cluster-ip-range", "10.96.0.0/16",
 		"--token-auth-file", filepath.Join(pki, "tokens.csv"),
 		"--authorization-mode", "RBAC",
-		"--endpoint-reconciler-type", "none"); err != nil {
+		"--endpoint-reconciler-type", "none"}
+	if err = a.start(a.apiserver[0], "apiserver.log", a.apiserver[1:]...); err != nil {
 		return
 	}
 	a.URL = "https://127.0.0.1:" + strconv.Itoa(secure)
@@ -223,6 +226,28 @@ func (a *APIServer) Stop() {
 		p.Wait()
 	}
 	a.procs = nil
+}
+
+// StopAPIServer kills kube-apiserver only: etcd keeps the cluster's state
+// for Restart.
+func (a *APIServer) StopAPIServer() {
+	for i := len(a.procs) - 1; i >= 0; i-- {
+		p := a.procs[i]
+		if p.Path == a.apiserver[0] || p.Args[0] == a.apiserver[0] {
+			syscall.Kill(-p.Process.Pid, syscall.SIGKILL)
+			p.Wait()
+			a.procs = append(a.procs[:i], a.procs[i+1:]...)
+		}
+	}
+}
+
+// Restart starts kube-apiserver again (after StopAPIServer) on the same
+// port and etcd, and waits until it is ready.
+func (a *APIServer) Restart() error {
+	if err := a.start(a.apiserver[0], "apiserver-restart.log", a.apiserver[1:]...); err != nil {
+		return err
+	}
+	return a.waitReady(90 * time.Second)
 }
 
 // writeServiceAccountKeys writes the RSA key pair the API server signs

@@ -116,6 +116,10 @@ type IPAllocationSpec struct {
 	// address across re-creation while their ordinal is valid).
 	// +optional
 	OwnerKind string `json:"ownerKind,omitempty"`
+	// QuarantinedUntil is set on an address found in use by another host:
+	// it belongs to no pod and is handed out again only after this time.
+	// +optional
+	QuarantinedUntil *metav1.Time `json:"quarantinedUntil,omitempty"`
 }
 
 // IPAllocation is one allocated address. Its name is derived from the pool
@@ -131,6 +135,7 @@ type IPAllocationSpec struct {
 // +kubebuilder:printcolumn:name="Pod",type=string,JSONPath=`.spec.pod.name`
 // +kubebuilder:printcolumn:name="Interface",type=string,JSONPath=`.spec.interface`
 // +kubebuilder:printcolumn:name="Node",type=string,JSONPath=`.spec.node`
+// +kubebuilder:printcolumn:name="Quarantined-Until",type=date,JSONPath=`.spec.quarantinedUntil`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type IPAllocation struct {
 	metav1.TypeMeta   `json:",inline"`

@@ -1,0 +1,368 @@
+package tests
+
+import (
+	"fmt"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+
+	"github.com/spinneret-cni/spinneret/cni"
+	"github.com/spinneret-cni/spinneret/ipam"
+	"github.com/spinneret-cni/spinneret/tests/k8senv"
+)
+
+// kubeEnv is a two-network topology with a real API server on the node's
+// loopback, the CRDs installed, and the plugin's node conf pointing at it.
+type kubeEnv struct {
+	*env
+	a *k8senv.APIServer
+}
+
+func newKubeEnv(t *testing.T) *kubeEnv {
+	e := multiEnv(t)
+	a := startAPI(t, e.topo.Node.Do)
+	applyCRDs(t, a)
+	appendFile(t, filepath.Join(e.dir, "node.yaml"), fmt.Sprintf("kubeconfig: %s\napiTimeout: 2s\nnodeName: node-a\npoolCacheTTL: 0s\n", a.Kubeconfig))
+	return &kubeEnv{env: e, a: a}
+}
+
+func (k *kubeEnv) createPool(name string, spec map[string]any) {
+	k.t.Helper()
+	obj := map[string]any{"apiVersion": "spinneret.io/v1alpha1", "kind": "IPPool", "metadata": map[string]any{"name": name}, "spec": spec}
+	if code := apiRequest(k.t, k.a, http.MethodPost, "/apis/spinneret.io/v1alpha1/ippools", obj, nil); code != http.StatusCreated {
+		k.t.Fatalf("create IPPool %s: %d", name, code)
+	}
+}
+
+// allocations lists the IPAllocations, sorted by address.
+func (k *kubeEnv) allocations() []ipam.KubeAlloc {
+	k.t.Helper()
+	var l struct{ Items []ipam.KubeAlloc }
+	if code := apiRequest(k.t, k.a, http.MethodGet, "/apis/spinneret.io/v1alpha1/ipallocations", nil, &l); code != http.StatusOK {
+		k.t.Fatalf("list IPAllocations: %d", code)
+	}
+	sort.Slice(l.Items, func(i, j int) bool { return l.Items[i].Addr().Less(l.Items[j].Addr()) })
+	return l.Items
+}
+
+func allocSummary(al []ipam.KubeAlloc) string {
+	var out []string
+	for _, a := range al {
+		out = append(out, fmt.Sprintf("%s %s/%s %s %s", a.Spec.Address, a.Spec.Pod.Namespace, a.Spec.Pod.Name, a.Spec.Interface, a.Spec.ContainerID))
+	}
+	return strings.Join(out, "; ")
+}
+
+// podUID creates a pod (labels, annotations, owner) and returns its UID.
+func (k *kubeEnv) pod(ns, name string, labels, annotations map[string]string, owner string) string {
+	k.t.Helper()
+	if apiRequest(k.t, k.a, http.MethodGet, "/api/v1/namespaces/"+ns, nil, nil) == http.StatusNotFound {
+		apiRequest(k.t, k.a, http.MethodPost, "/api/v1/namespaces", map[string]any{"apiVersion": "v1", "kind": "Namespace", "metadata": map[string]any{"name": ns}}, nil)
+	}
+	if apiRequest(k.t, k.a, http.MethodGet, "/api/v1/namespaces/"+ns+"/serviceaccounts/default", nil, nil) == http.StatusNotFound {
+		apiRequest(k.t, k.a, http.MethodPost, "/api/v1/namespaces/"+ns+"/serviceaccounts", map[string]any{"apiVersion": "v1", "kind": "ServiceAccount", "metadata": map[string]any{"name": "default"}}, nil)
+	}
+	meta := map[string]any{"name": name, "labels": labels, "annotations": annotations}
+	if owner != "" {
+		meta["ownerReferences"] = []map[string]any{{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": owner, "uid": "0d6f0000-0000-0000-0000-00000000000" + name[len(name)-1:], "controller": true}}
+	}
+	pod := map[string]any{"apiVersion": "v1", "kind": "Pod", "metadata": meta,
+		"spec": map[string]any{"containers": []map[string]any{{"name": "c", "image": "pause"}}}}
+	var got struct {
+		Metadata struct{ UID string } `json:"metadata"`
+	}
+	if code := apiRequest(k.t, k.a, http.MethodPost, "/api/v1/namespaces/"+ns+"/pods", pod, &got); code != http.StatusCreated {
+		k.t.Fatalf("create pod %s/%s: %d", ns, name, code)
+	}
+	return got.Metadata.UID
+}
+
+func (k *kubeEnv) deletePod(ns, name string) {
+	k.t.Helper()
+	if code := apiRequest(k.t, k.a, http.MethodDelete, "/api/v1/namespaces/"+ns+"/pods/"+name+"?gracePeriodSeconds=0", nil, nil); code != http.StatusOK {
+		k.t.Fatalf("delete pod %s/%s: %d", ns, name, code)
+	}
+}
+
+// kubeRT is the runtime conf kubelet passes for a pod's sandbox.
+func kubeRT(cid string, p interface{ Path() string }, ns, name, uid string) *libcni.RuntimeConf {
+	return &libcni.RuntimeConf{ContainerID: cid, NetNS: p.Path(), IfName: "eth0",
+		Args: [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", ns}, {"K8S_POD_NAME", name}, {"K8S_POD_UID", uid}}}
+}
+
+// kubeConf: network red (eth0) draws from IPPools red-v4 and red-v6, blue
+// from blue-v4, any (on blue's wire) from the cluster's default pools.
+func (k *kubeEnv) kubeConf() *libcni.NetworkConfigList {
+	n := k.topo.Nets
+	return k.confListRaw(fmt.Sprintf(`{"cniVersion":"1.1.0","name":"kube","plugins":[{"type":"spinneret","nodeConf":"%s/node.yaml","networks":[
+		{"name":"red","master":%q,"ipam":{"ippools":["red-v4","red-v6"]}},
+		{"name":"blue","master":%q,"ipam":{"ippools":["blue-v4"]}},
+		{"name":"any","master":%q,"ipam":{"backend":"kubernetes"}}]}]}`, k.dir, n[0].Uplink, n[1].Uplink, n[1].Uplink))
+}
+
+func (k *kubeEnv) pools() {
+	n := k.topo.Nets
+	k.createPool("red-v4", map[string]any{"subnet": n[0].Subnet4.String(), "gateway": n[0].GW4.String(),
+		"ranges": []map[string]string{{"start": nth(n[0].Subnet4, 100).String(), "end": nth(n[0].Subnet4, 109).String()}}})
+	k.createPool("red-v6", map[string]any{"subnet": n[0].Subnet6.String(), "gateway": n[0].GW6.String(),
+		"ranges": []map[string]string{{"start": nth(n[0].Subnet6, 100).String(), "end": nth(n[0].Subnet6, 109).String()}}})
+	k.createPool("blue-v4", map[string]any{"subnet": n[1].Subnet4.String(), "gateway": n[1].GW4.String(), "default": true,
+		"ranges":  []map[string]string{{"start": nth(n[1].Subnet4, 100).String(), "end": nth(n[1].Subnet4, 104).String()}},
+		"exclude": []string{nth(n[1].Subnet4, 100).String()}})
+	k.createPool("tenant-v4", map[string]any{"subnet": n[0].Subnet4.String(), "gateway": n[0].GW4.String(),
+		"ranges":            []map[string]string{{"start": nth(n[0].Subnet4, 120).String(), "end": nth(n[0].Subnet4, 121).String()}},
+		"namespaceAffinity": map[string]any{"matchLabels": map[string]string{"tenant": "a"}}})
+	// reserved: blue-v4's .101 and .102 (with the excluded .100, only .103
+	// and .104 are handed out)
+	rsv := map[string]any{"apiVersion": "spinneret.io/v1alpha1", "kind": "ReservedIP", "metadata": map[string]any{"name": "printers"},
+		"spec": map[string]any{"addresses": []string{nth(n[1].Subnet4, 101).String(), nth(n[1].Subnet4, 102).String() + "/32"}}}
+	if code := apiRequest(k.t, k.a, http.MethodPost, "/apis/spinneret.io/v1alpha1/reservedips", rsv, nil); code != http.StatusCreated {
+		k.t.Fatalf("create ReservedIP: %d", code)
+	}
+}
+
+// TestKubeIPAM drives the binary with the kubernetes IPAM backend against a
+// real API server: addresses come from IPPools as IPAllocation objects (one
+// per address, with pod, sandbox, interface and node), traffic flows, ADD
+// is idempotent, DEL releases, reserved and excluded addresses are never
+// handed out, and a failed ADD leaves no object.
+func TestKubeIPAM(t *testing.T) {
+	k := newKubeEnv(t)
+	k.pools()
+	l := k.kubeConf()
+	n := k.topo.Nets
+	p, _ := k.topo.NewPod()
+	before := k.snapshot(p)
+	uid := k.pod("spin", "web", nil, map[string]string{"k8s.v1.cni.cncf.io/networks": "blue@net1"}, "")
+	rt := kubeRT("c1", p, "spin", "web", uid)
+	r := k.mustAdd(l, rt)
+	v4, v6, b4 := nicAddr(t, r, "eth0", true), nicAddr(t, r, "eth0", false), nicAddr(t, r, "net1", true)
+	in := func(a netip.Addr, sub netip.Prefix, lo, hi int) bool {
+		return !a.Less(nth(sub, lo)) && !nth(sub, hi).Less(a)
+	}
+	if !in(v4, n[0].Subnet4, 100, 109) || !in(v6, n[0].Subnet6, 100, 109) || !in(b4, n[1].Subnet4, 103, 104) {
+		t.Fatalf("addresses %s %s %s: want red-v4, red-v6 and blue-v4 (.103 or .104: .100 excluded, .101-.102 reserved)", v4, v6, b4)
+	}
+	al := k.allocations()
+	if len(al) != 3 {
+		t.Fatalf("IPAllocations: %s", allocSummary(al))
+	}
+	for _, a := range al {
+		if a.Spec.Pod.UID != uid || a.Spec.ContainerID != "c1" || a.Spec.Node != "node-a" || a.Spec.Pod.Name != "web" ||
+			a.Metadata.Name != ipam.AllocName(a.Spec.Pool, a.Addr()) || a.Metadata.Labels[ipam.LabelPool] != a.Spec.Pool {
+			t.Errorf("IPAllocation %+v", a)
+		}
+	}
+	if err := p.PingFrom(v4, n[0].GW4, 5*time.Second); err != nil {
+		t.Errorf("eth0 -> gateway: %v", err)
+	}
+	if err := p.PingFrom(b4, n[1].GW4, 5*time.Second); err != nil {
+		t.Errorf("net1 -> gateway: %v", err)
+	}
+	k.mustDel(l, kubeRT("c1", p, "spin", "web", uid))
+	if al := k.allocations(); len(al) != 0 {
+		t.Fatalf("after DEL: %s", allocSummary(al))
+	}
+	k.sameAs(before, p)
+
+	// idempotency per (pod UID, interface): a new sandbox of the same pod,
+	// while the old one's objects still exist (its DEL was lost), gets the
+	// same addresses, recorded for the new sandbox; the old sandbox's late
+	// DEL then frees nothing
+	r = k.mustAdd(l, kubeRT("c2", p, "spin", "web", uid))
+	first := allocSummary(k.allocations())
+	// simulate a lost DEL: the pod netns is recreated, addresses kept
+	p.Close()
+	p, _ = k.topo.NewPod()
+	r2 := k.mustAdd(l, kubeRT("c3", p, "spin", "web", uid))
+	if nicAddr(t, r, "eth0", true) != nicAddr(t, r2, "eth0", true) || nicAddr(t, r, "net1", true) != nicAddr(t, r2, "net1", true) {
+		t.Errorf("new sandbox of the same pod: %v, first %v", r2.IPs, r.IPs)
+	}
+	if got := allocSummary(k.allocations()); got != strings.ReplaceAll(first, " c2", " c3") {
+		t.Errorf("after the new sandbox's ADD: %s, want %s with c3", got, first)
+	}
+	k.mustDel(l, kubeRT("c2", p, "spin", "web", uid))
+	if got := len(k.allocations()); got != 3 {
+		t.Fatalf("the old sandbox's late DEL freed the new one's addresses: %s", allocSummary(k.allocations()))
+	}
+	k.mustDel(l, kubeRT("c3", p, "spin", "web", uid))
+	if al := k.allocations(); len(al) != 0 {
+		t.Fatalf("after DEL: %s", allocSummary(al))
+	}
+	before = k.snapshot(p)
+
+	// a failed ADD (a plan step fails after allocation) leaves no object
+	t.Setenv("SPINNERET_TEST_FAIL_STEP", "1")
+	_, err := k.add(l, kubeRT("c4", p, "spin", "web", uid))
+	os.Unsetenv("SPINNERET_TEST_FAIL_STEP")
+	wantErr(t, err, cni.ErrStepFailed, "injected fault")
+	if al := k.allocations(); len(al) != 0 {
+		t.Fatalf("after a failed ADD: %s", allocSummary(al))
+	}
+	k.sameAs(before, p)
+}
+
+// TestKubeIPAMSelection: the pools a NIC draws from are, in order, the
+// pod's spinneret.io/ippools annotation, its namespace's default pools
+// (first NIC), the network's ippools, the cluster's default pools; a pool
+// whose namespace affinity does not admit the pod is refused with a reason,
+// and a family without a free address is an exhausted pool.
+func TestKubeIPAMSelection(t *testing.T) {
+	k := newKubeEnv(t)
+	k.pools()
+	l := k.kubeConf()
+	n := k.topo.Nets
+	p, _ := k.topo.NewPod()
+	before := k.snapshot(p)
+
+	// the annotation names a pool the namespace is not admitted to
+	uid := k.pod("spin", "a1", nil, map[string]string{"spinneret.io/ippools": `[{"interface":"eth0","ipv4":["tenant-v4"]}]`}, "")
+	_, err := k.add(l, kubeRT("c1", p, "spin", "a1", uid))
+	wantErr(t, err, cni.ErrBadRequest, `tenant-v4: namespace spin is not admitted`)
+	uid = k.pod("spin", "a2", nil, map[string]string{"spinneret.io/ippools": `[{"interface":"eth0","ipv4":["nope"]}]`}, "")
+	_, err = k.add(l, kubeRT("c1", p, "spin", "a2", uid))
+	wantErr(t, err, cni.ErrBadRequest, `IPPool "nope" (from spinneret.io/ippools) does not exist`)
+	k.sameAs(before, p)
+	if al := k.allocations(); len(al) != 0 {
+		t.Fatalf("after refused ADDs: %s", allocSummary(al))
+	}
+
+	// a labelled namespace whose default pool is tenant-v4: eth0 comes from
+	// it (IPv4 only: the namespace names no IPv6 pool)
+	apiRequest(t, k.a, http.MethodPost, "/api/v1/namespaces", map[string]any{"apiVersion": "v1", "kind": "Namespace",
+		"metadata": map[string]any{"name": "team", "labels": map[string]string{"tenant": "a"},
+			"annotations": map[string]string{ipam.AnnotNSDefaultV4: `["tenant-v4"]`}}}, nil)
+	uid = k.pod("team", "t1", nil, map[string]string{"k8s.v1.cni.cncf.io/networks": "any"}, "")
+	r := k.mustAdd(l, kubeRT("t1", p, "team", "t1", uid))
+	if got := nicAddr(t, r, "eth0", true); got != nth(n[0].Subnet4, 120) && got != nth(n[0].Subnet4, 121) {
+		t.Errorf("eth0 %s: want tenant-v4 (the namespace's default)", got)
+	}
+	// network "any" names no pool: the cluster's default pool blue-v4
+	if got := nicAddr(t, r, "net1", true); got != nth(n[1].Subnet4, 103) && got != nth(n[1].Subnet4, 104) {
+		t.Errorf("net1 %s: want blue-v4 (the cluster's default pool)", got)
+	}
+	for _, ip := range r.IPs {
+		if ip.Address.IP.To4() == nil {
+			t.Errorf("IPv6 address %s: the namespace names IPv4 pools only", ip.Address.IP)
+		}
+	}
+	// blue-v4 has two addresses to give (.103, .104): a second pod takes
+	// the other, a third finds the pool exhausted and leaves nothing
+	p2, _ := k.topo.NewPod()
+	uid2 := k.pod("team", "t2", nil, map[string]string{"k8s.v1.cni.cncf.io/networks": "any"}, "")
+	r2 := k.mustAdd(l, kubeRT("t2", p2, "team", "t2", uid2))
+	if nicAddr(t, r2, "net1", true) == nicAddr(t, r, "net1", true) {
+		t.Fatalf("two pods with %s", nicAddr(t, r, "net1", true))
+	}
+	p3, _ := k.topo.NewPod()
+	before3 := k.snapshot(p3)
+	held := allocSummary(k.allocations())
+	uid3 := k.pod("spin", "t3", nil, map[string]string{"k8s.v1.cni.cncf.io/networks": "any"}, "")
+	_, err = k.add(l, kubeRT("t3", p3, "spin", "t3", uid3))
+	wantErr(t, err, cni.ErrPoolExhausted, `pool "blue-v4" is exhausted`)
+	k.sameAs(before3, p3)
+	if got := allocSummary(k.allocations()); got != held {
+		t.Errorf("after an exhausted ADD: %s, want %s", got, held)
+	}
+	k.mustDel(l, kubeRT("t1", p, "team", "t1", uid))
+	k.mustDel(l, kubeRT("t2", p2, "team", "t2", uid2))
+	if al := k.allocations(); len(al) != 0 {
+		t.Fatalf("after DEL: %s", allocSummary(al))
+	}
+}
+
+// TestKubeIPAMStatefulSet: a StatefulSet pod keeps its address across
+// re-creation (another UID, another sandbox); a stateless pod re-created
+// under the same name gets a new one; neither old pod's late DEL frees the
+// new pod's address.
+func TestKubeIPAMStatefulSet(t *testing.T) {
+	k := newKubeEnv(t)
+	k.pools()
+	l := k.kubeConf()
+	p, _ := k.topo.NewPod()
+
+	uid := k.pod("spin", "db-0", nil, nil, "db")
+	r := k.mustAdd(l, kubeRT("s1", p, "spin", "db-0", uid))
+	addr := nicAddr(t, r, "eth0", true)
+	k.mustDel(l, kubeRT("s1", p, "spin", "db-0", uid))
+	if al := k.allocations(); len(al) != 2 {
+		t.Fatalf("a StatefulSet pod's DEL keeps its addresses for its successor: %s", allocSummary(al))
+	}
+	k.deletePod("spin", "db-0")
+	uid2 := k.pod("spin", "db-0", nil, nil, "db")
+	r = k.mustAdd(l, kubeRT("s2", p, "spin", "db-0", uid2))
+	if got := nicAddr(t, r, "eth0", true); got != addr {
+		t.Fatalf("re-created db-0 got %s, had %s", got, addr)
+	}
+	for _, a := range k.allocations() {
+		if a.Spec.Pod.UID != uid2 || a.Spec.ContainerID != "s2" || a.Metadata.Labels[ipam.LabelPodUID] != uid2 {
+			t.Errorf("taken over allocation %+v", a)
+		}
+	}
+	// the old pod's late DEL
+	p.Close()
+	p, _ = k.topo.NewPod()
+	k.mustDel(l, kubeRT("s1", p, "spin", "db-0", uid))
+	if al := k.allocations(); len(al) != 2 {
+		t.Fatalf("old pod's late DEL: %s", allocSummary(al))
+	}
+
+	// stateless: same name, new UID, new address; old pod's DEL frees its own
+	p2, _ := k.topo.NewPod()
+	wuid := k.pod("spin", "web", nil, nil, "")
+	r = k.mustAdd(l, kubeRT("w1", p2, "spin", "web", wuid))
+	old := nicAddr(t, r, "eth0", true)
+	k.deletePod("spin", "web")
+	wuid2 := k.pod("spin", "web", nil, nil, "")
+	p3, _ := k.topo.NewPod()
+	r = k.mustAdd(l, kubeRT("w2", p3, "spin", "web", wuid2))
+	if nicAddr(t, r, "eth0", true) == old {
+		t.Fatalf("the re-created stateless pod got the old pod's %s, still held", old)
+	}
+	k.mustDel(l, kubeRT("w1", p2, "spin", "web", wuid))
+	var left []string
+	for _, a := range k.allocations() {
+		left = append(left, a.Spec.Pod.Name+"/"+a.Spec.ContainerID)
+	}
+	sort.Strings(left)
+	if want := []string{"db-0/s2", "db-0/s2", "web/w2", "web/w2"}; !slices.Equal(left, want) {
+		t.Fatalf("after the old web's DEL: %v, want %v", left, want)
+	}
+}
+
+// TestKubeIPAMAPIDown: with the API server down, ADD fails within its
+// timeout and leaves nothing; DEL succeeds from the node's journal and
+// leaves the release to the controller's GC.
+func TestKubeIPAMAPIDown(t *testing.T) {
+	k := newKubeEnv(t)
+	k.pools()
+	l := k.kubeConf()
+	p, _ := k.topo.NewPod()
+	before := k.snapshot(p)
+	uid := k.pod("spin", "web", nil, nil, "")
+	k.mustAdd(l, kubeRT("c1", p, "spin", "web", uid))
+	k.a.StopAPIServer()
+	k.mustDel(l, kubeRT("c1", p, "spin", "web", uid))
+	k.sameAs(before, p)
+	start := time.Now()
+	_, err := k.add(l, kubeRT("c2", p, "spin", "web", uid))
+	wantErr(t, err, 11, "API server unreachable")
+	if d := time.Since(start); d > 4*time.Second {
+		t.Errorf("ADD with the API server down took %s (timeout 2s)", d)
+	}
+	k.sameAs(before, p)
+	if err := k.a.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	if al := k.allocations(); len(al) != 2 {
+		t.Fatalf("the release is left to GC: %s", allocSummary(al))
+	}
+}
