@@ -87,12 +87,19 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 		}
 		return types.NewError(types.ErrIOFailure, err.Error(), "")
 	}
+	var refs []ipam.KubeRef
 	for i := range nics {
 		for _, a := range allocs {
 			if a.IfName == nics[i].IfName {
 				nics[i].Addrs = append(nics[i].Addrs, a)
 			}
+			if a.Object != nil && a.IfName == nics[i].IfName {
+				refs = append(refs, *a.Object)
+			}
 		}
+	}
+	if len(refs) > 0 {
+		j.IPAM, _ = json.Marshal(refs)
 	}
 	// NICs of NADs whose IPAM is another plugin: each run is journaled
 	// before it happens, so a rollback, DEL or GC releases it

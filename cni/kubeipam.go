@@ -2,6 +2,7 @@ package cni
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -11,6 +12,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/spinneret-cni/spinneret/internal/kube"
+	"github.com/spinneret-cni/spinneret/internal/txn"
 	"github.com/spinneret-cni/spinneret/ipam"
 )
 
@@ -140,8 +142,36 @@ func (p *plugin) quarantine(owner ipam.Owner, a netip.Addr, d time.Duration) err
 	return p.store.Quarantine(owner, a, time.Now().Add(d))
 }
 
-// releaseKube frees what a sandbox holds in the kubernetes backend: the
-// IPAllocations with its pod UID and container ID. The API server being
+// releaseKubeRefs frees the IPAllocations a journal records (each only if
+// unchanged since its ADD). The API server being down (or refusing) does
+// not fail DEL: the pod's network is gone, and the controller frees the
+// addresses of pods that no longer exist.
+func (p *plugin) releaseKubeRefs(j *txn.Journal) {
+	if len(j.IPAM) == 0 {
+		return
+	}
+	var refs []ipam.KubeRef
+	if err := json.Unmarshal(j.IPAM, &refs); err != nil {
+		p.log.Error("journal's IPAM record unreadable; release left to the controller's GC", "err", err)
+		return
+	}
+	c, err := p.kubeClient()
+	if err == nil && c == nil {
+		err = errors.New("no kubeconfig in the node conf")
+	}
+	if err == nil {
+		var n int
+		if n, err = ipam.KubeReleaseRefs(context.Background(), c, refs); err == nil {
+			p.log.Info("released", "backend", "kubernetes", "container", j.ContainerID, "addresses", n)
+			return
+		}
+	}
+	p.log.Warn("kubernetes IPAM release left to the controller's GC", "container", j.ContainerID, "err", err)
+}
+
+// releaseKube frees what a sandbox without a journal (its ADD died before
+// writing one) holds in the kubernetes backend: the IPAllocations with its
+// pod UID and container ID, found with one list. The API server being
 // down (or refusing) does not fail DEL: the pod's network is gone, and the
 // controller frees the addresses of pods that no longer exist.
 func (p *plugin) releaseKube(args *skel.CmdArgs) {

@@ -172,6 +172,7 @@ func (p *plugin) teardown(j *txn.Journal) error {
 	if err := p.store.Release(j.ContainerID, j.IfName); err != nil {
 		return err
 	}
+	p.releaseKubeRefs(j)
 	p.phase("release")
 	return j.Remove()
 }
@@ -208,7 +209,9 @@ func cmdDel(args *skel.CmdArgs) (err error) {
 	case errors.Is(err, os.ErrNotExist):
 		// never added, added and deleted, or ADD died before journaling:
 		// addresses may still be held
-		err = p.store.Release(args.ContainerID, args.IfName)
+		if err = p.store.Release(args.ContainerID, args.IfName); err == nil {
+			p.releaseKube(args)
+		}
 	case err != nil:
 		return types.NewError(types.ErrIOFailure, err.Error(), "")
 	default:
@@ -217,6 +220,5 @@ func cmdDel(args *skel.CmdArgs) (err error) {
 	if err != nil {
 		return types.NewError(types.ErrTryAgainLater, fmt.Sprintf("DEL %s/%s: %v", args.ContainerID, args.IfName, err), "")
 	}
-	p.releaseKube(args)
 	return nil
 }

@@ -17,6 +17,17 @@ type Allocation struct {
 	Pool    string       `json:"pool"`
 	Address netip.Prefix `json:"address"` // the address with its subnet's length
 	Gateway netip.Addr   `json:"gateway,omitzero"`
+	// Object is the IPAllocation of the kubernetes backend.
+	Object *KubeRef `json:"object,omitempty"`
+}
+
+// KubeRef is an IPAllocation as an ADD left it: DEL deletes it only if it
+// is still that version (not taken over since), and never a StatefulSet
+// pod's (Sticky: its successor takes it over).
+type KubeRef struct {
+	Name            string `json:"name"`
+	ResourceVersion string `json:"rv"`
+	Sticky          bool   `json:"sticky,omitempty"`
 }
 
 // Request is what one NIC of an attachment asks for: an address per family

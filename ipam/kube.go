@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"math/rand/v2"
 	"net/http"
 	"net/netip"
@@ -40,6 +41,7 @@ const (
 	LabelPool      = "spinneret.io/pool"
 	LabelPodUID    = "spinneret.io/pod-uid"
 	LabelNode      = "spinneret.io/node"
+	LabelPod       = "spinneret.io/pod"
 	OwnerKindSTS   = "StatefulSet"
 	maxCreateTries = 64
 )
@@ -179,6 +181,11 @@ type Kube struct {
 	nodeMeta *kube.Meta
 	// created are the objects this invocation created, by address
 	created map[netip.Addr]*KubeAlloc
+	// mine are the allocations of pods of this pod's name (podAllocs)
+	mine []*KubeAlloc
+	// views are the node's views of pools' allocations, by pool
+	views map[string]*poolView
+	cands map[string][]netip.Addr
 	// Conflicts counts creates answered 409 (for benchmarks).
 	Conflicts int
 }
@@ -210,14 +217,21 @@ func (k *Kube) loadPools(want []string) error {
 		return nil
 	}
 	if !k.fetched && k.ttl > 0 {
-		if b, err := os.ReadFile(k.cache); err == nil {
-			var pc poolCache
-			if json.Unmarshal(b, &pc) == nil && k.now().Sub(pc.Fetched) < k.ttl && k.now().After(pc.Fetched.Add(-time.Second)) {
-				k.setPools(&pc)
-				if k.hasAll(want) {
-					return nil
-				}
-			}
+		if k.readCache(want) {
+			return nil
+		}
+		// one refresh at a time on the node: pods started together wait
+		// for it instead of all listing the same objects
+		if err := os.MkdirAll(filepath.Dir(k.cache), 0o700); err != nil {
+			return fmt.Errorf("ipam: %w", err)
+		}
+		l, err := fileutil.LockFile(k.cache + ".lock")
+		if err != nil {
+			return fmt.Errorf("ipam: %w", err)
+		}
+		defer l.Unlock()
+		if k.readCache(want) {
+			return nil
 		}
 	}
 	var pl struct {
@@ -242,11 +256,26 @@ func (k *Kube) loadPools(want []string) error {
 	}
 	k.setPools(&pc)
 	if k.ttl > 0 {
-		if b, err := json.Marshal(&pc); err == nil && os.MkdirAll(filepath.Dir(k.cache), 0o700) == nil {
+		if b, err := json.Marshal(&pc); err == nil {
 			_ = fileutil.WriteAtomic(k.cache, b) // a hint: not synced
 		}
 	}
 	return nil
+}
+
+// readCache uses the node's cached lists if they are fresh and name every
+// pool in want.
+func (k *Kube) readCache(want []string) bool {
+	b, err := os.ReadFile(k.cache)
+	if err != nil {
+		return false
+	}
+	var pc poolCache
+	if json.Unmarshal(b, &pc) != nil || k.now().Sub(pc.Fetched) >= k.ttl || k.now().Before(pc.Fetched.Add(-time.Second)) {
+		return false
+	}
+	k.setPools(&pc)
+	return k.hasAll(want)
 }
 
 func (k *Kube) hasAll(names []string) bool {
@@ -477,20 +506,30 @@ func (k *Kube) refuses(kp *kubePool) (string, error) {
 	return "", nil
 }
 
-// listPool lists a pool's allocations (once per invocation and pool, unless
-// fresh is set).
-func (k *Kube) listPool(lists map[string][]*KubeAlloc, pool string, fresh bool) ([]*KubeAlloc, error) {
-	if l, ok := lists[pool]; ok && !fresh {
-		return l, nil
+// podLabel is the value of LabelPod for a pod: a hash of its namespace and
+// name (label values are at most 63 characters; names are longer).
+func podLabel(namespace, name string) string {
+	h := fnv.New64a()
+	h.Write([]byte(namespace + "/" + name))
+	return fmt.Sprintf("%016x", h.Sum64())
+}
+
+// podAllocs lists, once per invocation, the allocations of every pod of
+// this pod's namespace and name: its own (idempotency) and its
+// predecessors' (a StatefulSet pod takes them over). A small list: the
+// API server filters by label.
+func (k *Kube) podAllocs() ([]*KubeAlloc, error) {
+	if k.mine != nil {
+		return k.mine, nil
 	}
 	var al struct {
 		Items []*KubeAlloc `json:"items"`
 	}
-	if err := k.c.List(k.ctx, apiGroup+"/ipallocations", LabelPool+"="+pool, &al); err != nil {
-		return nil, fmt.Errorf("ipam: list allocations of IPPool %s: %w", pool, err)
+	if err := k.c.Get(k.ctx, apiGroup+"/ipallocations?resourceVersion=0&labelSelector="+url.QueryEscape(LabelPod+"="+podLabel(k.pod.Namespace, k.pod.Name)), &al); err != nil {
+		return nil, fmt.Errorf("ipam: list allocations of pod %s/%s: %w", k.pod.Namespace, k.pod.Name, err)
 	}
-	lists[pool] = al.Items
-	return al.Items, nil
+	k.mine = append(al.Items, []*KubeAlloc{}...)
+	return k.mine, nil
 }
 
 // Allocate gives each NIC one address per address family of its pools (the
@@ -500,11 +539,10 @@ func (k *Kube) listPool(lists map[string][]*KubeAlloc, pool string, fresh bool) 
 // over the address its predecessor of the same name held. All or none: on
 // failure the objects this call created are deleted.
 func (k *Kube) Allocate(o Owner, reqs []Request) ([]Allocation, error) {
-	lists := map[string][]*KubeAlloc{}
 	var out []Allocation
 	for _, r := range reqs {
 		for _, fam := range Families(r.Pools) {
-			a, err := k.allocateOne(o, r, fam, lists)
+			a, err := k.allocateOne(o, r, fam)
 			if err != nil {
 				k.Undo()
 				return nil, err
@@ -530,11 +568,13 @@ func (k *Kube) Undo() error {
 	return errors.Join(errs...)
 }
 
-func allocation(ifname string, p *conf.Pool, a netip.Addr) Allocation {
-	return Allocation{IfName: ifname, Pool: p.Name, Address: netip.PrefixFrom(a, p.Subnet.Bits()), Gateway: p.Gateway}
+func allocation(ifname string, p *conf.Pool, obj *KubeAlloc) Allocation {
+	a := obj.Addr()
+	return Allocation{IfName: ifname, Pool: p.Name, Address: netip.PrefixFrom(a, p.Subnet.Bits()), Gateway: p.Gateway,
+		Object: &KubeRef{Name: obj.Metadata.Name, ResourceVersion: obj.Metadata.ResourceVersion, Sticky: obj.Spec.OwnerKind == OwnerKindSTS}}
 }
 
-func (k *Kube) allocateOne(o Owner, r Request, fam []conf.Pool, lists map[string][]*KubeAlloc) (Allocation, error) {
+func (k *Kube) allocateOne(o Owner, r Request, fam []conf.Pool) (Allocation, error) {
 	var static netip.Addr
 	for _, st := range r.Static {
 		if st.Is4() == fam[0].Is4() {
@@ -543,30 +583,29 @@ func (k *Kube) allocateOne(o Owner, r Request, fam []conf.Pool, lists map[string
 	}
 	now := k.now()
 	// what the pod (or, for a StatefulSet, its predecessor) already holds
+	mine, err := k.podAllocs()
+	if err != nil {
+		return Allocation{}, err
+	}
 	for i := range fam {
 		p := &fam[i]
-		items, err := k.listPool(lists, p.Name, false)
-		if err != nil {
-			return Allocation{}, err
-		}
-		for _, it := range items {
-			if it.Spec.Interface != r.IfName || it.Quarantined(now) {
+		for _, it := range mine {
+			if it.Spec.Pool != p.Name || it.Spec.Interface != r.IfName || it.Quarantined(now) || it.Spec.QuarantinedUntil != nil {
 				continue
 			}
-			mine := it.Spec.Pod.UID == k.pod.UID
-			heir := k.pod.OwnerKind == OwnerKindSTS && it.Spec.OwnerKind == OwnerKindSTS &&
-				it.Spec.Pod.Namespace == k.pod.Namespace && it.Spec.Pod.Name == k.pod.Name
-			if !mine && !heir {
-				continue
+			heir := k.pod.OwnerKind == OwnerKindSTS && it.Spec.OwnerKind == OwnerKindSTS
+			if it.Spec.Pod.UID != k.pod.UID && !heir {
+				continue // a stateless pod of the same name: not ours
 			}
 			a := it.Addr()
 			if !p.Subnet.Contains(a) || static.IsValid() && a != static {
 				continue // the pool or the request changed: allocate anew
 			}
-			if err := k.adopt(o, r.IfName, it); err != nil {
+			obj, err := k.adopt(o, r.IfName, it)
+			if err != nil {
 				return Allocation{}, err
 			}
-			return allocation(r.IfName, p, a), nil
+			return allocation(r.IfName, p, obj), nil
 		}
 	}
 	if static.IsValid() {
@@ -577,58 +616,52 @@ func (k *Kube) allocateOne(o Owner, r Request, fam []conf.Pool, lists map[string
 		if k.isReserved(static) {
 			return Allocation{}, fmt.Errorf("ipam: %s: static address %s is reserved: %w", r.IfName, static, ErrStaticTaken)
 		}
-		ok, err := k.create(o, r.IfName, &fam[i], static)
+		obj, err := k.create(o, r.IfName, &fam[i], static)
 		if err != nil {
 			return Allocation{}, err
 		}
-		if !ok {
+		if obj == nil {
 			return Allocation{}, fmt.Errorf("ipam: %s: static address %s: %w", r.IfName, static, ErrStaticTaken)
 		}
-		return allocation(r.IfName, &fam[i], static), nil
+		return allocation(r.IfName, &fam[i], obj), nil
 	}
 	for i := range fam {
 		p := &fam[i]
-		items, _ := k.listPool(lists, p.Name, false)
-		conflicts := 0
+		v := k.view(p.Name)
 		for tries := 0; tries < maxCreateTries; tries++ {
-			free, expired := k.free(p, items, now)
-			if len(free) == 0 {
-				if conflicts == 0 {
-					break // truly full as of the list
+			seen := k.now()
+			a, old, fresh, err := v.pick(k, p)
+			if err != nil {
+				return Allocation{}, err
+			}
+			if !a.IsValid() {
+				if fresh {
+					break // none free as of a list read just now
 				}
-				// others took addresses since the list: read it again
-				var err error
-				if items, err = k.listPool(lists, p.Name, true); err != nil {
+				if err := v.refresh(k); err != nil {
 					return Allocation{}, err
 				}
-				conflicts = 0
 				continue
 			}
-			a := free[k.rnd.IntN(len(free))]
-			if old, ok := expired[a]; ok {
+			if old != nil {
 				// a quarantine that ran out: its object goes first
-				if err := k.c.Delete(k.ctx, allocPath(old.Metadata.Name), old.Metadata.UID, old.Metadata.ResourceVersion); err != nil &&
+				if err := k.c.Delete(k.ctx, allocPath(old.Metadata.Name), "", old.Metadata.ResourceVersion); err != nil &&
 					!kube.IsStatus(err, http.StatusNotFound) && !kube.IsStatus(err, http.StatusConflict) {
 					return Allocation{}, fmt.Errorf("ipam: delete expired quarantine %s: %w", old.Metadata.Name, err)
 				}
 			}
-			ok, err := k.create(o, r.IfName, p, a)
+			obj, err := k.create(o, r.IfName, p, a)
 			if err != nil {
 				return Allocation{}, err
 			}
-			if ok {
-				return allocation(r.IfName, p, a), nil
+			if obj != nil {
+				return allocation(r.IfName, p, obj), nil
 			}
+			// taken by another node since the view was read: read the
+			// pool again (unless another ADD of the node just did)
 			k.Conflicts++
-			conflicts++
-			// taken meanwhile: count it as used and pick another
-			items = append(items, &KubeAlloc{Spec: KubeAllocSpec{Address: a.String()}})
-			if conflicts >= 8 {
-				var err error
-				if items, err = k.listPool(lists, p.Name, true); err != nil {
-					return Allocation{}, err
-				}
-				conflicts = 0
+			if err := v.refreshSince(k, seen); err != nil {
+				return Allocation{}, err
 			}
 		}
 	}
@@ -637,31 +670,32 @@ func (k *Kube) allocateOne(o Owner, r Request, fam []conf.Pool, lists map[string
 
 // adopt records this sandbox (and node, and pod UID for a StatefulSet
 // heir) on an allocation the pod already holds.
-func (k *Kube) adopt(o Owner, ifname string, it *KubeAlloc) error {
+func (k *Kube) adopt(o Owner, ifname string, it *KubeAlloc) (*KubeAlloc, error) {
 	if it.Spec.Pod.UID == k.pod.UID && it.Spec.ContainerID == o.ContainerID && it.Spec.Node == k.node {
-		return nil
+		return it, nil
 	}
 	upd := *it
 	upd.APIVersion, upd.Kind = "spinneret.io/v1alpha1", "IPAllocation"
 	upd.Spec.Pod = k.pod.KubePodRef
 	upd.Spec.ContainerID, upd.Spec.Node, upd.Spec.OwnerKind = o.ContainerID, k.node, k.pod.OwnerKind
 	upd.Metadata.Labels = k.labels(it.Spec.Pool)
-	if err := k.c.Update(k.ctx, allocPath(it.Metadata.Name), &upd, nil); err != nil {
-		return fmt.Errorf("ipam: %s: take over %s: %w", ifname, it.Metadata.Name, err)
+	var got KubeAlloc
+	if err := k.c.Update(k.ctx, allocPath(it.Metadata.Name), &upd, &got); err != nil {
+		return nil, fmt.Errorf("ipam: %s: take over %s: %w", ifname, it.Metadata.Name, err)
 	}
-	return nil
+	return &got, nil
 }
 
 func (k *Kube) labels(pool string) map[string]string {
-	l := map[string]string{LabelPool: pool, LabelPodUID: k.pod.UID}
+	l := map[string]string{LabelPool: pool, LabelPodUID: k.pod.UID, LabelPod: podLabel(k.pod.Namespace, k.pod.Name)}
 	if len(k.node) <= 63 {
 		l[LabelNode] = k.node
 	}
 	return l
 }
 
-// create creates the allocation object of address a; false if it exists.
-func (k *Kube) create(o Owner, ifname string, p *conf.Pool, a netip.Addr) (bool, error) {
+// create creates the allocation object of address a; nil if it exists.
+func (k *Kube) create(o Owner, ifname string, p *conf.Pool, a netip.Addr) (*KubeAlloc, error) {
 	obj := &KubeAlloc{APIVersion: "spinneret.io/v1alpha1", Kind: "IPAllocation",
 		Metadata: kube.Meta{Name: AllocName(p.Name, a), Labels: k.labels(p.Name)},
 		Spec: KubeAllocSpec{Pool: p.Name, Address: a.String(), Pod: k.pod.KubePodRef, ContainerID: o.ContainerID,
@@ -670,12 +704,12 @@ func (k *Kube) create(o Owner, ifname string, p *conf.Pool, a netip.Addr) (bool,
 	err := k.c.Create(k.ctx, apiGroup+"/ipallocations", obj, &got)
 	switch {
 	case kube.IsStatus(err, http.StatusConflict):
-		return false, nil
+		return nil, nil
 	case err != nil:
-		return false, fmt.Errorf("ipam: create IPAllocation %s: %w", obj.Metadata.Name, err)
+		return nil, fmt.Errorf("ipam: create IPAllocation %s: %w", obj.Metadata.Name, err)
 	}
 	k.created[a] = &got
-	return true, nil
+	return &got, nil
 }
 
 // smallPool is the size up to which a pool's free addresses are listed in
@@ -802,6 +836,304 @@ func KubeRelease(ctx context.Context, c *kube.Client, podUID, containerID string
 			// gone, or taken over meanwhile: not ours any more
 		default:
 			return n, fmt.Errorf("ipam: release %s: %w", it.Metadata.Name, err)
+		}
+	}
+	return n, nil
+}
+
+// poolView is the node's view of one pool's allocations: a snapshot read
+// with one LIST, shared by the node's ADDs for the cache TTL, plus a log of
+// the addresses the node's ADDs picked since. An ADD picks an address free
+// in the view and appends it to the log under the view's lock, so the
+// node's concurrent ADDs never pick the same one; other nodes' picks show
+// up as 409s (the address is then logged as used), and a few of those, or
+// an empty view, make the ADD read the pool again. Each node starts its
+// picks at its own place in the pool, so nodes seldom meet. The view is a
+// hint: the API server's 409 is what keeps an address single-owner, and a
+// pool is exhausted only when a list read just now shows nothing free.
+type poolView struct {
+	pool  string
+	dir   string
+	fresh bool // listed by this invocation
+	// in memory (no TTL: every ADD reads the pool)
+	items []*KubeAlloc
+}
+
+type viewSnapshot struct {
+	Fetched time.Time    `json:"fetched"`
+	Items   []*KubeAlloc `json:"items"`
+}
+
+func (k *Kube) view(pool string) *poolView {
+	if k.views == nil {
+		k.views = map[string]*poolView{}
+	}
+	if v, ok := k.views[pool]; ok {
+		return v
+	}
+	v := &poolView{pool: pool, dir: filepath.Join(filepath.Dir(k.cache), "kube-views")}
+	k.views[pool] = v
+	return v
+}
+
+func (v *poolView) path(ext string) string { return filepath.Join(v.dir, v.pool+ext) }
+
+// list reads the pool's allocations from the API server, trimmed to what
+// picking needs.
+func (v *poolView) list(k *Kube) ([]*KubeAlloc, error) {
+	var al struct {
+		Items []*KubeAlloc `json:"items"`
+	}
+	if err := k.c.List(k.ctx, apiGroup+"/ipallocations", LabelPool+"="+v.pool, &al); err != nil {
+		return nil, fmt.Errorf("ipam: list allocations of IPPool %s: %w", v.pool, err)
+	}
+	out := make([]*KubeAlloc, 0, len(al.Items))
+	for _, it := range al.Items {
+		out = append(out, &KubeAlloc{Metadata: kube.Meta{Name: it.Metadata.Name, ResourceVersion: it.Metadata.ResourceVersion},
+			Spec: KubeAllocSpec{Address: it.Spec.Address, Node: it.Spec.Node, QuarantinedUntil: it.Spec.QuarantinedUntil}})
+	}
+	v.fresh = true
+	return out, nil
+}
+
+// refresh reads the pool again and makes that the node's view.
+func (v *poolView) refresh(k *Kube) error { return v.refreshSince(k, k.now()) }
+
+// refreshSince reads the pool again unless the node's view was read after
+// since (by another ADD of the node).
+func (v *poolView) refreshSince(k *Kube, since time.Time) error {
+	if k.ttl == 0 {
+		items, err := v.list(k)
+		v.items = items
+		return err
+	}
+	l, err := v.lock()
+	if err != nil {
+		return err
+	}
+	defer l.Unlock()
+	var snap viewSnapshot
+	if b, err := os.ReadFile(v.path(".json")); err == nil && json.Unmarshal(b, &snap) == nil && snap.Fetched.After(since) {
+		return nil
+	}
+	_, err = v.relist(k)
+	return err
+}
+
+func (v *poolView) lock() (*fileutil.Lock, error) {
+	if err := os.MkdirAll(v.dir, 0o700); err != nil {
+		return nil, fmt.Errorf("ipam: %w", err)
+	}
+	return fileutil.LockFile(v.path(".lock"))
+}
+
+// relist (under the lock) lists the pool, saves the snapshot and empties
+// the log.
+func (v *poolView) relist(k *Kube) ([]*KubeAlloc, error) {
+	items, err := v.list(k)
+	if err != nil {
+		return nil, err
+	}
+	b, err := json.Marshal(viewSnapshot{Fetched: k.now(), Items: items})
+	if err == nil {
+		err = fileutil.WriteAtomic(v.path(".json"), b)
+	}
+	if err == nil {
+		err = os.Truncate(v.path(".log"), 0)
+		if errors.Is(err, os.ErrNotExist) {
+			err = nil
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("ipam: view of %s: %w", v.pool, err)
+	}
+	return items, nil
+}
+
+// pick chooses a free address of p and records it in the node's view; an
+// invalid address if none is free in the view (fresh: the view was listed
+// by this invocation). old is the object of a quarantine that ran out on
+// that address.
+func (v *poolView) pick(k *Kube, p *conf.Pool) (a netip.Addr, old *KubeAlloc, fresh bool, err error) {
+	if k.ttl == 0 {
+		if v.items == nil && !v.fresh {
+			if v.items, err = v.list(k); err != nil {
+				return
+			}
+		}
+		a, old = k.choose(p, v.items)
+		if a.IsValid() {
+			v.items = append(v.items, &KubeAlloc{Spec: KubeAllocSpec{Address: a.String(), Node: k.node}})
+		}
+		return a, old, v.fresh, nil
+	}
+	l, err := v.lock()
+	if err != nil {
+		return
+	}
+	defer l.Unlock()
+	var items []*KubeAlloc
+	var snap viewSnapshot
+	b, rerr := os.ReadFile(v.path(".json"))
+	if rerr == nil && json.Unmarshal(b, &snap) == nil && k.now().Sub(snap.Fetched) < k.ttl && !k.now().Before(snap.Fetched.Add(-time.Second)) {
+		items = snap.Items
+		if lb, err := os.ReadFile(v.path(".log")); err == nil {
+			for _, line := range strings.Fields(string(lb)) {
+				items = append(items, &KubeAlloc{Spec: KubeAllocSpec{Address: line, Node: k.node}})
+			}
+		}
+	} else if items, err = v.relist(k); err != nil {
+		return
+	}
+	a, old = k.choose(p, items)
+	if a.IsValid() {
+		f, err := os.OpenFile(v.path(".log"), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+		if err != nil {
+			return netip.Addr{}, nil, false, fmt.Errorf("ipam: view of %s: %w", v.pool, err)
+		}
+		_, err = f.WriteString(a.String() + "\n") // a hint: not synced
+		f.Close()
+		if err != nil {
+			return netip.Addr{}, nil, false, fmt.Errorf("ipam: view of %s: %w", v.pool, err)
+		}
+	}
+	return a, old, v.fresh, nil
+}
+
+// Blocks: a small pool's addresses, in order, are cut into blocks, and each
+// node fills "its" blocks: those where its view shows it holds the most
+// addresses, then the first empty one from its home block (a hash of its
+// name) on, and only when none is left, any free address. The block owner is read
+// from the allocations themselves (spec.node): nothing is claimed or
+// compared-and-swapped, so a node that is gone costs nothing, and nodes
+// allocating at once mostly work in different blocks and seldom pick the
+// same address (Calico's block affinity, without the block objects).
+const (
+	minBlock = 16
+	maxBlock = 256
+)
+
+// choose picks a free address of p given its allocations, by blocks (see
+// above) for a small pool, at random for a large one. old is the object
+// of a quarantine that ran out on that address.
+func (k *Kube) choose(p *conf.Pool, items []*KubeAlloc) (netip.Addr, *KubeAlloc) {
+	now := k.now()
+	free, expired := k.free(p, items, now)
+	if len(free) == 0 {
+		return netip.Addr{}, nil
+	}
+	all := k.candidates(p)
+	if all == nil { // a large pool: free is a random sample
+		a := free[k.rnd.IntN(len(free))]
+		return a, expired[a]
+	}
+	bs := min(max(len(all)/64, minBlock), maxBlock)
+	nblocks := (len(all) + bs - 1) / bs
+	index := make(map[netip.Addr]int, len(all))
+	for i, a := range all {
+		index[a] = i
+	}
+	held := make([]map[string]int, nblocks)
+	for _, it := range items {
+		i, ok := index[it.Addr()]
+		if !ok {
+			continue
+		}
+		if held[i/bs] == nil {
+			held[i/bs] = map[string]int{}
+		}
+		node := it.Spec.Node
+		if node == "" {
+			node = "?"
+		}
+		held[i/bs][node]++
+	}
+	freeIn := make([][]netip.Addr, nblocks)
+	for _, a := range free {
+		b := index[a] / bs
+		freeIn[b] = append(freeIn[b], a)
+	}
+	owner := func(b int) string {
+		best, n := "", 0
+		for node, c := range held[b] {
+			if c > n || c == n && node < best {
+				best, n = node, c
+			}
+		}
+		return best
+	}
+	pickIn := func(b int) (netip.Addr, *KubeAlloc) {
+		a := freeIn[b][k.rnd.IntN(min(4, len(freeIn[b])))]
+		return a, expired[a]
+	}
+	// the node's own block with the fewest free addresses: fill it first
+	best := -1
+	for b := range nblocks {
+		if len(freeIn[b]) > 0 && owner(b) == k.node && (best < 0 || len(freeIn[b]) < len(freeIn[best])) {
+			best = b
+		}
+	}
+	if best >= 0 {
+		return pickIn(best)
+	}
+	// the first empty block from the node's home block on: a node's
+	// blocks grow in one region from its home, away from other nodes'
+	h := fnv.New32a()
+	h.Write([]byte(k.node))
+	home := int(h.Sum32() % uint32(nblocks))
+	for i := range nblocks {
+		if b := (home + i) % nblocks; len(held[b]) == 0 && len(freeIn[b]) > 0 {
+			return pickIn(b)
+		}
+	}
+	a := free[k.rnd.IntN(len(free))]
+	return a, expired[a]
+}
+
+// candidates lists a small pool's addresses that may be handed out, in
+// order (nil for a large pool); computed once per invocation and pool.
+func (k *Kube) candidates(p *conf.Pool) []netip.Addr {
+	if c, ok := k.cands[p.Name]; ok {
+		return c
+	}
+	var total uint64
+	for _, r := range p.Ranges {
+		total += rangeSize(r)
+	}
+	var out []netip.Addr
+	if total <= smallPool {
+		for _, r := range p.Ranges {
+			for a := r.Start; a.IsValid() && !r.End.Less(a); a = nextCandidate(p, a) {
+				if !p.Excluded(a) && !k.isReserved(a) {
+					out = append(out, a)
+				}
+			}
+		}
+	}
+	if k.cands == nil {
+		k.cands = map[string][]netip.Addr{}
+	}
+	k.cands[p.Name] = out
+	return out
+}
+
+// KubeReleaseRefs deletes the allocations an ADD recorded, each only if it
+// is still the version that ADD left (a new pod's or sandbox's take-over
+// changes it), and never a StatefulSet pod's. It returns how many it
+// deleted.
+func KubeReleaseRefs(ctx context.Context, c *kube.Client, refs []KubeRef) (int, error) {
+	n := 0
+	for _, r := range refs {
+		if r.Sticky {
+			continue
+		}
+		err := c.Delete(ctx, allocPath(r.Name), "", r.ResourceVersion)
+		switch {
+		case err == nil:
+			n++
+		case kube.IsStatus(err, http.StatusNotFound), kube.IsStatus(err, http.StatusConflict):
+		default:
+			return n, fmt.Errorf("ipam: release %s: %w", r.Name, err)
 		}
 	}
 	return n, nil

@@ -25,6 +25,9 @@ import (
 var binDir, prodBinDir string
 
 func TestMain(m *testing.M) {
+	if mode := os.Getenv("SPINNERET_IPAM_LOADER"); mode != "" {
+		runLoader(mode) // a simulated node of TestKubeIPAMScale
+	}
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "tests: the netns suite needs root (it creates network namespaces); run `make test` as root")
 		os.Exit(1)

@@ -178,13 +178,18 @@ func TestCRDs(t *testing.T) {
 	}
 	defer resp.Body.Close()
 	var table struct {
-		ColumnDefinitions []struct{ Name string } `json:"columnDefinitions"`
+		ColumnDefinitions []struct {
+			Name     string
+			Priority int
+		} `json:"columnDefinitions"`
 		Rows              []struct{ Cells []any } `json:"rows"`
 	}
 	json.NewDecoder(resp.Body).Decode(&table)
 	var cols []string
 	for _, c := range table.ColumnDefinitions {
-		cols = append(cols, c.Name)
+		if c.Priority == 0 { // higher priorities show with -o wide
+			cols = append(cols, c.Name)
+		}
 	}
 	if strings.Join(cols, ",") != "Name,Pool,Address,Namespace,Pod,Interface,Node,Age" || len(table.Rows) != 1 {
 		t.Fatalf("kubectl columns %v, %d rows", cols, len(table.Rows))

@@ -146,7 +146,7 @@ func Load(path string, timeout time.Duration) (*Client, error) {
 			tlsConf.Certificates = []tls.Certificate{pair}
 		}
 	}
-	c.http = &http.Client{Transport: &http.Transport{TLSClientConfig: tlsConf, Proxy: nil}}
+	c.http = &http.Client{Transport: &http.Transport{TLSClientConfig: tlsConf, Proxy: nil, ForceAttemptHTTP2: true}}
 	return c, nil
 }
 
@@ -173,7 +173,7 @@ var ErrUnreachable = errors.New("API server unreachable")
 
 // do sends one request (body, if any, as JSON of contentType) and decodes
 // a 2xx answer into out (if any).
-func (c *Client) do(ctx context.Context, method, path, contentType string, body, out any) error {
+func (c *Client) do(ctx context.Context, method, path, contentType string, body, out any) (err error) {
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	var rd io.Reader
@@ -196,6 +196,15 @@ func (c *Client) do(ctx context.Context, method, path, contentType string, body,
 		req.Header.Set("Authorization", "Bearer "+c.token)
 	}
 	Requests.Add(1)
+	if Trace != nil {
+		start, code := time.Now(), 0
+		defer func() { Trace(method, path, code, time.Since(start)) }()
+		defer func() {
+			if se, ok := err.(*StatusError); ok {
+				code = se.Code
+			}
+		}()
+	}
 	resp, err := c.http.Do(req)
 	if err != nil {
 		return fmt.Errorf("%w (%s, timeout %s): %v", ErrUnreachable, c.server, c.timeout, err)
@@ -326,6 +335,9 @@ func (c *Client) GetNADConfig(ctx context.Context, namespace, name string) ([]by
 
 // Requests counts the requests this process sent (for benchmarks).
 var Requests atomic.Int64
+
+// Trace, when set, is told of every request (for benchmarks).
+var Trace func(method, path string, code int, d time.Duration)
 
 // Get reads the object at path into out.
 func (c *Client) Get(ctx context.Context, path string, out any) error {

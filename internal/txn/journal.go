@@ -32,14 +32,17 @@ const journalExt = ".journal"
 // ~0.14 ms). A line torn by a crash is ignored when the journal is read: its
 // step never ran, since steps run only after their line is on disk.
 type Journal struct {
-	Network     string          `json:"network"`
-	ContainerID string          `json:"containerID"`
-	IfName      string          `json:"ifname"`
-	NetNS       string          `json:"netns"`
-	NetNSIno    uint64          `json:"netnsInode,omitempty"`
-	State       string          `json:"-"`
-	Steps       []Step          `json:"-"`
-	Result      json.RawMessage `json:"-"`
+	Network     string `json:"network"`
+	ContainerID string `json:"containerID"`
+	IfName      string `json:"ifname"`
+	NetNS       string `json:"netns"`
+	NetNSIno    uint64 `json:"netnsInode,omitempty"`
+	// IPAM is what an IPAM backend needs to release the attachment's
+	// addresses (opaque here), recorded with the header.
+	IPAM   json.RawMessage `json:"ipam,omitempty"`
+	State  string          `json:"-"`
+	Steps  []Step          `json:"-"`
+	Result json.RawMessage `json:"-"`
 
 	path    string
 	written int  // steps already on disk

@@ -1,0 +1,268 @@
+package tests
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/spinneret-cni/spinneret/conf"
+	"github.com/spinneret-cni/spinneret/internal/kube"
+	"github.com/spinneret-cni/spinneret/ipam"
+)
+
+// The scale case of the kubernetes IPAM backend: simulated nodes, each a
+// separate process (this test binary run again with SPINNERET_IPAM_LOADER
+// set), each running many allocations at once as a node's concurrent CNI
+// ADDs would, against one real API server.
+
+// loaderResult is what one simulated node reports.
+type loaderResult struct {
+	Node      string    `json:"node"`
+	Addrs     []string  `json:"addrs"`
+	LatencyMS []float64 `json:"latencyMS"`
+	Failures  []string  `json:"failures"`
+	Requests  int64     `json:"requests"`
+	Conflicts int       `json:"conflicts"`
+	// Kinds: per kind of request, how many and their total milliseconds
+	Kinds map[string][2]float64 `json:"kinds"`
+}
+
+// requestKind names a request for the per-kind numbers.
+func requestKind(method, path string, code int) string {
+	k := method
+	switch {
+	case strings.Contains(path, "labelSelector=spinneret.io%2Fpool%3D"):
+		k += " pool-allocations"
+	case strings.Contains(path, "labelSelector=spinneret.io%2Fpod%3D"):
+		k += " pod-allocations"
+	case strings.Contains(path, "/ippools"), strings.Contains(path, "/reservedips"):
+		k += " pools"
+	default:
+		k += " allocation"
+	}
+	if code != 0 {
+		k += fmt.Sprintf(" %d", code)
+	}
+	return k
+}
+
+func scaleUID(node string, i int) string {
+	n, _ := strconv.Atoi(node[len("node-"):])
+	return fmt.Sprintf("00000000-0000-4000-%04d-%012d", n, i)
+}
+
+// runLoader is the simulated node: SPINNERET_IPAM_LOADER is "allocate" or
+// "release"; it works for pods 0..count-1 of its node, all at once, and
+// prints a loaderResult.
+func runLoader(mode string) {
+	node, pool := os.Getenv("LOADER_NODE"), os.Getenv("LOADER_POOL")
+	count, _ := strconv.Atoi(os.Getenv("LOADER_COUNT"))
+	c, err := kube.Load(os.Getenv("LOADER_KUBECONFIG"), 30*time.Second)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	stateDir := os.Getenv("LOADER_STATE")
+	res := loaderResult{Node: node, LatencyMS: make([]float64, count), Addrs: make([]string, count), Kinds: map[string][2]float64{}}
+	var mu sync.Mutex
+	kube.Trace = func(method, path string, code int, d time.Duration) {
+		mu.Lock()
+		defer mu.Unlock()
+		k := requestKind(method, path, code)
+		v := res.Kinds[k]
+		res.Kinds[k] = [2]float64{v[0] + 1, v[1] + float64(d.Microseconds())/1000}
+	}
+	var wg sync.WaitGroup
+	ctx := context.Background()
+	refsPath := filepath.Join(stateDir, "refs.json")
+	refs := make([][]ipam.KubeRef, count)
+	if mode == "release" {
+		b, _ := os.ReadFile(refsPath)
+		json.Unmarshal(b, &refs)
+	}
+	for i := range count {
+		wg.Go(func() {
+			uid, cid := scaleUID(node, i), fmt.Sprintf("%s-c%d", node, i)
+			start := time.Now()
+			var addr string
+			var conflicts int
+			var err error
+			if mode == "release" {
+				// as DEL does: from what the ADD recorded in its journal
+				var n int
+				if n, err = ipam.KubeReleaseRefs(ctx, c, refs[i]); err == nil && n != 1 {
+					err = fmt.Errorf("released %d allocations, want 1", n)
+				}
+			} else {
+				pod := ipam.KubePod{KubePodRef: ipam.KubePodRef{Namespace: "scale", Name: fmt.Sprintf("%s-%d", node, i), UID: uid}}
+				k := ipam.NewKube(ctx, c, stateDir, node, 5*time.Second, pod)
+				var pools []conf.Pool
+				if pools, err = k.Select(ipam.KubeSelect{IfName: "eth0", Network: []string{pool}}); err == nil {
+					var al []ipam.Allocation
+					al, err = k.Allocate(ipam.Owner{ContainerID: cid, IfName: "eth0"}, []ipam.Request{{IfName: "eth0", Pools: pools}})
+					if err == nil {
+						addr = al[0].Address.Addr().String()
+						refs[i] = []ipam.KubeRef{*al[0].Object}
+					}
+				}
+				conflicts = k.Conflicts
+			}
+			d := float64(time.Since(start).Microseconds()) / 1000
+			mu.Lock()
+			defer mu.Unlock()
+			res.LatencyMS[i], res.Addrs[i] = d, addr
+			res.Conflicts += conflicts
+			if err != nil {
+				res.Failures = append(res.Failures, fmt.Sprintf("pod %d: %v", i, err))
+			}
+		})
+	}
+	wg.Wait()
+	if mode == "allocate" {
+		b, _ := json.Marshal(refs)
+		os.WriteFile(refsPath, b, 0o600)
+	}
+	res.Requests = kube.Requests.Load()
+	json.NewEncoder(os.Stdout).Encode(&res)
+	os.Exit(0)
+}
+
+// runNodes runs the simulated nodes as processes at once and gathers their
+// reports.
+func runNodes(t *testing.T, mode, kubeconfig, pool string, nodes, perNode int, stateRoot string) ([]loaderResult, time.Duration) {
+	t.Helper()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make([]loaderResult, nodes)
+	errs := make([]error, nodes)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for n := range nodes {
+		wg.Go(func() {
+			cmd := exec.Command(self)
+			cmd.Env = append(os.Environ(), "SPINNERET_IPAM_LOADER="+mode, "LOADER_NODE="+fmt.Sprintf("node-%d", n), "LOADER_POOL="+pool,
+				"LOADER_COUNT="+strconv.Itoa(perNode), "LOADER_KUBECONFIG="+kubeconfig, "LOADER_STATE="+filepath.Join(stateRoot, fmt.Sprintf("node-%d", n)))
+			var stdout, stderr bytes.Buffer
+			cmd.Stdout, cmd.Stderr = &stdout, &stderr
+			if err := cmd.Run(); err != nil {
+				errs[n] = fmt.Errorf("node-%d: %v: %s", n, err, stderr.String())
+				return
+			}
+			errs[n] = json.Unmarshal(stdout.Bytes(), &out[n])
+		})
+	}
+	wg.Wait()
+	d := time.Since(start)
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+	return out, d
+}
+
+func pct(v []float64, p float64) float64 {
+	s := slices.Clone(v)
+	slices.Sort(s)
+	return s[int(float64(len(s)-1)*p)]
+}
+
+// TestKubeIPAMScale: 1000 allocations from 10 simulated nodes (separate
+// processes, 100 at once each) into a pool of exactly 1000 addresses: no
+// duplicate, no failure; the 1001st finds the pool exhausted; then all are
+// released. It logs the numbers `make bench-ipam` reports: total time,
+// p50/p99 per allocation, API requests per allocation, create conflicts.
+func TestKubeIPAMScale(t *testing.T) {
+	a := startAPI(t, nil)
+	applyCRDs(t, a)
+	// 10.20.0.1 - 10.20.3.232: exactly 1000 addresses
+	pool := map[string]any{"apiVersion": "spinneret.io/v1alpha1", "kind": "IPPool", "metadata": map[string]any{"name": "scale"},
+		"spec": map[string]any{"subnet": "10.20.0.0/22", "ranges": []map[string]string{{"start": "10.20.0.1", "end": "10.20.3.232"}}}}
+	if code := apiRequest(t, a, http.MethodPost, "/apis/spinneret.io/v1alpha1/ippools", pool, nil); code != http.StatusCreated {
+		t.Fatalf("create pool: %d", code)
+	}
+	nodes, perNode := 10, 100
+	if s := os.Getenv("SPINNERET_SCALE"); s != "" { // "nodes x perNode", for experiments
+		fmt.Sscanf(s, "%dx%d", &nodes, &perNode)
+	}
+	stateRoot := t.TempDir()
+	res, total := runNodes(t, "allocate", a.Kubeconfig, "scale", nodes, perNode, stateRoot)
+	var lat []float64
+	var requests int64
+	conflicts := 0
+	kinds := map[string][2]float64{}
+	seen := map[string]string{}
+	for _, r := range res {
+		for _, f := range r.Failures {
+			t.Errorf("%s: %s", r.Node, f)
+		}
+		for i, ad := range r.Addrs {
+			if ad == "" {
+				continue
+			}
+			if other, dup := seen[ad]; dup {
+				t.Errorf("%s given to %s pod %d and to %s", ad, r.Node, i, other)
+			}
+			seen[ad] = fmt.Sprintf("%s pod %d", r.Node, i)
+		}
+		lat = append(lat, r.LatencyMS...)
+		requests += r.Requests
+		conflicts += r.Conflicts
+		for k, v := range r.Kinds {
+			kinds[k] = [2]float64{kinds[k][0] + v[0], kinds[k][1] + v[1]}
+		}
+	}
+	for k, v := range kinds {
+		t.Logf("  %-28s %5.0f requests, mean %.1f ms", k, v[0], v[1]/v[0])
+	}
+	if len(seen) != nodes*perNode || nodes*perNode > 1000 {
+		t.Fatalf("%d distinct addresses allocated, want %d", len(seen), nodes*perNode)
+	}
+	t.Logf("allocate %d x %d: total %.2fs, per allocation p50 %.1f ms p99 %.1f ms, %.2f API requests per allocation, %d create conflicts",
+		nodes, perNode, total.Seconds(), pct(lat, 0.5), pct(lat, 0.99), float64(requests)/float64(nodes*perNode), conflicts)
+
+	var list struct{ Items []ipam.KubeAlloc }
+	apiRequest(t, a, http.MethodGet, "/apis/spinneret.io/v1alpha1/ipallocations", nil, &list)
+	if len(list.Items) != nodes*perNode {
+		t.Fatalf("%d IPAllocations, want %d", len(list.Items), nodes*perNode)
+	}
+	// the 1001st
+	c, err := kube.Load(a.Kubeconfig, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := ipam.NewKube(t.Context(), c, t.TempDir(), "node-x", 0, ipam.KubePod{KubePodRef: ipam.KubePodRef{Namespace: "scale", Name: "one-more", UID: "00000000-0000-4000-9999-000000000001"}})
+	pools, err := k.Select(ipam.KubeSelect{IfName: "eth0", Network: []string{"scale"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := k.Allocate(ipam.Owner{ContainerID: "x", IfName: "eth0"}, []ipam.Request{{IfName: "eth0", Pools: pools}}); !errors.Is(err, ipam.ErrExhausted) {
+		t.Fatalf("the 1001st allocation: %v, want exhausted", err)
+	}
+
+	res, total = runNodes(t, "release", a.Kubeconfig, "scale", nodes, perNode, stateRoot)
+	lat = lat[:0]
+	for _, r := range res {
+		for _, f := range r.Failures {
+			t.Errorf("release %s: %s", r.Node, f)
+		}
+		lat = append(lat, r.LatencyMS...)
+	}
+	apiRequest(t, a, http.MethodGet, "/apis/spinneret.io/v1alpha1/ipallocations", nil, &list)
+	if len(list.Items) != 0 {
+		t.Fatalf("%d IPAllocations left after release", len(list.Items))
+	}
+	t.Logf("release %d x %d: total %.2fs, per release p50 %.1f ms p99 %.1f ms", nodes, perNode, total.Seconds(), pct(lat, 0.5), pct(lat, 0.99))
+}
