@@ -24,6 +24,7 @@ type command struct {
 var commands = []command{
 	{"version", "print the version and the CNI versions spinneret speaks", runVersion},
 	{"demo", "attach two pods in throwaway namespaces, test their traffic, and clean up", runDemo},
+	{"controller", "run the cluster controller: IPAM garbage collection, pool status, CIDR discovery", runController},
 }
 
 func main() {
@@ -69,7 +70,7 @@ Run by hand:
 
 `, version)
 	for _, c := range commands {
-		fmt.Fprintf(w, "  spinneret %-8s %s\n", c.name, c.summary)
+		fmt.Fprintf(w, "  spinneret %-10s %s\n", c.name, c.summary)
 	}
 	fmt.Fprintf(w, "\n'spinneret COMMAND --help' describes a command.\n")
 }

@@ -116,6 +116,7 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 			nics[i].useDelegated(res)
 		}
 	}
+	p.clusterCIDRs(nics)
 	in := PlanInput{ContainerID: args.ContainerID, NICs: nics}
 	if p.cfg.Network.Coordinator.Underlay() {
 		if in.NodeIPs, err = p.nodeIPs(env, nics); err != nil {

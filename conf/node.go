@@ -47,20 +47,24 @@ type Node struct {
 	// ADD). PoolCacheTTL is it parsed.
 	PoolCacheTTLRaw string        `mapstructure:"poolCacheTTL"`
 	PoolCacheTTL    time.Duration `mapstructure:"-"`
+	// ControllerNamespace is where spinneret controller publishes the
+	// cluster's CIDRs (default kube-system).
+	ControllerNamespace string `mapstructure:"controllerNamespace"`
 }
 
 // node conf keys with their environment variables; viper lower-cases keys.
 var nodeKeys = map[string]string{
-	"stateDir":       "SPINNERET_STATE_DIR",
-	"logFile":        "SPINNERET_LOG_FILE",
-	"logLevel":       "SPINNERET_LOG_LEVEL",
-	"masters":        "SPINNERET_MASTERS",
-	"allowedMasters": "SPINNERET_ALLOWED_MASTERS",
-	"nodeIPs":        "SPINNERET_NODE_IPS",
-	"kubeconfig":     "SPINNERET_KUBECONFIG",
-	"apiTimeout":     "SPINNERET_API_TIMEOUT",
-	"nodeName":       "SPINNERET_NODE_NAME",
-	"poolCacheTTL":   "SPINNERET_POOL_CACHE_TTL",
+	"stateDir":            "SPINNERET_STATE_DIR",
+	"logFile":             "SPINNERET_LOG_FILE",
+	"logLevel":            "SPINNERET_LOG_LEVEL",
+	"masters":             "SPINNERET_MASTERS",
+	"allowedMasters":      "SPINNERET_ALLOWED_MASTERS",
+	"nodeIPs":             "SPINNERET_NODE_IPS",
+	"kubeconfig":          "SPINNERET_KUBECONFIG",
+	"apiTimeout":          "SPINNERET_API_TIMEOUT",
+	"nodeName":            "SPINNERET_NODE_NAME",
+	"poolCacheTTL":        "SPINNERET_POOL_CACHE_TTL",
+	"controllerNamespace": "SPINNERET_CONTROLLER_NAMESPACE",
 }
 
 // LoadNode reads the node conf. A missing file is an error only when
@@ -73,6 +77,7 @@ func LoadNode(path string, required bool) (*Node, error) {
 	v.SetDefault("logLevel", "info")
 	v.SetDefault("apiTimeout", "5s")
 	v.SetDefault("poolCacheTTL", "5s")
+	v.SetDefault("controllerNamespace", "kube-system")
 	if err := v.ReadInConfig(); err != nil {
 		var pe *fs.PathError
 		if !errors.As(err, &pe) || !errors.Is(err, fs.ErrNotExist) || required {
@@ -143,6 +148,9 @@ func (n *Node) applyEnv() error {
 	}
 	if s, ok := os.LookupEnv(nodeKeys["poolCacheTTL"]); ok {
 		n.PoolCacheTTLRaw = s
+	}
+	if s, ok := os.LookupEnv(nodeKeys["controllerNamespace"]); ok {
+		n.ControllerNamespace = s
 	}
 	return nil
 }

@@ -61,6 +61,12 @@ func TestMain(m *testing.M) {
 			os.Exit(1)
 		}
 	}
+	build := exec.Command("go", "build", "-o", filepath.Join(binDir, "spinneret-controller"), "../cmd/spinneret-controller")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "tests: building spinneret-controller:", err)
+		os.Exit(1)
+	}
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)

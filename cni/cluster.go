@@ -1,0 +1,106 @@
+package cni
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/netip"
+	"net/url"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/spinneret-cni/spinneret/internal/fileutil"
+	"github.com/spinneret-cni/spinneret/internal/kube"
+)
+
+// The cluster's CIDRs as `spinneret controller` publishes them (ConfigMap
+// spinneret-cluster-network, key network.json; see package controller).
+const (
+	clusterNetworkCM  = "spinneret-cluster-network"
+	clusterNetworkKey = "network.json"
+)
+
+type clusterNetwork struct {
+	ServiceCIDRs []string `json:"serviceCIDRs"`
+	PodCIDRs     []string `json:"podCIDRs"`
+}
+
+type clusterCache struct {
+	Fetched time.Time      `json:"fetched"`
+	Network clusterNetwork `json:"network"`
+}
+
+// clusterCIDRs gives the pod's coordinator the service and pod CIDRs the
+// controller published, when the config names none (and the node conf
+// names a kubeconfig). One GET, or none while the node's copy is younger
+// than the cache TTL; if the API server does not answer, the node's last
+// copy is used whatever its age: the controller (or the API server) being
+// down never blocks a pod.
+func (p *plugin) clusterCIDRs(nics []NIC) {
+	if len(nics) == 0 || p.node.Kubeconfig == "" {
+		return
+	}
+	c := &nics[0].Network.Coordinator
+	if !c.Underlay() || len(c.ServiceCIDR) > 0 || len(c.PodCIDR) > 0 {
+		return
+	}
+	path := filepath.Join(p.node.StateDir, "cluster-network.json")
+	var cached clusterCache
+	haveCache := false
+	if b, err := os.ReadFile(path); err == nil && json.Unmarshal(b, &cached) == nil {
+		haveCache = true
+	}
+	cn := cached.Network
+	if !haveCache || p.node.PoolCacheTTL == 0 || time.Since(cached.Fetched) >= p.node.PoolCacheTTL {
+		fresh, err := p.fetchClusterNetwork()
+		switch {
+		case err == nil:
+			cn = *fresh
+			if b, err := json.Marshal(clusterCache{Fetched: time.Now(), Network: cn}); err == nil {
+				_ = fileutil.WriteAtomic(path, b) // a copy: not synced
+			}
+		case haveCache:
+			p.log.Warn("cluster CIDRs: using the node's last copy", "fetched", cached.Fetched, "err", err)
+		default:
+			p.log.Warn("cluster CIDRs: none published (is spinneret controller running?); the pod gets no service or pod CIDR routes", "err", err)
+			return
+		}
+	}
+	for _, l := range []struct {
+		in  []string
+		out *[]netip.Prefix
+	}{{cn.ServiceCIDRs, &c.ServiceCIDR}, {cn.PodCIDRs, &c.PodCIDR}} {
+		for _, s := range l.in {
+			if pre, err := netip.ParsePrefix(s); err == nil {
+				*l.out = append(*l.out, pre.Masked())
+			}
+		}
+	}
+	p.phase("cluster-cidrs")
+}
+
+func (p *plugin) fetchClusterNetwork() (*clusterNetwork, error) {
+	c, err := p.kubeClient()
+	if err != nil {
+		return nil, err
+	}
+	if c == nil {
+		return nil, kube.ErrUnreachable
+	}
+	var cm struct {
+		Data map[string]string `json:"data"`
+	}
+	path := "/api/v1/namespaces/" + url.PathEscape(p.node.ControllerNamespace) + "/configmaps/" + clusterNetworkCM
+	if err := c.Get(context.Background(), path, &cm); err != nil {
+		if errors.Is(err, kube.ErrUnreachable) {
+			p.apiDown = true
+		}
+		return nil, err
+	}
+	var cn clusterNetwork
+	if err := json.Unmarshal([]byte(cm.Data[clusterNetworkKey]), &cn); err != nil {
+		return nil, err
+	}
+	return &cn, nil
+}

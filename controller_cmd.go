@@ -1,0 +1,38 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+)
+
+// controllerBinary is the controller's own binary (cmd/spinneret-controller),
+// which links client-go; the plugin does not, to keep its start-up small.
+const controllerBinary = "spinneret-controller"
+
+// runController execs spinneret-controller from this binary's directory (or
+// PATH) with the same arguments.
+func runController(args []string, _ io.Writer) error {
+	path := ""
+	if self, err := os.Executable(); err == nil {
+		if p := filepath.Join(filepath.Dir(self), controllerBinary); fileExists(p) {
+			path = p
+		}
+	}
+	if path == "" {
+		p, err := exec.LookPath(controllerBinary)
+		if err != nil {
+			return fmt.Errorf("%s is installed neither beside spinneret nor on PATH (make build puts both in bin/)", controllerBinary)
+		}
+		path = p
+	}
+	return syscall.Exec(path, append([]string{path}, args...), os.Environ())
+}
+
+func fileExists(p string) bool {
+	st, err := os.Stat(p)
+	return err == nil && !st.IsDir()
+}
