@@ -182,7 +182,7 @@ func TestCRDs(t *testing.T) {
 			Name     string
 			Priority int
 		} `json:"columnDefinitions"`
-		Rows              []struct{ Cells []any } `json:"rows"`
+		Rows []struct{ Cells []any } `json:"rows"`
 	}
 	json.NewDecoder(resp.Body).Decode(&table)
 	var cols []string
