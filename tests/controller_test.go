@@ -22,12 +22,18 @@ import (
 // the namespace of in) with short leader-election and pass timings.
 func startController(t *testing.T, a *k8senv.APIServer, in k8senv.InNS, identity string) *exec.Cmd {
 	t.Helper()
+	return startControllerAs(t, a.Kubeconfig, in, identity)
+}
+
+// startControllerAs runs the controller with the given kubeconfig.
+func startControllerAs(t *testing.T, kubeconfig string, in k8senv.InNS, identity string) *exec.Cmd {
+	t.Helper()
 	logPath := filepath.Join(t.TempDir(), identity+".log")
 	f, err := os.Create(logPath)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(filepath.Join(binDir, "spinneret-controller"), "-kubeconfig", a.Kubeconfig, "-identity", identity,
+	cmd := exec.Command(filepath.Join(binDir, "spinneret-controller"), "-kubeconfig", kubeconfig, "-identity", identity,
 		"-lease-duration", "3s", "-renew-deadline", "2s", "-retry-period", "500ms", "-interval", "1s", "-terminating-delay", "0s", "-log-level", "debug")
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
