@@ -366,3 +366,65 @@ func TestKubeIPAMAPIDown(t *testing.T) {
 		t.Fatalf("the release is left to GC: %s", allocSummary(al))
 	}
 }
+
+// TestKubeIPAMQuarantine: with detectIPConflict, an address another host
+// answers for is quarantined on its IPAllocation (no pod, no sandbox: no
+// DEL frees it), the next ADD gets another address, a pool whose addresses
+// are all quarantined is exhausted, and once the quarantine is over the
+// address is handed out again.
+func TestKubeIPAMQuarantine(t *testing.T) {
+	k := newKubeEnv(t)
+	n := k.topo.Nets[0]
+	a1, a2 := nth(n.Subnet4, 130), nth(n.Subnet4, 131)
+	k.createPool("q-v4", map[string]any{"subnet": n.Subnet4.String(), "gateway": n.GW4.String(),
+		"ranges": []map[string]string{{"start": a1.String(), "end": a2.String()}}})
+	squatter, err := k.topo.AddHost(0, netip.PrefixFrom(a1, 24), netip.PrefixFrom(a2, 24))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := k.confListRaw(fmt.Sprintf(`{"cniVersion":"1.1.0","name":"kube","plugins":[{"type":"spinneret","nodeConf":"%s/node.yaml","networks":[
+		{"name":"q","master":%q,"ipam":{"ippools":["q-v4"]},
+		 "coordinator":{"detectIPConflict":true,"detectOptions":{"retries":2,"timeout":"200ms","quarantine":"3s"}}}]}]}`, k.dir, n.Uplink))
+	p, _ := k.topo.NewPod()
+	before := k.snapshot(p)
+	uid := k.pod("spin", "web", nil, nil, "")
+	quarantined := func() []string {
+		var out []string
+		for _, a := range k.allocations() {
+			if a.Spec.QuarantinedUntil != nil && a.Spec.ContainerID == "" && a.Metadata.Labels["spinneret.io/pod-uid"] == "" {
+				out = append(out, a.Spec.Address)
+			}
+		}
+		return out
+	}
+	for i, want := range []int{1, 2} {
+		_, err := k.add(l, kubeRT(fmt.Sprintf("c%d", i), p, "spin", "web", uid))
+		wantErr(t, err, cni.ErrIPConflict, "quarantined for 3s")
+		if q := quarantined(); len(q) != want || len(k.allocations()) != want {
+			t.Fatalf("after conflict %d: quarantined %v of %s", i+1, q, allocSummary(k.allocations()))
+		}
+		k.mustDel(l, kubeRT(fmt.Sprintf("c%d", i), p, "spin", "web", uid))
+		if q := quarantined(); len(q) != want {
+			t.Fatalf("DEL freed a quarantined address: %v", q)
+		}
+	}
+	k.sameAs(before, p)
+	_, err = k.add(l, kubeRT("c3", p, "spin", "web", uid))
+	wantErr(t, err, cni.ErrPoolExhausted, `pool "q-v4" is exhausted`)
+	// the squatter leaves; once the quarantine is over, the address is
+	// handed out again (its quarantine object deleted first)
+	squatter.Close()
+	time.Sleep(3 * time.Second)
+	r := k.mustAdd(l, kubeRT("c4", p, "spin", "web", uid))
+	got := nicAddr(t, r, "eth0", true)
+	if got != a1 && got != a2 {
+		t.Fatalf("after the quarantine: %s", got)
+	}
+	if err := p.PingFrom(got, n.GW4, 5*time.Second); err != nil {
+		t.Errorf("ping gateway: %v", err)
+	}
+	k.mustDel(l, kubeRT("c4", p, "spin", "web", uid))
+	if q := quarantined(); len(q) != 1 || len(k.allocations()) != 1 {
+		t.Fatalf("after DEL: %s", allocSummary(k.allocations()))
+	}
+}
