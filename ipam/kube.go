@@ -20,6 +20,7 @@ import (
 	"github.com/spinneret-cni/spinneret/conf"
 	"github.com/spinneret-cni/spinneret/internal/fileutil"
 	"github.com/spinneret-cni/spinneret/internal/kube"
+	"github.com/spinneret-cni/spinneret/internal/testhook"
 )
 
 // The kubernetes backend. Pools are IPPool objects; an allocation is one
@@ -709,6 +710,7 @@ func (k *Kube) create(o Owner, ifname string, p *conf.Pool, a netip.Addr) (*Kube
 		return nil, fmt.Errorf("ipam: create IPAllocation %s: %w", obj.Metadata.Name, err)
 	}
 	k.created[a] = &got
+	testhook.Point("kube-created")
 	return &got, nil
 }
 

@@ -428,3 +428,32 @@ func TestKubeIPAMQuarantine(t *testing.T) {
 		t.Fatalf("after DEL: %s", allocSummary(k.allocations()))
 	}
 }
+
+// TestKubeIPAMCrash: an ADD killed right after it created an IPAllocation
+// (before any journal: DEL finds the object by the pod's UID and the
+// sandbox) or after journaling a plan step (DEL deletes what the journal
+// records) leaves nothing once DEL ran.
+func TestKubeIPAMCrash(t *testing.T) {
+	k := newKubeEnv(t)
+	k.pools()
+	l := k.kubeConf()
+	p, _ := k.topo.NewPod()
+	before := k.snapshot(p)
+	uid := k.pod("spin", "web", nil, map[string]string{"k8s.v1.cni.cncf.io/networks": "blue@net1"}, "")
+	for _, kill := range [][2]string{{"SPINNERET_TEST_KILL_AT", "kube-created"}, {"SPINNERET_TEST_KILL_STEP", "0"}, {"SPINNERET_TEST_KILL_STEP", "6"}} {
+		t.Setenv(kill[0], kill[1])
+		rt := kubeRT("k-"+kill[1], p, "spin", "web", uid)
+		if _, err := k.add(l, rt); err == nil {
+			t.Fatalf("%s=%s: ADD survived", kill[0], kill[1])
+		}
+		os.Unsetenv(kill[0])
+		if len(k.allocations()) == 0 {
+			t.Fatalf("%s=%s: no allocation was made before the kill", kill[0], kill[1])
+		}
+		k.mustDel(l, rt)
+		if al := k.allocations(); len(al) != 0 {
+			t.Fatalf("%s=%s: after DEL: %s", kill[0], kill[1], allocSummary(al))
+		}
+		k.sameAs(before, p)
+	}
+}
