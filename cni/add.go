@@ -229,9 +229,17 @@ func (p *plugin) precheck(env *txn.Env, nics []NIC) error {
 	if err != nil {
 		return fmt.Errorf("pod netns %s: %w", env.PodNetNS, err)
 	}
+	kinds := map[string]string{} // master -> the driver of the pod's first NIC on it
 	for _, n := range nics {
-		if err := drivers.CheckMaster(host, n.IfName, n.Network.Master, n.Network.MTU); err != nil {
+		if err := drivers.CheckMaster(host, n.Network.Driver, n.IfName, n.Network.Master, n.Network.MTU); err != nil {
 			return err
+		}
+		if d, ok := kinds[n.Network.Master]; ok && d != n.Network.Driver {
+			return fmt.Errorf("%s: %s and %s links cannot share master %s (the kernel gives a master one kind of child)", n.IfName, d, n.Network.Driver, n.Network.Master)
+		}
+		kinds[n.Network.Master] = n.Network.Driver
+		if n.Network.Driver == "ipvlan" && n.PodMAC {
+			return fmt.Errorf("%s: an ipvlan link has its master's MAC; the requested MAC %s cannot apply", n.IfName, n.MAC)
 		}
 		if _, err := pod.LinkByName(n.IfName); err == nil {
 			return fmt.Errorf("interface %s already exists in pod netns %s", n.IfName, env.PodNetNS)

@@ -63,6 +63,9 @@ func (p *plugin) kubeIPAM(args *skel.CmdArgs, network string) (*ipam.Kube, error
 	if p.node.Kubeconfig == "" {
 		return nil, types.NewError(types.ErrInvalidNetworkConfig, fmt.Sprintf("network %s uses the kubernetes IPAM backend, but the node conf names no kubeconfig", network), "")
 	}
+	if p.node.NodeName == "" {
+		return nil, types.NewError(types.ErrInvalidNetworkConfig, fmt.Sprintf("network %s uses the kubernetes IPAM backend, but the node conf names no nodeName and the host name cannot name a node", network), "")
+	}
 	if p.apiDown {
 		return nil, types.NewError(types.ErrTryAgainLater, "network "+network+": "+kube.ErrUnreachable.Error(), "")
 	}

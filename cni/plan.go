@@ -204,7 +204,11 @@ func planNICs(nics []NIC) []txn.Op {
 				mac = m
 			}
 		}
-		ops = append(ops, &drivers.Macvlan{Name: n.IfName, Master: n.Network.Master, Mode: n.Network.Mode, MTU: n.Network.MTU, MAC: mac, TxQLen: c.TxQueueLen})
+		if n.Network.Driver == "ipvlan" {
+			ops = append(ops, &drivers.Ipvlan{Name: n.IfName, Master: n.Network.Master, Mode: n.Network.Mode, Flag: n.Network.Flag, MTU: n.Network.MTU, TxQLen: c.TxQueueLen})
+		} else {
+			ops = append(ops, &drivers.Macvlan{Name: n.IfName, Master: n.Network.Master, Mode: n.Network.Mode, MTU: n.Network.MTU, MAC: mac, TxQLen: c.TxQueueLen})
+		}
 		for _, a := range n.Addrs {
 			ops = append(ops, &netops.AddrAdd{NS: txn.Pod, Link: n.IfName, Addr: a.Address, NoPrefixRoute: rt.Table != 0})
 		}

@@ -109,7 +109,8 @@ func TestParseErrors(t *testing.T) {
 		{"type", `"macvlan"`, `type: "macvlan", want "spinneret"`},
 		{"capabilities", `{"portMappings":true}`, `capabilities.portMappings: unknown capability`},
 		{"nodeConf", `"etc/node.yaml"`, `nodeConf: "etc/node.yaml" is not an absolute path`},
-		{"driver", `"ipvlan"`, `driver: "ipvlan" is not supported`},
+		{"driver", `"bridge"`, `driver: "bridge" is not supported (supported: macvlan, ipvlan)`},
+		{"flag", `"bridge"`, `flag: "bridge": flags are ipvlan's`},
 		{"master", `""`, `master: "" is not a valid interface name`},
 		{"master", `"a-name-longer-than-15"`, `master: "a-name-longer-than-15" is not a valid interface name`},
 		{"mode", `"bridgy"`, `mode: "bridgy" is not a macvlan mode`},
@@ -356,13 +357,39 @@ func TestNADNetwork(t *testing.T) {
 	}
 	for _, bad := range []struct{ cfg, want string }{
 		{`{"type":"macvlan","master":"eth1","ipam":{"type":"../bin/evil"}}`, `ipam type "../bin/evil" is not a plugin name`},
-		{`{"type":"bridge","bridge":"cni0"}`, "no macvlan entry"},
+		{`{"type":"bridge","bridge":"cni0"}`, "no macvlan or ipvlan entry"},
 		{`{"type":"macvlan","master":"eth1","mode":"sideways","ipam":{"pools":[{"name":"p","subnet":"10.8.0.0/24"}]}}`, `NetworkAttachmentDefinition ns/bad.mode: "sideways" is not a macvlan mode`},
 		{`{"plugins":[{"type":"macvlan","master":"eth1","ipam":{"pools":[{"name":"p","subnet":"10.8.0.0/24"}]}},{"type":"coordinator","mode":"overlay"}]}`, "needs an overlay primary network"},
 		{`nope`, "config is not JSON"},
 	} {
 		if _, err := c.NADNetwork("ns", "bad", []byte(bad.cfg)); err == nil || !strings.Contains(err.Error(), bad.want) {
 			t.Errorf("NAD %s: %v, want %q", bad.cfg, err, bad.want)
+		}
+	}
+}
+
+// TestIpvlanNetworks: ipvlan's modes and flags, and what does not apply to
+// it (a MAC, podMACPrefix, ARP/NDP detection in l3/l3s).
+func TestIpvlanNetworks(t *testing.T) {
+	conf := func(net string) []byte {
+		return []byte(`{"cniVersion":"1.1.0","name":"n","type":"spinneret","networks":[` + net + `]}`)
+	}
+	const pools = `"ipam":{"pools":[{"name":"a","subnet":"10.0.0.0/24"}]}`
+	c, err := Parse(conf(`{"name":"iv","driver":"ipvlan","master":"eth1",` + pools + `}`))
+	if err != nil || c.Network.Mode != "l2" || c.Network.Flag != "bridge" {
+		t.Fatalf("defaults: %+v %v", c, err)
+	}
+	for net, want := range map[string]string{
+		`"mode":"l4"`:                                          `networks[0].mode: "l4" is not an ipvlan mode (l2, l3, l3s)`,
+		`"flag":"loud"`:                                        `networks[0].flag: "loud" is not an ipvlan flag (bridge, private, vepa)`,
+		`"mac":"0a:00:00:00:00:01"`:                            `networks[0].mac: "0a:00:00:00:00:01": an ipvlan link has its master's MAC`,
+		`"coordinator":{"podMACPrefix":"0a:1b"}`:               `podMACPrefix does not apply to ipvlan`,
+		`"mode":"l3","coordinator":{"detectGateway":true}`:     `ipvlan l3 links do not carry ARP/NDP`,
+		`"mode":"l3s","coordinator":{"detectIPConflict":true}`: `ipvlan l3s links do not carry ARP/NDP`,
+	} {
+		_, err := Parse(conf(`{"name":"iv","driver":"ipvlan","master":"eth1",` + net + `,` + pools + `}`))
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want %q", net, err, want)
 		}
 	}
 }

@@ -57,7 +57,7 @@ func (c *Config) NADNetwork(namespace, name string, config []byte) (*Network, er
 			return nil, fmt.Errorf("%s: plugins[%d]: %w", field, i, err)
 		}
 		switch pl.Type {
-		case "macvlan", PluginType:
+		case "macvlan", "ipvlan", PluginType:
 			if main == nil {
 				main = &pl
 				var m map[string]any
@@ -82,13 +82,16 @@ func (c *Config) NADNetwork(namespace, name string, config []byte) (*Network, er
 		}
 	}
 	if main == nil {
-		return nil, fmt.Errorf("%s: no macvlan entry (spinneret interprets macvlan NADs; ipvlan and sriov come with their drivers)", field)
+		return nil, fmt.Errorf("%s: no macvlan or ipvlan entry (spinneret interprets macvlan and ipvlan NADs; sriov comes with its driver)", field)
 	}
 	if main.IPAM == nil || main.IPAM.Type == "" && len(main.IPAM.Pools) == 0 && len(main.IPAM.IPPools) == 0 && main.IPAM.Backend == "" {
 		return nil, fmt.Errorf("%s: no ipam", field)
 	}
 	rn := rawNetwork{Name: strings.ToLower(namespace + "." + name)}
 	rn.Master, rn.Mode, rn.MTU, rn.MAC = main.Master, main.Mode, main.MTU, main.MAC
+	if main.Type == "ipvlan" {
+		rn.Driver = "ipvlan"
+	}
 	var delegate *DelegateIPAM
 	if t := main.IPAM.Type; t != "" && t != PluginType {
 		// another IPAM plugin: spinneret runs it with the NAD's own config

@@ -61,6 +61,7 @@ type rawLink struct {
 	Driver string   `json:"driver,omitempty"`
 	Master string   `json:"master,omitempty"`
 	Mode   string   `json:"mode,omitempty"`
+	Flag   string   `json:"flag,omitempty"`
 	MTU    int      `json:"mtu,omitempty"`
 	MAC    string   `json:"mac,omitempty"`
 	IPAM   *rawIPAM `json:"ipam,omitempty"`
@@ -131,9 +132,11 @@ type Config struct {
 // Network is one attachable underlay network.
 type Network struct {
 	Name   string
-	Driver string // "macvlan"
+	Driver string // "macvlan" or "ipvlan"
 	Master string // logical name, mapped by the node conf
 	Mode   string
+	// Flag is ipvlan's bridge, private or vepa.
+	Flag string
 	MTU    int    // 0: the master's
 	MAC    string // normalised, lower case; "" = kernel's choice
 	Pools  []Pool
@@ -364,17 +367,45 @@ func (rn *rawNetwork) validate(path string, coord Coordinator) (*Network, error)
 	if n.Driver == "" {
 		n.Driver = "macvlan"
 	}
-	if n.Driver != "macvlan" {
-		return nil, fmt.Errorf("%s: %q is not supported (supported: macvlan)", f("driver"), rn.Driver)
+	switch n.Driver {
+	case "macvlan":
+		if n.Mode == "" {
+			n.Mode = "bridge"
+		}
+		if !slices.Contains([]string{"bridge", "private", "vepa", "passthru"}, n.Mode) {
+			return nil, fmt.Errorf("%s: %q is not a macvlan mode (bridge, private, vepa, passthru)", f("mode"), rn.Mode)
+		}
+		if rn.Flag != "" {
+			return nil, fmt.Errorf("%s: %q: flags are ipvlan's (a macvlan network has modes only)", f("flag"), rn.Flag)
+		}
+	case "ipvlan":
+		if n.Mode == "" {
+			n.Mode = "l2"
+		}
+		if !slices.Contains([]string{"l2", "l3", "l3s"}, n.Mode) {
+			return nil, fmt.Errorf("%s: %q is not an ipvlan mode (l2, l3, l3s)", f("mode"), rn.Mode)
+		}
+		n.Flag = rn.Flag
+		if n.Flag == "" {
+			n.Flag = "bridge"
+		}
+		if !slices.Contains([]string{"bridge", "private", "vepa"}, n.Flag) {
+			return nil, fmt.Errorf("%s: %q is not an ipvlan flag (bridge, private, vepa)", f("flag"), rn.Flag)
+		}
+		if rn.MAC != "" {
+			return nil, fmt.Errorf("%s: %q: an ipvlan link has its master's MAC", f("mac"), rn.MAC)
+		}
+		if n.Coordinator.HasMACPrefix {
+			return nil, fmt.Errorf("%s: podMACPrefix does not apply to ipvlan (its links share the master's MAC)", f("coordinator.podMACPrefix"))
+		}
+		if n.Mode != "l2" && (n.Coordinator.DetectIPConflict || n.Coordinator.DetectGateway) {
+			return nil, fmt.Errorf("%s: ipvlan %s links do not carry ARP/NDP; IP-conflict and gateway detection need mode l2", f("coordinator"), n.Mode)
+		}
+	default:
+		return nil, fmt.Errorf("%s: %q is not supported (supported: macvlan, ipvlan)", f("driver"), rn.Driver)
 	}
 	if !ValidIfName(n.Master) {
 		return nil, fmt.Errorf("%s: %q is not a valid interface name", f("master"), rn.Master)
-	}
-	if n.Mode == "" {
-		n.Mode = "bridge"
-	}
-	if !slices.Contains([]string{"bridge", "private", "vepa", "passthru"}, n.Mode) {
-		return nil, fmt.Errorf("%s: %q is not a macvlan mode (bridge, private, vepa, passthru)", f("mode"), rn.Mode)
 	}
 	if n.MTU != 0 && (n.MTU < 68 || n.MTU > 65535) {
 		return nil, fmt.Errorf("%s: %d is out of range (0 for the master's, or 68-65535)", f("mtu"), rn.MTU)

@@ -193,13 +193,12 @@ func (n *Node) validate() error {
 	}
 	n.PoolCacheTTL = d
 	if n.NodeName == "" {
-		h, err := os.Hostname()
-		if err != nil {
-			return fmt.Errorf("nodeName: not set and no host name: %w", err)
+		// the host name, if it can name a node; only the kubernetes IPAM
+		// backend needs one, and says so if it is missing
+		if h, err := os.Hostname(); err == nil && ValidObjectName(strings.ToLower(h)) {
+			n.NodeName = strings.ToLower(h)
 		}
-		n.NodeName = strings.ToLower(h)
-	}
-	if !ValidObjectName(n.NodeName) {
+	} else if !ValidObjectName(n.NodeName) {
 		return fmt.Errorf("nodeName: %q is not a valid node name", n.NodeName)
 	}
 	for i, s := range n.NodeIPRaw {

@@ -119,15 +119,16 @@ func (o *Macvlan) Check(env *txn.Env) error {
 	return errors.Join(errs...)
 }
 
-// CheckMaster validates a macvlan request against the host master before
-// anything is created: the master exists and the MTU does not exceed its own.
-func CheckMaster(h *netlink.Handle, name, master string, mtu int) error {
+// CheckMaster validates a macvlan or ipvlan request against the host master
+// before anything is created: the master exists and the MTU does not exceed
+// its own.
+func CheckMaster(h *netlink.Handle, driver, name, master string, mtu int) error {
 	m, err := h.LinkByName(master)
 	if err != nil {
-		return fmt.Errorf("macvlan %s: master %q not found", name, master)
+		return fmt.Errorf("%s %s: master %q not found", driver, name, master)
 	}
 	if mtu > m.Attrs().MTU {
-		return fmt.Errorf("macvlan %s: mtu %d is larger than master %s's mtu %d", name, mtu, master, m.Attrs().MTU)
+		return fmt.Errorf("%s %s: mtu %d is larger than master %s's mtu %d", driver, name, mtu, master, m.Attrs().MTU)
 	}
 	return nil
 }

@@ -1,0 +1,113 @@
+package drivers
+
+import (
+	"errors"
+	"fmt"
+	"syscall"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/spinneret-cni/spinneret/internal/netops"
+	"github.com/spinneret-cni/spinneret/internal/txn"
+)
+
+func init() {
+	txn.Register("ipvlan.create", func() txn.Op { return &Ipvlan{} })
+}
+
+// IpvlanModes and IpvlanFlags are what spinneret accepts.
+var (
+	IpvlanModes = map[string]netlink.IPVlanMode{"l2": netlink.IPVLAN_MODE_L2, "l3": netlink.IPVLAN_MODE_L3, "l3s": netlink.IPVLAN_MODE_L3S}
+	IpvlanFlags = map[string]netlink.IPVlanFlag{"bridge": netlink.IPVLAN_FLAG_BRIDGE, "private": netlink.IPVLAN_FLAG_PRIVATE, "vepa": netlink.IPVLAN_FLAG_VEPA}
+)
+
+// Ipvlan creates an ipvlan link on a host master directly inside the pod
+// namespace, like Macvlan. Its MAC is the master's.
+type Ipvlan struct {
+	Name   string `json:"name"`
+	Master string `json:"master"`
+	Mode   string `json:"mode"`
+	Flag   string `json:"flag"`
+	MTU    int    `json:"mtu,omitempty"`
+	TxQLen int    `json:"txqlen,omitempty"`
+}
+
+func (o *Ipvlan) Kind() string { return "ipvlan.create" }
+func (o *Ipvlan) String() string {
+	return fmt.Sprintf("create ipvlan %s on %s (%s %s) in pod", o.Name, o.Master, o.Mode, o.Flag)
+}
+
+// Creates names the pod link; its addresses and routes go with it.
+func (o *Ipvlan) Creates() []string { return []string{netops.LinkKey(txn.Pod, o.Name)} }
+
+// Do creates the link.
+func (o *Ipvlan) Do(env *txn.Env) error {
+	host, err := env.Handle(txn.Host)
+	if err != nil {
+		return err
+	}
+	master, err := host.LinkByName(o.Master)
+	if err != nil {
+		return fmt.Errorf("ipvlan %s: master %q: %w", o.Name, o.Master, err)
+	}
+	fd, err := env.PodNSFd()
+	if err != nil {
+		return err
+	}
+	mode, ok := IpvlanModes[o.Mode]
+	if !ok {
+		return fmt.Errorf("ipvlan %s: unknown mode %q", o.Name, o.Mode)
+	}
+	flag, ok := IpvlanFlags[o.Flag]
+	if !ok {
+		return fmt.Errorf("ipvlan %s: unknown flag %q", o.Name, o.Flag)
+	}
+	attrs := netlink.NewLinkAttrs()
+	attrs.Name, attrs.ParentIndex, attrs.MTU, attrs.Namespace = o.Name, master.Attrs().Index, o.MTU, netlink.NsFd(fd)
+	attrs.Group = netops.PodLinkGroup
+	if o.TxQLen > 0 {
+		attrs.TxQLen = o.TxQLen
+	}
+	if err := host.LinkAdd(&netlink.IPVlan{LinkAttrs: attrs, Mode: mode, Flag: flag}); err != nil {
+		if errors.Is(err, syscall.EBUSY) {
+			return fmt.Errorf("ipvlan %s on %s: %w (a master carries either macvlan or ipvlan links, never both: %s already has macvlan links)", o.Name, o.Master, err, o.Master)
+		}
+		return fmt.Errorf("ipvlan %s on %s: %w", o.Name, o.Master, err)
+	}
+	return nil
+}
+
+// Undo deletes the pod's ipvlan link.
+func (o *Ipvlan) Undo(env *txn.Env) error {
+	h, l, err := netops.Link(env, txn.Pod, o.Name)
+	if err != nil {
+		return netops.IgnoreGone(err)
+	}
+	if l.Type() != "ipvlan" {
+		return nil // not ours
+	}
+	return netops.IgnoreGone(h.LinkDel(l))
+}
+
+// Check reports drift of the link's kind, mode, flag and MTU.
+func (o *Ipvlan) Check(env *txn.Env) error {
+	_, l, err := netops.Link(env, txn.Pod, o.Name)
+	if err != nil {
+		return err
+	}
+	iv, ok := l.(*netlink.IPVlan)
+	if !ok {
+		return fmt.Errorf("%s: is a %s link, not ipvlan", o.Name, l.Type())
+	}
+	var errs []error
+	if iv.Mode != IpvlanModes[o.Mode] {
+		errs = append(errs, fmt.Errorf("%s: ipvlan mode changed from %s", o.Name, o.Mode))
+	}
+	if iv.Flag != IpvlanFlags[o.Flag] {
+		errs = append(errs, fmt.Errorf("%s: ipvlan flag changed from %s", o.Name, o.Flag))
+	}
+	if o.MTU != 0 && iv.MTU != o.MTU {
+		errs = append(errs, fmt.Errorf("%s: mtu %d, want %d", o.Name, iv.MTU, o.MTU))
+	}
+	return errors.Join(errs...)
+}
