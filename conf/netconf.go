@@ -136,10 +136,10 @@ type Network struct {
 	Master string // logical name, mapped by the node conf
 	Mode   string
 	// Flag is ipvlan's bridge, private or vepa.
-	Flag string
-	MTU    int    // 0: the master's
-	MAC    string // normalised, lower case; "" = kernel's choice
-	Pools  []Pool
+	Flag  string
+	MTU   int    // 0: the master's
+	MAC   string // normalised, lower case; "" = kernel's choice
+	Pools []Pool
 	// Coordinator is the config's coordinator settings with this
 	// network's overrides applied.
 	Coordinator Coordinator
