@@ -6,11 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
+	"github.com/vishvananda/netlink"
 
 	"github.com/spinneret-cni/spinneret/conf"
 	"github.com/spinneret-cni/spinneret/coordinator"
@@ -146,7 +148,7 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	p.writeNetworkStatus(args, nics, res)
 	for _, n := range nics {
 		for _, a := range n.Addrs {
-			p.log.Info("attached", "container", args.ContainerID, "nic", n.IfName, "network", n.Network.Name, "master", n.Network.Master, "pool", a.Pool, "address", a.Address)
+			p.log.Info("attached", "container", args.ContainerID, "nic", n.IfName, "network", n.Network.Name, "master", n.LinkMaster(), "pool", a.Pool, "address", a.Address)
 		}
 	}
 	return types.PrintResult(res, p.cfg.CNIVersion)
@@ -218,6 +220,31 @@ func (p *plugin) nodeIPs(env *txn.Env, nics []NIC) ([]netip.Addr, error) {
 	return coordinator.NodeIPs(host, podAddrs), nil
 }
 
+// checkParents checks what a NIC hangs off before anything is created: the
+// master (with its MTU), or, for parents the ifacer ensures, what they are
+// made of (a VLAN's parent, a bond's slaves) and that the VLAN link's name
+// fits.
+func (p *plugin) checkParents(host *netlink.Handle, n *NIC) error {
+	nw := &n.Network
+	if nw.VLAN != 0 {
+		if name := n.LinkMaster(); len(name) > 15 {
+			return fmt.Errorf("%s: VLAN link %s is longer than an interface name may be (15)", n.IfName, name)
+		}
+	}
+	if nw.Bond != nil {
+		for _, s := range nw.Bond.Slaves {
+			if _, err := host.LinkByName(s); err != nil {
+				return fmt.Errorf("%s: bond %s: slave %q not found", n.IfName, nw.Bond.Name, s)
+			}
+		}
+		return nil
+	}
+	if nw.VLAN != 0 {
+		return drivers.CheckMaster(host, "VLAN "+strconv.Itoa(nw.VLAN)+" for "+nw.Driver, n.IfName, nw.Master, nw.MTU)
+	}
+	return drivers.CheckMaster(host, nw.Driver, n.IfName, nw.Master, nw.MTU)
+}
+
 // precheck validates the NICs against the host and the pod before anything
 // is allocated or created.
 func (p *plugin) precheck(env *txn.Env, nics []NIC) error {
@@ -231,13 +258,14 @@ func (p *plugin) precheck(env *txn.Env, nics []NIC) error {
 	}
 	kinds := map[string]string{} // master -> the driver of the pod's first NIC on it
 	for _, n := range nics {
-		if err := drivers.CheckMaster(host, n.Network.Driver, n.IfName, n.Network.Master, n.Network.MTU); err != nil {
+		if err := p.checkParents(host, &n); err != nil {
 			return err
 		}
-		if d, ok := kinds[n.Network.Master]; ok && d != n.Network.Driver {
-			return fmt.Errorf("%s: %s and %s links cannot share master %s (the kernel gives a master one kind of child)", n.IfName, d, n.Network.Driver, n.Network.Master)
+		m := n.LinkMaster()
+		if d, ok := kinds[m]; ok && d != n.Network.Driver {
+			return fmt.Errorf("%s: %s and %s links cannot share master %s (the kernel gives a master one kind of child)", n.IfName, d, n.Network.Driver, m)
 		}
-		kinds[n.Network.Master] = n.Network.Driver
+		kinds[m] = n.Network.Driver
 		if n.Network.Driver == "ipvlan" && n.PodMAC {
 			return fmt.Errorf("%s: an ipvlan link has its master's MAC; the requested MAC %s cannot apply", n.IfName, n.MAC)
 		}

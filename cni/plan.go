@@ -9,6 +9,7 @@ import (
 	"github.com/spinneret-cni/spinneret/conf"
 	"github.com/spinneret-cni/spinneret/coordinator"
 	"github.com/spinneret-cni/spinneret/drivers"
+	"github.com/spinneret-cni/spinneret/ifacer"
 	"github.com/spinneret-cni/spinneret/internal/netops"
 	"github.com/spinneret-cni/spinneret/internal/txn"
 	"github.com/spinneret-cni/spinneret/ipam"
@@ -167,8 +168,41 @@ type PlanInput struct {
 // routes and rules; then the coordinator's veth and routes. It is a pure
 // function of its input: no kernel, no root.
 func Plan(in PlanInput) []txn.Op {
-	ops := planNICs(in.NICs)
+	ops := parentOps(in)
+	ops = append(ops, planNICs(in.NICs)...)
 	return append(ops, coordinator.Plan(coordinatorInput(in))...)
+}
+
+// LinkMaster is the node link the NIC's macvlan or ipvlan hangs off: the
+// network's master (or bond), or its VLAN link.
+func (n *NIC) LinkMaster() string {
+	if n.Network.VLAN != 0 {
+		return ifacer.VLANName(n.Network.Master, n.Network.VLAN)
+	}
+	return n.Network.Master
+}
+
+// parentOps ensure the bonds and VLAN links the NICs need on the node, each
+// once, before anything else (their undo runs after the pod's links are
+// gone).
+func parentOps(in PlanInput) []txn.Op {
+	if len(in.NICs) == 0 {
+		return nil
+	}
+	user := txn.Key(in.ContainerID, in.NICs[0].IfName)
+	var ops []txn.Op
+	seen := map[string]bool{}
+	for _, n := range in.NICs {
+		if b := n.Network.Bond; b != nil && !seen[b.Name] {
+			seen[b.Name] = true
+			ops = append(ops, &ifacer.Bond{Name: b.Name, Mode: b.Mode, Options: b.Options, Slaves: b.Slaves, User: user})
+		}
+		if v := n.Network.VLAN; v != 0 && !seen[n.LinkMaster()] {
+			seen[n.LinkMaster()] = true
+			ops = append(ops, &ifacer.VLAN{Name: n.LinkMaster(), Parent: n.Network.Master, ID: v, User: user})
+		}
+	}
+	return ops
 }
 
 // coordinatorInput is what the coordinator needs of the pod.
@@ -205,9 +239,9 @@ func planNICs(nics []NIC) []txn.Op {
 			}
 		}
 		if n.Network.Driver == "ipvlan" {
-			ops = append(ops, &drivers.Ipvlan{Name: n.IfName, Master: n.Network.Master, Mode: n.Network.Mode, Flag: n.Network.Flag, MTU: n.Network.MTU, TxQLen: c.TxQueueLen})
+			ops = append(ops, &drivers.Ipvlan{Name: n.IfName, Master: n.LinkMaster(), Mode: n.Network.Mode, Flag: n.Network.Flag, MTU: n.Network.MTU, TxQLen: c.TxQueueLen})
 		} else {
-			ops = append(ops, &drivers.Macvlan{Name: n.IfName, Master: n.Network.Master, Mode: n.Network.Mode, MTU: n.Network.MTU, MAC: mac, TxQLen: c.TxQueueLen})
+			ops = append(ops, &drivers.Macvlan{Name: n.IfName, Master: n.LinkMaster(), Mode: n.Network.Mode, MTU: n.Network.MTU, MAC: mac, TxQLen: c.TxQueueLen})
 		}
 		for _, a := range n.Addrs {
 			ops = append(ops, &netops.AddrAdd{NS: txn.Pod, Link: n.IfName, Addr: a.Address, NoPrefixRoute: rt.Table != 0})

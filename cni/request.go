@@ -215,7 +215,19 @@ func (p *plugin) resolveNICs(args *skel.CmdArgs) ([]NIC, error) {
 				return nil, fmt.Errorf("%s: interface %s is used twice", AnnotNetworks, nics[i].IfName)
 			}
 		}
-		if nics[i].Network.Master, err = p.node.ResolveMaster(nics[i].Network.Master); err != nil {
+		if b := nics[i].Network.Bond; b != nil {
+			// the bond is spinneret's; its slaves are the node's interfaces
+			nb := *b
+			nb.Slaves = nil
+			for _, sl := range b.Slaves {
+				real, err := p.node.ResolveMaster(sl)
+				if err != nil {
+					return nil, fmt.Errorf("network %s: bond %s: %w", nics[i].Network.Name, b.Name, err)
+				}
+				nb.Slaves = append(nb.Slaves, real)
+			}
+			nics[i].Network.Bond = &nb
+		} else if nics[i].Network.Master, err = p.node.ResolveMaster(nics[i].Network.Master); err != nil {
 			return nil, fmt.Errorf("network %s: %w", nics[i].Network.Name, err)
 		}
 	}

@@ -380,12 +380,20 @@ func TestIpvlanNetworks(t *testing.T) {
 		t.Fatalf("defaults: %+v %v", c, err)
 	}
 	for net, want := range map[string]string{
-		`"mode":"l4"`:                                          `networks[0].mode: "l4" is not an ipvlan mode (l2, l3, l3s)`,
-		`"flag":"loud"`:                                        `networks[0].flag: "loud" is not an ipvlan flag (bridge, private, vepa)`,
-		`"mac":"0a:00:00:00:00:01"`:                            `networks[0].mac: "0a:00:00:00:00:01": an ipvlan link has its master's MAC`,
-		`"coordinator":{"podMACPrefix":"0a:1b"}`:               `podMACPrefix does not apply to ipvlan`,
-		`"mode":"l3","coordinator":{"detectGateway":true}`:     `ipvlan l3 links do not carry ARP/NDP`,
-		`"mode":"l3s","coordinator":{"detectIPConflict":true}`: `ipvlan l3s links do not carry ARP/NDP`,
+		`"mode":"l4"`:                                                                            `networks[0].mode: "l4" is not an ipvlan mode (l2, l3, l3s)`,
+		`"flag":"loud"`:                                                                          `networks[0].flag: "loud" is not an ipvlan flag (bridge, private, vepa)`,
+		`"mac":"0a:00:00:00:00:01"`:                                                              `networks[0].mac: "0a:00:00:00:00:01": an ipvlan link has its master's MAC`,
+		`"coordinator":{"podMACPrefix":"0a:1b"}`:                                                 `podMACPrefix does not apply to ipvlan`,
+		`"mode":"l3","coordinator":{"detectGateway":true}`:                                       `ipvlan l3 links do not carry ARP/NDP`,
+		`"mode":"l3s","coordinator":{"detectIPConflict":true}`:                                   `ipvlan l3s links do not carry ARP/NDP`,
+		`"vlan":4095`:                                                                            `networks[0].vlan: 4095 is out of range (1-4094)`,
+		`"bond":{"name":"b0","mode":"fast","slaves":["eth2"]}`:                                   `networks[0].bond.mode: "fast" is not a bond mode`,
+		`"bond":{"name":"b0","mode":"802.3ad","slaves":[]}`:                                      `networks[0].bond.slaves: a bond needs at least one slave`,
+		`"bond":{"name":"b0","mode":"802.3ad","slaves":["eth2","eth2"]}`:                         `networks[0].bond.slaves[1]: "eth2" is not a valid interface name, or is listed twice`,
+		`"bond":{"name":"b0","mode":"802.3ad","slaves":["eth2"],"options":{"mii":"1"}}`:          `networks[0].bond.options.mii: unknown bond option`,
+		`"bond":{"name":"b0","mode":"802.3ad","slaves":["eth2"],"options":{"lacp_rate":"warp"}}`: `networks[0].bond.options.lacp_rate: "warp" is not slow or fast`,
+		`"bond":{"name":"b0","mode":"802.3ad","slaves":["eth2"],"options":{"miimon":"-1"}}`:      `networks[0].bond.options.miimon: "-1" is not a non-negative number`,
+		`"bond":{"name":"b0","mode":"802.3ad","slaves":["eth2"]},"master":"eth1"`:                `networks[0].master: "eth1": with a bond, the master is the bond (b0)`,
 	} {
 		_, err := Parse(conf(`{"name":"iv","driver":"ipvlan","master":"eth1",` + net + `,` + pools + `}`))
 		if err == nil || !strings.Contains(err.Error(), want) {

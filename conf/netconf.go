@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/containernetworking/cni/pkg/types"
@@ -62,9 +63,18 @@ type rawLink struct {
 	Master string   `json:"master,omitempty"`
 	Mode   string   `json:"mode,omitempty"`
 	Flag   string   `json:"flag,omitempty"`
+	VLAN   int      `json:"vlan,omitempty"`
+	Bond   *rawBond `json:"bond,omitempty"`
 	MTU    int      `json:"mtu,omitempty"`
 	MAC    string   `json:"mac,omitempty"`
 	IPAM   *rawIPAM `json:"ipam,omitempty"`
+}
+
+type rawBond struct {
+	Name    string            `json:"name"`
+	Mode    string            `json:"mode"`
+	Options map[string]string `json:"options,omitempty"`
+	Slaves  []string          `json:"slaves"`
 }
 
 // rawNetwork is an entry of the network catalogue.
@@ -136,7 +146,13 @@ type Network struct {
 	Master string // logical name, mapped by the node conf
 	Mode   string
 	// Flag is ipvlan's bridge, private or vepa.
-	Flag  string
+	Flag string
+	// VLAN (1-4094), when set, puts the NICs on a VLAN link of the master
+	// (or of the bond), which the ifacer creates on the node if needed.
+	VLAN int
+	// Bond, when set, is the master: a bond of the slaves the ifacer
+	// creates on the node if needed.
+	Bond  *Bond
 	MTU   int    // 0: the master's
 	MAC   string // normalised, lower case; "" = kernel's choice
 	Pools []Pool
@@ -181,6 +197,20 @@ type Pool struct {
 	Gateway netip.Addr
 	Routes  []Route
 }
+
+// Bond is a bond the ifacer ensures on the node.
+type Bond struct {
+	Name    string
+	Mode    string // as the kernel names it: balance-rr, active-backup, 802.3ad, ...
+	Options map[string]string
+	Slaves  []string // logical names, mapped by the node conf
+}
+
+// BondModes and BondOptions are what a bond may say.
+var (
+	BondModes   = []string{"balance-rr", "active-backup", "balance-xor", "broadcast", "802.3ad", "balance-tlb", "balance-alb"}
+	BondOptions = []string{"miimon", "updelay", "downdelay", "lacp_rate", "xmit_hash_policy", "min_links"}
+)
 
 // Range is an inclusive address range inside a pool's subnet.
 type Range struct{ Start, End netip.Addr }
@@ -403,6 +433,41 @@ func (rn *rawNetwork) validate(path string, coord Coordinator) (*Network, error)
 		}
 	default:
 		return nil, fmt.Errorf("%s: %q is not supported (supported: macvlan, ipvlan)", f("driver"), rn.Driver)
+	}
+	if rn.VLAN != 0 {
+		if rn.VLAN < 1 || rn.VLAN > 4094 {
+			return nil, fmt.Errorf("%s: %d is out of range (1-4094)", f("vlan"), rn.VLAN)
+		}
+		n.VLAN = rn.VLAN
+	}
+	if b := rn.Bond; b != nil {
+		if !ValidIfName(b.Name) {
+			return nil, fmt.Errorf("%s: %q is not a valid interface name", f("bond.name"), b.Name)
+		}
+		if !slices.Contains(BondModes, b.Mode) {
+			return nil, fmt.Errorf("%s: %q is not a bond mode (%s)", f("bond.mode"), b.Mode, strings.Join(BondModes, ", "))
+		}
+		if len(b.Slaves) == 0 {
+			return nil, fmt.Errorf("%s: a bond needs at least one slave", f("bond.slaves"))
+		}
+		for i, sl := range b.Slaves {
+			if !ValidIfName(sl) || slices.Contains(b.Slaves[:i], sl) {
+				return nil, fmt.Errorf("%s: %q is not a valid interface name, or is listed twice", f(fmt.Sprintf("bond.slaves[%d]", i)), sl)
+			}
+		}
+		for k, v := range b.Options {
+			if !slices.Contains(BondOptions, k) {
+				return nil, fmt.Errorf("%s: unknown bond option (value %q; known: %s)", f("bond.options."+k), v, strings.Join(BondOptions, ", "))
+			}
+			if err := checkBondOption(k, v); err != nil {
+				return nil, fmt.Errorf("%s: %q %v", f("bond.options."+k), v, err)
+			}
+		}
+		if rn.Master != "" && rn.Master != b.Name {
+			return nil, fmt.Errorf("%s: %q: with a bond, the master is the bond (%s)", f("master"), rn.Master, b.Name)
+		}
+		n.Master = b.Name
+		n.Bond = &Bond{Name: b.Name, Mode: b.Mode, Options: b.Options, Slaves: b.Slaves}
 	}
 	if !ValidIfName(n.Master) {
 		return nil, fmt.Errorf("%s: %q is not a valid interface name", f("master"), rn.Master)
@@ -674,4 +739,23 @@ func PoolFromSpec(name string, spec []byte) (*Pool, error) {
 	}
 	rp.Name = name
 	return rp.validate("IPPool " + name + ": spec")
+}
+
+// checkBondOption validates a bond option's value.
+func checkBondOption(k, v string) error {
+	switch k {
+	case "lacp_rate":
+		if v != "slow" && v != "fast" {
+			return fmt.Errorf("is not slow or fast")
+		}
+	case "xmit_hash_policy":
+		if !slices.Contains([]string{"layer2", "layer3+4", "layer2+3", "encap2+3", "encap3+4", "vlan+srcmac"}, v) {
+			return fmt.Errorf("is not a transmit hash policy")
+		}
+	default:
+		if n, err := strconv.Atoi(v); err != nil || n < 0 {
+			return fmt.Errorf("is not a non-negative number")
+		}
+	}
+	return nil
 }

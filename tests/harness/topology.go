@@ -315,3 +315,9 @@ func (t *Topology) Close() error {
 	}
 	return errors.Join(errs...)
 }
+
+// Plug adds another link of the node (named ifname) to network k's switch,
+// as a second cable to the same L2 (bond slaves).
+func (t *Topology) Plug(k int, port, ifname string) error {
+	return plug(t.Nets[k].Switch, port, t.Node, ifname)
+}
