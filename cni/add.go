@@ -257,15 +257,27 @@ func (p *plugin) precheck(env *txn.Env, nics []NIC) error {
 		return fmt.Errorf("pod netns %s: %w", env.PodNetNS, err)
 	}
 	kinds := map[string]string{} // master -> the driver of the pod's first NIC on it
-	for _, n := range nics {
-		if err := p.checkParents(host, &n); err != nil {
+	for i := range nics {
+		n := nics[i]
+		if n.VF != nil {
+			// the VF's settings before this ADD: journaled with the plan
+			st, err := drivers.ReadVFState(host, n.VF)
+			if err != nil {
+				return err
+			}
+			nics[i].VFOrig = st
+			if n.Userspace() {
+				continue
+			}
+		} else if err := p.checkParents(host, &n); err != nil {
 			return err
 		}
-		m := n.LinkMaster()
-		if d, ok := kinds[m]; ok && d != n.Network.Driver {
-			return fmt.Errorf("%s: %s and %s links cannot share master %s (the kernel gives a master one kind of child)", n.IfName, d, n.Network.Driver, m)
+		if m := n.LinkMaster(); n.VF == nil {
+			if d, ok := kinds[m]; ok && d != n.Network.Driver {
+				return fmt.Errorf("%s: %s and %s links cannot share master %s (the kernel gives a master one kind of child)", n.IfName, d, n.Network.Driver, m)
+			}
+			kinds[m] = n.Network.Driver
 		}
-		kinds[m] = n.Network.Driver
 		if n.Network.Driver == "ipvlan" && n.PodMAC {
 			return fmt.Errorf("%s: an ipvlan link has its master's MAC; the requested MAC %s cannot apply", n.IfName, n.MAC)
 		}

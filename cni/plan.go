@@ -37,6 +37,55 @@ type NIC struct {
 	StatusName string
 	// kubeSel is what spinneret.io/ippools asks of the kubernetes backend.
 	kubeSel ipam.KubeSelect
+	// VF is an sriov NIC's virtual function, and VFOrig its settings
+	// before the ADD (read when planning, journaled with the plan).
+	VF     *drivers.VF
+	VFOrig drivers.VFState
+}
+
+// Userspace reports a NIC whose VF is bound to a userspace (DPDK) driver:
+// it has no netdev in the pod, so no addresses, routes or coordinator.
+func (n *NIC) Userspace() bool { return n.VF != nil && n.VF.Userspace() }
+
+// vfWant is the VF state an sriov NIC asks for: its original settings with
+// the network's (and the pod's MAC) applied.
+func (n *NIC) vfWant(mac string) drivers.VFState {
+	w := n.VFOrig
+	sr := n.Network.SRIOV
+	if mac != "" {
+		w.MAC = mac
+	}
+	w.VLAN, w.QoS = n.Network.VLAN, sr.VLANQoS
+	if sr.SpoofChk != nil {
+		w.SpoofChk = *sr.SpoofChk
+	}
+	if sr.Trust != nil {
+		w.Trust = *sr.Trust
+	}
+	if sr.MinTxRate != nil {
+		w.MinTxRate = *sr.MinTxRate
+	}
+	if sr.MaxTxRate != nil {
+		w.MaxTxRate = *sr.MaxTxRate
+	}
+	if sr.LinkState != "" {
+		w.LinkState = drivers.LinkStates[sr.LinkState]
+	}
+	if n.Network.MTU != 0 {
+		w.MTU = n.Network.MTU
+	}
+	return w
+}
+
+// netdevNICs are the NICs with a netdev in the pod (all but userspace VFs).
+func netdevNICs(nics []NIC) []NIC {
+	out := make([]NIC, 0, len(nics))
+	for _, n := range nics {
+		if !n.Userspace() {
+			out = append(out, n)
+		}
+	}
+	return out
 }
 
 // Route is a route of a NIC, resolved to a gateway (or on-link).
@@ -169,6 +218,13 @@ type PlanInput struct {
 // function of its input: no kernel, no root.
 func Plan(in PlanInput) []txn.Op {
 	ops := parentOps(in)
+	// userspace VFs: set through the PF only; the rest has netdevs
+	for _, n := range in.NICs {
+		if n.Userspace() {
+			ops = append(ops, &drivers.SriovVF{Name: n.IfName, VF: *n.VF, Orig: n.VFOrig, Want: n.vfWant(n.MAC)})
+		}
+	}
+	in.NICs = netdevNICs(in.NICs)
 	ops = append(ops, planNICs(in.NICs)...)
 	return append(ops, coordinator.Plan(coordinatorInput(in))...)
 }
@@ -176,7 +232,7 @@ func Plan(in PlanInput) []txn.Op {
 // LinkMaster is the node link the NIC's macvlan or ipvlan hangs off: the
 // network's master (or bond), or its VLAN link.
 func (n *NIC) LinkMaster() string {
-	if n.Network.VLAN != 0 {
+	if n.Network.VLAN != 0 && n.Network.SRIOV == nil {
 		return ifacer.VLANName(n.Network.Master, n.Network.VLAN)
 	}
 	return n.Network.Master
@@ -197,7 +253,7 @@ func parentOps(in PlanInput) []txn.Op {
 			seen[b.Name] = true
 			ops = append(ops, &ifacer.Bond{Name: b.Name, Mode: b.Mode, Options: b.Options, Slaves: b.Slaves, User: user})
 		}
-		if v := n.Network.VLAN; v != 0 && !seen[n.LinkMaster()] {
+		if v := n.Network.VLAN; v != 0 && n.Network.SRIOV == nil && !seen[n.LinkMaster()] {
 			seen[n.LinkMaster()] = true
 			ops = append(ops, &ifacer.VLAN{Name: n.LinkMaster(), Parent: n.Network.Master, ID: v, User: user})
 		}
@@ -238,7 +294,9 @@ func planNICs(nics []NIC) []txn.Op {
 				mac = m
 			}
 		}
-		if n.Network.Driver == "ipvlan" {
+		if n.VF != nil {
+			ops = append(ops, &drivers.SriovVF{Name: n.IfName, VF: *n.VF, Orig: n.VFOrig, Want: n.vfWant(mac)})
+		} else if n.Network.Driver == "ipvlan" {
 			ops = append(ops, &drivers.Ipvlan{Name: n.IfName, Master: n.LinkMaster(), Mode: n.Network.Mode, Flag: n.Network.Flag, MTU: n.Network.MTU, TxQLen: c.TxQueueLen})
 		} else {
 			ops = append(ops, &drivers.Macvlan{Name: n.IfName, Master: n.LinkMaster(), Mode: n.Network.Mode, MTU: n.Network.MTU, MAC: mac, TxQLen: c.TxQueueLen})

@@ -227,6 +227,8 @@ func (p *plugin) resolveNICs(args *skel.CmdArgs) ([]NIC, error) {
 				nb.Slaves = append(nb.Slaves, real)
 			}
 			nics[i].Network.Bond = &nb
+		} else if nics[i].Network.SRIOV != nil {
+			// its VF comes from deviceID or the kubelet (assignVFs)
 		} else if nics[i].Network.Master, err = p.node.ResolveMaster(nics[i].Network.Master); err != nil {
 			return nil, fmt.Errorf("network %s: %w", nics[i].Network.Name, err)
 		}
@@ -235,6 +237,9 @@ func (p *plugin) resolveNICs(args *skel.CmdArgs) ([]NIC, error) {
 		return nil, err
 	}
 	if err := p.selectKubePools(args, nics); err != nil {
+		return nil, err
+	}
+	if err := p.assignVFs(args, nics); err != nil {
 		return nil, err
 	}
 	if err := applyRoutes(nics, ann[AnnotRoutes]); err != nil {

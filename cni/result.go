@@ -3,11 +3,13 @@ package cni
 import (
 	"fmt"
 	"net"
+	"slices"
 
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 
 	"github.com/spinneret-cni/spinneret/coordinator"
+	"github.com/spinneret-cni/spinneret/drivers"
 	"github.com/spinneret-cni/spinneret/internal/netops"
 	"github.com/spinneret-cni/spinneret/internal/txn"
 )
@@ -18,16 +20,33 @@ import (
 func buildResult(env *txn.Env, netnsPath string, in PlanInput, dns types.DNS) (*current.Result, error) {
 	nics := in.NICs
 	res := &current.Result{CNIVersion: current.ImplementedSpecVersion, DNS: dns}
-	routes := layout(nics)
-	for i, n := range nics {
-		_, l, err := netops.Link(env, txn.Pod, n.IfName)
-		if err != nil {
-			return nil, fmt.Errorf("read back %s: %w", n.IfName, err)
+	nd := netdevNICs(nics)
+	routes := layout(nd)
+	for _, n := range nics {
+		iface := &current.Interface{Name: n.IfName, Sandbox: netnsPath}
+		if n.VF != nil {
+			iface.PciID = n.VF.PCI
+		}
+		if n.Userspace() {
+			// no netdev: the PF's view of the VF
+			host, err := env.Handle(txn.Host)
+			if err != nil {
+				return nil, err
+			}
+			st, err := drivers.ReadVFState(host, n.VF)
+			if err != nil {
+				return nil, err
+			}
+			iface.Mac, iface.Sandbox = st.MAC, ""
+		} else {
+			_, l, err := netops.Link(env, txn.Pod, n.IfName)
+			if err != nil {
+				return nil, fmt.Errorf("read back %s: %w", n.IfName, err)
+			}
+			iface.Mac, iface.Mtu = l.Attrs().HardwareAddr.String(), l.Attrs().MTU
 		}
 		idx := len(res.Interfaces)
-		res.Interfaces = append(res.Interfaces, &current.Interface{
-			Name: n.IfName, Mac: l.Attrs().HardwareAddr.String(), Mtu: l.Attrs().MTU, Sandbox: netnsPath,
-		})
+		res.Interfaces = append(res.Interfaces, iface)
 		for _, a := range n.Addrs {
 			ipc := &current.IPConfig{Interface: current.Int(idx), Address: *netops.IPNet(a.Address)}
 			if a.Gateway.IsValid() {
@@ -35,12 +54,16 @@ func buildResult(env *txn.Env, netnsPath string, in PlanInput, dns types.DNS) (*
 			}
 			res.IPs = append(res.IPs, ipc)
 		}
-		for _, r := range routes[i].Routes {
+		k := slices.IndexFunc(nd, func(x NIC) bool { return x.IfName == n.IfName })
+		if k < 0 {
+			continue
+		}
+		for _, r := range routes[k].Routes {
 			rt := &types.Route{Dst: *netops.IPNet(r.Dst)}
 			if r.GW.IsValid() {
 				rt.GW = net.IP(r.GW.AsSlice())
 			}
-			if t := routes[i].Table; t != 0 {
+			if t := routes[k].Table; t != 0 {
 				rt.Table = &t
 			}
 			res.Routes = append(res.Routes, rt)

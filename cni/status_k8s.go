@@ -64,6 +64,10 @@ func NetworkStatus(nics []NIC, res *current.Result) ([]byte, error) {
 		if i < len(res.Interfaces) {
 			st.MAC = res.Interfaces[i].Mac
 		}
+		if n.VF != nil {
+			// the Network Plumbing WG's device-info for a PCI device
+			st.Device = map[string]any{"type": "pci", "version": "1.1.0", "pci": map[string]string{"pci-address": n.VF.PCI, "pf-pci-address": n.VF.PFPCI}}
+		}
 		for _, a := range n.Addrs {
 			st.IPs = append(st.IPs, a.Address.Addr().String())
 			if n.DefaultRoute && a.Gateway.IsValid() {

@@ -109,7 +109,7 @@ func TestParseErrors(t *testing.T) {
 		{"type", `"macvlan"`, `type: "macvlan", want "spinneret"`},
 		{"capabilities", `{"portMappings":true}`, `capabilities.portMappings: unknown capability`},
 		{"nodeConf", `"etc/node.yaml"`, `nodeConf: "etc/node.yaml" is not an absolute path`},
-		{"driver", `"bridge"`, `driver: "bridge" is not supported (supported: macvlan, ipvlan)`},
+		{"driver", `"bridge"`, `driver: "bridge" is not supported (supported: macvlan, ipvlan, sriov)`},
 		{"flag", `"bridge"`, `flag: "bridge": flags are ipvlan's`},
 		{"master", `""`, `master: "" is not a valid interface name`},
 		{"master", `"a-name-longer-than-15"`, `master: "a-name-longer-than-15" is not a valid interface name`},

@@ -65,9 +65,18 @@ type rawLink struct {
 	Flag   string   `json:"flag,omitempty"`
 	VLAN   int      `json:"vlan,omitempty"`
 	Bond   *rawBond `json:"bond,omitempty"`
-	MTU    int      `json:"mtu,omitempty"`
-	MAC    string   `json:"mac,omitempty"`
-	IPAM   *rawIPAM `json:"ipam,omitempty"`
+	// SR-IOV VFs
+	DeviceID     string   `json:"deviceID,omitempty"`
+	ResourceName string   `json:"resourceName,omitempty"`
+	VLANQoS      int      `json:"vlanQoS,omitempty"`
+	SpoofChk     string   `json:"spoofchk,omitempty"`
+	Trust        string   `json:"trust,omitempty"`
+	MinTxRate    *uint32  `json:"min_tx_rate,omitempty"`
+	MaxTxRate    *uint32  `json:"max_tx_rate,omitempty"`
+	LinkState    string   `json:"link_state,omitempty"`
+	MTU          int      `json:"mtu,omitempty"`
+	MAC          string   `json:"mac,omitempty"`
+	IPAM         *rawIPAM `json:"ipam,omitempty"`
 }
 
 type rawBond struct {
@@ -152,7 +161,9 @@ type Network struct {
 	VLAN int
 	// Bond, when set, is the master: a bond of the slaves the ifacer
 	// creates on the node if needed.
-	Bond  *Bond
+	Bond *Bond
+	// SRIOV holds an sriov network's VF settings.
+	SRIOV *SRIOV
 	MTU   int    // 0: the master's
 	MAC   string // normalised, lower case; "" = kernel's choice
 	Pools []Pool
@@ -196,6 +207,22 @@ type Pool struct {
 	Exclude []netip.Prefix
 	Gateway netip.Addr
 	Routes  []Route
+}
+
+// SRIOV is how an sriov network finds and sets up its VFs. Settings left
+// nil are left as the VF has them.
+type SRIOV struct {
+	// DeviceID is the VF's PCI address when the config (or the NAD, as
+	// device plugins have Multus inject it) names one; otherwise the VF
+	// comes from the kubelet's PodResources for ResourceName.
+	DeviceID     string
+	ResourceName string
+	VLANQoS      int
+	SpoofChk     *bool
+	Trust        *bool
+	MinTxRate    *uint32 // Mbps
+	MaxTxRate    *uint32
+	LinkState    string // auto, enable, disable; "" leaves it
 }
 
 // Bond is a bond the ifacer ensures on the node.
@@ -431,8 +458,45 @@ func (rn *rawNetwork) validate(path string, coord Coordinator) (*Network, error)
 		if n.Mode != "l2" && (n.Coordinator.DetectIPConflict || n.Coordinator.DetectGateway) {
 			return nil, fmt.Errorf("%s: ipvlan %s links do not carry ARP/NDP; IP-conflict and gateway detection need mode l2", f("coordinator"), n.Mode)
 		}
+	case "sriov":
+		if n.Mode != "" || rn.Flag != "" || rn.Bond != nil {
+			return nil, fmt.Errorf("%s: an sriov network has no mode, flag or bond", f("driver"))
+		}
+		if rn.MAC != "" && n.Coordinator.HasMACPrefix {
+			return nil, fmt.Errorf("%s: set either a MAC or podMACPrefix", f("mac"))
+		}
+		sr := &SRIOV{DeviceID: rn.DeviceID, ResourceName: rn.ResourceName, VLANQoS: rn.VLANQoS, MinTxRate: rn.MinTxRate, MaxTxRate: rn.MaxTxRate, LinkState: rn.LinkState}
+		if sr.DeviceID != "" && !pciRE.MatchString(sr.DeviceID) {
+			return nil, fmt.Errorf("%s: %q is not a PCI address (0000:01:10.0)", f("deviceID"), sr.DeviceID)
+		}
+		if sr.VLANQoS < 0 || sr.VLANQoS > 7 {
+			return nil, fmt.Errorf("%s: %d is out of range (0-7)", f("vlanQoS"), sr.VLANQoS)
+		}
+		for _, o := range []struct {
+			name, v string
+			out     **bool
+		}{{"spoofchk", rn.SpoofChk, &sr.SpoofChk}, {"trust", rn.Trust, &sr.Trust}} {
+			switch o.v {
+			case "":
+			case "on", "off":
+				b := o.v == "on"
+				*o.out = &b
+			default:
+				return nil, fmt.Errorf("%s: %q is not on or off", f(o.name), o.v)
+			}
+		}
+		if !slices.Contains([]string{"", "auto", "enable", "disable"}, sr.LinkState) {
+			return nil, fmt.Errorf("%s: %q is not auto, enable or disable", f("link_state"), sr.LinkState)
+		}
+		if sr.MinTxRate != nil && sr.MaxTxRate != nil && *sr.MaxTxRate != 0 && *sr.MinTxRate > *sr.MaxTxRate {
+			return nil, fmt.Errorf("%s: %d is above max_tx_rate %d", f("min_tx_rate"), *sr.MinTxRate, *sr.MaxTxRate)
+		}
+		n.SRIOV = sr
 	default:
-		return nil, fmt.Errorf("%s: %q is not supported (supported: macvlan, ipvlan)", f("driver"), rn.Driver)
+		return nil, fmt.Errorf("%s: %q is not supported (supported: macvlan, ipvlan, sriov)", f("driver"), rn.Driver)
+	}
+	if n.Driver != "sriov" && (rn.DeviceID != "" || rn.ResourceName != "" || rn.SpoofChk != "" || rn.Trust != "" || rn.MinTxRate != nil || rn.MaxTxRate != nil || rn.LinkState != "" || rn.VLANQoS != 0) {
+		return nil, fmt.Errorf("%s: deviceID, resourceName and VF settings are for sriov networks", f("driver"))
 	}
 	if rn.VLAN != 0 {
 		if rn.VLAN < 1 || rn.VLAN > 4094 {
@@ -469,7 +533,11 @@ func (rn *rawNetwork) validate(path string, coord Coordinator) (*Network, error)
 		n.Master = b.Name
 		n.Bond = &Bond{Name: b.Name, Mode: b.Mode, Options: b.Options, Slaves: b.Slaves}
 	}
-	if !ValidIfName(n.Master) {
+	if n.Driver == "sriov" {
+		if rn.Master != "" {
+			return nil, fmt.Errorf("%s: %q: an sriov network's VFs come from deviceID or resourceName, not a master", f("master"), rn.Master)
+		}
+	} else if !ValidIfName(n.Master) {
 		return nil, fmt.Errorf("%s: %q is not a valid interface name", f("master"), rn.Master)
 	}
 	if n.MTU != 0 && (n.MTU < 68 || n.MTU > 65535) {
@@ -542,6 +610,8 @@ const (
 	BackendLocal      = "local"
 	BackendKubernetes = "kubernetes"
 )
+
+var pciRE = regexp.MustCompile(`^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$`)
 
 var objectNameRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`)
 

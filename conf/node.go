@@ -50,6 +50,9 @@ type Node struct {
 	// ControllerNamespace is where spinneret controller publishes the
 	// cluster's CIDRs (default kube-system).
 	ControllerNamespace string `mapstructure:"controllerNamespace"`
+	// PodResourcesSocket is the kubelet's PodResources API, which says
+	// which SR-IOV VFs a device plugin gave a pod.
+	PodResourcesSocket string `mapstructure:"podResourcesSocket"`
 }
 
 // node conf keys with their environment variables; viper lower-cases keys.
@@ -65,6 +68,7 @@ var nodeKeys = map[string]string{
 	"nodeName":            "SPINNERET_NODE_NAME",
 	"poolCacheTTL":        "SPINNERET_POOL_CACHE_TTL",
 	"controllerNamespace": "SPINNERET_CONTROLLER_NAMESPACE",
+	"podResourcesSocket":  "SPINNERET_POD_RESOURCES_SOCKET",
 }
 
 // LoadNode reads the node conf. A missing file is an error only when
@@ -78,6 +82,7 @@ func LoadNode(path string, required bool) (*Node, error) {
 	v.SetDefault("apiTimeout", "5s")
 	v.SetDefault("poolCacheTTL", "5s")
 	v.SetDefault("controllerNamespace", "kube-system")
+	v.SetDefault("podResourcesSocket", "/var/lib/kubelet/pod-resources/kubelet.sock")
 	if err := v.ReadInConfig(); err != nil {
 		var pe *fs.PathError
 		if !errors.As(err, &pe) || !errors.Is(err, fs.ErrNotExist) || required {
@@ -151,6 +156,9 @@ func (n *Node) applyEnv() error {
 	}
 	if s, ok := os.LookupEnv(nodeKeys["controllerNamespace"]); ok {
 		n.ControllerNamespace = s
+	}
+	if s, ok := os.LookupEnv(nodeKeys["podResourcesSocket"]); ok {
+		n.PodResourcesSocket = s
 	}
 	return nil
 }

@@ -22,7 +22,7 @@ TIMEOUT=${SPINNERET_VM_TIMEOUT:-900}
 # preloaded; nfnetlink and xfrm_user because netlink.NewHandleAt opens those
 # families; the nftables modules of the coordinator's reply path autoload
 MODULES="veth macvlan ipvlan bonding 8021q dummy bridge nfnetlink xfrm_user"
-AUTOLOAD="nf_tables nft_ct nft_chain_nat nf_conntrack nft_compat nf_reject_ipv4 nf_reject_ipv6 af_packet"
+AUTOLOAD="nf_tables nft_ct nft_chain_nat nf_conntrack nft_compat nf_reject_ipv4 nf_reject_ipv6 af_packet vfio vfio_pci vfio_iommu_type1"
 mkdir -p "$CACHE"
 exec 9>"$CACHE/.lock"; flock 9
 
@@ -92,6 +92,10 @@ if [[ $SRIOV -gt 0 ]]; then
   QEMU=$Q/root/usr/bin/qemu-system-x86_64
   export QEMU_MODULE_DIR=$Q/root/usr/lib/x86_64-linux-gnu/qemu
   QEMU_ARGS+=(-L "$Q/root/usr/share/qemu" -L "$Q/root/usr/share/seabios")
+  # an emulated IOMMU, so a VF can be bound to vfio-pci (DPDK's driver;
+  # Debian's kernel has no vfio no-IOMMU mode)
+  QEMU_ARGS+=(-device intel-iommu)
+  APPEND_EXTRA="intel_iommu=on"
   for ((i = 1; i <= SRIOV; i++)); do
     QEMU_ARGS+=(-device "pcie-root-port,id=rp$i,slot=$i,chassis=$i" -device "igb,bus=rp$i,romfile=,mac=52:54:00:00:00:$(printf %02x "$i")")
   done
@@ -157,7 +161,7 @@ cat "$BASE" "$RUN/run.cpio" > "$RUN/initrd"
 set +e
 timeout --foreground "$TIMEOUT" "$QEMU" "${QEMU_ARGS[@]}" -nodefaults -no-user-config -display none -no-reboot \
   -machine q35 -accel tcg -cpu max -m "$MEM" -smp 1 -kernel "$KROOT/vmlinux" -initrd "$RUN/initrd" \
-  -append "console=ttyS0,115200 panic=-1 oops=panic quiet loglevel=4 rdinit=/init no_timer_check i8042.noaux i8042.nokbd i8042.nopnp mitigations=off" \
+  -append "console=ttyS0,115200 panic=-1 oops=panic quiet loglevel=4 rdinit=/init no_timer_check i8042.noaux i8042.nokbd i8042.nopnp mitigations=off ${APPEND_EXTRA:-}" \
   -serial "file:$RUN/console.log" -serial stdio </dev/null | tee "$RUN/out.log" | grep -v --line-buffered "^SPINNERET-VM-EXIT-$NONCE="
 qrc=${PIPESTATUS[0]}
 set -e

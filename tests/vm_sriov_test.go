@@ -1,0 +1,259 @@
+//go:build vmtest
+
+package tests
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/vishvananda/netlink"
+	"google.golang.org/grpc"
+	podresources "k8s.io/kubelet/pkg/apis/podresources/v1"
+
+	"github.com/spinneret-cni/spinneret/drivers"
+	"github.com/spinneret-cni/spinneret/tests/harness"
+)
+
+// The SR-IOV tests run in the VM's own namespace, where the emulated igb
+// PFs and their VFs are: the VM is the node (the VM is thrown away).
+
+// sriovPF enables n VFs on the first igb PF and returns its netdev and the
+// VFs' PCI addresses.
+func sriovPF(t *testing.T, n int) (string, []string) {
+	t.Helper()
+	ms, _ := filepath.Glob("/sys/class/net/*/device/sriov_totalvfs")
+	if len(ms) == 0 {
+		t.Fatal("no SR-IOV PF in the VM (SPINNERET_VM_SRIOV)")
+	}
+	pf := filepath.Base(filepath.Dir(filepath.Dir(ms[0])))
+	dev := filepath.Dir(ms[0])
+	l, err := netlink.LinkByName(pf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	netlink.LinkSetUp(l)
+	if err := os.WriteFile(filepath.Join(dev, "sriov_numvfs"), []byte(fmt.Sprint(n)), 0); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.WriteFile(filepath.Join(dev, "sriov_numvfs"), []byte("0"), 0) })
+	var vfs []string
+	deadline := time.Now().Add(20 * time.Second)
+	for i := 0; i < n; i++ {
+		for {
+			target, err := os.Readlink(filepath.Join(dev, fmt.Sprintf("virtfn%d", i)))
+			if err == nil {
+				pci := filepath.Base(target)
+				if nds, _ := filepath.Glob(filepath.Join(dev, fmt.Sprintf("virtfn%d", i), "net", "*")); len(nds) > 0 {
+					vfs = append(vfs, pci)
+					break
+				}
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("VF %d of %s: no netdev", i, pf)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	return pf, vfs
+}
+
+// vfSnapshot is every VF's state through the PF and its netdev's name.
+func vfSnapshot(t *testing.T, vfs []string) string {
+	t.Helper()
+	t.Helper()
+	var out []string
+	for _, pci := range vfs {
+		v, err := drivers.LookupVF(pci)
+		if err != nil {
+			out = append(out, pci+": "+err.Error())
+			continue
+		}
+		st, err := drivers.ReadVFState(rootHandle(t), v)
+		out = append(out, fmt.Sprintf("%s vf %d netdev %s driver %s %+v %v", pci, v.Index, v.Netdev, v.Driver, st, err))
+	}
+	return strings.Join(out, "\n")
+}
+
+// kubeletStub serves the kubelet's PodResources API (its generated code) on
+// a unix socket: pod ns/name got the devices of resource intel.com/sriov.
+type kubeletStub struct {
+	podresources.UnimplementedPodResourcesListerServer
+	ns, name string
+	devices  []string
+}
+
+func (k *kubeletStub) List(context.Context, *podresources.ListPodResourcesRequest) (*podresources.ListPodResourcesResponse, error) {
+	return &podresources.ListPodResourcesResponse{PodResources: []*podresources.PodResources{{Name: k.name, Namespace: k.ns,
+		Containers: []*podresources.ContainerResources{{Name: "c", Devices: []*podresources.ContainerDevices{{ResourceName: "intel.com/sriov", DeviceIds: k.devices}}}}}}}, nil
+}
+
+// rootAdd and rootDel run the plugin in the VM's own namespace (the node).
+func (e *env) rootAdd(l *libcni.NetworkConfigList, rt *libcni.RuntimeConf) (*current.Result, error) {
+	res, err := e.cni.AddNetworkList(e.ctx, l, rt)
+	if err != nil {
+		return nil, err
+	}
+	return currentResult(res)
+}
+
+func rootHandle(t *testing.T) *netlink.Handle {
+	h, err := netlink.NewHandle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(h.Close)
+	return h
+}
+
+func (e *env) rootDel(l *libcni.NetworkConfigList, rt *libcni.RuntimeConf) error {
+	return e.cni.DelNetworkList(e.ctx, l, rt)
+}
+
+// TestInVMSriov (in the VM): a pod with two VFs of an igb PF, one by
+// deviceID, one from the kubelet's PodResources for its resourceName:
+// settings through the PF, netdevs in the pod under the pod's names,
+// addresses on them; a second pod asking for a VF in use is refused; DEL
+// returns both VFs with every original setting and name. Then: a SIGKILL
+// at every step of the ADD, then DEL; a pod netns deleted before DEL; a VF
+// bound to vfio-pci (DPDK: PF settings only, reported by PCI address).
+func TestInVMSriov(t *testing.T) {
+	e := newEnv(t)
+	pf, vfs := sriovPF(t, 3)
+	sock := filepath.Join(e.dir, "kubelet.sock")
+	lis, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	podresources.RegisterPodResourcesListerServer(srv, &kubeletStub{ns: "spin", name: "web", devices: []string{vfs[1]}})
+	go srv.Serve(lis)
+	defer srv.Stop()
+	appendFile(t, filepath.Join(e.dir, "node.yaml"), "podResourcesSocket: "+sock+"\n")
+	l := e.confListRaw(fmt.Sprintf(`{"cniVersion":"1.1.0","name":"sr","plugins":[{"type":"spinneret","nodeConf":"%s/node.yaml",
+		"capabilities":{"io.kubernetes.cri.pod-annotations":true},"coordinator":{"mode":"disable"},"networks":[
+		{"name":"fast","driver":"sriov","deviceID":%q,"vlan":100,"spoofchk":"off","trust":"on","max_tx_rate":100,"mac":"0a:00:00:00:0a:01",
+		 "ipam":{"pools":[{"name":"f4","subnet":"10.10.0.0/24","ranges":[{"start":"10.10.0.10","end":"10.10.0.20"}]},{"name":"f6","subnet":"fd00:10::/64","ranges":[{"start":"fd00:10::10","end":"fd00:10::20"}]}]}},
+		{"name":"bulk","driver":"sriov","resourceName":"intel.com/sriov","vlan":200,
+		 "ipam":{"pools":[{"name":"b4","subnet":"10.20.0.0/24","ranges":[{"start":"10.20.0.10","end":"10.20.0.20"}]}]}}]}]}`, e.dir, vfs[0]))
+	p, _ := e.topo.NewPod()
+	rt := &libcni.RuntimeConf{ContainerID: "c1", NetNS: p.Path(), IfName: "eth0",
+		Args:           [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", "spin"}, {"K8S_POD_NAME", "web"}},
+		CapabilityArgs: map[string]interface{}{"io.kubernetes.cri.pod-annotations": map[string]string{"k8s.v1.cni.cncf.io/networks": "bulk"}}}
+	before, podBefore := vfSnapshot(t, vfs), e.podState(p)
+	r, err := e.rootAdd(l, rt)
+	if err != nil {
+		t.Fatalf("ADD: %v", err)
+	}
+	if len(r.Interfaces) != 2 || r.Interfaces[0].PciID != vfs[0] || r.Interfaces[1].PciID != vfs[1] || r.Interfaces[0].Mac != "0a:00:00:00:0a:01" {
+		t.Fatalf("result interfaces %+v %+v", r.Interfaces[0], r.Interfaces[1])
+	}
+	for i, pci := range vfs[:2] {
+		st, _ := drivers.ReadVFState(rootHandle(t), &drivers.VF{PF: pf, Index: i})
+		want := []int{100, 200}[i]
+		if st.VLAN != want || (i == 0 && (st.SpoofChk || !st.Trust || st.MaxTxRate != 100 || st.MAC != "0a:00:00:00:0a:01")) {
+			t.Errorf("VF %s through the PF: %+v", pci, st)
+		}
+	}
+	for _, c := range []struct{ ifname, addr string }{{"eth0", "10.10.0.10/24"}, {"eth0", "fd00:10::10/64"}, {"net1", "10.20.0.10/24"}} {
+		pl, err := p.NL().LinkByName(c.ifname)
+		if err != nil || pl.Type() != "device" {
+			t.Fatalf("%s in the pod: %v", c.ifname, err)
+		}
+		addrs, _ := p.NL().AddrList(pl, netlink.FAMILY_ALL)
+		if !strings.Contains(fmt.Sprint(addrs), c.addr) {
+			t.Errorf("%s: addresses %v, want %s", c.ifname, addrs, c.addr)
+		}
+	}
+	if err := e.cni.CheckNetworkList(e.ctx, l, rt); err != nil {
+		t.Errorf("CHECK: %v", err)
+	}
+	// a VF in use
+	p2, _ := e.topo.NewPod()
+	rt2 := &libcni.RuntimeConf{ContainerID: "c2", NetNS: p2.Path(), IfName: "eth0"}
+	if _, err := e.rootAdd(l, rt2); err == nil || !strings.Contains(err.Error(), "in use by a pod") {
+		t.Fatalf("a second pod on VF %s: %v", vfs[0], err)
+	}
+	if err := e.rootDel(l, rt); err != nil {
+		t.Fatalf("DEL: %v", err)
+	}
+	if after := vfSnapshot(t, vfs); after != before {
+		t.Fatalf("VFs after DEL:\n%s", harness.Diff(before, after))
+	}
+	if after := e.podState(p); after != podBefore {
+		t.Fatalf("pod after DEL:\n%s", harness.Diff(podBefore, after))
+	}
+
+	// killed after every step of the ADD, then DEL
+	for step := 0; ; step++ {
+		t.Setenv("SPINNERET_TEST_KILL_STEP", fmt.Sprint(step))
+		_, err := e.rootAdd(l, rt)
+		os.Unsetenv("SPINNERET_TEST_KILL_STEP")
+		if err := e.rootDel(l, rt); err != nil {
+			t.Fatalf("DEL after a kill at step %d: %v", step, err)
+		}
+		if after := vfSnapshot(t, vfs); after != before {
+			t.Fatalf("VFs after a kill at step %d and DEL:\n%s", step, harness.Diff(before, after))
+		}
+		if err == nil {
+			break // past the last step
+		}
+	}
+
+	// the pod's namespace deleted before DEL: the kernel returns the VFs
+	// (under the pod's names), DEL renames them and restores their settings
+	if _, err := e.rootAdd(l, rt); err != nil {
+		t.Fatal(err)
+	}
+	e.topo.RemovePod(p)
+	if err := e.rootDel(l, rt); err != nil {
+		t.Fatalf("DEL with the pod's netns gone: %v", err)
+	}
+	if after := vfSnapshot(t, vfs); after != before {
+		t.Fatalf("VFs after DEL with the netns gone:\n%s", harness.Diff(before, after))
+	}
+
+	// DPDK: VF 2 bound to vfio-pci has no netdev
+	// vfio-pci needs an IOMMU: vm.sh gives the VM QEMU's intel-iommu
+	if out, err := exec.Command("modprobe", "vfio-pci").CombinedOutput(); err != nil {
+		t.Fatalf("modprobe vfio-pci: %v %s", err, out)
+	}
+	dev := filepath.Join("/sys/bus/pci/devices", vfs[2])
+	for _, w := range [][2]string{{filepath.Join(dev, "driver_override"), "vfio-pci"}, {filepath.Join(dev, "driver", "unbind"), vfs[2]}, {"/sys/bus/pci/drivers/vfio-pci/bind", vfs[2]}} {
+		if err := os.WriteFile(w[0], []byte(w[1]), 0); err != nil {
+			t.Fatalf("%s: %v", w[0], err)
+		}
+	}
+	if drv, _ := os.Readlink(filepath.Join(dev, "driver")); filepath.Base(drv) != "vfio-pci" {
+		t.Fatalf("VF %s bound to %q, want vfio-pci", vfs[2], drv)
+	}
+	dpdkBefore := vfSnapshot(t, vfs[2:])
+	ld := e.confListRaw(fmt.Sprintf(`{"cniVersion":"1.1.0","name":"dpdk","plugins":[{"type":"spinneret","nodeConf":"%s/node.yaml","coordinator":{"mode":"disable"},
+		"driver":"sriov","deviceID":%q,"vlan":300,"ipam":{"pools":[{"name":"d4","subnet":"10.30.0.0/24"}]}}]}`, e.dir, vfs[2]))
+	p3, _ := e.topo.NewPod()
+	rt3 := &libcni.RuntimeConf{ContainerID: "c3", NetNS: p3.Path(), IfName: "eth0"}
+	r, err = e.rootAdd(ld, rt3)
+	if err != nil {
+		t.Fatalf("ADD of a vfio-pci VF: %v", err)
+	}
+	if len(r.Interfaces) != 1 || r.Interfaces[0].PciID != vfs[2] || r.Interfaces[0].Sandbox != "" || len(r.IPs) != 1 {
+		t.Fatalf("DPDK result %+v, IPs %v", r.Interfaces[0], r.IPs)
+	}
+	if st, _ := drivers.ReadVFState(rootHandle(t), &drivers.VF{PF: pf, Index: 2}); st.VLAN != 300 {
+		t.Errorf("DPDK VF through the PF: %+v", st)
+	}
+	if err := e.rootDel(ld, rt3); err != nil {
+		t.Fatal(err)
+	}
+	if after := vfSnapshot(t, vfs[2:]); after != dpdkBefore {
+		t.Fatalf("DPDK VF after DEL:\n%s", harness.Diff(dpdkBefore, after))
+	}
+}
