@@ -108,7 +108,7 @@ func (p *plugin) nadNetwork(podNS, name string) (*conf.Network, error) {
 	if c == nil || podNS == "" {
 		return nil, notDefined()
 	}
-	cfg, err := c.GetNADConfig(context.Background(), podNS, name)
+	nad, err := c.GetNAD(context.Background(), podNS, name)
 	if errors.Is(err, kube.ErrNotFound) {
 		return nil, fmt.Errorf("%w, nor is a NetworkAttachmentDefinition %s/%s", notDefined(), podNS, name)
 	}
@@ -119,7 +119,7 @@ func (p *plugin) nadNetwork(podNS, name string) (*conf.Network, error) {
 	if err != nil {
 		return nil, err
 	}
-	return p.cfg.NADNetwork(podNS, name, cfg)
+	return p.cfg.NADNetwork(podNS, name, nad.Config, nad.ResourceName)
 }
 
 // ippoolsEntry is one entry of spinneret.io/ippools.

@@ -336,7 +336,7 @@ func TestNADNetwork(t *testing.T) {
 		{"type":"macvlan","master":"eth2","mode":"private","mtu":1400,"somethingElse":true,
 		 "ipam":{"type":"spinneret","pools":[{"name":"v4","subnet":"10.7.0.0/16","gateway":"10.7.0.1"}]}},
 		{"type":"tuning","sysctl":{}},
-		{"type":"coordinator","podMACPrefix":"0a:1b","ipam":{},"dns":{}}]}`))
+		{"type":"coordinator","podMACPrefix":"0a:1b","ipam":{},"dns":{}}]}`), "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -346,23 +346,23 @@ func TestNADNetwork(t *testing.T) {
 	if len(n.Pools) != 1 || n.Pools[0].Name != "team-a.storage.v4" {
 		t.Fatalf("pools %+v: NAD pools are named per namespace and NAD", n.Pools)
 	}
-	wa, err := c.NADNetwork("ns", "wa", []byte(`{"cniVersion":"0.3.1","name":"wa","type":"macvlan","master":"eth1","ipam":{"type":"whereabouts","range":"10.9.0.0/24"}}`))
+	wa, err := c.NADNetwork("ns", "wa", []byte(`{"cniVersion":"0.3.1","name":"wa","type":"macvlan","master":"eth1","ipam":{"type":"whereabouts","range":"10.9.0.0/24"}}`), "")
 	if err != nil || wa.DelegateIPAM == nil || wa.DelegateIPAM.Type != "whereabouts" || len(wa.Pools) != 0 ||
 		!strings.Contains(string(wa.DelegateIPAM.Conf), `"range":"10.9.0.0/24"`) || !strings.Contains(string(wa.DelegateIPAM.Conf), `"name":"wa"`) {
 		t.Fatalf("delegated IPAM: %+v, %v", wa, err)
 	}
-	single, err := c.NADNetwork("ns", "one", []byte(`{"cniVersion":"1.0.0","name":"one","type":"macvlan","master":"eth1","ipam":{"pools":[{"name":"p","subnet":"10.8.0.0/24"}]}}`))
+	single, err := c.NADNetwork("ns", "one", []byte(`{"cniVersion":"1.0.0","name":"one","type":"macvlan","master":"eth1","ipam":{"pools":[{"name":"p","subnet":"10.8.0.0/24"}]}}`), "")
 	if err != nil || single.Mode != "bridge" {
 		t.Fatalf("single config: %+v, %v", single, err)
 	}
 	for _, bad := range []struct{ cfg, want string }{
 		{`{"type":"macvlan","master":"eth1","ipam":{"type":"../bin/evil"}}`, `ipam type "../bin/evil" is not a plugin name`},
-		{`{"type":"bridge","bridge":"cni0"}`, "no macvlan or ipvlan entry"},
+		{`{"type":"bridge","bridge":"cni0"}`, "no macvlan, ipvlan or sriov entry"},
 		{`{"type":"macvlan","master":"eth1","mode":"sideways","ipam":{"pools":[{"name":"p","subnet":"10.8.0.0/24"}]}}`, `NetworkAttachmentDefinition ns/bad.mode: "sideways" is not a macvlan mode`},
 		{`{"plugins":[{"type":"macvlan","master":"eth1","ipam":{"pools":[{"name":"p","subnet":"10.8.0.0/24"}]}},{"type":"coordinator","mode":"overlay"}]}`, "needs an overlay primary network"},
 		{`nope`, "config is not JSON"},
 	} {
-		if _, err := c.NADNetwork("ns", "bad", []byte(bad.cfg)); err == nil || !strings.Contains(err.Error(), bad.want) {
+		if _, err := c.NADNetwork("ns", "bad", []byte(bad.cfg), ""); err == nil || !strings.Contains(err.Error(), bad.want) {
 			t.Errorf("NAD %s: %v, want %q", bad.cfg, err, bad.want)
 		}
 	}
@@ -399,5 +399,48 @@ func TestIpvlanNetworks(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%s: %v, want %q", net, err, want)
 		}
+	}
+}
+
+// TestSriovNetworks: an sriov network's fields and what does not apply to it.
+func TestSriovNetworks(t *testing.T) {
+	conf := func(net string) []byte {
+		return []byte(`{"cniVersion":"1.1.0","name":"n","type":"spinneret","networks":[{"name":"sr","driver":"sriov",` + net +
+			`,"ipam":{"pools":[{"name":"a","subnet":"10.0.0.0/24"}]}}]}`)
+	}
+	c, err := Parse(conf(`"resourceName":"intel.com/sriov","vlan":100,"spoofchk":"off","trust":"on","max_tx_rate":100,"link_state":"enable"`))
+	if err != nil || c.Network.SRIOV == nil || *c.Network.SRIOV.SpoofChk || !*c.Network.SRIOV.Trust || c.Network.VLAN != 100 || *c.Network.SRIOV.MaxTxRate != 100 {
+		t.Fatalf("parsed %+v %v", c, err)
+	}
+	for net, want := range map[string]string{
+		`"deviceID":"01:10.0"`:                `networks[0].deviceID: "01:10.0" is not a PCI address`,
+		`"master":"eth1"`:                     `networks[0].master: "eth1": an sriov network's VFs come from deviceID or resourceName`,
+		`"mode":"l2"`:                         `an sriov network has no mode, flag or bond`,
+		`"spoofchk":"maybe"`:                  `networks[0].spoofchk: "maybe" is not on or off`,
+		`"link_state":"up"`:                   `networks[0].link_state: "up" is not auto, enable or disable`,
+		`"vlanQoS":9`:                         `networks[0].vlanQoS: 9 is out of range (0-7)`,
+		`"min_tx_rate":200,"max_tx_rate":100`: `networks[0].min_tx_rate: 200 is above max_tx_rate 100`,
+	} {
+		if _, err := Parse(conf(net)); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want %q", net, err, want)
+		}
+	}
+	if _, err := Parse([]byte(`{"cniVersion":"1.1.0","name":"n","type":"spinneret","master":"eth1","deviceID":"0000:01:10.0","ipam":{"pools":[{"name":"a","subnet":"10.0.0.0/24"}]}}`)); err == nil ||
+		!strings.Contains(err.Error(), "deviceID, resourceName and VF settings are for sriov networks") {
+		t.Errorf("deviceID on macvlan: %v", err)
+	}
+}
+
+// TestNADSriov: an sriov-cni NAD is interpreted natively: its VF settings,
+// and its resourceName (the NAD's annotation) when it names no deviceID.
+func TestNADSriov(t *testing.T) {
+	c, err := Parse([]byte(`{"cniVersion":"1.1.0","name":"n","type":"spinneret","master":"eth1","ipam":{"pools":[{"name":"a","subnet":"10.0.0.0/24"}]}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := c.NADNetwork("ns", "sriov-net", []byte(`{"cniVersion":"0.3.1","name":"sriov-net","type":"sriov","vlan":10,"spoofchk":"off","trust":"on",
+		"max_tx_rate":1000,"link_state":"auto","ipam":{"type":"spinneret","pools":[{"name":"p","subnet":"10.8.0.0/24"}]}}`), "intel.com/intel_sriov_netdevice")
+	if err != nil || n.Driver != "sriov" || n.SRIOV.ResourceName != "intel.com/intel_sriov_netdevice" || n.VLAN != 10 || *n.SRIOV.SpoofChk || !*n.SRIOV.Trust || *n.SRIOV.MaxTxRate != 1000 {
+		t.Fatalf("%+v %+v %v", n, n.SRIOV, err)
 	}
 }

@@ -11,7 +11,15 @@ import (
 // spinneret reads. Unknown fields are ignored, not refused: NADs are
 // written for Multus and for the plugins they name, and must keep working.
 type nadPlugin struct {
-	Type   string `json:"type"`
+	Type     string  `json:"type"`
+	DeviceID string  `json:"deviceID"`
+	VLAN     int     `json:"vlan"`
+	VLANQoS  int     `json:"vlanQoS"`
+	SpoofChk string  `json:"spoofchk"`
+	Trust    string  `json:"trust"`
+	MinTx    *uint32 `json:"min_tx_rate"`
+	MaxTx    *uint32 `json:"max_tx_rate"`
+	State    string  `json:"link_state"`
 	Master string `json:"master"`
 	Mode   string `json:"mode"`
 	MTU    int    `json:"mtu"`
@@ -31,7 +39,7 @@ type nadPlugin struct {
 // entries (tuning, ...) are not run. The NAD's pools are named
 // "<namespace>.<nad>.<pool>" on this node, so NADs of different namespaces
 // never share a pool's state.
-func (c *Config) NADNetwork(namespace, name string, config []byte) (*Network, error) {
+func (c *Config) NADNetwork(namespace, name string, config []byte, resourceName string) (*Network, error) {
 	field := fmt.Sprintf("NetworkAttachmentDefinition %s/%s", namespace, name)
 	var top struct {
 		Plugins []json.RawMessage `json:"plugins"`
@@ -57,7 +65,7 @@ func (c *Config) NADNetwork(namespace, name string, config []byte) (*Network, er
 			return nil, fmt.Errorf("%s: plugins[%d]: %w", field, i, err)
 		}
 		switch pl.Type {
-		case "macvlan", "ipvlan", PluginType:
+		case "macvlan", "ipvlan", "sriov", PluginType:
 			if main == nil {
 				main = &pl
 				var m map[string]any
@@ -82,15 +90,22 @@ func (c *Config) NADNetwork(namespace, name string, config []byte) (*Network, er
 		}
 	}
 	if main == nil {
-		return nil, fmt.Errorf("%s: no macvlan or ipvlan entry (spinneret interprets macvlan and ipvlan NADs; sriov comes with its driver)", field)
+		return nil, fmt.Errorf("%s: no macvlan, ipvlan or sriov entry (the kinds spinneret interprets)", field)
 	}
 	if main.IPAM == nil || main.IPAM.Type == "" && len(main.IPAM.Pools) == 0 && len(main.IPAM.IPPools) == 0 && main.IPAM.Backend == "" {
 		return nil, fmt.Errorf("%s: no ipam", field)
 	}
 	rn := rawNetwork{Name: strings.ToLower(namespace + "." + name)}
 	rn.Master, rn.Mode, rn.MTU, rn.MAC = main.Master, main.Mode, main.MTU, main.MAC
-	if main.Type == "ipvlan" {
+	switch main.Type {
+	case "ipvlan":
 		rn.Driver = "ipvlan"
+	case "sriov":
+		// as sriov-cni's config; the VF comes from deviceID (which device
+		// plugins have Multus inject) or the NAD's resourceName
+		rn.Driver, rn.Mode = "sriov", ""
+		rn.DeviceID, rn.ResourceName, rn.VLAN, rn.VLANQoS = main.DeviceID, resourceName, main.VLAN, main.VLANQoS
+		rn.SpoofChk, rn.Trust, rn.MinTxRate, rn.MaxTxRate, rn.LinkState = main.SpoofChk, main.Trust, main.MinTx, main.MaxTx, main.State
 	}
 	var delegate *DelegateIPAM
 	if t := main.IPAM.Type; t != "" && t != PluginType {

@@ -2,10 +2,12 @@ package drivers
 
 import (
 	"fmt"
-	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 
 	"github.com/Mellanox/sriovnet"
+	utilfs "github.com/Mellanox/sriovnet/pkg/utils/filesystem"
 )
 
 // VF is an SR-IOV virtual function as the node's sysfs shows it.
@@ -29,12 +31,13 @@ func (v *VF) Userspace() bool {
 	return false
 }
 
-// LookupVF finds a VF's PF, index, driver and netdev with sriovnet (sysfs
-// under sriovnet.PciSysDir). A VF with a kernel driver but no netdev in
-// the node's namespace has its netdev in some pod: it is refused.
+// LookupVF finds a VF's PF, index, driver and netdev with sriovnet (the
+// PCI sysfs, read through sriovnet's filesystem, which its fake replaces in
+// unit tests). A VF with a kernel driver but no netdev in the node's
+// namespace has its netdev in some pod: it is refused.
 func LookupVF(pci string) (*VF, error) {
 	v := &VF{PCI: pci}
-	if _, err := os.Stat(filepath.Join(sriovnet.PciSysDir, pci)); err != nil {
+	if _, err := utilfs.Fs.Stat(filepath.Join(sriovnet.PciSysDir, pci)); err != nil {
 		return nil, fmt.Errorf("sriov: no PCI device %s", pci)
 	}
 	var err error
@@ -46,10 +49,10 @@ func LookupVF(pci string) (*VF, error) {
 		return nil, fmt.Errorf("sriov: VF %s: its PF %s has no netdev on this node", pci, v.PFPCI)
 	}
 	v.PF = pfs[0]
-	if v.Index, err = sriovnet.GetVfIndexByPciAddress(pci); err != nil {
+	if v.Index, err = vfIndex(v.PFPCI, pci); err != nil {
 		return nil, fmt.Errorf("sriov: VF %s: %w", pci, err)
 	}
-	if drv, err := os.Readlink(filepath.Join(sriovnet.PciSysDir, pci, "driver")); err == nil {
+	if drv, err := utilfs.Fs.Readlink(filepath.Join(sriovnet.PciSysDir, pci, "driver")); err == nil {
 		v.Driver = filepath.Base(drv)
 	}
 	if v.Driver == "" {
@@ -64,4 +67,24 @@ func LookupVF(pci string) (*VF, error) {
 	}
 	v.Netdev = nds[0]
 	return v, nil
+}
+
+// vfIndex is the N of the PF's virtfnN link to the VF.
+func vfIndex(pfPCI, vfPCI string) (int, error) {
+	dir := filepath.Join(sriovnet.PciSysDir, pfPCI)
+	ents, err := utilfs.Fs.ReadDir(dir)
+	if err != nil {
+		return -1, err
+	}
+	for _, e := range ents {
+		n, ok := strings.CutPrefix(e.Name(), "virtfn")
+		if !ok {
+			continue
+		}
+		target, err := utilfs.Fs.Readlink(filepath.Join(dir, e.Name()))
+		if err == nil && filepath.Base(target) == vfPCI {
+			return strconv.Atoi(n)
+		}
+	}
+	return -1, fmt.Errorf("PF %s has no virtfn link to it", pfPCI)
 }

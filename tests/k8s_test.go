@@ -363,7 +363,7 @@ func TestNADs(t *testing.T) {
 
 	createPod(t, a, ns, "br", map[string]string{"k8s.v1.cni.cncf.io/networks": "bridge-nad"})
 	_, err := e.add(l, rt("br"))
-	wantErr(t, err, cni.ErrBadRequest, "NetworkAttachmentDefinition spin/bridge-nad: no macvlan or ipvlan entry")
+	wantErr(t, err, cni.ErrBadRequest, "NetworkAttachmentDefinition spin/bridge-nad: no macvlan, ipvlan or sriov entry")
 	createPod(t, a, ns, "other", map[string]string{"k8s.v1.cni.cncf.io/networks": "kube-system/storage-nad"})
 	_, err = e.add(l, rt("other"))
 	wantErr(t, err, cni.ErrBadRequest, "network kube-system/storage-nad is not in the pod's namespace spin")

@@ -63,6 +63,17 @@ func sriovPF(t *testing.T, n int) (string, []string) {
 			time.Sleep(100 * time.Millisecond)
 		}
 	}
+	// igb limits VF tx rates only while its link is up (creating VFs
+	// resets it)
+	for deadline := time.Now().Add(15 * time.Second); ; {
+		if l, err = netlink.LinkByName(pf); err == nil && l.Attrs().OperState == netlink.OperUp {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("PF %s: no carrier", pf)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 	return pf, vfs
 }
 

@@ -315,9 +315,20 @@ func (c *Client) PodEvent(ctx context.Context, pod *Pod, reason, message string)
 // ErrNotFound is returned (wrapped) for an object that does not exist.
 var ErrNotFound = errors.New("not found")
 
-// GetNADConfig returns a NetworkAttachmentDefinition's spec.config.
-func (c *Client) GetNADConfig(ctx context.Context, namespace, name string) ([]byte, error) {
+// NAD is what spinneret reads of a NetworkAttachmentDefinition: its
+// spec.config and its k8s.v1.cni.cncf.io/resourceName annotation (the
+// device plugin resource whose devices, SR-IOV VFs, its pods get).
+type NAD struct {
+	Config       []byte
+	ResourceName string
+}
+
+// GetNAD fetches a NetworkAttachmentDefinition.
+func (c *Client) GetNAD(ctx context.Context, namespace, name string) (*NAD, error) {
 	var nad struct {
+		Metadata struct {
+			Annotations map[string]string `json:"annotations"`
+		} `json:"metadata"`
 		Spec struct {
 			Config string `json:"config"`
 		} `json:"spec"`
@@ -330,7 +341,7 @@ func (c *Client) GetNADConfig(ctx context.Context, namespace, name string) ([]by
 		}
 		return nil, fmt.Errorf("NetworkAttachmentDefinition %s/%s: %w", namespace, name, err)
 	}
-	return []byte(nad.Spec.Config), nil
+	return &NAD{Config: []byte(nad.Spec.Config), ResourceName: nad.Metadata.Annotations["k8s.v1.cni.cncf.io/resourceName"]}, nil
 }
 
 // Requests counts the requests this process sent (for benchmarks).
