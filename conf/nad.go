@@ -20,11 +20,11 @@ type nadPlugin struct {
 	MinTx    *uint32 `json:"min_tx_rate"`
 	MaxTx    *uint32 `json:"max_tx_rate"`
 	State    string  `json:"link_state"`
-	Master string `json:"master"`
-	Mode   string `json:"mode"`
-	MTU    int    `json:"mtu"`
-	MAC    string `json:"mac"`
-	IPAM   *struct {
+	Master   string  `json:"master"`
+	Mode     string  `json:"mode"`
+	MTU      int     `json:"mtu"`
+	MAC      string  `json:"mac"`
+	IPAM     *struct {
 		Type    string    `json:"type"`
 		Backend string    `json:"backend"`
 		Pools   []rawPool `json:"pools"`
