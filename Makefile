@@ -10,7 +10,7 @@ CONTROLLER_GEN_VERSION := v0.23.0
 VERSION     ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS     := -X main.version=$(VERSION)
 
-.PHONY: all build demo test unit lint bench bench-ipam tools k8s-bins generate clean
+.PHONY: all build demo test unit lint bench bench-ipam bench-vm tools k8s-bins generate clean
 
 all: build
 
@@ -73,6 +73,11 @@ bench:
 ## allocation, create conflicts, per request kind
 bench-ipam: k8s-bins
 	$(GO) test -count=1 -v -run '^TestKubeIPAMScale$$' ./tests/ | grep -v '^=== RUN'
+
+## bench-vm: ipvlan and SR-IOV pods with two NICs, in the VM (Debian's
+## kernel under emulation), against the same netlink work in-process there
+bench-vm:
+	SPINNERET_VM_RUN='^TestVMBench' $(GO) test -count=1 -v -run '^TestVM$$' ./tests/ | grep -E 'vm_bench_test|ok|FAIL'
 
 clean:
 	rm -rf bin

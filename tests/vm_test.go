@@ -51,7 +51,7 @@ func TestVM(t *testing.T) {
 	for sc.Scan() {
 		line := sc.Text()
 		t.Log(line)
-		if strings.HasPrefix(strings.TrimSpace(line), "--- PASS: TestInVM") {
+		if strings.HasPrefix(strings.TrimSpace(line), "--- PASS: Test") {
 			passed++
 		}
 	}

@@ -138,3 +138,6 @@ func (n *NS) Close() error {
 	}
 	return nil
 }
+
+// Handle is the namespace's file descriptor (for IFLA_NET_NS_FD).
+func (n *NS) Handle() int { return int(n.h) }
