@@ -10,7 +10,8 @@ import (
 	"github.com/spinneret-cni/spinneret/internal/podres"
 )
 
-// assignVFs gives each sriov NIC its VF: the network's deviceID, or the
+// assignVFs gives each sriov NIC its VF: the network's deviceID (for eth0
+// also the runtime's deviceID capability), or the
 // next of the devices the kubelet assigned the pod for the network's
 // resourceName (kubelet PodResources API, one call per resource). A VF
 // that is not one, has no PF netdev here, or whose netdev is in another
@@ -24,6 +25,9 @@ func (p *plugin) assignVFs(args *skel.CmdArgs, nics []NIC) error {
 			continue
 		}
 		pci := sr.DeviceID
+		if i == 0 && pci == "" {
+			pci = p.cfg.RuntimeDeviceID // the runtime's deviceID capability
+		}
 		if pci == "" {
 			if sr.ResourceName == "" {
 				return fmt.Errorf("%s: network %s names neither a deviceID nor a resourceName", nics[i].IfName, nics[i].Network.Name)

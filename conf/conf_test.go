@@ -121,6 +121,7 @@ func TestParseErrors(t *testing.T) {
 		{"mac", `"01:00:5e:00:00:01"`, `mac: "01:00:5e:00:00:01" is a multicast MAC address`},
 		{"runtimeConfig", `{"mac":"nope"}`, `runtimeConfig.mac: "nope" is not a MAC address`},
 		{"runtimeConfig", `{"portMappings":[]}`, `runtimeConfig.portMappings: unknown field (value [])`},
+		{"runtimeConfig", `{"deviceID":"eth1"}`, `runtimeConfig.deviceID: "eth1" is not a PCI address`},
 		{"ipam.type", `"host-local"`, `ipam.type: "host-local" is not supported`},
 		{"ipam.pools", `[]`, `ipam.pools: at least one pool is required`},
 		{"ipam.backend", `"etcd"`, `ipam.backend: "etcd" is not an IPAM backend (local, kubernetes)`},

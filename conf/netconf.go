@@ -27,7 +27,7 @@ var SupportedVersions = []string{"0.3.1", "0.4.0", "1.0.0", "1.1.0"}
 const PodAnnotationsCapability = "io.kubernetes.cri.pod-annotations"
 
 // Capabilities spinneret understands in "capabilities" / "runtimeConfig".
-var Capabilities = []string{"mac", PodAnnotationsCapability}
+var Capabilities = []string{"mac", "deviceID", PodAnnotationsCapability}
 
 // DefaultMaxNICs is how many NICs a pod may have unless maxNICs says otherwise.
 const DefaultMaxNICs = 8
@@ -54,6 +54,7 @@ type raw struct {
 
 type rawRuntime struct {
 	MAC            string            `json:"mac,omitempty"`
+	DeviceID       string            `json:"deviceID,omitempty"`
 	PodAnnotations map[string]string `json:"io.kubernetes.cri.pod-annotations,omitempty"`
 }
 
@@ -139,6 +140,9 @@ type Config struct {
 	DNS         types.DNS
 	// RuntimeMAC is the "mac" capability passed by the runtime.
 	RuntimeMAC string
+	// RuntimeDeviceID is the "deviceID" capability: the VF (PCI address)
+	// of the primary network, when it is an sriov one.
+	RuntimeDeviceID string
 	// PodAnnotations are the pod's annotations as the runtime passed them
 	// (containerd's io.kubernetes.cri.pod-annotations); nil if it did not.
 	PodAnnotations map[string]string
@@ -342,6 +346,12 @@ func (r *raw) validate() (*Config, error) {
 			return nil, err
 		}
 		c.RuntimeMAC = mac
+	}
+	if d := r.RuntimeConfig.DeviceID; d != "" {
+		if !pciRE.MatchString(d) {
+			return nil, fmt.Errorf("runtimeConfig.deviceID: %q is not a PCI address (0000:01:10.0)", d)
+		}
+		c.RuntimeDeviceID = d
 	}
 	c.ValidAttachments = r.ValidAttachments
 	if c.ValidAttachments == nil {

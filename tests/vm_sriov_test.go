@@ -247,10 +247,11 @@ func TestInVMSriov(t *testing.T) {
 		t.Fatalf("VF %s bound to %q, want vfio-pci", vfs[2], drv)
 	}
 	dpdkBefore := vfSnapshot(t, vfs[2:])
+	// (its VF named by the runtime's deviceID capability, as Multus passes it)
 	ld := e.confListRaw(fmt.Sprintf(`{"cniVersion":"1.1.0","name":"dpdk","plugins":[{"type":"spinneret","nodeConf":"%s/node.yaml","coordinator":{"mode":"disable"},
-		"driver":"sriov","deviceID":%q,"vlan":300,"ipam":{"pools":[{"name":"d4","subnet":"10.30.0.0/24"}]}}]}`, e.dir, vfs[2]))
+		"capabilities":{"deviceID":true},"driver":"sriov","vlan":300,"ipam":{"pools":[{"name":"d4","subnet":"10.30.0.0/24"}]}}]}`, e.dir))
 	p3, _ := e.topo.NewPod()
-	rt3 := &libcni.RuntimeConf{ContainerID: "c3", NetNS: p3.Path(), IfName: "eth0"}
+	rt3 := &libcni.RuntimeConf{ContainerID: "c3", NetNS: p3.Path(), IfName: "eth0", CapabilityArgs: map[string]interface{}{"deviceID": vfs[2]}}
 	r, err = e.rootAdd(ld, rt3)
 	if err != nil {
 		t.Fatalf("ADD of a vfio-pci VF: %v", err)
