@@ -36,3 +36,23 @@ func TestExamplesAreValid(t *testing.T) {
 		t.Fatalf("master %q resolves to %q, %v", storage.Master, m, err)
 	}
 }
+
+// The drivers example: VLAN on a master, macvlan on a VLAN on an LACP bond,
+// ipvlan l3s with the kubernetes backend, SR-IOV from a device plugin.
+func TestDriversExample(t *testing.T) {
+	b, err := os.ReadFile("10-drivers-example.conflist")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := conf.ParseFile(b)
+	if err != nil {
+		t.Fatalf("10-drivers-example.conflist: %v", err)
+	}
+	bonded, _ := c.Lookup("bonded")
+	l3, _ := c.Lookup("l3")
+	fast, _ := c.Lookup("fast")
+	if c.Network.VLAN != 100 || bonded.Bond == nil || bonded.Bond.Mode != "802.3ad" || bonded.VLAN != 200 ||
+		l3.Driver != "ipvlan" || l3.Mode != "l3s" || !l3.KubeIPAM || fast.SRIOV == nil || fast.SRIOV.ResourceName == "" || fast.VLAN != 300 {
+		t.Fatalf("parsed %+v / %+v / %+v / %+v", c.Network, bonded, l3, fast)
+	}
+}
