@@ -117,14 +117,14 @@ func LoadNode(path string, required bool) (*Node, error) {
 // applyEnv lets SPINNERET_* variables override the file. Maps and lists use
 // "a=b,c=d" and "a,b".
 func (n *Node) applyEnv() error {
-	if s, ok := os.LookupEnv(nodeKeys["stateDir"]); ok {
-		n.StateDir = s
-	}
-	if s, ok := os.LookupEnv(nodeKeys["logFile"]); ok {
-		n.LogFile = s
-	}
-	if s, ok := os.LookupEnv(nodeKeys["logLevel"]); ok {
-		n.LogLevel = s
+	for key, field := range map[string]*string{
+		"stateDir": &n.StateDir, "logFile": &n.LogFile, "logLevel": &n.LogLevel, "kubeconfig": &n.Kubeconfig,
+		"apiTimeout": &n.APITimeoutRaw, "nodeName": &n.NodeName, "poolCacheTTL": &n.PoolCacheTTLRaw,
+		"controllerNamespace": &n.ControllerNamespace, "podResourcesSocket": &n.PodResourcesSocket,
+	} {
+		if s, ok := os.LookupEnv(nodeKeys[key]); ok {
+			*field = s
+		}
 	}
 	if s, ok := os.LookupEnv(nodeKeys["masters"]); ok {
 		n.Masters = map[string]string{}
@@ -141,24 +141,6 @@ func (n *Node) applyEnv() error {
 	}
 	if s, ok := os.LookupEnv(nodeKeys["nodeIPs"]); ok {
 		n.NodeIPRaw = splitList(s)
-	}
-	if s, ok := os.LookupEnv(nodeKeys["kubeconfig"]); ok {
-		n.Kubeconfig = s
-	}
-	if s, ok := os.LookupEnv(nodeKeys["apiTimeout"]); ok {
-		n.APITimeoutRaw = s
-	}
-	if s, ok := os.LookupEnv(nodeKeys["nodeName"]); ok {
-		n.NodeName = s
-	}
-	if s, ok := os.LookupEnv(nodeKeys["poolCacheTTL"]); ok {
-		n.PoolCacheTTLRaw = s
-	}
-	if s, ok := os.LookupEnv(nodeKeys["controllerNamespace"]); ok {
-		n.ControllerNamespace = s
-	}
-	if s, ok := os.LookupEnv(nodeKeys["podResourcesSocket"]); ok {
-		n.PodResourcesSocket = s
 	}
 	return nil
 }

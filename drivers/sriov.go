@@ -148,8 +148,8 @@ func (o *SriovVF) setPF(h *netlink.Handle, st VFState) error {
 	return nil
 }
 
-// Do sets the VF up through the PF and moves its netdev into the pod.
-func (o *SriovVF) Do(env *txn.Env) error {
+// locked runs fn with the node's handle under the VF's lock.
+func (o *SriovVF) locked(env *txn.Env, fn func(host *netlink.Handle) error) error {
 	l, err := o.lock(env)
 	if err != nil {
 		return err
@@ -159,6 +159,16 @@ func (o *SriovVF) Do(env *txn.Env) error {
 	if err != nil {
 		return err
 	}
+	return fn(host)
+}
+
+// Do sets the VF up through the PF and moves its netdev into the pod.
+func (o *SriovVF) Do(env *txn.Env) error {
+	return o.locked(env, func(host *netlink.Handle) error { return o.do(env, host) })
+}
+
+func (o *SriovVF) do(env *txn.Env, host *netlink.Handle) error {
+	var err error
 	var vf netlink.Link
 	if o.VF.Netdev != "" {
 		// still ours to take: in the node, under the name the plan saw
@@ -212,15 +222,10 @@ func (o *SriovVF) Do(env *txn.Env) error {
 // the pod, or from wherever the kernel put it when the pod's namespace
 // went away) and restores its original settings through the PF.
 func (o *SriovVF) Undo(env *txn.Env) error {
-	l, err := o.lock(env)
-	if err != nil {
-		return err
-	}
-	defer l.Unlock()
-	host, err := env.Handle(txn.Host)
-	if err != nil {
-		return err
-	}
+	return o.locked(env, func(host *netlink.Handle) error { return o.undo(env, host) })
+}
+
+func (o *SriovVF) undo(env *txn.Env, host *netlink.Handle) error {
 	var errs []error
 	if o.VF.Netdev != "" {
 		if err := o.returnNetdev(env, host); err != nil {

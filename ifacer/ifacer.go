@@ -112,6 +112,57 @@ func release(env *txn.Env, name, user string, remove func(*record) error) error 
 	return removeRecord(env, name)
 }
 
+// ensure is the common part of Bond.Do and VLAN.Do, under the node lock:
+// an existing link named name is reused if differs finds nothing (the
+// attachment added to its record, if spinneret created it) and set up;
+// otherwise prepare checks what the new parent needs and returns the
+// record to keep (given the one left by an ADD that died before creating
+// the link, if any) and how to create it. The record, with user on it, is
+// written before create runs.
+func ensure(env *txn.Env, name, user string, differs func(*netlink.Handle, netlink.Link) (string, error),
+	prepare func(h *netlink.Handle, r *record) (*record, func() error, error)) error {
+	h, err := env.Handle(txn.Host)
+	if err != nil {
+		return err
+	}
+	l, err := lock(env)
+	if err != nil {
+		return err
+	}
+	defer l.Unlock()
+	r, err := readRecord(env, name)
+	if err != nil {
+		return err
+	}
+	if link, err := h.LinkByName(name); err == nil {
+		why, err := differs(h, link)
+		if err != nil {
+			return err
+		}
+		if why != "" {
+			return errors.New(why)
+		}
+		if r != nil {
+			addUser(r, user)
+			if err := writeRecord(env, name, r); err != nil {
+				return err
+			}
+		}
+		return netops.IgnoreGone(h.LinkSetUp(link))
+	} else if !netops.Gone(err) {
+		return err
+	}
+	r, create, err := prepare(h, r)
+	if err != nil {
+		return err
+	}
+	addUser(r, user)
+	if err := writeRecord(env, name, r); err != nil {
+		return err
+	}
+	return create()
+}
+
 // Bond ensures a bond of the slaves with the mode and options.
 type Bond struct {
 	Name    string            `json:"name"`
@@ -226,69 +277,40 @@ func (o *Bond) newLink() (*netlink.Bond, error) {
 // Do ensures the bond: reused if it has the configured shape, created
 // (record first) if it does not exist.
 func (o *Bond) Do(env *txn.Env) error {
-	h, err := env.Handle(txn.Host)
-	if err != nil {
-		return err
-	}
-	l, err := lock(env)
-	if err != nil {
-		return err
-	}
-	defer l.Unlock()
-	r, err := readRecord(env, o.Name)
-	if err != nil {
-		return err
-	}
-	if link, err := h.LinkByName(o.Name); err == nil {
-		why, err := o.differs(h, link)
+	return ensure(env, o.Name, o.User, o.differs, func(h *netlink.Handle, r *record) (*record, func() error, error) {
+		var slaves []netlink.Link
+		for _, s := range o.Slaves {
+			sl, err := h.LinkByName(s)
+			if err != nil {
+				return nil, nil, fmt.Errorf("bond %s: slave %s: %w", o.Name, s, err)
+			}
+			if sl.Attrs().MasterIndex != 0 {
+				m, _ := h.LinkByIndex(sl.Attrs().MasterIndex)
+				owner := strconv.Itoa(sl.Attrs().MasterIndex)
+				if m != nil {
+					owner = m.Attrs().Name
+				}
+				return nil, nil, fmt.Errorf("bond %s: slave %s already belongs to %s", o.Name, s, owner)
+			}
+			slaves = append(slaves, sl)
+		}
+		bond, err := o.newLink()
 		if err != nil {
-			return err
+			return nil, nil, err
 		}
-		if why != "" {
-			return errors.New(why)
-		}
-		if r != nil {
-			addUser(r, o.User)
-			if err := writeRecord(env, o.Name, r); err != nil {
-				return err
+		if r == nil {
+			r = &record{Kind: "bond"}
+			for _, sl := range slaves {
+				if sl.Attrs().Flags&1 != 0 { // IFF_UP
+					r.SlavesUp = append(r.SlavesUp, sl.Attrs().Name)
+				}
 			}
 		}
-		return netops.IgnoreGone(h.LinkSetUp(link))
-	} else if !netops.Gone(err) {
-		return err
-	}
-	var slaves []netlink.Link
-	for _, s := range o.Slaves {
-		sl, err := h.LinkByName(s)
-		if err != nil {
-			return fmt.Errorf("bond %s: slave %s: %w", o.Name, s, err)
-		}
-		if sl.Attrs().MasterIndex != 0 {
-			m, _ := h.LinkByIndex(sl.Attrs().MasterIndex)
-			owner := strconv.Itoa(sl.Attrs().MasterIndex)
-			if m != nil {
-				owner = m.Attrs().Name
-			}
-			return fmt.Errorf("bond %s: slave %s already belongs to %s", o.Name, s, owner)
-		}
-		slaves = append(slaves, sl)
-	}
-	bond, err := o.newLink()
-	if err != nil {
-		return err
-	}
-	if r == nil {
-		r = &record{Kind: "bond"}
-		for _, sl := range slaves {
-			if sl.Attrs().Flags&1 != 0 { // IFF_UP
-				r.SlavesUp = append(r.SlavesUp, sl.Attrs().Name)
-			}
-		}
-	}
-	addUser(r, o.User)
-	if err := writeRecord(env, o.Name, r); err != nil {
-		return err
-	}
+		return r, func() error { return o.create(h, bond, slaves) }, nil
+	})
+}
+
+func (o *Bond) create(h *netlink.Handle, bond *netlink.Bond, slaves []netlink.Link) error {
 	if err := h.LinkAdd(bond); err != nil {
 		return fmt.Errorf("create bond %s: %w", o.Name, err)
 	}
@@ -395,63 +417,37 @@ func (o *VLAN) differs(h *netlink.Handle, l netlink.Link) string {
 // created (record first) if it does not exist; a VLAN of the ID on the
 // parent under another name is refused.
 func (o *VLAN) Do(env *txn.Env) error {
-	h, err := env.Handle(txn.Host)
-	if err != nil {
-		return err
-	}
-	l, err := lock(env)
-	if err != nil {
-		return err
-	}
-	defer l.Unlock()
-	r, err := readRecord(env, o.Name)
-	if err != nil {
-		return err
-	}
-	if link, err := h.LinkByName(o.Name); err == nil {
-		if why := o.differs(h, link); why != "" {
-			return errors.New(why)
+	differs := func(h *netlink.Handle, l netlink.Link) (string, error) { return o.differs(h, l), nil }
+	return ensure(env, o.Name, o.User, differs, func(h *netlink.Handle, r *record) (*record, func() error, error) {
+		parent, err := h.LinkByName(o.Parent)
+		if err != nil {
+			return nil, nil, fmt.Errorf("VLAN %d: parent %s: %w", o.ID, o.Parent, err)
 		}
-		if r != nil {
-			addUser(r, o.User)
-			if err := writeRecord(env, o.Name, r); err != nil {
-				return err
+		links, err := h.LinkList()
+		if err != nil {
+			return nil, nil, err
+		}
+		for _, x := range links {
+			if v, ok := x.(*netlink.Vlan); ok && v.ParentIndex == parent.Attrs().Index && v.VlanId == o.ID {
+				return nil, nil, fmt.Errorf("VLAN %d on %s exists as %s (spinneret's name for it is %s)", o.ID, o.Parent, v.Name, o.Name)
 			}
 		}
-		return netops.IgnoreGone(h.LinkSetUp(link))
-	} else if !netops.Gone(err) {
-		return err
-	}
-	parent, err := h.LinkByName(o.Parent)
-	if err != nil {
-		return fmt.Errorf("VLAN %d: parent %s: %w", o.ID, o.Parent, err)
-	}
-	links, err := h.LinkList()
-	if err != nil {
-		return err
-	}
-	for _, x := range links {
-		if v, ok := x.(*netlink.Vlan); ok && v.ParentIndex == parent.Attrs().Index && v.VlanId == o.ID {
-			return fmt.Errorf("VLAN %d on %s exists as %s (spinneret's name for it is %s)", o.ID, o.Parent, v.Name, o.Name)
+		if r == nil {
+			r = &record{Kind: "vlan"}
 		}
-	}
-	if r == nil {
-		r = &record{Kind: "vlan"}
-	}
-	addUser(r, o.User)
-	if err := writeRecord(env, o.Name, r); err != nil {
-		return err
-	}
-	attrs := netlink.NewLinkAttrs()
-	attrs.Name, attrs.ParentIndex = o.Name, parent.Attrs().Index
-	v := &netlink.Vlan{LinkAttrs: attrs, VlanId: o.ID}
-	if err := h.LinkAdd(v); err != nil {
-		return fmt.Errorf("create VLAN %d on %s: %w", o.ID, o.Parent, err)
-	}
-	if err := h.LinkSetUp(v); err != nil {
-		return fmt.Errorf("VLAN %s up: %w", o.Name, err)
-	}
-	return nil
+		return r, func() error {
+			attrs := netlink.NewLinkAttrs()
+			attrs.Name, attrs.ParentIndex = o.Name, parent.Attrs().Index
+			v := &netlink.Vlan{LinkAttrs: attrs, VlanId: o.ID}
+			if err := h.LinkAdd(v); err != nil {
+				return fmt.Errorf("create VLAN %d on %s: %w", o.ID, o.Parent, err)
+			}
+			if err := h.LinkSetUp(v); err != nil {
+				return fmt.Errorf("VLAN %s up: %w", o.Name, err)
+			}
+			return nil
+		}, nil
+	})
 }
 
 // Undo takes the attachment off the VLAN's users; the last one removes the
