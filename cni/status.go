@@ -1,6 +1,7 @@
 package cni
 
 import (
+	"context"
 	"fmt"
 	"os"
 
@@ -10,8 +11,10 @@ import (
 	"github.com/spinneret-cni/spinneret/ipam"
 )
 
-// cmdStatus reports whether ADDs can be served: the state dir is writable
-// and each address family of the network has a pool with a free address.
+// cmdStatus reports whether ADDs can be served: the state dir is writable,
+// each address family of the network has a pool with a free address, and,
+// when the primary network's addresses come from the kubernetes backend,
+// the API server answers.
 func cmdStatus(args *skel.CmdArgs) error {
 	p, err := load(args.StdinData)
 	if err != nil {
@@ -27,6 +30,18 @@ func cmdStatus(args *skel.CmdArgs) error {
 	}
 	f.Close()
 	os.Remove(f.Name())
+	if p.cfg.Network.KubeIPAM {
+		c, err := p.kubeClient()
+		if err == nil && c == nil {
+			err = fmt.Errorf("the node conf names no kubeconfig")
+		}
+		if err == nil {
+			err = c.Get(context.Background(), "/readyz", nil)
+		}
+		if err != nil {
+			return types.NewError(types.ErrPluginNotAvailable, fmt.Sprintf("network %s takes its addresses from the kubernetes backend: %v", p.cfg.Network.Name, err), "")
+		}
+	}
 	for _, fam := range ipam.Families(p.cfg.Network.Pools) {
 		var names []string
 		for _, pool := range fam {

@@ -348,8 +348,13 @@ func TestKubeIPAMAPIDown(t *testing.T) {
 	p, _ := k.topo.NewPod()
 	before := k.snapshot(p)
 	uid := k.pod("spin", "web", nil, nil, "")
+	if err := k.status(l); err != nil {
+		t.Fatalf("STATUS with the API server up: %v", err)
+	}
 	k.mustAdd(l, kubeRT("c1", p, "spin", "web", uid))
 	k.a.StopAPIServer()
+	// STATUS says the primary network cannot get addresses now
+	wantErr(t, k.status(l), 50, "takes its addresses from the kubernetes backend")
 	k.mustDel(l, kubeRT("c1", p, "spin", "web", uid))
 	k.sameAs(before, p)
 	start := time.Now()
