@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -230,6 +231,56 @@ func TestInVMSriov(t *testing.T) {
 	}
 	if after := vfSnapshot(t, vfs); after != before {
 		t.Fatalf("VFs after DEL with the netns gone:\n%s", harness.Diff(before, after))
+	}
+
+	// with the coordinator: the VF and the veth to the node, policy routing
+	lc := e.confListRaw(fmt.Sprintf(`{"cniVersion":"1.1.0","name":"src","plugins":[{"type":"spinneret","nodeConf":"%s/node.yaml",
+		"capabilities":{"io.kubernetes.cri.pod-annotations":true},"coordinator":{"serviceCIDR":["10.96.0.0/16"]},"networks":[
+		{"name":"fast","driver":"sriov","deviceID":%q,"ipam":{"pools":[{"name":"c4","subnet":"10.10.0.0/24","gateway":"10.10.0.1","ranges":[{"start":"10.10.0.10","end":"10.10.0.20"}]}]}},
+		{"name":"bulk","driver":"sriov","deviceID":%q,"ipam":{"pools":[{"name":"c5","subnet":"10.20.0.0/24","gateway":"10.20.0.1"}]}}]}]}`, e.dir, vfs[0], vfs[1]))
+	pc, _ := e.topo.NewPod()
+	rtc := &libcni.RuntimeConf{ContainerID: "cc", NetNS: pc.Path(), IfName: "eth0",
+		CapabilityArgs: map[string]interface{}{"io.kubernetes.cri.pod-annotations": map[string]string{"k8s.v1.cni.cncf.io/networks": "bulk"}}}
+	rootLinks := func() string {
+		ls, _ := netlink.LinkList()
+		var names []string
+		for _, l := range ls {
+			names = append(names, l.Attrs().Name)
+		}
+		return strings.Join(names, " ")
+	}
+	// the node's address on the VFs' subnet (on the PF): pods reach it, and
+	// through it the services, via veth0
+	pfLink, _ := netlink.LinkByName(pf)
+	nodeAddr := &netlink.Addr{IPNet: &net.IPNet{IP: net.IPv4(10, 10, 0, 2), Mask: net.CIDRMask(24, 32)}}
+	if err := netlink.AddrAdd(pfLink, nodeAddr); err != nil {
+		t.Fatal(err)
+	}
+	defer netlink.AddrDel(pfLink, nodeAddr)
+	linksBefore := rootLinks()
+	if _, err := e.rootAdd(lc, rtc); err != nil {
+		t.Fatalf("ADD with the coordinator: %v", err)
+	}
+	if _, err := pc.NL().LinkByName("veth0"); err != nil {
+		t.Errorf("no veth0 in the pod: %v", err)
+	}
+	rs, _ := pc.NL().RouteGet(net.ParseIP("10.96.0.1"))
+	if len(rs) == 0 {
+		t.Errorf("no route to the service CIDR")
+	} else if l, _ := pc.NL().LinkByIndex(rs[0].LinkIndex); l == nil || l.Attrs().Name != "veth0" {
+		t.Errorf("service CIDR via %v, want veth0", l)
+	}
+	if err := pc.PingFrom(netip.MustParseAddr("10.10.0.10"), netip.MustParseAddr("10.10.0.2"), 5*time.Second); err != nil {
+		t.Errorf("pod -> node through veth0: %v", err)
+	}
+	if err := e.rootDel(lc, rtc); err != nil {
+		t.Fatal(err)
+	}
+	if after := vfSnapshot(t, vfs); after != before {
+		t.Fatalf("VFs after DEL with the coordinator:\n%s", harness.Diff(before, after))
+	}
+	if after := rootLinks(); after != linksBefore {
+		t.Fatalf("the node's links after DEL: %s, before %s", after, linksBefore)
 	}
 
 	// DPDK: VF 2 bound to vfio-pci has no netdev
