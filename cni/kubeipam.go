@@ -137,10 +137,8 @@ func (p *plugin) allocate(args *skel.CmdArgs, nics []NIC) ([]ipam.Allocation, er
 // quarantine keeps a conflicting address away from pods for d, in the
 // backend that allocated it.
 func (p *plugin) quarantine(owner ipam.Owner, a netip.Addr, d time.Duration) error {
-	if p.kipam != nil {
-		if err := p.kipam.Quarantine(owner, a, time.Now().Add(d)); err == nil {
-			return nil
-		}
+	if p.kipam != nil && p.kipam.Holds(a) {
+		return p.kipam.Quarantine(owner, a, time.Now().Add(d))
 	}
 	return p.store.Quarantine(owner, a, time.Now().Add(d))
 }

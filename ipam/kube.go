@@ -180,8 +180,9 @@ type Kube struct {
 	fetched  bool
 	nsMeta   *kube.Meta
 	nodeMeta *kube.Meta
-	// created are the objects this invocation created, by address
-	created map[netip.Addr]*KubeAlloc
+	// created are the objects this invocation created, by address; held
+	// those and the ones it took over
+	created, held map[netip.Addr]*KubeAlloc
 	// mine are the allocations of pods of this pod's name (podAllocs)
 	mine []*KubeAlloc
 	// views are the node's views of pools' allocations, by pool
@@ -197,7 +198,7 @@ func NewKube(ctx context.Context, c *kube.Client, stateDir, node string, ttl tim
 	return &Kube{c: c, ctx: ctx, node: node, ttl: ttl, pod: pod, now: time.Now,
 		cache:   filepath.Join(stateDir, "ipam", "kube-pools.json"),
 		rnd:     rand.New(rand.NewPCG(rand.Uint64(), uint64(time.Now().UnixNano()))),
-		created: map[netip.Addr]*KubeAlloc{}}
+		created: map[netip.Addr]*KubeAlloc{}, held: map[netip.Addr]*KubeAlloc{}}
 }
 
 // AllocName is the IPAllocation name of an address of a pool: the pool's
@@ -606,6 +607,7 @@ func (k *Kube) allocateOne(o Owner, r Request, fam []conf.Pool) (Allocation, err
 			if err != nil {
 				return Allocation{}, err
 			}
+			k.held[a] = obj
 			return allocation(r.IfName, p, obj), nil
 		}
 	}
@@ -709,7 +711,7 @@ func (k *Kube) create(o Owner, ifname string, p *conf.Pool, a netip.Addr) (*Kube
 	case err != nil:
 		return nil, fmt.Errorf("ipam: create IPAllocation %s: %w", obj.Metadata.Name, err)
 	}
-	k.created[a] = &got
+	k.created[a], k.held[a] = &got, &got
 	testhook.Point("kube-created")
 	return &got, nil
 }
@@ -789,12 +791,16 @@ func addrAdd(a netip.Addr, off uint64) netip.Addr {
 	return out
 }
 
+// Holds reports whether this invocation allocated a (created or took over
+// its object).
+func (k *Kube) Holds(a netip.Addr) bool { _, ok := k.held[a]; return ok }
+
 // Quarantine keeps address a (allocated by this call) away from pods until
 // the given time: its object stays, detached from the pod and sandbox, so
 // no release frees it; once the time is up the next allocation that picks
 // it (or the controller) deletes it.
 func (k *Kube) Quarantine(o Owner, a netip.Addr, until time.Time) error {
-	obj, ok := k.created[a]
+	obj, ok := k.held[a]
 	if !ok {
 		return fmt.Errorf("ipam: quarantine %s: not allocated by this ADD", a)
 	}
@@ -807,6 +813,7 @@ func (k *Kube) Quarantine(o Owner, a netip.Addr, until time.Time) error {
 		return fmt.Errorf("ipam: quarantine %s: %w", a, err)
 	}
 	delete(k.created, a)
+	delete(k.held, a)
 	return nil
 }
 
