@@ -253,9 +253,9 @@ func parentOps(in PlanInput) []txn.Op {
 			seen[b.Name] = true
 			ops = append(ops, &ifacer.Bond{Name: b.Name, Mode: b.Mode, Options: b.Options, Slaves: b.Slaves, User: user})
 		}
-		if v := n.Network.VLAN; v != 0 && n.Network.SRIOV == nil && !seen[n.LinkMaster()] {
-			seen[n.LinkMaster()] = true
-			ops = append(ops, &ifacer.VLAN{Name: n.LinkMaster(), Parent: n.Network.Master, ID: v, User: user})
+		if m := n.LinkMaster(); m != n.Network.Master && !seen[m] {
+			seen[m] = true
+			ops = append(ops, &ifacer.VLAN{Name: m, Parent: n.Network.Master, ID: n.Network.VLAN, User: user})
 		}
 	}
 	return ops

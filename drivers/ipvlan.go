@@ -42,15 +42,7 @@ func (o *Ipvlan) Creates() []string { return []string{netops.LinkKey(txn.Pod, o.
 
 // Do creates the link.
 func (o *Ipvlan) Do(env *txn.Env) error {
-	host, err := env.Handle(txn.Host)
-	if err != nil {
-		return err
-	}
-	master, err := host.LinkByName(o.Master)
-	if err != nil {
-		return fmt.Errorf("ipvlan %s: master %q: %w", o.Name, o.Master, err)
-	}
-	fd, err := env.PodNSFd()
+	host, attrs, err := childAttrs(env, "ipvlan", o.Name, o.Master, o.MTU, o.TxQLen)
 	if err != nil {
 		return err
 	}
@@ -62,12 +54,6 @@ func (o *Ipvlan) Do(env *txn.Env) error {
 	if !ok {
 		return fmt.Errorf("ipvlan %s: unknown flag %q", o.Name, o.Flag)
 	}
-	attrs := netlink.NewLinkAttrs()
-	attrs.Name, attrs.ParentIndex, attrs.MTU, attrs.Namespace = o.Name, master.Attrs().Index, o.MTU, netlink.NsFd(fd)
-	attrs.Group = netops.PodLinkGroup
-	if o.TxQLen > 0 {
-		attrs.TxQLen = o.TxQLen
-	}
 	if err := host.LinkAdd(&netlink.IPVlan{LinkAttrs: attrs, Mode: mode, Flag: flag}); err != nil {
 		if errors.Is(err, syscall.EBUSY) {
 			return fmt.Errorf("ipvlan %s on %s: %w (a master carries either macvlan or ipvlan links, never both: %s already has macvlan links)", o.Name, o.Master, err, o.Master)
@@ -78,16 +64,7 @@ func (o *Ipvlan) Do(env *txn.Env) error {
 }
 
 // Undo deletes the pod's ipvlan link.
-func (o *Ipvlan) Undo(env *txn.Env) error {
-	h, l, err := netops.Link(env, txn.Pod, o.Name)
-	if err != nil {
-		return netops.IgnoreGone(err)
-	}
-	if l.Type() != "ipvlan" {
-		return nil // not ours
-	}
-	return netops.IgnoreGone(h.LinkDel(l))
-}
+func (o *Ipvlan) Undo(env *txn.Env) error { return deleteChild(env, "ipvlan", o.Name) }
 
 // Check reports drift of the link's kind, mode, flag and MTU.
 func (o *Ipvlan) Check(env *txn.Env) error {

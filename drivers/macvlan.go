@@ -48,27 +48,13 @@ func (o *Macvlan) Creates() []string { return []string{netops.LinkKey(txn.Pod, o
 
 // Do creates the link.
 func (o *Macvlan) Do(env *txn.Env) error {
-	host, err := env.Handle(txn.Host)
-	if err != nil {
-		return err
-	}
-	master, err := host.LinkByName(o.Master)
-	if err != nil {
-		return fmt.Errorf("macvlan %s: master %q: %w", o.Name, o.Master, err)
-	}
-	fd, err := env.PodNSFd()
+	host, attrs, err := childAttrs(env, "macvlan", o.Name, o.Master, o.MTU, o.TxQLen)
 	if err != nil {
 		return err
 	}
 	mode, ok := MacvlanModes[o.Mode]
 	if !ok {
 		return fmt.Errorf("macvlan %s: unknown mode %q", o.Name, o.Mode)
-	}
-	attrs := netlink.NewLinkAttrs()
-	attrs.Name, attrs.ParentIndex, attrs.MTU, attrs.Namespace = o.Name, master.Attrs().Index, o.MTU, netlink.NsFd(fd)
-	attrs.Group = netops.PodLinkGroup
-	if o.TxQLen > 0 {
-		attrs.TxQLen = o.TxQLen
 	}
 	if o.MAC != "" {
 		if attrs.HardwareAddr, err = net.ParseMAC(o.MAC); err != nil {
@@ -82,16 +68,7 @@ func (o *Macvlan) Do(env *txn.Env) error {
 }
 
 // Undo deletes the pod's macvlan link (its addresses and routes go with it).
-func (o *Macvlan) Undo(env *txn.Env) error {
-	h, l, err := netops.Link(env, txn.Pod, o.Name)
-	if err != nil {
-		return netops.IgnoreGone(err)
-	}
-	if l.Type() != "macvlan" {
-		return nil // not ours: ADD refuses a pod netns that already has the name
-	}
-	return netops.IgnoreGone(h.LinkDel(l))
-}
+func (o *Macvlan) Undo(env *txn.Env) error { return deleteChild(env, "macvlan", o.Name) }
 
 // Check reports drift of the link's kind, mode, MTU and MAC.
 func (o *Macvlan) Check(env *txn.Env) error {

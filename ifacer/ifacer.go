@@ -17,6 +17,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -301,7 +302,7 @@ func (o *Bond) Do(env *txn.Env) error {
 		if r == nil {
 			r = &record{Kind: "bond"}
 			for _, sl := range slaves {
-				if sl.Attrs().Flags&1 != 0 { // IFF_UP
+				if sl.Attrs().Flags&net.FlagUp != 0 {
 					r.SlavesUp = append(r.SlavesUp, sl.Attrs().Name)
 				}
 			}
@@ -375,7 +376,7 @@ func (o *Bond) Check(env *txn.Env) error {
 	if why != "" {
 		return errors.New(why)
 	}
-	if l.Attrs().Flags&1 == 0 {
+	if l.Attrs().Flags&net.FlagUp == 0 {
 		return fmt.Errorf("bond %s is down", o.Name)
 	}
 	return nil
@@ -478,7 +479,7 @@ func (o *VLAN) Check(env *txn.Env) error {
 	if why := o.differs(h, l); why != "" {
 		return errors.New(why)
 	}
-	if l.Attrs().Flags&1 == 0 {
+	if l.Attrs().Flags&net.FlagUp == 0 {
 		return fmt.Errorf("VLAN %s is down", o.Name)
 	}
 	return nil
