@@ -3,7 +3,6 @@ package cni
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"net/netip"
 	"net/url"
 	"os"
@@ -93,10 +92,7 @@ func (p *plugin) fetchClusterNetwork() (*clusterNetwork, error) {
 	}
 	path := "/api/v1/namespaces/" + url.PathEscape(p.node.ControllerNamespace) + "/configmaps/" + clusterNetworkCM
 	if err := c.Get(context.Background(), path, &cm); err != nil {
-		if errors.Is(err, kube.ErrUnreachable) {
-			p.apiDown = true
-		}
-		return nil, err
+		return nil, p.apiError(err)
 	}
 	var cn clusterNetwork
 	if err := json.Unmarshal([]byte(cm.Data[clusterNetworkKey]), &cn); err != nil {

@@ -112,12 +112,8 @@ func (p *plugin) nadNetwork(podNS, name string) (*conf.Network, error) {
 	if errors.Is(err, kube.ErrNotFound) {
 		return nil, fmt.Errorf("%w, nor is a NetworkAttachmentDefinition %s/%s", notDefined(), podNS, name)
 	}
-	if errors.Is(err, kube.ErrUnreachable) {
-		p.apiDown = true
-		return nil, types.NewError(types.ErrTryAgainLater, err.Error(), "")
-	}
 	if err != nil {
-		return nil, err
+		return nil, p.apiError(err)
 	}
 	return p.cfg.NADNetwork(podNS, name, nad.Config, nad.ResourceName)
 }

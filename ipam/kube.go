@@ -187,7 +187,7 @@ type Kube struct {
 	mine []*KubeAlloc
 	// views are the node's views of pools' allocations, by pool
 	views map[string]*poolView
-	cands map[string][]netip.Addr
+	cands map[string]poolCandidates
 	// Conflicts counts creates answered 409 (for benchmarks).
 	Conflicts int
 }
@@ -583,7 +583,6 @@ func (k *Kube) allocateOne(o Owner, r Request, fam []conf.Pool) (Allocation, err
 			static = st
 		}
 	}
-	now := k.now()
 	// what the pod (or, for a StatefulSet, its predecessor) already holds
 	mine, err := k.podAllocs()
 	if err != nil {
@@ -592,7 +591,7 @@ func (k *Kube) allocateOne(o Owner, r Request, fam []conf.Pool) (Allocation, err
 	for i := range fam {
 		p := &fam[i]
 		for _, it := range mine {
-			if it.Spec.Pool != p.Name || it.Spec.Interface != r.IfName || it.Quarantined(now) || it.Spec.QuarantinedUntil != nil {
+			if it.Spec.Pool != p.Name || it.Spec.Interface != r.IfName || it.Spec.QuarantinedUntil != nil {
 				continue
 			}
 			heir := k.pod.OwnerKind == OwnerKindSTS && it.Spec.OwnerKind == OwnerKindSTS
@@ -734,22 +733,16 @@ func (k *Kube) free(p *conf.Pool, items []*KubeAlloc, now time.Time) ([]netip.Ad
 		}
 		used[a] = true
 	}
-	ok := func(a netip.Addr) bool { return !used[a] && !p.Excluded(a) && !k.isReserved(a) }
 	var out []netip.Addr
-	var total uint64
-	for _, r := range p.Ranges {
-		total += rangeSize(r)
-	}
-	if total <= smallPool {
-		for _, r := range p.Ranges {
-			for a := r.Start; a.IsValid() && !r.End.Less(a); a = nextCandidate(p, a) {
-				if ok(a) {
-					out = append(out, a)
-				}
+	if all, small := k.candidates(p); small {
+		for _, a := range all {
+			if !used[a] {
+				out = append(out, a)
 			}
 		}
 		return out, expired
 	}
+	ok := func(a netip.Addr) bool { return !used[a] && !p.Excluded(a) && !k.isReserved(a) }
 	for tries := 0; tries < 4096 && len(out) < 16; tries++ {
 		r := p.Ranges[k.rnd.IntN(len(p.Ranges))]
 		a := addrAdd(r.Start, k.rnd.Uint64N(rangeSize(r)))
@@ -1031,8 +1024,8 @@ func (k *Kube) choose(p *conf.Pool, items []*KubeAlloc) (netip.Addr, *KubeAlloc)
 	if len(free) == 0 {
 		return netip.Addr{}, nil
 	}
-	all := k.candidates(p)
-	if all == nil { // a large pool: free is a random sample
+	all, small := k.candidates(p)
+	if !small { // free is a random sample
 		a := free[k.rnd.IntN(len(free))]
 		return a, expired[a]
 	}
@@ -1099,31 +1092,37 @@ func (k *Kube) choose(p *conf.Pool, items []*KubeAlloc) (netip.Addr, *KubeAlloc)
 	return a, expired[a]
 }
 
-// candidates lists a small pool's addresses that may be handed out, in
-// order (nil for a large pool); computed once per invocation and pool.
-func (k *Kube) candidates(p *conf.Pool) []netip.Addr {
+// candidates lists the addresses of a small pool that may be handed out,
+// in order; small is false for a pool too large to list (it is sampled).
+// Computed once per invocation and pool.
+func (k *Kube) candidates(p *conf.Pool) (all []netip.Addr, small bool) {
 	if c, ok := k.cands[p.Name]; ok {
-		return c
+		return c.addrs, c.small
 	}
 	var total uint64
 	for _, r := range p.Ranges {
 		total += rangeSize(r)
 	}
-	var out []netip.Addr
-	if total <= smallPool {
+	small = total <= smallPool
+	if small {
 		for _, r := range p.Ranges {
 			for a := r.Start; a.IsValid() && !r.End.Less(a); a = nextCandidate(p, a) {
 				if !p.Excluded(a) && !k.isReserved(a) {
-					out = append(out, a)
+					all = append(all, a)
 				}
 			}
 		}
 	}
 	if k.cands == nil {
-		k.cands = map[string][]netip.Addr{}
+		k.cands = map[string]poolCandidates{}
 	}
-	k.cands[p.Name] = out
-	return out
+	k.cands[p.Name] = poolCandidates{all, small}
+	return all, small
+}
+
+type poolCandidates struct {
+	addrs []netip.Addr
+	small bool
 }
 
 // KubeReleaseRefs deletes the allocations an ADD recorded, each only if it
