@@ -151,7 +151,7 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 			p.log.Info("attached", "container", args.ContainerID, "nic", n.IfName, "network", n.Network.Name, "master", n.LinkMaster(), "pool", a.Pool, "address", a.Address)
 		}
 	}
-	return types.PrintResult(res, p.cfg.CNIVersion)
+	return types.PrintResult(forVersion(res, p.cfg.CNIVersion), p.cfg.CNIVersion)
 }
 
 // abort finishes a failed ADD. Apply has already undone what it could when a

@@ -7,6 +7,7 @@ import (
 
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
 
 	"github.com/spinneret-cni/spinneret/coordinator"
 	"github.com/spinneret-cni/spinneret/drivers"
@@ -82,4 +83,27 @@ func buildResult(env *txn.Env, netnsPath string, in PlanInput, dns types.DNS) (*
 		}
 	}
 	return res, nil
+}
+
+// forVersion is res as a caller of cniVersion v can read it: before CNI 1.1
+// a route has no table (a route of a NIC's own table would read as one of
+// main) and an interface no pciID, so those are left out.
+func forVersion(res *current.Result, v string) *current.Result {
+	if gt, err := version.GreaterThanOrEqualTo(v, "1.1.0"); err != nil || gt {
+		return res
+	}
+	out := *res
+	out.Routes = nil
+	for _, r := range res.Routes {
+		if r.Table == nil {
+			out.Routes = append(out.Routes, r)
+		}
+	}
+	out.Interfaces = nil
+	for _, i := range res.Interfaces {
+		c := *i
+		c.PciID = ""
+		out.Interfaces = append(out.Interfaces, &c)
+	}
+	return &out
 }

@@ -196,6 +196,16 @@ func TestParseFileConflist(t *testing.T) {
 	if _, err := ParseFile([]byte(`{"cniVersion":"1.1.0","name":"x","plugin":[]}`)); err == nil || !strings.Contains(err.Error(), "plugin: unknown field") {
 		t.Fatalf("typo in a single config: %v", err)
 	}
+	// CNI 1.1's way to offer several versions: the highest is what a 1.1
+	// runtime sends; each must be one spinneret speaks
+	offered := strings.Replace(list, `{"cniVersion":"1.1.0",`, `{"cniVersion":"1.0.0","cniVersions":["0.4.0","1.1.0"],`, 1)
+	if c, err := ParseFile([]byte(offered)); err != nil || c.CNIVersion != "1.1.0" {
+		t.Fatalf("cniVersions: %+v, %v", c, err)
+	}
+	unknown := strings.Replace(list, `{"cniVersion":"1.1.0",`, `{"cniVersion":"1.0.0","cniVersions":["1.0.0","9.9.9"],`, 1)
+	if _, err := ParseFile([]byte(unknown)); err == nil || !strings.Contains(err.Error(), `cniVersions[1]: "9.9.9" is not supported`) {
+		t.Fatalf("unsupported cniVersions entry: %v", err)
+	}
 	bad := strings.Replace(list, `"mode": "vepa"`, `"mode": "nope"`, 1)
 	if _, err := ParseFile([]byte(bad)); err == nil || !strings.Contains(err.Error(), `plugins[1].mode: "nope"`) {
 		t.Fatalf("error inside a conflist = %v", err)

@@ -298,6 +298,18 @@ func ParseFile(b []byte) (*Config, error) {
 	if err := decodeStrict("", b, &l); err != nil {
 		return nil, err
 	}
+	// a runtime speaking CNI 1.1 picks the highest of cniVersion and
+	// cniVersions it knows; an older one reads cniVersion alone: each must
+	// be a version spinneret speaks
+	version := l.CNIVersion
+	for i, v := range l.CNIVersions {
+		if !slices.Contains(SupportedVersions, v) {
+			return nil, fmt.Errorf("cniVersions[%d]: %q is not supported (supported: %s)", i, v, strings.Join(SupportedVersions, ", "))
+		}
+		if slices.Index(SupportedVersions, v) > slices.Index(SupportedVersions, version) {
+			version = v
+		}
+	}
 	for i, p := range l.Plugins {
 		var m map[string]any
 		if err := json.Unmarshal(p, &m); err != nil {
@@ -306,7 +318,7 @@ func ParseFile(b []byte) (*Config, error) {
 		if m["type"] != PluginType {
 			continue
 		}
-		m["name"], m["cniVersion"] = l.Name, l.CNIVersion
+		m["name"], m["cniVersion"] = l.Name, version
 		nb, _ := json.Marshal(m)
 		c, err := Parse(nb)
 		if err != nil {
