@@ -24,6 +24,7 @@ type command struct {
 var commands = []command{
 	{"version", "print the version and the CNI versions spinneret speaks", runVersion},
 	{"demo", "attach two pods in throwaway namespaces, test their traffic, and clean up", runDemo},
+	{"install", "install spinneret on this node (the DaemonSet's init container)", runInstall},
 	{"controller", "run the cluster controller: IPAM garbage collection, pool status, CIDR discovery", runController},
 }
 

@@ -14,14 +14,22 @@ import (
 // WriteAtomic replaces path with data so that a reader (or a process started
 // after a crash) sees either the old or the new content, never a mix: it
 // writes a temp file in the same directory, fsyncs it and renames it over path.
-func WriteAtomic(path string, data []byte) error {
+func WriteAtomic(path string, data []byte) error { return WriteAtomicMode(path, data, 0o600) }
+
+// WriteAtomicMode is WriteAtomic giving the new file mode. A file that a
+// process is executing is replaced, never rewritten (which would fail with
+// ETXTBSY, or change a binary under a running process).
+func WriteAtomicMode(path string, data []byte, mode os.FileMode) error {
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
 	if err != nil {
 		return err
 	}
 	tmp := f.Name()
-	if _, err = f.Write(data); err == nil {
+	if err = f.Chmod(mode); err == nil {
+		_, err = f.Write(data)
+	}
+	if err == nil {
 		err = f.Sync()
 	}
 	if cerr := f.Close(); err == nil {

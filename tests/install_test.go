@@ -1,0 +1,220 @@
+package tests
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+
+	"sigs.k8s.io/yaml"
+
+	"github.com/spinneret-cni/spinneret/conf"
+)
+
+// daemonSet is what deploy/k8s/daemonset.yaml installs with: the
+// ConfigMap's files and the init container's command, env and mounts.
+type daemonSet struct {
+	config  map[string]string
+	command []string
+	mounts  map[string]string // mountPath -> volume name
+}
+
+func readDaemonSet(t *testing.T) daemonSet {
+	t.Helper()
+	b, err := os.ReadFile("../deploy/k8s/daemonset.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ds := daemonSet{mounts: map[string]string{}}
+	for _, doc := range regexp.MustCompile(`(?m)^---$`).Split(string(b), -1) {
+		var obj struct {
+			Kind string            `json:"kind"`
+			Data map[string]string `json:"data"`
+			Spec struct {
+				Template struct {
+					Spec struct {
+						InitContainers []struct {
+							Name         string   `json:"name"`
+							Command      []string `json:"command"`
+							Args         []string `json:"args"`
+							VolumeMounts []struct {
+								Name      string `json:"name"`
+								MountPath string `json:"mountPath"`
+							} `json:"volumeMounts"`
+						} `json:"initContainers"`
+					} `json:"spec"`
+				} `json:"template"`
+			} `json:"spec"`
+		}
+		if err := yaml.Unmarshal([]byte(doc), &obj); err != nil {
+			t.Fatal(err)
+		}
+		switch obj.Kind {
+		case "ConfigMap":
+			ds.config = obj.Data
+		case "DaemonSet":
+			for _, c := range obj.Spec.Template.Spec.InitContainers {
+				if c.Name != "install" {
+					continue
+				}
+				ds.command = append(c.Command, c.Args...)
+				for _, m := range c.VolumeMounts {
+					ds.mounts[m.MountPath] = m.Name
+				}
+			}
+		}
+	}
+	if ds.config == nil || len(ds.command) == 0 {
+		t.Fatalf("daemonset.yaml: ConfigMap %v, install command %v", ds.config, ds.command)
+	}
+	return ds
+}
+
+// run runs the DaemonSet's install command with every path it
+// names (its mounts and the ServiceAccount's dir) under root, the image's
+// /spinneret being the binary under test, and NODE_NAME as the downward
+// API sets it.
+func (ds daemonSet) run(t *testing.T, root, nodeName string) ([]byte, error) {
+	t.Helper()
+	sa := "/var/run/secrets/kubernetes.io/serviceaccount"
+	os.MkdirAll(filepath.Join(root, sa), 0o755)
+	os.WriteFile(filepath.Join(root, sa, "ca.crt"), []byte("test CA\n"), 0o644)
+	os.WriteFile(filepath.Join(root, sa, "token"), []byte("test token\n"), 0o644)
+	cfg := filepath.Join(root, "config")
+	os.MkdirAll(cfg, 0o755)
+	for name, data := range ds.config {
+		if err := os.WriteFile(filepath.Join(cfg, name), []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if ds.command[0] != "/spinneret" {
+		t.Fatalf("the init container runs %q, not the image's /spinneret", ds.command[0])
+	}
+	var args []string
+	for _, a := range ds.command[1:] {
+		if k, v, ok := strings.Cut(a, "="); ok && strings.HasPrefix(v, "/") {
+			if _, mounted := ds.mounts[v]; !mounted && v != sa && k != "--host-etc-dir" {
+				t.Fatalf("%s names %s, which is not mounted", k, v)
+			}
+			if k != "--host-etc-dir" { // a path as the host sees it
+				a = k + "=" + filepath.Join(root, v)
+			}
+		}
+		args = append(args, a)
+	}
+	cmd := exec.Command(filepath.Join(binDir, "spinneret"), args...)
+	cmd.Env = append(os.Environ(), "NODE_NAME="+nodeName, "KUBERNETES_SERVICE_HOST=10.96.0.1", "KUBERNETES_SERVICE_PORT=443")
+	return cmd.CombinedOutput()
+}
+
+// TestDaemonSetInstall: the node conf the DaemonSet installs parses, with
+// the node's own name, whether the ConfigMap's node.yaml names no node or
+// is deploy/node.yaml (nodeName ""); the conflist and binary are in place.
+func TestDaemonSetInstall(t *testing.T) {
+	ds := readDaemonSet(t)
+	example, err := os.ReadFile("../deploy/node.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, nodeYAML := range map[string]string{"configmap": ds.config["node.yaml"], "deploy/node.yaml": string(example)} {
+		t.Run(strings.ReplaceAll(name, "/", "_"), func(t *testing.T) {
+			root := t.TempDir()
+			d := ds
+			d.config = map[string]string{"00-spinneret.conflist": ds.config["00-spinneret.conflist"], "node.yaml": nodeYAML}
+			if out, err := d.run(t, root, "node-a"); err != nil {
+				t.Fatalf("install: %v\n%s", err, out)
+			}
+			n, err := conf.LoadNode(filepath.Join(root, "/host/etc/spinneret/node.yaml"), true)
+			if err != nil {
+				t.Fatalf("installed node conf: %v", err)
+			}
+			if n.NodeName != "node-a" {
+				t.Fatalf("installed node conf names node %q", n.NodeName)
+			}
+			b, _ := os.ReadFile(filepath.Join(root, "/host/etc/spinneret/node.yaml"))
+			if c := strings.Count(string(b), "nodeName:"); c != 1 {
+				t.Fatalf("nodeName appears %d times:\n%s", c, b)
+			}
+			cl, _ := os.ReadFile(filepath.Join(root, "/host/etc/cni/net.d/00-spinneret.conflist"))
+			if _, err := conf.ParseFile(cl); err != nil {
+				t.Fatalf("installed conflist: %v", err)
+			}
+			kc, _ := os.ReadFile(filepath.Join(root, "/host/etc/spinneret/kubeconfig"))
+			if !bytes.Contains(kc, []byte(`"https://10.96.0.1:443"`)) || !bytes.Contains(kc, []byte(`"/etc/spinneret/token"`)) {
+				t.Fatalf("kubeconfig:\n%s", kc)
+			}
+			self, _ := os.ReadFile(filepath.Join(binDir, "spinneret"))
+			got, _ := os.ReadFile(filepath.Join(root, "/host/opt/cni/bin/spinneret"))
+			if st, err := os.Stat(filepath.Join(root, "/host/opt/cni/bin/spinneret")); err != nil || st.Mode().Perm() != 0o755 || !bytes.Equal(self, got) {
+				t.Fatalf("installed binary: %v, %v", st, err)
+			}
+		})
+	}
+	// the shared file naming one node would give every node that name
+	root := t.TempDir()
+	d := ds
+	d.config = map[string]string{"00-spinneret.conflist": ds.config["00-spinneret.conflist"], "node.yaml": "nodeName: node-b\n"}
+	if out, err := d.run(t, root, "node-a"); err == nil || !strings.Contains(string(out), `nodeName "node-b": the shared node conf must not name a node`) {
+		t.Fatalf("a node conf naming another node: %v\n%s", err, out)
+	}
+	if _, err := os.Stat(filepath.Join(root, "/host/opt/cni/bin/spinneret")); !os.IsNotExist(err) {
+		t.Fatalf("a refused install wrote the binary: %v", err)
+	}
+}
+
+// TestInstallReplacesRunningBinary: the installer replaces a binary the
+// runtime is executing (a rename: the running process keeps its file, the
+// next one starts the new), never writes into it, and installs the
+// conflist only after the binary: when the binary cannot be installed,
+// the runtime is not pointed at it.
+func TestInstallReplacesRunningBinary(t *testing.T) {
+	ds := readDaemonSet(t)
+	root := t.TempDir()
+	bin := filepath.Join(root, "/host/opt/cni/bin/spinneret")
+	os.MkdirAll(filepath.Dir(bin), 0o755)
+	sleep, err := os.ReadFile("/bin/sleep")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin, sleep, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	old := exec.Command(bin, "60")
+	if err := old.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { old.Process.Kill(); old.Wait() })
+	var before syscall.Stat_t
+	syscall.Stat(bin, &before)
+	if out, err := ds.run(t, root, "node-a"); err != nil {
+		t.Fatalf("install over a running binary: %v\n%s", err, out)
+	}
+	if err := old.Process.Signal(syscall.Signal(0)); err != nil {
+		t.Fatalf("the running binary's process: %v", err)
+	}
+	var after syscall.Stat_t
+	syscall.Stat(bin, &after)
+	self, _ := os.ReadFile(filepath.Join(binDir, "spinneret"))
+	got, _ := os.ReadFile(bin)
+	if after.Ino == before.Ino || !bytes.Equal(got, self) {
+		t.Fatalf("binary not replaced by a rename (inode %d -> %d, new content %v)", before.Ino, after.Ino, bytes.Equal(got, self))
+	}
+	if ents, _ := os.ReadDir(filepath.Dir(bin)); len(ents) != 1 {
+		t.Fatalf("left in the CNI bin dir: %v", ents)
+	}
+
+	// binary first, conflist last
+	root = t.TempDir()
+	os.MkdirAll(filepath.Join(root, "/host/opt/cni"), 0o755)
+	os.WriteFile(filepath.Join(root, "/host/opt/cni/bin"), nil, 0o644) // not a directory
+	if out, err := ds.run(t, root, "node-a"); err == nil {
+		t.Fatalf("install into a broken bin dir succeeded:\n%s", out)
+	}
+	if _, err := os.Stat(filepath.Join(root, "/host/etc/cni/net.d/00-spinneret.conflist")); !os.IsNotExist(err) {
+		t.Fatalf("conflist installed although the binary was not: %v", err)
+	}
+}
