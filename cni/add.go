@@ -33,19 +33,19 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 			p.reportFailure(args, err)
 		}
 	}()
-	lk, err := p.attachmentLock(args.ContainerID, args.IfName, true)
-	if err != nil {
-		return types.NewError(types.ErrIOFailure, err.Error(), "")
-	}
-	defer lk.Unlock()
-
-	ino, err := txn.NetNSInode(args.Netns)
+	// before anything: never the node's own namespace
+	ino, err := txn.PodNetNSInode(args.Netns)
 	if err != nil {
 		return types.NewError(types.ErrInvalidNetNS, fmt.Sprintf("CNI_NETNS %q: %v", args.Netns, err), "")
 	}
 	if !conf.ValidIfName(args.IfName) {
 		return types.NewError(types.ErrInvalidEnvironmentVariables, fmt.Sprintf("CNI_IFNAME: %q is not a valid interface name", args.IfName), "")
 	}
+	lk, err := p.attachmentLock(args.ContainerID, args.IfName, true)
+	if err != nil {
+		return types.NewError(types.ErrIOFailure, err.Error(), "")
+	}
+	defer lk.Unlock()
 	nics, err := p.resolveNICs(args)
 	if err != nil {
 		var te *types.Error

@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -161,6 +162,40 @@ func TestAddErrors(t *testing.T) {
 			_, err := e.add(e.confList("1.0.0", dual, c.extra), rtConf("c1", p))
 			wantErr(t, err, c.code, c.msg)
 			e.sameAs(before, p)
+		})
+	}
+}
+
+// TestAddRefusesNodeNetns: CNI_NETNS naming the plugin's own namespace
+// (the node's), PID 1's, or something that is no network namespace is
+// refused with code 8 before anything is allocated or created. PID 1's is
+// the machine's own namespace: its case names a master that exists
+// nowhere, so even a plugin without the check stops before creating
+// anything there.
+func TestAddRefusesNodeNetns(t *testing.T) {
+	e := newEnv(t)
+	before := e.snapshot()
+	mnt := filepath.Join(e.dir, "not-a-netns")
+	os.WriteFile(mnt, nil, 0o644)
+	for _, c := range []struct{ name, netns, extra, msg string }{
+		{"the node's namespace by path", e.topo.Node.Path(), "", "is the plugin's own network namespace (the node's), not a pod's"},
+		{"the plugin's own", "/proc/self/ns/net", "", "is the plugin's own network namespace (the node's), not a pod's"},
+		{"PID 1's", "/proc/1/ns/net", `"master":"nosuch0"`, "is the network namespace of PID 1 (the node's), not a pod's"},
+		{"a mount namespace", "/proc/self/ns/mnt", "", "not a network namespace"},
+		{"a file", mnt, "", "not a network namespace"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			rt := rtConf("c1", nil)
+			rt.NetNS = c.netns
+			msg := c.msg
+			if _, err := os.Stat(c.netns); errors.Is(err, os.ErrPermission) {
+				// this machine's PID 1 is not ours to look at (another
+				// user namespace): refused because it cannot be opened
+				msg = "permission denied"
+			}
+			_, err := e.add(e.confList("1.0.0", dual, c.extra), rt)
+			wantErr(t, err, types.ErrInvalidNetNS, msg)
+			e.sameAs(before)
 		})
 	}
 }

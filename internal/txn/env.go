@@ -50,6 +50,46 @@ func NetNSInode(path string) (uint64, error) {
 	return st.Ino, nil
 }
 
+// PodNetNSInode is NetNSInode for the namespace an ADD is to fill: it must
+// be a network namespace, and neither the plugin's own (the node's: an ADD
+// there would put pod links and addresses on the node itself) nor PID 1's.
+func PodNetNSInode(path string) (uint64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	var fs unix.Statfs_t
+	if err := unix.Fstatfs(int(f.Fd()), &fs); err != nil {
+		return 0, err
+	}
+	if t, err := unix.IoctlRetInt(int(f.Fd()), unix.NS_GET_NSTYPE); fs.Type != unix.NSFS_MAGIC || err != nil || t != unix.CLONE_NEWNET {
+		return 0, errors.New("not a network namespace")
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return 0, err
+	}
+	for _, own := range []struct{ path, whose string }{
+		{"/proc/self/ns/net", "the plugin's own network namespace (the node's)"},
+		{"/proc/1/ns/net", "the network namespace of PID 1 (the node's)"},
+	} {
+		var o unix.Stat_t
+		if err := unix.Stat(own.path, &o); err != nil {
+			if errors.Is(err, os.ErrPermission) {
+				// PID 1 of another user namespace (the plugin in a
+				// container): not the namespace the plugin can reach
+				continue
+			}
+			return 0, fmt.Errorf("compare with %s: %w", own.path, err)
+		}
+		if o.Dev == st.Dev && o.Ino == st.Ino {
+			return 0, errors.New("is " + own.whose + ", not a pod's")
+		}
+	}
+	return st.Ino, nil
+}
+
 func (e *Env) openPod() error {
 	if e.podNS >= 0 {
 		return nil
