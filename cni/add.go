@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -70,6 +71,9 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	if err := p.precheck(env, nics); err != nil {
 		return types.NewError(types.ErrInvalidNetworkConfig, err.Error(), "")
 	}
+	if err := p.nodeAddrRule(env, nics); err != nil {
+		return types.NewError(ErrBadRequest, err.Error(), "")
+	}
 	p.phase("check")
 
 	// the journal is first written with the first step: a process killed
@@ -84,7 +88,7 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 		switch {
 		case errors.Is(err, ipam.ErrExhausted):
 			return types.NewError(ErrPoolExhausted, fmt.Sprintf("network %s: %v", p.cfg.Name, err), "")
-		case errors.Is(err, ipam.ErrStaticTaken), errors.Is(err, ipam.ErrStaticOutside):
+		case errors.Is(err, ipam.ErrStaticTaken), errors.Is(err, ipam.ErrStaticOutside), errors.Is(err, ipam.ErrStaticRefused):
 			return types.NewError(ErrBadRequest, err.Error(), "")
 		}
 		return types.NewError(types.ErrIOFailure, err.Error(), "")
@@ -117,6 +121,9 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 			}
 			nics[i].useDelegated(res)
 		}
+	}
+	if err := p.checkAllocated(env, nics); err != nil {
+		return p.abort(j, err)
 	}
 	p.clusterCIDRs(nics)
 	in := PlanInput{ContainerID: args.ContainerID, NICs: nics}
@@ -161,8 +168,14 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 func (p *plugin) abort(j *txn.Journal, cause error) error {
 	var undoErr error
 	var se *txn.StepError
+	var refused *refusedError
 	if errors.As(cause, &se) {
 		undoErr = se.UndoErr
+	} else if errors.As(cause, &refused) {
+		// before the plan: only the delegated IPAM steps are journaled
+		env := p.envFor(j)
+		undoErr = txn.Rollback(env, j)
+		env.Close()
 	} else {
 		env := p.envFor(j)
 		undoErr = txn.Rollback(env, j)
@@ -177,6 +190,9 @@ func (p *plugin) abort(j *txn.Journal, cause error) error {
 		return types.NewError(ErrRollbackIncomplete, fmt.Sprintf("network %s: %v", p.cfg.Name, cause), "")
 	}
 	code := ErrStepFailed
+	if refused != nil {
+		code = ErrBadRequest
+	}
 	var conflict *coordinator.ConflictError
 	if errors.As(cause, &conflict) {
 		// not released: another host uses it, and handing it to the next pod
@@ -199,6 +215,97 @@ func (p *plugin) abort(j *txn.Journal, cause error) error {
 	}
 	j.Remove()
 	return types.NewError(code, fmt.Sprintf("network %s: %v (rolled back)", p.cfg.Name, cause), "")
+}
+
+// refusedError is an address the request may not have, found after it
+// was allocated (a delegated IPAM plugin's result): ADD fails with
+// ErrBadRequest once it is released.
+type refusedError struct{ error }
+
+// nodeAddrRule keeps the node's own addresses from the pod, before
+// anything is allocated: the node routes every pod address into the pod
+// (table 500), so a pod holding the node's address, or its gateway, would
+// take the node's own traffic. The NICs' pools learn the node's addresses
+// inside their subnets (never handed out), and a static address that is
+// the node's, the gateway, a network or broadcast address, or excluded is
+// refused, naming the annotation entry.
+func (p *plugin) nodeAddrRule(env *txn.Env, nics []NIC) error {
+	host, err := env.Handle(txn.Host)
+	if err != nil {
+		return err
+	}
+	var links []string
+	var subnets []netip.Prefix
+	for _, n := range nics {
+		if n.VF == nil {
+			links = append(links, n.LinkMaster(), n.Network.Master)
+		}
+		for _, pl := range n.Network.Pools {
+			subnets = append(subnets, pl.Subnet)
+		}
+	}
+	if len(subnets) == 0 {
+		return nil
+	}
+	addrs := append(coordinator.NodeAddrsIn(host, links, subnets), p.node.NodeIPs...)
+	for i := range nics {
+		pools := slices.Clone(nics[i].Network.Pools) // the catalogue's own stay as configured
+		for k := range pools {
+			pools[k].NodeAddrs = nil
+			for _, a := range addrs {
+				if pools[k].Subnet.Contains(a) && !slices.Contains(pools[k].NodeAddrs, a) {
+					pools[k].NodeAddrs = append(pools[k].NodeAddrs, a)
+				}
+			}
+		}
+		nics[i].Network.Pools = pools
+		for _, a := range nics[i].Static {
+			field := fmt.Sprintf("%s[%d].ips", AnnotNetworks, i-1)
+			if coordinator.IsNodeAddr(host, a) {
+				return fmt.Errorf("%s: %s: static address %s is an address of the node", field, nics[i].IfName, a)
+			}
+			if k := slices.IndexFunc(pools, func(pl conf.Pool) bool { return pl.Subnet.Contains(a) }); k >= 0 {
+				if why := pools[k].Refusal(a); why != "" {
+					return fmt.Errorf("%s: %s: static address %s %s", field, nics[i].IfName, a, why)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// checkAllocated refuses an allocated address that the node has (on an
+// interface nodeAddrRule did not read) and, from a delegated IPAM plugin
+// (whose pools spinneret does not know), one that is its own gateway or
+// its subnet's IPv4 network or broadcast address.
+func (p *plugin) checkAllocated(env *txn.Env, nics []NIC) error {
+	host, err := env.Handle(txn.Host)
+	if err != nil {
+		return err
+	}
+	for _, n := range nics {
+		for _, al := range n.Addrs {
+			a := al.Address.Addr()
+			from := "pool " + al.Pool
+			if d := n.Network.DelegateIPAM; d != nil {
+				from = "IPAM plugin " + d.Type
+			}
+			why := ""
+			switch sub := al.Address.Masked(); {
+			case coordinator.IsNodeAddr(host, a):
+				why = "an address of the node"
+			case n.Network.DelegateIPAM == nil:
+			case a == al.Gateway:
+				why = "its own gateway"
+			case a.Is4() && sub.Bits() <= 30 && (a == sub.Addr() || a == conf.LastAddr(sub)):
+				why = "the network or broadcast address of " + sub.String()
+			}
+			if why != "" {
+				return &refusedError{fmt.Errorf("%s: %s gave %s, %s (exclude it there)", n.IfName, from, a, why)}
+			}
+		}
+	}
+	return nil
 }
 
 // nodeIPs are the node's addresses the pod reaches through its veth: the

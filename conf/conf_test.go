@@ -3,6 +3,7 @@ package conf
 import (
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -453,5 +454,32 @@ func TestNADSriov(t *testing.T) {
 		"max_tx_rate":1000,"link_state":"auto","ipam":{"type":"spinneret","pools":[{"name":"p","subnet":"10.8.0.0/24"}]}}`), "intel.com/intel_sriov_netdevice")
 	if err != nil || n.Driver != "sriov" || n.SRIOV.ResourceName != "intel.com/intel_sriov_netdevice" || n.VLAN != 10 || *n.SRIOV.SpoofChk || !*n.SRIOV.Trust || *n.SRIOV.MaxTxRate != 1000 {
 		t.Fatalf("%+v %+v %v", n, n.SRIOV, err)
+	}
+}
+
+func TestPoolRefusal(t *testing.T) {
+	p4, err := (&rawPool{Name: "p", Subnet: "10.0.0.0/24", Gateway: "10.0.0.1", Exclude: []string{"10.0.0.8/30"}, Ranges: []rawRange{{"10.0.0.0", "10.0.0.255"}}}).validate("p")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p4.NodeAddrs = []netip.Addr{netip.MustParseAddr("10.0.0.5")}
+	p6, _ := (&rawPool{Name: "q", Subnet: "fd00::/64"}).validate("q")
+	for _, c := range []struct {
+		p    *Pool
+		a, w string
+	}{
+		{p4, "10.0.0.1", "is the gateway of pool p"},
+		{p4, "10.0.0.0", "is the network address of subnet 10.0.0.0/24"},
+		{p4, "10.0.0.255", "is the broadcast address of subnet 10.0.0.0/24"},
+		{p4, "10.0.0.9", "is excluded from pool p (10.0.0.8/30)"},
+		{p4, "10.0.0.5", "is an address of the node"},
+		{p4, "10.0.0.6", ""},
+		{p6, "fd00::", "is the subnet-router anycast address of subnet fd00::/64"},
+		{p6, "fd00::ffff:ffff:ffff:ffff", ""},
+	} {
+		a := netip.MustParseAddr(c.a)
+		if got := c.p.Refusal(a); got != c.w || c.p.Excluded(a) != (c.w != "") {
+			t.Errorf("%s: Refusal %q (excluded %v), want %q", c.a, got, c.p.Excluded(a), c.w)
+		}
 	}
 }

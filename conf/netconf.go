@@ -211,6 +211,9 @@ type Pool struct {
 	Exclude []netip.Prefix
 	Gateway netip.Addr
 	Routes  []Route
+	// NodeAddrs are the node's own addresses inside Subnet, never handed
+	// out: not config, set for each ADD from what the node has.
+	NodeAddrs []netip.Addr
 }
 
 // SRIOV is how an sriov network finds and sets up its VFs. Settings left
@@ -804,9 +807,10 @@ func (p *Pool) ExcludedBlock(a netip.Addr) (netip.Addr, bool) {
 }
 
 // Excluded reports whether a is never to be handed out: excluded by config,
-// the gateway, or outside every range.
+// the gateway, the subnet's network (IPv6: subnet-router anycast) or IPv4
+// broadcast address, an address of the node, or outside every range.
 func (p *Pool) Excluded(a netip.Addr) bool {
-	if a == p.Gateway {
+	if a == p.Gateway || a == p.Subnet.Addr() || p.Is4() && a == LastAddr(p.Subnet) || slices.Contains(p.NodeAddrs, a) {
 		return true
 	}
 	for _, x := range p.Exclude {
@@ -820,6 +824,30 @@ func (p *Pool) Excluded(a netip.Addr) bool {
 		}
 	}
 	return true
+}
+
+// Refusal says why a, inside p's subnet, may not be a pod's static address
+// ("" when it may): the reasons of Excluded, named, but for being outside
+// the ranges (a static address may be).
+func (p *Pool) Refusal(a netip.Addr) string {
+	switch {
+	case slices.Contains(p.NodeAddrs, a):
+		return "is an address of the node"
+	case a == p.Gateway:
+		return "is the gateway of pool " + p.Name
+	case a == p.Subnet.Addr() && p.Is4():
+		return "is the network address of subnet " + p.Subnet.String()
+	case a == p.Subnet.Addr():
+		return "is the subnet-router anycast address of subnet " + p.Subnet.String()
+	case p.Is4() && a == LastAddr(p.Subnet):
+		return "is the broadcast address of subnet " + p.Subnet.String()
+	}
+	for _, x := range p.Exclude {
+		if x.Contains(a) {
+			return "is excluded from pool " + p.Name + " (" + x.String() + ")"
+		}
+	}
+	return ""
 }
 
 // PoolFromSpec validates an IPPool object's spec (subnet, ranges, exclude,

@@ -615,6 +615,9 @@ func (k *Kube) allocateOne(o Owner, r Request, fam []conf.Pool) (Allocation, err
 		if i < 0 {
 			return Allocation{}, fmt.Errorf("ipam: %s: static address %s is %w %q", r.IfName, static, ErrStaticOutside, poolNames(fam))
 		}
+		if err := RefusedStatic(r.IfName, &fam[i], static); err != nil {
+			return Allocation{}, err
+		}
 		if k.isReserved(static) {
 			return Allocation{}, fmt.Errorf("ipam: %s: static address %s is reserved: %w", r.IfName, static, ErrStaticTaken)
 		}

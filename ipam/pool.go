@@ -282,11 +282,22 @@ func (s *Local) newPicker() *picker {
 }
 
 // ErrStaticTaken is returned (wrapped) when a static address is in use;
-// ErrStaticOutside when it is in none of the NIC's pools.
+// ErrStaticOutside when it is in none of the NIC's pools; ErrStaticRefused
+// when its pool may not hand it out (conf.Pool.Refusal says why).
 var (
 	ErrStaticTaken   = errors.New("address in use")
 	ErrStaticOutside = errors.New("in none of the pools")
+	ErrStaticRefused = errors.New("refused")
 )
+
+// RefusedStatic is the error for a static address its pool may not hand
+// out, or nil.
+func RefusedStatic(ifname string, p *conf.Pool, a netip.Addr) error {
+	if why := p.Refusal(a); why != "" {
+		return fmt.Errorf("ipam: %s: static address %s %s: %w", ifname, a, why, ErrStaticRefused)
+	}
+	return nil
+}
 
 // request picks one NIC's addresses.
 func (pk *picker) request(r Request) ([]*pick, error) {
@@ -302,6 +313,9 @@ func (pk *picker) request(r Request) ([]*pick, error) {
 			i := slices.IndexFunc(fam, func(p conf.Pool) bool { return p.Subnet.Contains(static) })
 			if i < 0 {
 				return nil, fmt.Errorf("ipam: %s: static address %s is %w %q", r.IfName, static, ErrStaticOutside, poolNames(fam))
+			}
+			if err := RefusedStatic(r.IfName, &fam[i], static); err != nil {
+				return nil, err
 			}
 			if pk.taken[static] || pk.s.claimed(static) {
 				return nil, fmt.Errorf("ipam: %s: static address %s: %w", r.IfName, static, ErrStaticTaken)

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -361,8 +362,14 @@ func TestNADs(t *testing.T) {
 	e.mustDel(l, rt("web"))
 	e.sameAs(before, p)
 
+	// a NAD's own pool keeps its gateway from the pod as the catalogue's do
+	createPod(t, a, ns, "gw", map[string]string{"k8s.v1.cni.cncf.io/networks": `[{"name":"storage-nad","ips":["198.51.100.1"]}]`})
+	_, err := e.add(l, rt("gw"))
+	wantErr(t, err, cni.ErrBadRequest, "k8s.v1.cni.cncf.io/networks[0].ips: net1: static address 198.51.100.1 is the gateway of pool spin.storage-nad.v4")
+	e.sameAs(before, p)
+
 	createPod(t, a, ns, "br", map[string]string{"k8s.v1.cni.cncf.io/networks": "bridge-nad"})
-	_, err := e.add(l, rt("br"))
+	_, err = e.add(l, rt("br"))
 	wantErr(t, err, cni.ErrBadRequest, "NetworkAttachmentDefinition spin/bridge-nad: no macvlan, ipvlan or sriov entry")
 	createPod(t, a, ns, "other", map[string]string{"k8s.v1.cni.cncf.io/networks": "kube-system/storage-nad"})
 	_, err = e.add(l, rt("other"))
@@ -427,5 +434,23 @@ func TestNADDelegatedIPAM(t *testing.T) {
 	e.sameAs(before, p)
 	if h := held(); len(h) != 0 {
 		t.Fatalf("host-local still holds %v after a failed ADD", h)
+	}
+
+	// host-local handing out the node's own address: refused with 104,
+	// and host-local's allocation given back
+	if err := e.topo.Node.AddAddrs("uplink1", netip.MustParsePrefix("198.51.100.2/24")); err != nil {
+		t.Fatal(err)
+	}
+	before = e.snapshot(p)
+	createPod(t, a, ns, "node", map[string]string{"k8s.v1.cni.cncf.io/networks": "node-conf"})
+	createNAD(t, a, ns, "node-conf", fmt.Sprintf(`{"cniVersion":"0.3.1","name":"node-conf","type":"macvlan","master":"uplink1",
+		"ipam":{"type":"host-local","subnet":"198.51.100.0/24","rangeStart":"198.51.100.2","rangeEnd":"198.51.100.2","dataDir":%q}}`, hlData))
+	rtNode := rtConf("c2", p)
+	rtNode.Args = [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", ns}, {"K8S_POD_NAME", "node"}}
+	_, err = e.add(l, rtNode)
+	wantErr(t, err, cni.ErrBadRequest, "net1: IPAM plugin host-local gave 198.51.100.2, an address of the node")
+	e.sameAs(before, p)
+	if ents, _ := os.ReadDir(filepath.Join(hlData, "node-conf")); slices.ContainsFunc(ents, func(e os.DirEntry) bool { return strings.HasPrefix(e.Name(), "198.") }) {
+		t.Fatalf("host-local still holds the refused address: %v", ents)
 	}
 }
