@@ -63,6 +63,7 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	if old, lerr := txn.LoadJournal(p.journalPath(args.ContainerID, args.IfName)); lerr == nil {
 		oenv := p.envFor(old)
 		rerr := txn.Rollback(oenv, old)
+		p.reportAbandoned(old, nil, oenv.Abandoned)
 		oenv.Close()
 		if rerr != nil {
 			return types.NewError(types.ErrTryAgainLater, "undo earlier ADD: "+rerr.Error(), "")
@@ -138,6 +139,7 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	}
 	p.phase("allocate")
 	if aerr := txn.Apply(env, j, Plan(in)); aerr != nil {
+		p.reportAbandoned(j, nil, env.Abandoned)
 		return p.abort(j, aerr)
 	}
 	p.phase("apply")
@@ -175,10 +177,12 @@ func (p *plugin) abort(j *txn.Journal, cause error) error {
 		// before the plan: only the delegated IPAM steps are journaled
 		env := p.envFor(j)
 		undoErr = txn.Rollback(env, j)
+		p.reportAbandoned(j, nil, env.Abandoned)
 		env.Close()
 	} else {
 		env := p.envFor(j)
 		undoErr = txn.Rollback(env, j)
+		p.reportAbandoned(j, nil, env.Abandoned)
 		env.Close()
 		cause = fmt.Errorf("after the last step: %w", cause)
 		if undoErr != nil {

@@ -44,7 +44,7 @@ func cmdGC(args *skel.CmdArgs) (err error) {
 			if err != nil {
 				return err
 			}
-			return p.teardown(j)
+			return p.teardown(j, nil)
 		})
 		if err != nil {
 			errs = append(errs, fmt.Errorf("attachment %s/%s: %w", j.ContainerID, j.IfName, err))

@@ -5,6 +5,7 @@
 package cni
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -158,11 +159,15 @@ func (p *plugin) envFor(j *txn.Journal) *txn.Env {
 }
 
 // teardown undoes an attachment's journal, releases its addresses and removes
-// the journal. The journal is kept (with what is left) if the undo failed.
-func (p *plugin) teardown(j *txn.Journal) error {
+// the journal. The journal is kept (with what is left) if the undo failed;
+// what the undo gave up on is reported (log, and an Event on pod when
+// known) and no longer holds DEL back.
+func (p *plugin) teardown(j *txn.Journal, pod *kube.Pod) error {
 	env := p.envFor(j)
 	defer env.Close()
-	if err := txn.Rollback(env, j); err != nil {
+	err := txn.Rollback(env, j)
+	p.reportAbandoned(j, pod, env.Abandoned)
+	if err != nil {
 		if serr := j.Save(); serr != nil {
 			err = errors.Join(err, serr)
 		}
@@ -175,6 +180,26 @@ func (p *plugin) teardown(j *txn.Journal) error {
 	p.releaseKubeRefs(j)
 	p.phase("release")
 	return j.Remove()
+}
+
+// reportAbandoned records the steps an undo gave up on: each is logged,
+// and the pod (when DEL names one and a kubeconfig is set) gets a Warning
+// event, so the operator learns what to release by hand.
+func (p *plugin) reportAbandoned(j *txn.Journal, pod *kube.Pod, abandoned []error) {
+	if len(abandoned) == 0 {
+		return
+	}
+	for _, a := range abandoned {
+		p.log.Error("not undone; retrying cannot help, so DEL goes on without it", "container", j.ContainerID, "ifname", j.IfName, "err", a)
+	}
+	c, err := p.kubeClient()
+	if err != nil || c == nil || pod == nil {
+		return
+	}
+	msg := fmt.Sprintf("sandbox %s: not released, release by hand: %v", j.ContainerID, errors.Join(abandoned...))
+	if err := c.PodEvent(context.Background(), pod, "ReleaseFailed", msg); err != nil {
+		p.log.Warn("event not recorded", "pod", pod.Namespace+"/"+pod.Name, "err", err)
+	}
 }
 
 func (p *plugin) done(verb string, args *skel.CmdArgs, start time.Time, err error) {
@@ -215,7 +240,7 @@ func cmdDel(args *skel.CmdArgs) (err error) {
 	case err != nil:
 		return types.NewError(types.ErrIOFailure, err.Error(), "")
 	default:
-		err = p.teardown(j)
+		err = p.teardown(j, podRef(args))
 	}
 	if err != nil {
 		return types.NewError(types.ErrTryAgainLater, fmt.Sprintf("DEL %s/%s: %v", args.ContainerID, args.IfName, err), "")

@@ -336,6 +336,23 @@ func TestCatalogue(t *testing.T) {
 	}
 }
 
+// A NAD config without a name (Multus' quickstart) is named after the NAD,
+// as Multus names it: the IPAM plugin it runs needs one.
+func TestNADWithoutName(t *testing.T) {
+	c, err := Parse([]byte(base))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := c.NADNetwork("spin", "macvlan-conf", []byte(`{"cniVersion":"0.3.0","type":"macvlan","master":"eth0","ipam":{"type":"host-local","subnet":"192.168.1.0/24"}}`), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m struct{ Name string }
+	if json.Unmarshal(n.DelegateIPAM.Conf, &m); m.Name != "macvlan-conf" {
+		t.Fatalf("delegated config %s", n.DelegateIPAM.Conf)
+	}
+}
+
 // TestNADNetwork: a NAD's macvlan entry becomes a network (single config or
 // conflist), a coordinator entry overrides the config's settings, unknown
 // fields are ignored, and what spinneret cannot run natively is an error.

@@ -58,6 +58,12 @@ func (c *Config) NADNetwork(namespace, name string, config []byte, resourceName 
 		CNIVersion string `json:"cniVersion"`
 	}
 	json.Unmarshal(config, &meta)
+	if meta.Name == "" {
+		// as Multus does: a NAD's config without a name (as in Multus'
+		// quickstart) is named after the NAD; the IPAM plugin it runs
+		// keys its state by that name
+		meta.Name = name
+	}
 	coord := c.Coordinator
 	for i, e := range entries {
 		var pl nadPlugin

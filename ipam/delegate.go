@@ -3,11 +3,15 @@ package ipam
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 
 	"github.com/containernetworking/cni/pkg/invoke"
+	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/utils"
 
 	"github.com/spinneret-cni/spinneret/internal/txn"
 )
@@ -29,7 +33,22 @@ type Delegated struct {
 	NetNS       string          `json:"netns"`
 	IfName      string          `json:"ifname"`
 	Args        string          `json:"args,omitempty"` // CNI_ARGS
+	// Failures counts the DELs the plugin failed; after
+	// delegateDelAttempts, Undo gives up (txn.ErrAbandoned).
+	Failures int `json:"failures,omitempty"`
 }
+
+// delegateDelAttempts is how many DELs a delegated IPAM plugin may fail,
+// for a reason that is not plainly permanent, before spinneret stops
+// asking: a pod must not stay Terminating forever because another plugin
+// cannot release (a kubelet retries DEL within seconds; an API server a
+// plugin needs that is down for longer leaves the address to that
+// plugin's own cleanup, as whereabouts' reconciler does).
+const delegateDelAttempts = 3
+
+// permanentCodes are the CNI error codes a retry with the same journaled
+// config and environment cannot change.
+var permanentCodes = []uint{types.ErrIncompatibleCNIVersion, types.ErrUnsupportedField, types.ErrInvalidEnvironmentVariables, types.ErrDecodingFailure, types.ErrInvalidNetworkConfig}
 
 func (o *Delegated) Kind() string { return "ipam.delegate" }
 func (o *Delegated) String() string {
@@ -62,13 +81,54 @@ func (o *Delegated) Add(ctx context.Context) (*current.Result, error) {
 func (o *Delegated) Do(*txn.Env) error { return nil }
 
 // Undo runs the plugin's DEL, which releases whatever it allocated for the
-// NIC (and succeeds when it allocated nothing).
+// NIC (and succeeds when it allocated nothing). It gives up (ErrAbandoned)
+// when no retry can help: the journaled config is not a valid CNI config
+// (a journal written before NADs without a name got the NAD's), the plugin
+// answers with a permanent error code, or it failed delegateDelAttempts
+// times.
 func (o *Delegated) Undo(*txn.Env) error {
-	bin, err := o.plugin()
-	if err != nil {
-		return fmt.Errorf("IPAM plugin %s: %w", o.Type, err)
+	if err := o.confError(); err != nil {
+		return txn.Abandon(fmt.Errorf("IPAM plugin %s for %s: the journaled config cannot be run: %w", o.Type, o.IfName, err))
 	}
-	return invoke.ExecPluginWithoutResult(context.Background(), bin, o.Conf, o.args("DEL"), nil)
+	bin, err := o.plugin()
+	if err == nil {
+		err = invoke.ExecPluginWithoutResult(context.Background(), bin, o.Conf, o.args("DEL"), nil)
+	}
+	if err == nil {
+		return nil
+	}
+	o.Failures++
+	err = fmt.Errorf("IPAM plugin %s DEL for %s: %w", o.Type, o.IfName, err)
+	var te *types.Error
+	if errors.As(err, &te) && slices.Contains(permanentCodes, te.Code) {
+		return txn.Abandon(err)
+	}
+	if o.Failures >= delegateDelAttempts {
+		return txn.Abandon(fmt.Errorf("%w (failed %d times)", err, o.Failures))
+	}
+	return err
+}
+
+// confError checks the journaled config as the CNI spec asks of any: a
+// JSON object with a valid network name and a string cniVersion.
+func (o *Delegated) confError() error {
+	var c struct {
+		Name       *string `json:"name"`
+		CNIVersion any     `json:"cniVersion"`
+	}
+	if err := json.Unmarshal(o.Conf, &c); err != nil {
+		return fmt.Errorf("not a JSON object: %w", err)
+	}
+	if c.Name == nil {
+		return errors.New("no name")
+	}
+	if err := utils.ValidateNetworkName(*c.Name); err != nil {
+		return err
+	}
+	if _, ok := c.CNIVersion.(string); c.CNIVersion != nil && !ok {
+		return errors.New("cniVersion is not a string")
+	}
+	return nil
 }
 
 // Check does nothing: the NIC's address steps report the addresses.

@@ -454,3 +454,117 @@ func TestNADDelegatedIPAM(t *testing.T) {
 		t.Fatalf("host-local still holds the refused address: %v", ents)
 	}
 }
+
+// podEvent reports whether pod has a Warning event with reason whose
+// message holds substr.
+func podEvent(t *testing.T, a *k8senv.APIServer, ns, pod, reason, substr string) bool {
+	t.Helper()
+	var events struct {
+		Items []struct {
+			Reason, Message, Type string
+			InvolvedObject        struct{ Name string } `json:"involvedObject"`
+		} `json:"items"`
+	}
+	apiRequest(t, a, http.MethodGet, "/api/v1/namespaces/"+ns+"/events", nil, &events)
+	for _, ev := range events.Items {
+		if ev.InvolvedObject.Name == pod && ev.Reason == reason && ev.Type == "Warning" && strings.Contains(ev.Message, substr) {
+			return true
+		}
+	}
+	return false
+}
+
+// TestNADDelegatedDelConverges: a NAD whose config has no name (Multus'
+// quickstart) works, named after the NAD as Multus names it; and a DEL
+// whose delegated IPAM cannot release for a reason no retry fixes still
+// finishes: a journaled config that is no valid CNI config (as the binary
+// before this fix journaled such NADs) gives up at once, a plugin that
+// fails every time gives up on the third DEL; each leaves a ReleaseFailed
+// event on the pod and a log line, and nothing of spinneret's behind.
+func TestNADDelegatedDelConverges(t *testing.T) {
+	e := multiEnv(t)
+	a := startAPI(t, e.topo.Node.Do)
+	if code := apiRequest(t, a, http.MethodPost, "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", nadCRD, nil); code != http.StatusCreated {
+		t.Fatalf("NAD CRD: %d", code)
+	}
+	ns := "spin"
+	hlData := filepath.Join(e.dir, "host-local")
+	appendFile(t, filepath.Join(e.dir, "node.yaml"), fmt.Sprintf("kubeconfig: %s\n", a.Kubeconfig))
+	l := e.multiConf(v4, "")
+	p, _ := e.topo.NewPod()
+	before := e.snapshot(p)
+	rt := func(id, pod string) *libcni.RuntimeConf {
+		createPod(t, a, ns, pod, map[string]string{"k8s.v1.cni.cncf.io/networks": "macvlan-conf"})
+		r := rtConf(id, p)
+		r.Args = [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", ns}, {"K8S_POD_NAME", pod}}
+		return r
+	}
+	held := func() []string {
+		ents, _ := os.ReadDir(filepath.Join(hlData, "macvlan-conf"))
+		var out []string
+		for _, e := range ents {
+			if strings.HasPrefix(e.Name(), "198.") {
+				out = append(out, e.Name())
+			}
+		}
+		return out
+	}
+	journal := func(id string) string {
+		m, _ := filepath.Glob(filepath.Join(e.stateDir(), "journal", "*", id+":eth0.journal"))
+		if len(m) != 1 {
+			t.Fatalf("journals of %s: %v", id, m)
+		}
+		return m[0]
+	}
+	edit := func(id, old, new string) {
+		b, _ := os.ReadFile(journal(id))
+		if !strings.Contains(string(b), old) {
+			t.Fatalf("journal of %s has no %s:\n%s", id, old, b)
+		}
+		os.WriteFile(journal(id), []byte(strings.Replace(string(b), old, new, 1)), 0o600)
+	}
+
+	r1 := rt("c1", "web") // (also gives the API server time to serve the new CRD)
+	// Multus' quickstart macvlan-conf: no "name"
+	createNAD(t, a, ns, "macvlan-conf", fmt.Sprintf(`{"cniVersion":"0.3.1","type":"macvlan","master":"uplink1","mode":"bridge",
+		"ipam":{"type":"host-local","subnet":"198.51.100.0/24","rangeStart":"198.51.100.80","rangeEnd":"198.51.100.89","gateway":"198.51.100.1","dataDir":%q}}`, hlData))
+	r := e.mustAdd(l, r1)
+	if got := nicAddr(t, r, "net1", true).String(); got != "198.51.100.80" || fmt.Sprint(held()) != "[198.51.100.80]" {
+		t.Fatalf("a NAD without name: net1 %s, host-local holds %v under the NAD's name", got, held())
+	}
+	e.mustDel(l, r1)
+	e.sameAs(before, p)
+	if h := held(); len(h) != 0 {
+		t.Fatalf("host-local still holds %v", h)
+	}
+
+	// the journal of a NAD without a name, as the binary before the fix
+	// wrote it: DEL gives up on host-local at once, and says so
+	r2 := rt("c2", "old")
+	e.mustAdd(l, r2)
+	edit("c2", `"name":"macvlan-conf",`, "")
+	e.mustDel(l, r2)
+	e.sameAs(before, p)
+	if !podEvent(t, a, ns, "old", "ReleaseFailed", "the journaled config cannot be run: no name") {
+		t.Errorf("no ReleaseFailed event for pod old")
+	}
+	if b, _ := os.ReadFile(filepath.Join(e.dir, "spinneret.log")); !strings.Contains(string(b), "retrying cannot help") {
+		t.Errorf("nothing logged about the address not released")
+	}
+	os.RemoveAll(filepath.Join(hlData, "macvlan-conf")) // what the operator releases by hand
+
+	// a plugin that fails every DEL: two DELs fail (a retry might help),
+	// the third gives up
+	r3 := rt("c3", "flaky")
+	e.mustAdd(l, r3)
+	edit("c3", `"rangeStart":"198.51.100.80"`, `"rangeStart":"not-an-address"`)
+	for i := 1; i <= 2; i++ {
+		err := e.del(l, r3)
+		wantErr(t, err, 11, "IPAM plugin host-local DEL for net1")
+	}
+	e.mustDel(l, r3)
+	e.sameAs(before, p)
+	if !podEvent(t, a, ns, "flaky", "ReleaseFailed", "failed 3 times") {
+		t.Errorf("no ReleaseFailed event for pod flaky")
+	}
+}

@@ -51,7 +51,9 @@ func Apply(env *Env, j *Journal, ops []Op) error {
 
 // Rollback undoes the journal's steps in reverse order. Steps whose objects
 // are gone count as undone, so a retry only repeats what is left; the error
-// lists every step that could not be undone. Only those stay in j.Steps.
+// lists every step that could not be undone. Only those stay in j.Steps. A
+// step whose Undo gives up (ErrAbandoned) is dropped and listed in
+// env.Abandoned.
 //
 // Two kinds of steps are not undone one by one. A step that lives on an
 // object a journaled step created (an address on the pod's link) goes with
@@ -131,7 +133,10 @@ func Rollback(env *Env, j *Journal) error {
 			deps = append(deps, waiting...)
 			waiting = nil
 		}
-		if err != nil && !errors.Is(err, ErrGone) {
+		switch {
+		case errors.Is(err, ErrAbandoned):
+			env.Abandoned = append(env.Abandoned, fmt.Errorf("undo step %d (%s): %w", i+1, step.Op, err))
+		case err != nil && !errors.Is(err, ErrGone):
 			errs = append(errs, fmt.Errorf("undo step %d (%s): %w", i+1, step.Op, err))
 			left = append(append([]Step{step}, deps...), left...)
 		}

@@ -30,6 +30,9 @@ type Env struct {
 	// StateDir is the node's state dir, for operations that lock across
 	// processes (shared node objects).
 	StateDir string
+	// Abandoned lists the steps a Rollback gave up on (ErrAbandoned): what
+	// the caller must report as not undone.
+	Abandoned []error
 
 	podNS    netns.NsHandle
 	podCNINS ns.NetNS // the same namespace, for ns.Do

@@ -99,6 +99,15 @@ func Steps(ops []Op) []Step {
 // ErrGone marks an object that no longer exists; Undo treats it as success.
 var ErrGone = errors.New("gone")
 
+// ErrAbandoned marks an Undo that failed for a reason no retry can fix (a
+// delegated plugin refusing its own journaled config, or failing again and
+// again): Rollback drops the step, so DEL converges, and lists it in
+// Env.Abandoned for the caller to report (log, Event).
+var ErrAbandoned = errors.New("abandoned")
+
+// Abandon wraps err as ErrAbandoned.
+func Abandon(err error) error { return fmt.Errorf("%w: %w", ErrAbandoned, err) }
+
 // StepError is the error of a failed ADD: which step failed, why, and whether
 // the rollback left anything behind.
 type StepError struct {

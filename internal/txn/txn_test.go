@@ -14,6 +14,7 @@ type fakeOp struct {
 	Name     string `json:"name"`
 	FailDo   bool   `json:"failDo,omitempty"`
 	FailUndo bool   `json:"failUndo,omitempty"`
+	GiveUp   bool   `json:"giveUp,omitempty"`
 	log      *[]string
 }
 
@@ -30,6 +31,9 @@ func (o *fakeOp) Undo(*Env) error {
 	*o.log = append(*o.log, "undo "+o.Name)
 	if o.FailUndo {
 		return errors.New("stuck")
+	}
+	if o.GiveUp {
+		return Abandon(errors.New("never"))
 	}
 	return fmt.Errorf("already removed: %w", ErrGone)
 }
@@ -95,6 +99,26 @@ func TestRollbackKeepsWhatCouldNotBeUndone(t *testing.T) {
 	}
 	if len(j.Steps) != 1 || j.Steps[0].Op.(*fakeOp).Name != "b" {
 		t.Fatalf("journal keeps %v, want only b", j.Steps)
+	}
+}
+
+// A step whose undo gives up is dropped from the journal (DEL converges)
+// and reported in env.Abandoned; the others are undone as usual.
+func TestRollbackDropsAbandonedSteps(t *testing.T) {
+	var log []string
+	j := NewJournal(t.TempDir(), "net", "c1", "eth0", "", 0)
+	steps := ops(&log, "a", "b", "c")
+	steps[1].(*fakeOp).GiveUp = true
+	j.Steps = Steps(steps)
+	env := NewEnv("", 0)
+	if err := Rollback(env, j); err != nil || len(j.Steps) != 0 {
+		t.Fatalf("rollback: %v, left %v", err, j.Steps)
+	}
+	if len(env.Abandoned) != 1 || !errors.Is(env.Abandoned[0], ErrAbandoned) || !strings.Contains(env.Abandoned[0].Error(), "undo step 2 (fake b)") {
+		t.Fatalf("abandoned %v", env.Abandoned)
+	}
+	if strings.Join(log, ",") != "undo c,undo b,undo a" {
+		t.Fatalf("log %v", log)
 	}
 }
 
