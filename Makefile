@@ -46,6 +46,8 @@ lint: tools
 	$(STATICCHECK) -tags vmtest ./tests/
 	@# the plugin must not link client-go (its init alone costs ~6 ms per ADD)
 	@! $(GO) list -deps . | grep -q '^k8s.io/client-go' || { echo "the spinneret binary links client-go"; exit 1; }
+	@# the shipped binaries import nothing of the test suites
+	@! $(GO) list -deps . ./cmd/... | grep -q '^github.com/spinneret-cni/spinneret/tests' || { echo "a shipped binary imports tests/"; exit 1; }
 	@# the CRDs and deepcopy code must be what the Go types generate
 	$(MAKE) -s generate
 	@git diff --quiet -- deploy/crds ipam/apis 2>/dev/null || \

@@ -17,7 +17,7 @@ import (
 	"github.com/containernetworking/cni/libcni"
 	current "github.com/containernetworking/cni/pkg/types/100"
 
-	"github.com/spinneret-cni/spinneret/tests/harness"
+	"github.com/spinneret-cni/spinneret/internal/netlab"
 )
 
 const demoNodeConf = `# the demo's node conf: state and log in a temp dir, the logical masters
@@ -92,7 +92,7 @@ Ctrl-C cleans up.`)
 
 type demo struct {
 	out  io.Writer
-	topo *harness.Topology
+	topo *netlab.Topology
 	dir  string
 }
 
@@ -121,17 +121,17 @@ func (d *demo) run(ctx context.Context) error {
 	if err := os.Symlink(self, filepath.Join(binDir, "spinneret")); err != nil {
 		return err
 	}
-	if err := os.WriteFile(filepath.Join(d.dir, "node.yaml"), []byte(fmt.Sprintf(demoNodeConf, d.dir, harness.Uplink, "uplink1")), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(d.dir, "node.yaml"), []byte(fmt.Sprintf(demoNodeConf, d.dir, netlab.Uplink, "uplink1")), 0o644); err != nil {
 		return err
 	}
-	list, err := libcni.NetworkConfFromBytes([]byte(fmt.Sprintf(demoConfList, d.dir, harness.ServiceCIDR4, harness.ServiceCIDR6)))
+	list, err := libcni.NetworkConfFromBytes([]byte(fmt.Sprintf(demoConfList, d.dir, netlab.ServiceCIDR4, netlab.ServiceCIDR6)))
 	if err != nil {
 		return err
 	}
 	cfg := libcni.NewCNIConfigWithCacheDir([]string{binDir}, filepath.Join(d.dir, "cache"), nil)
 
-	d.step("topology: node %s/%s; networks underlay (gateway %s) and storage; ClusterIP stand-in %s on the node", harness.NodeIP4, harness.NodeIP6, harness.Gateway4, harness.ServiceIP4)
-	if d.topo, err = harness.NewTopology("spndemo"); err != nil {
+	d.step("topology: node %s/%s; networks underlay (gateway %s) and storage; ClusterIP stand-in %s on the node", netlab.NodeIP4, netlab.NodeIP6, netlab.Gateway4, netlab.ServiceIP4)
+	if d.topo, err = netlab.NewTopology("spndemo"); err != nil {
 		return err
 	}
 	storage, err := d.topo.AddNet()
@@ -142,7 +142,7 @@ func (d *demo) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	pods := make([]*harness.NS, 2)
+	pods := make([]*netlab.NS, 2)
 	results := make([]*current.Result, 2)
 	for i := range pods {
 		if pods[i], err = d.topo.NewPod(); err != nil {
@@ -221,10 +221,10 @@ func (d *demo) run(ctx context.Context) error {
 		}
 		check(0, "pod2", addr(results[1], v4))
 		check(1, "pod1", addr(results[0], v4))
-		check(0, "gateway", pick(harness.Gateway4, harness.Gateway6))
-		check(1, "gateway", pick(harness.Gateway4, harness.Gateway6))
-		check(0, "node", pick(harness.NodeIP4, harness.NodeIP6))
-		check(0, "service", pick(harness.ServiceIP4, harness.ServiceIP6))
+		check(0, "gateway", pick(netlab.Gateway4, netlab.Gateway6))
+		check(1, "gateway", pick(netlab.Gateway4, netlab.Gateway6))
+		check(0, "node", pick(netlab.NodeIP4, netlab.NodeIP6))
+		check(0, "service", pick(netlab.ServiceIP4, netlab.ServiceIP6))
 		// storage traffic leaves by net1: from its address, through its table
 		src := nicAddr(results[0], "net1", v4)
 		dst := pick(storage.GW4, storage.GW6)
@@ -269,7 +269,7 @@ func (d *demo) run(ctx context.Context) error {
 	clean := nodeAfter == nodeBefore
 	fmt.Fprintf(d.out, "node namespace identical to before ADD: %v\n", clean)
 	if !clean {
-		fmt.Fprintln(d.out, harness.Diff(nodeBefore, nodeAfter))
+		fmt.Fprintln(d.out, netlab.Diff(nodeBefore, nodeAfter))
 	}
 	left, _ := filepath.Glob(filepath.Join(d.dir, "state", "journal", "*", "*.journal"))
 	held, _ := filepath.Glob(filepath.Join(d.dir, "state", "ipam", "ips", "*"))

@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/spinneret-cni/spinneret/cni"
-	"github.com/spinneret-cni/spinneret/tests/harness"
+	"github.com/spinneret-cni/spinneret/internal/netlab"
 )
 
 // TestNodeAddressRule: a pod may not have the node's address, its gateway,
@@ -31,12 +31,12 @@ func TestNodeAddressRule(t *testing.T) {
 	before := e.snapshot(p)
 	for _, c := range []struct{ static, msg string }{
 		{"192.0.2.1", "static address 192.0.2.1 is the gateway of pool blue-v4"},
-		{harness.NodeIP4.String(), "static address 192.0.2.2 is an address of the node"},
+		{netlab.NodeIP4.String(), "static address 192.0.2.2 is an address of the node"},
 		{"192.0.2.0", "static address 192.0.2.0 is the network address of subnet 192.0.2.0/24"},
 		{"192.0.2.255", "static address 192.0.2.255 is the broadcast address of subnet 192.0.2.0/24"},
 		{"192.0.2.12", "static address 192.0.2.12 is excluded from pool blue-v4 (192.0.2.12/32)"},
 		{"2001:db8:0:1::1", "static address 2001:db8:0:1::1 is the gateway of pool blue-v6"},
-		{harness.NodeIP6.String(), "static address 2001:db8:0:1::2 is an address of the node"},
+		{netlab.NodeIP6.String(), "static address 2001:db8:0:1::2 is an address of the node"},
 		{"2001:db8:0:1::", "static address 2001:db8:0:1:: is the subnet-router anycast address of subnet 2001:db8:0:1::/64"},
 	} {
 		t.Run(c.static, func(t *testing.T) {
@@ -47,7 +47,7 @@ func TestNodeAddressRule(t *testing.T) {
 			e.sameAs(before, p)
 		})
 	}
-	for _, gw := range []netip.Addr{harness.Gateway4, harness.Gateway6} {
+	for _, gw := range []netip.Addr{netlab.Gateway4, netlab.Gateway6} {
 		if err := e.topo.Node.Ping(gw, 5*time.Second); err != nil {
 			t.Errorf("the node no longer reaches its gateway %s: %v", gw, err)
 		}

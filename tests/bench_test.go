@@ -15,7 +15,7 @@ import (
 
 	"github.com/containernetworking/cni/libcni"
 
-	"github.com/spinneret-cni/spinneret/tests/harness"
+	"github.com/spinneret-cni/spinneret/internal/netlab"
 )
 
 // benchPods is how many pods BenchmarkPodLifecycle attaches and detaches.
@@ -41,7 +41,7 @@ func BenchmarkPodLifecycle(b *testing.B) {
 }
 
 func benchLifecycle(b *testing.B, nics int, fam family) {
-	topo, err := harness.NewTopology("spnbench")
+	topo, err := netlab.NewTopology("spnbench")
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -72,10 +72,10 @@ func benchLifecycle(b *testing.B, nics int, fam family) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	rt := func(i int, p *harness.NS) *libcni.RuntimeConf {
+	rt := func(i int, p *netlab.NS) *libcni.RuntimeConf {
 		return podRT(fmt.Sprintf("bench-%d", i), p, map[string]string{cni.AnnotNetworks: strings.Join(selected, ",")})
 	}
-	pods := make([]*harness.NS, benchPods)
+	pods := make([]*netlab.NS, benchPods)
 	for i := range pods {
 		if pods[i], err = topo.NewPod(); err != nil {
 			b.Fatal(err)

@@ -6,7 +6,7 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/spinneret-cni/spinneret/tests/harness"
+	"github.com/spinneret-cni/spinneret/internal/netlab"
 )
 
 // TestConcurrentAdds runs ADDs for many pods at once (separate processes, as
@@ -16,7 +16,7 @@ func TestConcurrentAdds(t *testing.T) {
 	const n = 16
 	e := newEnv(t)
 	l := e.confList("1.1.0", dual, "")
-	pods := make([]*harness.NS, n)
+	pods := make([]*netlab.NS, n)
 	for i := range pods {
 		pods[i], _ = e.topo.NewPod()
 	}
@@ -71,8 +71,8 @@ func TestConcurrentAdds(t *testing.T) {
 			t.Errorf("family %d: %d host rules after %d concurrent ADDs, want 1", fam, count, n)
 		}
 	}
-	for _, p := range []*harness.NS{pods[0], pods[n-1]} {
-		for _, gw := range []netip.Addr{harness.Gateway4, harness.Gateway6} {
+	for _, p := range []*netlab.NS{pods[0], pods[n-1]} {
+		for _, gw := range []netip.Addr{netlab.Gateway4, netlab.Gateway6} {
 			if err := p.Ping(gw, 5e9); err != nil {
 				t.Error(err)
 			}
@@ -114,7 +114,7 @@ func TestRepeatedAdd(t *testing.T) {
 	if r1.IPs[0].Address.String() != r2.IPs[0].Address.String() {
 		t.Fatalf("addresses changed: %v -> %v", r1.IPs, r2.IPs)
 	}
-	if err := p.Ping(harness.Gateway4, 5e9); err != nil {
+	if err := p.Ping(netlab.Gateway4, 5e9); err != nil {
 		t.Fatal(err)
 	}
 	e.mustDel(l, rtConf("c1", p))

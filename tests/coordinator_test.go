@@ -11,12 +11,12 @@ import (
 	"github.com/google/nftables"
 
 	"github.com/spinneret-cni/spinneret/cni"
-	"github.com/spinneret-cni/spinneret/tests/harness"
+	"github.com/spinneret-cni/spinneret/internal/netlab"
 )
 
 // sentBy runs fn and reports whether the pod's link sent at least n
 // packets meanwhile.
-func sentBy(t *testing.T, pod *harness.NS, link string, n uint64, fn func() error) error {
+func sentBy(t *testing.T, pod *netlab.NS, link string, n uint64, fn func() error) error {
 	t.Helper()
 	before, err := pod.TxPackets(link)
 	if err != nil {
@@ -41,15 +41,15 @@ func TestCoordinatorPaths(t *testing.T) {
 	for _, fam := range families {
 		t.Run(string(fam), func(t *testing.T) {
 			e := multiEnv(t)
-			svc := fmt.Sprintf(`"coordinator":{"serviceCIDR":["%s","%s"]}`, harness.ServiceCIDR4, harness.ServiceCIDR6)
+			svc := fmt.Sprintf(`"coordinator":{"serviceCIDR":["%s","%s"]}`, netlab.ServiceCIDR4, netlab.ServiceCIDR6)
 			l := e.multiConf(fam, svc)
 			p, _ := e.topo.NewPod()
 			before := e.snapshot(p)
 			rt := podRT("c1", p, map[string]string{cni.AnnotNetworks: "blue"})
 			r := e.mustAdd(l, rt)
 			for _, v4 := range fam.versions() {
-				node := map[bool]netip.Addr{true: harness.NodeIP4, false: harness.NodeIP6}[v4]
-				svcIP := map[bool]netip.Addr{true: harness.ServiceIP4, false: harness.ServiceIP6}[v4]
+				node := map[bool]netip.Addr{true: netlab.NodeIP4, false: netlab.NodeIP6}[v4]
+				svcIP := map[bool]netip.Addr{true: netlab.ServiceIP4, false: netlab.ServiceIP6}[v4]
 				for _, dst := range []netip.Addr{node, svcIP} {
 					if err := sentBy(t, p, "veth0", 1, func() error { return p.Ping(dst, 5*time.Second) }); err != nil {
 						t.Errorf("pod -> %s through veth0: %v", dst, err)
@@ -79,7 +79,7 @@ func TestHostRuleShared(t *testing.T) {
 	e := newEnv(t)
 	l := e.confList("1.1.0", dual, "")
 	before := e.snapshot()
-	var pods []*harness.NS
+	var pods []*netlab.NS
 	for i := 0; i < 3; i++ {
 		p, _ := e.topo.NewPod()
 		pods = append(pods, p)
@@ -122,7 +122,7 @@ func TestHostRuleShared(t *testing.T) {
 }
 
 // nicAddrOf reads eth0's first address of a family from the pod itself.
-func nicAddrOf(t *testing.T, p *harness.NS, v4 bool) netip.Addr {
+func nicAddrOf(t *testing.T, p *netlab.NS, v4 bool) netip.Addr {
 	t.Helper()
 	l, err := p.NL().LinkByName("eth0")
 	if err != nil {
@@ -151,7 +151,7 @@ func TestPodKnobs(t *testing.T) {
 			l := e.confList("1.1.0", c.fam, `"coordinator":{"podMACPrefix":"0a:1b","txQueueLen":2000,"podRPFilter":2}`)
 			p, _ := e.topo.NewPod()
 			before := e.snapshot(p)
-			uplink, _ := e.topo.Node.NL().LinkByName(harness.Uplink)
+			uplink, _ := e.topo.Node.NL().LinkByName(netlab.Uplink)
 			r := e.mustAdd(l, rtConf("c1", p))
 			eth0, _ := p.NL().LinkByName("eth0")
 			if eth0.Attrs().HardwareAddr.String() != c.wantMAC || r.Interfaces[0].Mac != c.wantMAC {
@@ -160,8 +160,8 @@ func TestPodKnobs(t *testing.T) {
 			if eth0.Attrs().TxQLen != 2000 {
 				t.Errorf("eth0 txqueuelen %d, want 2000", eth0.Attrs().TxQLen)
 			}
-			if after, _ := e.topo.Node.NL().LinkByName(harness.Uplink); after.Attrs().TxQLen != uplink.Attrs().TxQLen {
-				t.Errorf("the node's %s txqueuelen changed to %d", harness.Uplink, after.Attrs().TxQLen)
+			if after, _ := e.topo.Node.NL().LinkByName(netlab.Uplink); after.Attrs().TxQLen != uplink.Attrs().TxQLen {
+				t.Errorf("the node's %s txqueuelen changed to %d", netlab.Uplink, after.Attrs().TxQLen)
 			}
 			for _, k := range []string{"all", "default", "eth0"} {
 				var v []byte
@@ -252,12 +252,12 @@ func TestCoordinatorDisabled(t *testing.T) {
 		t.Fatal("veth0 created with the coordinator disabled")
 	}
 	if after, _ := e.topo.Node.Dump(); after != nodeBefore {
-		t.Fatalf("the node changed:\n%s", harness.Diff(nodeBefore, after))
+		t.Fatalf("the node changed:\n%s", netlab.Diff(nodeBefore, after))
 	}
-	if err := p.Ping(harness.Gateway4, 5*time.Second); err != nil {
+	if err := p.Ping(netlab.Gateway4, 5*time.Second); err != nil {
 		t.Error(err)
 	}
-	if err := p.Ping(harness.NodeIP4, time.Second); err == nil {
+	if err := p.Ping(netlab.NodeIP4, time.Second); err == nil {
 		t.Error("the pod reached its node without the veth")
 	}
 	e.mustDel(l, rtConf("c1", p))

@@ -7,15 +7,15 @@ import (
 	"testing"
 
 	"github.com/spinneret-cni/spinneret/cni"
+	"github.com/spinneret-cni/spinneret/internal/netlab"
 	"github.com/spinneret-cni/spinneret/ipam"
-	"github.com/spinneret-cni/spinneret/tests/harness"
 )
 
 // podState is the node's and the pod's kernel state, without the pool.
-func (e *env) podState(pods ...*harness.NS) string {
+func (e *env) podState(pods ...*netlab.NS) string {
 	e.t.Helper()
 	var out []string
-	for _, ns := range append([]*harness.NS{e.topo.Node}, pods...) {
+	for _, ns := range append([]*netlab.NS{e.topo.Node}, pods...) {
 		d, err := ns.Dump()
 		if err != nil {
 			e.t.Fatal(err)
@@ -54,7 +54,7 @@ func TestIPConflict(t *testing.T) {
 				t.Fatalf("error %q does not name the address and its quarantine", err)
 			}
 			if after := e.podState(p); after != before {
-				t.Fatalf("the failed ADD left state:\n%s", harness.Diff(before, after))
+				t.Fatalf("the failed ADD left state:\n%s", netlab.Diff(before, after))
 			}
 			claims, _ := ipam.NewLocal(e.stateDir()).Claims()
 			if len(claims) != 1 || !strings.HasPrefix(claims[taken[0].Addr()], "quarantine@") {

@@ -12,8 +12,8 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/spinneret-cni/spinneret/cni"
+	"github.com/spinneret-cni/spinneret/internal/netlab"
 	"github.com/spinneret-cni/spinneret/internal/txn"
-	"github.com/spinneret-cni/spinneret/tests/harness"
 )
 
 // TestDelEdgeCases: DEL with no netns path, for a container that never had
@@ -77,7 +77,7 @@ func TestReplacedNetns(t *testing.T) {
 func TestGC(t *testing.T) {
 	e := newEnv(t)
 	l := e.confList("1.1.0", dual, "")
-	pods := make([]*harness.NS, 3)
+	pods := make([]*netlab.NS, 3)
 	for i := range pods {
 		pods[i], _ = e.topo.NewPod()
 	}

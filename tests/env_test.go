@@ -15,8 +15,8 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 
+	"github.com/spinneret-cni/spinneret/internal/netlab"
 	"github.com/spinneret-cni/spinneret/ipam"
-	"github.com/spinneret-cni/spinneret/tests/harness"
 )
 
 // binDir holds the spinneret binary under test, built with the testhooks
@@ -34,7 +34,7 @@ func TestMain(m *testing.M) {
 	}
 	// a test binary killed mid-run (a CI timeout) cannot clean up; its
 	// namespaces carry the suite's prefixes and are removed here
-	if n, err := harness.RemoveStale("spntest-", "spnbench-"); err != nil {
+	if n, err := netlab.RemoveStale("spntest-", "spnbench-"); err != nil {
 		fmt.Fprintln(os.Stderr, "tests: removing stale namespaces:", err)
 	} else if n > 0 {
 		fmt.Fprintf(os.Stderr, "tests: removed %d namespaces left by an earlier run\n", n)
@@ -80,7 +80,7 @@ func TestMain(m *testing.M) {
 // env is one test's world: a topology, a state dir, a node conf and libcni.
 type env struct {
 	t     *testing.T
-	topo  *harness.Topology
+	topo  *netlab.Topology
 	dir   string
 	cni   *libcni.CNIConfig
 	ctx   context.Context
@@ -89,7 +89,7 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	topo, err := harness.NewTopology("spntest")
+	topo, err := netlab.NewTopology("spntest")
 	if err != nil {
 		t.Fatalf("topology: %v", err)
 	}
@@ -115,7 +115,7 @@ func newEnv(t *testing.T) *env {
 // master "uplink" mapped to the node's uplink.
 func writeNodeConf(t testing.TB, dir, level string) {
 	t.Helper()
-	nodeConf := fmt.Sprintf("stateDir: %s/state\nlogFile: %s/spinneret.log\nlogLevel: %s\nmasters:\n  uplink: %s\n", dir, dir, level, harness.Uplink)
+	nodeConf := fmt.Sprintf("stateDir: %s/state\nlogFile: %s/spinneret.log\nlogLevel: %s\nmasters:\n  uplink: %s\n", dir, dir, level, netlab.Uplink)
 	if err := os.WriteFile(filepath.Join(dir, "node.yaml"), []byte(nodeConf), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -170,7 +170,7 @@ func (e *env) confList(version string, fam family, extra string) *libcni.Network
 	return l
 }
 
-func rtConf(id string, pod *harness.NS) *libcni.RuntimeConf {
+func rtConf(id string, pod *netlab.NS) *libcni.RuntimeConf {
 	path := ""
 	if pod != nil {
 		path = pod.Path()
@@ -227,10 +227,10 @@ func (e *env) status(l *libcni.NetworkConfigList) error {
 
 // snapshot is everything an ADD may touch: the node's and the pods' kernel
 // state, the allocated addresses and the journals.
-func (e *env) snapshot(pods ...*harness.NS) string {
+func (e *env) snapshot(pods ...*netlab.NS) string {
 	e.t.Helper()
 	var parts []string
-	for _, ns := range append([]*harness.NS{e.topo.Node}, pods...) {
+	for _, ns := range append([]*netlab.NS{e.topo.Node}, pods...) {
 		d, err := ns.Dump()
 		if err != nil {
 			e.t.Fatalf("dump %s: %v", ns.Name, err)
@@ -256,10 +256,10 @@ func (e *env) snapshot(pods ...*harness.NS) string {
 }
 
 // sameAs fails the test with a diff if the world changed since before.
-func (e *env) sameAs(before string, pods ...*harness.NS) {
+func (e *env) sameAs(before string, pods ...*netlab.NS) {
 	e.t.Helper()
 	if after := e.snapshot(pods...); after != before {
-		e.t.Fatalf("state differs from before:\n%s", harness.Diff(before, after))
+		e.t.Fatalf("state differs from before:\n%s", netlab.Diff(before, after))
 	}
 }
 

@@ -14,7 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/spinneret-cni/spinneret/conf"
-	"github.com/spinneret-cni/spinneret/tests/harness"
+	"github.com/spinneret-cni/spinneret/internal/netlab"
 )
 
 func addrOf(t *testing.T, r *current.Result, v4 bool) netip.Addr {
@@ -62,12 +62,12 @@ func TestLifecycle(t *testing.T) {
 					if (v4 && !fam.has4()) || (!v4 && !fam.has6()) {
 						continue
 					}
-					gw := harness.Gateway6
+					gw := netlab.Gateway6
 					if v4 {
-						gw = harness.Gateway4
+						gw = netlab.Gateway4
 					}
 					for _, c := range []struct {
-						from *harness.NS
+						from *netlab.NS
 						dst  netip.Addr
 					}{{p1, addrOf(t, r2, v4)}, {p2, addrOf(t, r1, v4)}, {p1, gw}, {p2, gw}} {
 						if err := c.from.Ping(c.dst, 5*time.Second); err != nil {
@@ -119,7 +119,7 @@ func TestVersion(t *testing.T) {
 // verifyResult checks the result against the pod's kernel state: the
 // interface with its sandbox and MAC, addresses with interface index and
 // gateway, routes, DNS; IPv6 addresses are usable at once (not tentative).
-func verifyResult(t *testing.T, r *current.Result, pod *harness.NS, fam family) {
+func verifyResult(t *testing.T, r *current.Result, pod *netlab.NS, fam family) {
 	t.Helper()
 	// eth0, then the coordinator's veth: the node end, the pod end
 	if len(r.Interfaces) != 3 || r.Interfaces[0].Name != "eth0" || r.Interfaces[0].Sandbox != pod.Path() ||

@@ -9,7 +9,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/spinneret-cni/spinneret/drivers"
-	"github.com/spinneret-cni/spinneret/tests/harness"
+	"github.com/spinneret-cni/spinneret/internal/netlab"
 )
 
 // TestMacvlanModes: each mode behaves as the kernel defines it, proven by
@@ -43,7 +43,7 @@ func TestMacvlanModes(t *testing.T) {
 				}
 			}
 			l := e.confList("1.1.0", v4, fmt.Sprintf(`"mode":%q`, c.mode))
-			var pods []*harness.NS
+			var pods []*netlab.NS
 			for i := 0; i < c.pods; i++ {
 				p, _ := e.topo.NewPod()
 				pods = append(pods, p)
@@ -61,7 +61,7 @@ func TestMacvlanModes(t *testing.T) {
 					t.Errorf("CHECK: %v", err)
 				}
 			}
-			if err := pods[0].Ping(harness.Gateway4, 5*time.Second); err != nil {
+			if err := pods[0].Ping(netlab.Gateway4, 5*time.Second); err != nil {
 				t.Errorf("pod -> gateway: %v", err)
 			}
 			if c.pods == 2 {

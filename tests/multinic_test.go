@@ -12,7 +12,7 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 
 	"github.com/spinneret-cni/spinneret/cni"
-	"github.com/spinneret-cni/spinneret/tests/harness"
+	"github.com/spinneret-cni/spinneret/internal/netlab"
 )
 
 // multiEnv is an env with three networks (red on uplink0, blue on uplink1,
@@ -62,7 +62,7 @@ func nth(p netip.Prefix, n int) netip.Addr {
 }
 
 // podRT is a runtime conf carrying pod annotations, as containerd passes them.
-func podRT(id string, pod *harness.NS, ann map[string]string) *libcni.RuntimeConf {
+func podRT(id string, pod *netlab.NS, ann map[string]string) *libcni.RuntimeConf {
 	rt := rtConf(id, pod)
 	rt.Args = [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", "default"}, {"K8S_POD_NAME", id}}
 	rt.CapabilityArgs = map[string]interface{}{"io.kubernetes.cri.pod-annotations": ann}
@@ -95,7 +95,7 @@ func (f family) versions() []bool {
 // replyLeavesBy pings the pod's address on ifname from a remote address
 // behind that NIC's gateway and checks, with the pod's packet counters, that
 // the replies left by ifname and not by other.
-func replyLeavesBy(t *testing.T, pod *harness.NS, gwNS *harness.NS, remote, podAddr netip.Addr, ifname, other string) {
+func replyLeavesBy(t *testing.T, pod *netlab.NS, gwNS *netlab.NS, remote, podAddr netip.Addr, ifname, other string) {
 	t.Helper()
 	txIf, _ := pod.TxPackets(ifname)
 	txOther, _ := pod.TxPackets(other)
@@ -134,8 +134,8 @@ func TestMultiNIC(t *testing.T) {
 			}
 			for _, v4 := range fam.versions() {
 				red, blue, green := e.topo.Nets[0], e.topo.Nets[1], e.topo.Nets[2]
-				gw := func(n *harness.Net) netip.Addr { return map[bool]netip.Addr{true: n.GW4, false: n.GW6}[v4] }
-				remote := func(n *harness.Net) netip.Addr { return map[bool]netip.Addr{true: n.Remote4, false: n.Remote6}[v4] }
+				gw := func(n *netlab.Net) netip.Addr { return map[bool]netip.Addr{true: n.GW4, false: n.GW6}[v4] }
+				remote := func(n *netlab.Net) netip.Addr { return map[bool]netip.Addr{true: n.Remote4, false: n.Remote6}[v4] }
 				// eth0 holds the default route; each other NIC's routes live
 				// in its own table, used for traffic from its addresses
 				for _, g := range []netip.Addr{gw(red), remote(red)} {
@@ -145,7 +145,7 @@ func TestMultiNIC(t *testing.T) {
 				}
 				for _, c := range []struct {
 					nic string
-					n   *harness.Net
+					n   *netlab.Net
 				}{{"net1", blue}, {"data", green}} {
 					if err := p.PingFrom(nicAddr(t, r, c.nic, v4), gw(c.n), 5*time.Second); err != nil {
 						t.Errorf("%s: %v", c.nic, err)

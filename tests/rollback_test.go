@@ -10,8 +10,8 @@ import (
 	"github.com/containernetworking/cni/libcni"
 
 	"github.com/spinneret-cni/spinneret/cni" // also registers every op kind
+	"github.com/spinneret-cni/spinneret/internal/netlab"
 	"github.com/spinneret-cni/spinneret/internal/txn"
-	"github.com/spinneret-cni/spinneret/tests/harness"
 )
 
 // scenario is a pod request the step tests replay: one NIC per family, and
@@ -20,7 +20,7 @@ type scenario struct {
 	name    string
 	network string
 	setup   func(t *testing.T) (*env, *libcni.NetworkConfigList)
-	rt      func(id string, p *harness.NS) *libcni.RuntimeConf
+	rt      func(id string, p *netlab.NS) *libcni.RuntimeConf
 }
 
 func scenarios() []scenario {
@@ -31,14 +31,14 @@ func scenarios() []scenario {
 				e := newEnv(t)
 				return e, e.confList("1.1.0", fam, "")
 			},
-			rt: func(id string, p *harness.NS) *libcni.RuntimeConf { return rtConf(id, p) }})
+			rt: func(id string, p *netlab.NS) *libcni.RuntimeConf { return rtConf(id, p) }})
 	}
 	return append(out, scenario{name: "3nics-dual", network: "multi",
 		setup: func(t *testing.T) (*env, *libcni.NetworkConfigList) {
 			e := multiEnv(t)
 			return e, e.multiConf(dual, "")
 		},
-		rt: func(id string, p *harness.NS) *libcni.RuntimeConf {
+		rt: func(id string, p *netlab.NS) *libcni.RuntimeConf {
 			return podRT(id, p, map[string]string{cni.AnnotNetworks: "blue, green"})
 		}})
 }
@@ -62,7 +62,7 @@ func (sc scenario) planSteps(t *testing.T, e *env, l *libcni.NetworkConfigList) 
 // step. after checks the ADD's outcome and cleans up if it must; then the
 // node, the pod and the pool must be exactly as before, and stay so after a
 // further DEL.
-func eachStep(t *testing.T, envVar string, after func(e *env, sc scenario, l *libcni.NetworkConfigList, p *harness.NS, step, n int, err error)) {
+func eachStep(t *testing.T, envVar string, after func(e *env, sc scenario, l *libcni.NetworkConfigList, p *netlab.NS, step, n int, err error)) {
 	for _, sc := range scenarios() {
 		t.Run(sc.name, func(t *testing.T) {
 			e, l := sc.setup(t)
@@ -88,7 +88,7 @@ func eachStep(t *testing.T, envVar string, after func(e *env, sc scenario, l *li
 // after the last): the ADD reports the step, and the node, the pod and the
 // pool are exactly as before, with no DEL.
 func TestRollback(t *testing.T) {
-	eachStep(t, "SPINNERET_TEST_FAIL_STEP", func(e *env, _ scenario, _ *libcni.NetworkConfigList, _ *harness.NS, step, n int, err error) {
+	eachStep(t, "SPINNERET_TEST_FAIL_STEP", func(e *env, _ scenario, _ *libcni.NetworkConfigList, _ *netlab.NS, step, n int, err error) {
 		wantErr(e.t, err, cni.ErrStepFailed, fmt.Sprintf("step %d/%d", min(step, n-1)+1, n))
 		if !strings.Contains(err.Error(), "injected fault") || !strings.Contains(err.Error(), "rolled back") {
 			e.t.Fatalf("step %d: error %q does not name the cause and the rollback", step, err)
@@ -101,7 +101,7 @@ func TestRollback(t *testing.T) {
 // about to run, and a following DEL leaves the node, the pod and the pool
 // exactly as before.
 func TestCrash(t *testing.T) {
-	eachStep(t, "SPINNERET_TEST_KILL_STEP", func(e *env, sc scenario, l *libcni.NetworkConfigList, p *harness.NS, step, n int, err error) {
+	eachStep(t, "SPINNERET_TEST_KILL_STEP", func(e *env, sc scenario, l *libcni.NetworkConfigList, p *netlab.NS, step, n int, err error) {
 		if err == nil || !strings.Contains(err.Error(), "signal: killed") {
 			e.t.Fatalf("kill at step %d: ADD returned %v, want the process killed", step, err)
 		}

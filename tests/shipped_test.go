@@ -130,7 +130,7 @@ func TestShippedConflistsContainerd16(t *testing.T) {
 	if out, err := call("del"); err != nil {
 		t.Fatalf("DEL through containerd 1.6's go-cni: %v: %s", err, out)
 	}
-	// loopback's DEL sets lo down, which the harness's pods start with up
+	// loopback's DEL sets lo down, which netlab's pods start with up
 	if lo, err := p.NL().LinkByName("lo"); err == nil {
 		p.NL().LinkSetUp(lo)
 	}

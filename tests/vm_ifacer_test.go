@@ -15,7 +15,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/spinneret-cni/spinneret/cni"
-	"github.com/spinneret-cni/spinneret/tests/harness"
+	"github.com/spinneret-cni/spinneret/internal/netlab"
 )
 
 // The VLAN of the ifacer tests: VLAN 100 on the first network's wire, its
@@ -146,7 +146,7 @@ func TestInVMIfacerConflicts(t *testing.T) {
 	rr := netlink.NewLinkBond(netlink.LinkAttrs{Name: "bondx"})
 	rr.Mode = netlink.BOND_MODE_BALANCE_RR
 	mk(rr)
-	up, _ := node.LinkByName(harness.Uplink)
+	up, _ := node.LinkByName(netlab.Uplink)
 	mk(&netlink.Vlan{LinkAttrs: netlink.LinkAttrs{Name: "vl100", ParentIndex: up.Attrs().Index}, VlanId: 100})
 	mk(&netlink.Vlan{LinkAttrs: netlink.LinkAttrs{Name: "uplink0.300", ParentIndex: up.Attrs().Index}, VlanId: 200})
 	p, _ := e.topo.NewPod()

@@ -14,7 +14,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/spinneret-cni/spinneret/cni"
-	"github.com/spinneret-cni/spinneret/tests/harness"
+	"github.com/spinneret-cni/spinneret/internal/netlab"
 )
 
 // TestInVMIpvlan (in the VM): ipvlan in modes l2, l3 and l3s, dual stack,
@@ -25,7 +25,7 @@ func TestInVMIpvlan(t *testing.T) {
 	for _, mode := range []string{"l2", "l3", "l3s"} {
 		t.Run(mode, func(t *testing.T) {
 			e := newEnv(t)
-			svc := fmt.Sprintf(`"driver":"ipvlan","mode":%q,"coordinator":{"serviceCIDR":["%s","%s"]}`, mode, harness.ServiceCIDR4, harness.ServiceCIDR6)
+			svc := fmt.Sprintf(`"driver":"ipvlan","mode":%q,"coordinator":{"serviceCIDR":["%s","%s"]}`, mode, netlab.ServiceCIDR4, netlab.ServiceCIDR6)
 			l := e.confList("1.1.0", dual, svc)
 			p1, _ := e.topo.NewPod()
 			p2, _ := e.topo.NewPod()
@@ -34,7 +34,7 @@ func TestInVMIpvlan(t *testing.T) {
 			r2 := e.mustAdd(l, rtConf("c2", p2))
 			a1, a2 := nicAddr(t, r1, "eth0", true), nicAddr(t, r2, "eth0", true)
 			b1, b2 := nicAddr(t, r1, "eth0", false), nicAddr(t, r2, "eth0", false)
-			up, _ := e.topo.Node.NL().LinkByName(harness.Uplink)
+			up, _ := e.topo.Node.NL().LinkByName(netlab.Uplink)
 			if mac := r1.Interfaces[0].Mac; mac != up.Attrs().HardwareAddr.String() {
 				t.Errorf("ipvlan eth0 MAC %s, want the master's %s", mac, up.Attrs().HardwareAddr)
 			}
@@ -43,9 +43,9 @@ func TestInVMIpvlan(t *testing.T) {
 				// the pods' addresses to the node, as an L3 fabric would
 				gw := e.topo.Gateway.NL()
 				for _, a := range []netip.Addr{a1, a2, b1, b2} {
-					via := harness.NodeIP4
+					via := netlab.NodeIP4
 					if a.Is6() {
-						via = harness.NodeIP6
+						via = netlab.NodeIP6
 					}
 					if err := gw.RouteAdd(&netlink.Route{Dst: hostPrefix(a), Gw: via.AsSlice()}); err != nil {
 						t.Fatalf("gateway route to %s: %v", a, err)
@@ -54,13 +54,13 @@ func TestInVMIpvlan(t *testing.T) {
 			}
 			for _, c := range []struct {
 				what     string
-				from     *harness.NS
+				from     *netlab.NS
 				src, dst netip.Addr
 			}{
 				{"pod1 -> pod2", p1, a1, a2}, {"pod1 -> pod2 (IPv6)", p1, b1, b2},
-				{"pod1 -> gateway", p1, a1, harness.Gateway4}, {"pod2 -> gateway (IPv6)", p2, b2, harness.Gateway6},
-				{"pod1 -> node via veth0", p1, a1, harness.NodeIP4}, {"pod2 -> node via veth0 (IPv6)", p2, b2, harness.NodeIP6},
-				{"pod1 -> service via veth0", p1, a1, harness.ServiceIP4}, {"pod1 -> service via veth0 (IPv6)", p1, b1, harness.ServiceIP6},
+				{"pod1 -> gateway", p1, a1, netlab.Gateway4}, {"pod2 -> gateway (IPv6)", p2, b2, netlab.Gateway6},
+				{"pod1 -> node via veth0", p1, a1, netlab.NodeIP4}, {"pod2 -> node via veth0 (IPv6)", p2, b2, netlab.NodeIP6},
+				{"pod1 -> service via veth0", p1, a1, netlab.ServiceIP4}, {"pod1 -> service via veth0 (IPv6)", p1, b1, netlab.ServiceIP6},
 				{"node -> pod2", e.topo.Node, netip.Addr{}, a2}, {"node -> pod1 (IPv6)", e.topo.Node, netip.Addr{}, b1},
 			} {
 				if err := c.from.PingFrom(c.src, c.dst, 5*time.Second); err != nil {
@@ -76,7 +76,7 @@ func TestInVMIpvlan(t *testing.T) {
 				// in l3 modes the node's own stack resolved the gateway for
 				// the pods: traffic's residue in its neighbour cache, not
 				// state the plugin made
-				flushDynamicNeigh(t, e.topo.Node, harness.Uplink)
+				flushDynamicNeigh(t, e.topo.Node, netlab.Uplink)
 			}
 			e.sameAs(before, p1, p2)
 		})
@@ -141,7 +141,7 @@ func TestInVMIpvlanMacvlanMaster(t *testing.T) {
 }
 
 // flushDynamicNeigh deletes the learned (not permanent) neighbours of a link.
-func flushDynamicNeigh(t *testing.T, ns *harness.NS, link string) {
+func flushDynamicNeigh(t *testing.T, ns *netlab.NS, link string) {
 	l, err := ns.NL().LinkByName(link)
 	if err != nil {
 		t.Fatal(err)

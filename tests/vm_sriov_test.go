@@ -21,7 +21,7 @@ import (
 	podresources "k8s.io/kubelet/pkg/apis/podresources/v1"
 
 	"github.com/spinneret-cni/spinneret/drivers"
-	"github.com/spinneret-cni/spinneret/tests/harness"
+	"github.com/spinneret-cni/spinneret/internal/netlab"
 )
 
 // The SR-IOV tests run in the VM's own namespace, where the emulated igb
@@ -198,10 +198,10 @@ func TestInVMSriov(t *testing.T) {
 		t.Fatalf("DEL: %v", err)
 	}
 	if after := vfSnapshot(t, vfs); after != before {
-		t.Fatalf("VFs after DEL:\n%s", harness.Diff(before, after))
+		t.Fatalf("VFs after DEL:\n%s", netlab.Diff(before, after))
 	}
 	if after := e.podState(p); after != podBefore {
-		t.Fatalf("pod after DEL:\n%s", harness.Diff(podBefore, after))
+		t.Fatalf("pod after DEL:\n%s", netlab.Diff(podBefore, after))
 	}
 
 	// killed after every step of the ADD, then DEL
@@ -213,7 +213,7 @@ func TestInVMSriov(t *testing.T) {
 			t.Fatalf("DEL after a kill at step %d: %v", step, err)
 		}
 		if after := vfSnapshot(t, vfs); after != before {
-			t.Fatalf("VFs after a kill at step %d and DEL:\n%s", step, harness.Diff(before, after))
+			t.Fatalf("VFs after a kill at step %d and DEL:\n%s", step, netlab.Diff(before, after))
 		}
 		if err == nil {
 			break // past the last step
@@ -230,7 +230,7 @@ func TestInVMSriov(t *testing.T) {
 		t.Fatalf("DEL with the pod's netns gone: %v", err)
 	}
 	if after := vfSnapshot(t, vfs); after != before {
-		t.Fatalf("VFs after DEL with the netns gone:\n%s", harness.Diff(before, after))
+		t.Fatalf("VFs after DEL with the netns gone:\n%s", netlab.Diff(before, after))
 	}
 
 	// with the coordinator: the VF and the veth to the node, policy routing
@@ -277,7 +277,7 @@ func TestInVMSriov(t *testing.T) {
 		t.Fatal(err)
 	}
 	if after := vfSnapshot(t, vfs); after != before {
-		t.Fatalf("VFs after DEL with the coordinator:\n%s", harness.Diff(before, after))
+		t.Fatalf("VFs after DEL with the coordinator:\n%s", netlab.Diff(before, after))
 	}
 	if after := rootLinks(); after != linksBefore {
 		t.Fatalf("the node's links after DEL: %s, before %s", after, linksBefore)
@@ -317,6 +317,6 @@ func TestInVMSriov(t *testing.T) {
 		t.Fatal(err)
 	}
 	if after := vfSnapshot(t, vfs[2:]); after != dpdkBefore {
-		t.Fatalf("DPDK VF after DEL:\n%s", harness.Diff(dpdkBefore, after))
+		t.Fatalf("DPDK VF after DEL:\n%s", netlab.Diff(dpdkBefore, after))
 	}
 }

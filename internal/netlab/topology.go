@@ -1,4 +1,4 @@
-package harness
+package netlab
 
 import (
 	"errors"
@@ -16,7 +16,7 @@ import (
 // Net is one L2 network of the test world: a switch (a bridge in its own
 // namespace), a gateway on it, and the node's uplink to it. Addresses are
 // documentation ranges (RFC 5737, RFC 3849), used only inside the
-// namespaces the harness creates.
+// namespaces netlab creates.
 type Net struct {
 	Switch, Gateway  *NS
 	Uplink           string // the node's interface on this network
@@ -105,7 +105,7 @@ func NewTopology(prefix string) (t *Topology, err error) {
 func (t *Topology) AddNet() (n *Net, err error) {
 	k := len(t.Nets)
 	if k >= len(netPlans) {
-		return nil, fmt.Errorf("harness: at most %d networks", len(netPlans))
+		return nil, fmt.Errorf("netlab: at most %d networks", len(netPlans))
 	}
 	plan := netPlans[k]
 	n = &Net{Uplink: fmt.Sprintf("uplink%d", k),

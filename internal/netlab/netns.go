@@ -1,8 +1,8 @@
-// Package harness builds throwaway network namespaces for spinneret's tests
+// Package netlab builds throwaway network namespaces for spinneret's tests
 // and demo: a "switch" (a bridge), a "node" whose uplink is a switch port, a
 // "gateway" on the switch, and empty "pod" namespaces. It never touches the
 // namespace it is called from, and everything it made is removed by Close.
-package harness
+package netlab
 
 import (
 	"crypto/rand"
@@ -42,7 +42,7 @@ func NewNS(prefix string) (*NS, error) {
 	defer orig.Close()
 	h, err := netns.NewNamed(name) // switches this thread into the new ns
 	if serr := netns.Set(orig); serr != nil {
-		panic("harness: cannot return to the original netns: " + serr.Error())
+		panic("netlab: cannot return to the original netns: " + serr.Error())
 	}
 	if err != nil {
 		return nil, fmt.Errorf("create netns %s: %w", name, err)
