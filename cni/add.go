@@ -18,6 +18,7 @@ import (
 	"github.com/spinneret-cni/spinneret/conf"
 	"github.com/spinneret-cni/spinneret/coordinator"
 	"github.com/spinneret-cni/spinneret/drivers"
+	"github.com/spinneret-cni/spinneret/drivers/vocab"
 	"github.com/spinneret-cni/spinneret/internal/netops"
 	"github.com/spinneret-cni/spinneret/internal/txn"
 	"github.com/spinneret-cni/spinneret/ipam"
@@ -389,7 +390,7 @@ func (p *plugin) precheck(env *txn.Env, nics []NIC) error {
 			}
 			kinds[m] = n.Network.Driver
 		}
-		if n.Network.Driver == "ipvlan" && n.PodMAC {
+		if n.Network.Driver == vocab.Ipvlan && n.PodMAC {
 			return fmt.Errorf("%s: an ipvlan link has its master's MAC; the requested MAC %s cannot apply", n.IfName, n.MAC)
 		}
 		if _, err := pod.LinkByName(n.IfName); err == nil {

@@ -9,6 +9,7 @@ import (
 	"github.com/spinneret-cni/spinneret/conf"
 	"github.com/spinneret-cni/spinneret/coordinator"
 	"github.com/spinneret-cni/spinneret/drivers"
+	"github.com/spinneret-cni/spinneret/drivers/vocab"
 	"github.com/spinneret-cni/spinneret/ifacer"
 	"github.com/spinneret-cni/spinneret/internal/netops"
 	"github.com/spinneret-cni/spinneret/internal/txn"
@@ -296,7 +297,7 @@ func planNICs(nics []NIC) []txn.Op {
 		}
 		if n.VF != nil {
 			ops = append(ops, &drivers.SriovVF{Name: n.IfName, VF: *n.VF, Orig: n.VFOrig, Want: n.vfWant(mac)})
-		} else if n.Network.Driver == "ipvlan" {
+		} else if n.Network.Driver == vocab.Ipvlan {
 			ops = append(ops, &drivers.Ipvlan{Name: n.IfName, Master: n.LinkMaster(), Mode: n.Network.Mode, Flag: n.Network.Flag, MTU: n.Network.MTU, TxQLen: c.TxQueueLen})
 		} else {
 			ops = append(ops, &drivers.Macvlan{Name: n.IfName, Master: n.LinkMaster(), Mode: n.Network.Mode, MTU: n.Network.MTU, MAC: mac, TxQLen: c.TxQueueLen})

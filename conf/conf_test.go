@@ -446,7 +446,7 @@ func TestSriovNetworks(t *testing.T) {
 		`"master":"eth1"`:                     `networks[0].master: "eth1": an sriov network's VFs come from deviceID or resourceName`,
 		`"mode":"l2"`:                         `an sriov network has no mode, flag or bond`,
 		`"spoofchk":"maybe"`:                  `networks[0].spoofchk: "maybe" is not on or off`,
-		`"link_state":"up"`:                   `networks[0].link_state: "up" is not auto, enable or disable`,
+		`"link_state":"up"`:                   `networks[0].link_state: "up" is not one of auto, enable, disable`,
 		`"vlanQoS":9`:                         `networks[0].vlanQoS: 9 is out of range (0-7)`,
 		`"min_tx_rate":200,"max_tx_rate":100`: `networks[0].min_tx_rate: 200 is above max_tx_rate 100`,
 	} {

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
+
+	"github.com/spinneret-cni/spinneret/drivers/vocab"
 )
 
 // nadPlugin is the part of a NetworkAttachmentDefinition's plugin config
@@ -71,7 +73,7 @@ func (c *Config) NADNetwork(namespace, name string, config []byte, resourceName 
 			return nil, fmt.Errorf("%s: plugins[%d]: %w", field, i, err)
 		}
 		switch pl.Type {
-		case "macvlan", "ipvlan", "sriov", PluginType:
+		case vocab.Macvlan, vocab.Ipvlan, vocab.SRIOV, PluginType:
 			if main == nil {
 				main = &pl
 				var m map[string]any
@@ -104,12 +106,12 @@ func (c *Config) NADNetwork(namespace, name string, config []byte, resourceName 
 	rn := rawNetwork{Name: strings.ToLower(namespace + "." + name)}
 	rn.Master, rn.Mode, rn.MTU, rn.MAC = main.Master, main.Mode, main.MTU, main.MAC
 	switch main.Type {
-	case "ipvlan":
-		rn.Driver = "ipvlan"
-	case "sriov":
+	case vocab.Ipvlan:
+		rn.Driver = vocab.Ipvlan
+	case vocab.SRIOV:
 		// as sriov-cni's config; the VF comes from deviceID (which device
 		// plugins have Multus inject) or the NAD's resourceName
-		rn.Driver, rn.Mode = "sriov", ""
+		rn.Driver, rn.Mode = vocab.SRIOV, ""
 		rn.DeviceID, rn.ResourceName, rn.VLAN, rn.VLANQoS = main.DeviceID, resourceName, main.VLAN, main.VLANQoS
 		rn.SpoofChk, rn.Trust, rn.MinTxRate, rn.MaxTxRate, rn.LinkState = main.SpoofChk, main.Trust, main.MinTx, main.MaxTx, main.State
 	}

@@ -14,6 +14,8 @@ import (
 	"strings"
 
 	"github.com/containernetworking/cni/pkg/types"
+
+	"github.com/spinneret-cni/spinneret/drivers/vocab"
 )
 
 // PluginType is the "type" spinneret answers to.
@@ -155,7 +157,7 @@ type Config struct {
 // Network is one attachable underlay network.
 type Network struct {
 	Name   string
-	Driver string // "macvlan" or "ipvlan"
+	Driver string // one of vocab.Drivers
 	Master string // logical name, mapped by the node conf
 	Mode   string
 	// Flag is ipvlan's bridge, private or vepa.
@@ -447,32 +449,32 @@ func (rn *rawNetwork) validate(path string, coord Coordinator) (*Network, error)
 		return nil, err
 	}
 	if n.Driver == "" {
-		n.Driver = "macvlan"
+		n.Driver = vocab.Drivers[0]
 	}
 	switch n.Driver {
-	case "macvlan":
+	case vocab.Macvlan:
 		if n.Mode == "" {
-			n.Mode = "bridge"
+			n.Mode = vocab.MacvlanModes[0]
 		}
-		if !slices.Contains([]string{"bridge", "private", "vepa", "passthru"}, n.Mode) {
-			return nil, fmt.Errorf("%s: %q is not a macvlan mode (bridge, private, vepa, passthru)", f("mode"), rn.Mode)
+		if !slices.Contains(vocab.MacvlanModes, n.Mode) {
+			return nil, fmt.Errorf("%s: %q is not a macvlan mode (%s)", f("mode"), rn.Mode, strings.Join(vocab.MacvlanModes, ", "))
 		}
 		if rn.Flag != "" {
 			return nil, fmt.Errorf("%s: %q: flags are ipvlan's (a macvlan network has modes only)", f("flag"), rn.Flag)
 		}
-	case "ipvlan":
+	case vocab.Ipvlan:
 		if n.Mode == "" {
-			n.Mode = "l2"
+			n.Mode = vocab.IpvlanModes[0]
 		}
-		if !slices.Contains([]string{"l2", "l3", "l3s"}, n.Mode) {
-			return nil, fmt.Errorf("%s: %q is not an ipvlan mode (l2, l3, l3s)", f("mode"), rn.Mode)
+		if !slices.Contains(vocab.IpvlanModes, n.Mode) {
+			return nil, fmt.Errorf("%s: %q is not an ipvlan mode (%s)", f("mode"), rn.Mode, strings.Join(vocab.IpvlanModes, ", "))
 		}
 		n.Flag = rn.Flag
 		if n.Flag == "" {
-			n.Flag = "bridge"
+			n.Flag = vocab.IpvlanFlags[0]
 		}
-		if !slices.Contains([]string{"bridge", "private", "vepa"}, n.Flag) {
-			return nil, fmt.Errorf("%s: %q is not an ipvlan flag (bridge, private, vepa)", f("flag"), rn.Flag)
+		if !slices.Contains(vocab.IpvlanFlags, n.Flag) {
+			return nil, fmt.Errorf("%s: %q is not an ipvlan flag (%s)", f("flag"), rn.Flag, strings.Join(vocab.IpvlanFlags, ", "))
 		}
 		if rn.MAC != "" {
 			return nil, fmt.Errorf("%s: %q: an ipvlan link has its master's MAC", f("mac"), rn.MAC)
@@ -483,7 +485,7 @@ func (rn *rawNetwork) validate(path string, coord Coordinator) (*Network, error)
 		if n.Mode != "l2" && (n.Coordinator.DetectIPConflict || n.Coordinator.DetectGateway) {
 			return nil, fmt.Errorf("%s: ipvlan %s links do not carry ARP/NDP; IP-conflict and gateway detection need mode l2", f("coordinator"), n.Mode)
 		}
-	case "sriov":
+	case vocab.SRIOV:
 		if n.Mode != "" || rn.Flag != "" || rn.Bond != nil {
 			return nil, fmt.Errorf("%s: an sriov network has no mode, flag or bond", f("driver"))
 		}
@@ -510,17 +512,17 @@ func (rn *rawNetwork) validate(path string, coord Coordinator) (*Network, error)
 				return nil, fmt.Errorf("%s: %q is not on or off", f(o.name), o.v)
 			}
 		}
-		if !slices.Contains([]string{"", "auto", "enable", "disable"}, sr.LinkState) {
-			return nil, fmt.Errorf("%s: %q is not auto, enable or disable", f("link_state"), sr.LinkState)
+		if sr.LinkState != "" && !slices.Contains(vocab.LinkStates, sr.LinkState) {
+			return nil, fmt.Errorf("%s: %q is not one of %s", f("link_state"), sr.LinkState, strings.Join(vocab.LinkStates, ", "))
 		}
 		if sr.MinTxRate != nil && sr.MaxTxRate != nil && *sr.MaxTxRate != 0 && *sr.MinTxRate > *sr.MaxTxRate {
 			return nil, fmt.Errorf("%s: %d is above max_tx_rate %d", f("min_tx_rate"), *sr.MinTxRate, *sr.MaxTxRate)
 		}
 		n.SRIOV = sr
 	default:
-		return nil, fmt.Errorf("%s: %q is not supported (supported: macvlan, ipvlan, sriov)", f("driver"), rn.Driver)
+		return nil, fmt.Errorf("%s: %q is not supported (supported: %s)", f("driver"), rn.Driver, strings.Join(vocab.Drivers, ", "))
 	}
-	if n.Driver != "sriov" && (rn.DeviceID != "" || rn.ResourceName != "" || rn.SpoofChk != "" || rn.Trust != "" || rn.MinTxRate != nil || rn.MaxTxRate != nil || rn.LinkState != "" || rn.VLANQoS != 0) {
+	if n.Driver != vocab.SRIOV && (rn.DeviceID != "" || rn.ResourceName != "" || rn.SpoofChk != "" || rn.Trust != "" || rn.MinTxRate != nil || rn.MaxTxRate != nil || rn.LinkState != "" || rn.VLANQoS != 0) {
 		return nil, fmt.Errorf("%s: deviceID, resourceName and VF settings are for sriov networks", f("driver"))
 	}
 	if rn.VLAN != 0 {
@@ -558,7 +560,7 @@ func (rn *rawNetwork) validate(path string, coord Coordinator) (*Network, error)
 		n.Master = b.Name
 		n.Bond = &Bond{Name: b.Name, Mode: b.Mode, Options: b.Options, Slaves: b.Slaves}
 	}
-	if n.Driver == "sriov" {
+	if n.Driver == vocab.SRIOV {
 		if rn.Master != "" {
 			return nil, fmt.Errorf("%s: %q: an sriov network's VFs come from deviceID or resourceName, not a master", f("master"), rn.Master)
 		}

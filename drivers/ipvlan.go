@@ -7,6 +7,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/spinneret-cni/spinneret/drivers/vocab"
 	"github.com/spinneret-cni/spinneret/internal/netops"
 	"github.com/spinneret-cni/spinneret/internal/txn"
 )
@@ -15,10 +16,11 @@ func init() {
 	txn.Register("ipvlan.create", func() txn.Op { return &Ipvlan{} })
 }
 
-// IpvlanModes and IpvlanFlags are what spinneret accepts.
+// IpvlanModes and IpvlanFlags are the kernel's values of vocab.IpvlanModes
+// and vocab.IpvlanFlags.
 var (
-	IpvlanModes = map[string]netlink.IPVlanMode{"l2": netlink.IPVLAN_MODE_L2, "l3": netlink.IPVLAN_MODE_L3, "l3s": netlink.IPVLAN_MODE_L3S}
-	IpvlanFlags = map[string]netlink.IPVlanFlag{"bridge": netlink.IPVLAN_FLAG_BRIDGE, "private": netlink.IPVLAN_FLAG_PRIVATE, "vepa": netlink.IPVLAN_FLAG_VEPA}
+	IpvlanModes = kernelValues(vocab.IpvlanModes, netlink.IPVLAN_MODE_L2, netlink.IPVLAN_MODE_L3, netlink.IPVLAN_MODE_L3S)
+	IpvlanFlags = kernelValues(vocab.IpvlanFlags, netlink.IPVLAN_FLAG_BRIDGE, netlink.IPVLAN_FLAG_PRIVATE, netlink.IPVLAN_FLAG_VEPA)
 )
 
 // Ipvlan creates an ipvlan link on a host master directly inside the pod
@@ -42,7 +44,7 @@ func (o *Ipvlan) Creates() []string { return []string{netops.LinkKey(txn.Pod, o.
 
 // Do creates the link.
 func (o *Ipvlan) Do(env *txn.Env) error {
-	host, attrs, err := childAttrs(env, "ipvlan", o.Name, o.Master, o.MTU, o.TxQLen)
+	host, attrs, err := childAttrs(env, vocab.Ipvlan, o.Name, o.Master, o.MTU, o.TxQLen)
 	if err != nil {
 		return err
 	}
@@ -64,7 +66,7 @@ func (o *Ipvlan) Do(env *txn.Env) error {
 }
 
 // Undo deletes the pod's ipvlan link.
-func (o *Ipvlan) Undo(env *txn.Env) error { return deleteChild(env, "ipvlan", o.Name) }
+func (o *Ipvlan) Undo(env *txn.Env) error { return deleteChild(env, vocab.Ipvlan, o.Name) }
 
 // Check reports drift of the link's kind, mode, flag and MTU.
 func (o *Ipvlan) Check(env *txn.Env) error {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/spinneret-cni/spinneret/drivers/vocab"
 	"github.com/spinneret-cni/spinneret/internal/netops"
 	"github.com/spinneret-cni/spinneret/internal/txn"
 )
@@ -17,12 +18,21 @@ func init() {
 	txn.Register("macvlan.create", func() txn.Op { return &Macvlan{} })
 }
 
-// MacvlanModes are the macvlan modes spinneret accepts.
-var MacvlanModes = map[string]netlink.MacvlanMode{
-	"bridge":   netlink.MACVLAN_MODE_BRIDGE,
-	"private":  netlink.MACVLAN_MODE_PRIVATE,
-	"vepa":     netlink.MACVLAN_MODE_VEPA,
-	"passthru": netlink.MACVLAN_MODE_PASSTHRU,
+// MacvlanModes are the kernel's values of vocab.MacvlanModes.
+var MacvlanModes = kernelValues(vocab.MacvlanModes, netlink.MACVLAN_MODE_BRIDGE, netlink.MACVLAN_MODE_PRIVATE,
+	netlink.MACVLAN_MODE_VEPA, netlink.MACVLAN_MODE_PASSTHRU)
+
+// kernelValues pairs the vocabulary's names with the kernel's values, in
+// order; a vocabulary and a list that differ in length cannot build.
+func kernelValues[T any](names []string, values ...T) map[string]T {
+	if len(names) != len(values) {
+		panic(fmt.Sprintf("drivers: %d names %v for %d kernel values", len(names), names, len(values)))
+	}
+	m := make(map[string]T, len(names))
+	for i, n := range names {
+		m[n] = values[i]
+	}
+	return m
 }
 
 // Macvlan creates a macvlan link on a host master directly inside the pod
@@ -48,7 +58,7 @@ func (o *Macvlan) Creates() []string { return []string{netops.LinkKey(txn.Pod, o
 
 // Do creates the link.
 func (o *Macvlan) Do(env *txn.Env) error {
-	host, attrs, err := childAttrs(env, "macvlan", o.Name, o.Master, o.MTU, o.TxQLen)
+	host, attrs, err := childAttrs(env, vocab.Macvlan, o.Name, o.Master, o.MTU, o.TxQLen)
 	if err != nil {
 		return err
 	}
@@ -68,7 +78,7 @@ func (o *Macvlan) Do(env *txn.Env) error {
 }
 
 // Undo deletes the pod's macvlan link (its addresses and routes go with it).
-func (o *Macvlan) Undo(env *txn.Env) error { return deleteChild(env, "macvlan", o.Name) }
+func (o *Macvlan) Undo(env *txn.Env) error { return deleteChild(env, vocab.Macvlan, o.Name) }
 
 // Check reports drift of the link's kind, mode, MTU and MAC.
 func (o *Macvlan) Check(env *txn.Env) error {

@@ -11,6 +11,7 @@ import (
 	"github.com/Mellanox/sriovnet"
 	"github.com/vishvananda/netlink"
 
+	"github.com/spinneret-cni/spinneret/drivers/vocab"
 	"github.com/spinneret-cni/spinneret/internal/fileutil"
 	"github.com/spinneret-cni/spinneret/internal/netops"
 	"github.com/spinneret-cni/spinneret/internal/txn"
@@ -37,8 +38,8 @@ type VFState struct {
 	NetdevMAC string `json:"netdevMAC,omitempty"`
 }
 
-// LinkStates names IFLA_VF_LINK_STATE values.
-var LinkStates = map[string]uint32{"auto": 0, "enable": 1, "disable": 2}
+// LinkStates are the IFLA_VF_LINK_STATE values of vocab.LinkStates.
+var LinkStates = kernelValues(vocab.LinkStates, netlink.VF_LINK_STATE_AUTO, netlink.VF_LINK_STATE_ENABLE, netlink.VF_LINK_STATE_DISABLE)
 
 // ReadVFState reads a VF's settings from its PF (and its netdev's MTU).
 func ReadVFState(h *netlink.Handle, vf *VF) (VFState, error) {
