@@ -9,25 +9,15 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/spinneret-cni/spinneret/internal/clusternet"
 	"github.com/spinneret-cni/spinneret/internal/fileutil"
 	"github.com/spinneret-cni/spinneret/internal/kube"
 )
 
-// The cluster's CIDRs as `spinneret controller` publishes them (ConfigMap
-// spinneret-cluster-network, key network.json; see package controller).
-const (
-	clusterNetworkCM  = "spinneret-cluster-network"
-	clusterNetworkKey = "network.json"
-)
-
-type clusterNetwork struct {
-	ServiceCIDRs []string `json:"serviceCIDRs"`
-	PodCIDRs     []string `json:"podCIDRs"`
-}
-
+// clusterCache is the node's copy of what the controller published.
 type clusterCache struct {
-	Fetched time.Time      `json:"fetched"`
-	Network clusterNetwork `json:"network"`
+	Fetched time.Time          `json:"fetched"`
+	Network clusternet.Network `json:"network"`
 }
 
 // clusterCIDRs gives the pod's coordinator the service and pod CIDRs the
@@ -79,7 +69,7 @@ func (p *plugin) clusterCIDRs(nics []NIC) {
 	p.phase("cluster-cidrs")
 }
 
-func (p *plugin) fetchClusterNetwork() (*clusterNetwork, error) {
+func (p *plugin) fetchClusterNetwork() (*clusternet.Network, error) {
 	c, err := p.kubeClient()
 	if err != nil {
 		return nil, err
@@ -90,12 +80,12 @@ func (p *plugin) fetchClusterNetwork() (*clusterNetwork, error) {
 	var cm struct {
 		Data map[string]string `json:"data"`
 	}
-	path := "/api/v1/namespaces/" + url.PathEscape(p.node.ControllerNamespace) + "/configmaps/" + clusterNetworkCM
+	path := "/api/v1/namespaces/" + url.PathEscape(p.node.ControllerNamespace) + "/configmaps/" + clusternet.ConfigMapName
 	if err := c.Get(context.Background(), path, &cm); err != nil {
 		return nil, p.apiError(err)
 	}
-	var cn clusterNetwork
-	if err := json.Unmarshal([]byte(cm.Data[clusterNetworkKey]), &cn); err != nil {
+	var cn clusternet.Network
+	if err := json.Unmarshal([]byte(cm.Data[clusternet.ConfigMapKey]), &cn); err != nil {
 		return nil, err
 	}
 	return &cn, nil

@@ -15,22 +15,9 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"sigs.k8s.io/yaml"
+
+	"github.com/spinneret-cni/spinneret/internal/clusternet"
 )
-
-// ClusterNetwork is what the controller publishes (ConfigMap
-// spinneret-cluster-network, key network.json) and the plugin routes
-// through the node: the service CIDRs, the cluster's pod CIDRs, and each
-// node's own pod CIDRs, with where each was found.
-type ClusterNetwork struct {
-	ServiceCIDRs  []string            `json:"serviceCIDRs"`
-	ServiceSource string              `json:"serviceSource"`
-	PodCIDRs      []string            `json:"podCIDRs"`
-	PodSource     string              `json:"podSource"`
-	NodePodCIDRs  map[string][]string `json:"nodePodCIDRs,omitempty"`
-}
-
-// ConfigMapKey is the key of the published JSON.
-const ConfigMapKey = "network.json"
 
 var (
 	ciliumNodeGVR = schema.GroupVersionResource{Group: "cilium.io", Version: "v2", Resource: "ciliumnodes"}
@@ -41,7 +28,7 @@ var (
 // discover finds the cluster's CIDRs and publishes them if they changed.
 // Nothing found leaves the published values as they are.
 func (c *ctrl) discover(ctx context.Context) {
-	cn := ClusterNetwork{NodePodCIDRs: map[string][]string{}}
+	cn := clusternet.Network{NodePodCIDRs: map[string][]string{}}
 	kubeadmSvc, kubeadmPod := c.kubeadm(ctx)
 	kcmSvc, kcmPod := c.kcmFlags(ctx)
 
@@ -119,7 +106,7 @@ func (c *ctrl) discover(ctx context.Context) {
 // node's range is its CiliumNode's spec.ipam.podCIDRs, which is what the
 // node's pods use and can differ from the Node's spec.podCIDRs; in
 // multi-pool mode, the CiliumPodIPPools; in kubernetes mode, the cluster's.
-func (c *ctrl) cilium(ctx context.Context, cm *corev1.ConfigMap, cn *ClusterNetwork, nodeCIDRs map[string][]string, clusterPods func() ([]string, string)) {
+func (c *ctrl) cilium(ctx context.Context, cm *corev1.ConfigMap, cn *clusternet.Network, nodeCIDRs map[string][]string, clusterPods func() ([]string, string)) {
 	mode := cm.Data["ipam"]
 	if mode == "" {
 		mode = "cluster-pool"
@@ -230,17 +217,17 @@ func normalise(in []string) []string {
 
 // publish writes the ConfigMap if its content changed. Empty discoveries
 // leave what was published before.
-func (c *ctrl) publish(ctx context.Context, cn *ClusterNetwork) {
+func (c *ctrl) publish(ctx context.Context, cn *clusternet.Network) {
 	if len(cn.ServiceCIDRs) == 0 && len(cn.PodCIDRs) == 0 {
 		c.log.Warn("no cluster CIDRs found; the published ones stay")
 		return
 	}
 	b, _ := json.Marshal(cn)
 	cms := c.cs.CoreV1().ConfigMaps(c.cfg.Namespace)
-	cur, err := cms.Get(ctx, ConfigMapName, metav1.GetOptions{})
+	cur, err := cms.Get(ctx, clusternet.ConfigMapName, metav1.GetOptions{})
 	switch {
 	case apierrors.IsNotFound(err):
-		cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: ConfigMapName, Namespace: c.cfg.Namespace}, Data: map[string]string{ConfigMapKey: string(b)}}
+		cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: clusternet.ConfigMapName, Namespace: c.cfg.Namespace}, Data: map[string]string{clusternet.ConfigMapKey: string(b)}}
 		if _, err := cms.Create(ctx, cm, metav1.CreateOptions{}); err != nil {
 			c.log.Warn("publish cluster network", "err", err)
 			return
@@ -248,14 +235,14 @@ func (c *ctrl) publish(ctx context.Context, cn *ClusterNetwork) {
 	case err != nil:
 		c.log.Warn("publish cluster network", "err", err)
 		return
-	case cur.Data[ConfigMapKey] == string(b):
+	case cur.Data[clusternet.ConfigMapKey] == string(b):
 		return
 	default:
 		cur = cur.DeepCopy()
 		if cur.Data == nil {
 			cur.Data = map[string]string{}
 		}
-		cur.Data[ConfigMapKey] = string(b)
+		cur.Data[clusternet.ConfigMapKey] = string(b)
 		if _, err := cms.Update(ctx, cur, metav1.UpdateOptions{}); err != nil {
 			c.log.Warn("publish cluster network", "err", err)
 			return

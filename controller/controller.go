@@ -72,11 +72,9 @@ func (c *Config) Defaults() {
 	}
 }
 
-// Names of what the controller owns.
-const (
-	LeaseName     = "spinneret-controller"
-	ConfigMapName = "spinneret-cluster-network"
-)
+// LeaseName is the Lease the controller's replicas elect a leader with
+// (it also owns the ConfigMap clusternet.ConfigMapName).
+const LeaseName = "spinneret-controller"
 
 var (
 	allocGVR    = schema.GroupVersionResource{Group: "spinneret.io", Version: "v1alpha1", Resource: "ipallocations"}

@@ -15,13 +15,14 @@ import (
 	"syscall"
 
 	"github.com/spinneret-cni/spinneret/controller"
+	"github.com/spinneret-cni/spinneret/internal/clusternet"
 )
 
 func main() {
 	var cfg controller.Config
 	fs := flag.NewFlagSet("spinneret controller", flag.ContinueOnError)
 	fs.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "kubeconfig file (default: in-cluster config)")
-	fs.StringVar(&cfg.Namespace, "namespace", "kube-system", "namespace of the Lease and of the published ConfigMap "+controller.ConfigMapName)
+	fs.StringVar(&cfg.Namespace, "namespace", "kube-system", "namespace of the Lease and of the published ConfigMap "+clusternet.ConfigMapName)
 	fs.StringVar(&cfg.Identity, "identity", "", "this replica's name in the Lease (default: host name and pid)")
 	fs.DurationVar(&cfg.LeaseDuration, "lease-duration", 0, "leader election: lease duration (default 15s)")
 	fs.DurationVar(&cfg.RenewDeadline, "renew-deadline", 0, "leader election: renew deadline (default 10s)")
