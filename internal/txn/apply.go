@@ -4,11 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"time"
-)
 
-// hook lets test builds (tag testhooks) inject a failure or a SIGKILL at a
-// step. It is nil in production builds.
-var hook func(step int) error
+	"github.com/spinneret-cni/spinneret/internal/testhook"
+)
 
 // Apply runs ops in order. The whole plan is recorded in the journal, in
 // one fsync'd write, before the first step runs: every step is on disk
@@ -28,10 +26,7 @@ func Apply(env *Env, j *Journal, ops []Op) error {
 		return fail(0, err)
 	}
 	for i, op := range ops {
-		var err error
-		if hook != nil {
-			err = hook(i)
-		}
+		err := testhook.Step(i)
 		if err == nil {
 			start := time.Now()
 			err = op.Do(env)
@@ -41,10 +36,8 @@ func Apply(env *Env, j *Journal, ops []Op) error {
 			return fail(i, err)
 		}
 	}
-	if hook != nil {
-		if err := hook(len(ops)); err != nil {
-			return fail(len(ops)-1, err)
-		}
+	if err := testhook.Step(len(ops)); err != nil {
+		return fail(len(ops)-1, err)
 	}
 	return nil
 }
