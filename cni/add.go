@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
@@ -30,6 +29,9 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 		return err
 	}
 	defer func(t time.Time) { p.done("ADD", args, t, err) }(time.Now())
+	if p.args, err = parseCNIArgs(args.Args); err != nil {
+		return types.NewError(types.ErrInvalidEnvironmentVariables, "CNI_ARGS: "+err.Error(), "")
+	}
 	defer func() {
 		if err != nil {
 			p.reportFailure(args, err)
@@ -400,15 +402,4 @@ func (p *plugin) precheck(env *txn.Env, nics []NIC) error {
 		}
 	}
 	return nil
-}
-
-// cniArg returns the value of key in CNI_ARGS ("K=V;K2=V2"); other keys are
-// the runtime's and ignored.
-func cniArg(args, key string) string {
-	for _, kv := range strings.Split(args, ";") {
-		if k, v, ok := strings.Cut(kv, "="); ok && strings.TrimSpace(k) == key {
-			return strings.TrimSpace(v)
-		}
-	}
-	return ""
 }

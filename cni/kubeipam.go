@@ -22,7 +22,7 @@ func (p *plugin) apiPod(args *skel.CmdArgs) (*kube.Pod, error) {
 	if p.pod != nil {
 		return p.pod, nil
 	}
-	ns, name, uid := cniArg(args.Args, "K8S_POD_NAMESPACE"), cniArg(args.Args, "K8S_POD_NAME"), cniArg(args.Args, "K8S_POD_UID")
+	ns, name, uid := string(p.args.K8S_POD_NAMESPACE), string(p.args.K8S_POD_NAME), string(p.args.K8S_POD_UID)
 	if ns == "" || name == "" {
 		return nil, nil // not a Kubernetes pod
 	}
@@ -176,7 +176,7 @@ func (p *plugin) releaseKubeRefs(j *txn.Journal) {
 // down (or refusing) does not fail DEL: the pod's network is gone, and the
 // controller frees the addresses of pods that no longer exist.
 func (p *plugin) releaseKube(args *skel.CmdArgs) {
-	uid := cniArg(args.Args, "K8S_POD_UID")
+	uid := string(p.args.K8S_POD_UID)
 	c, err := p.kubeClient()
 	if err != nil || c == nil || uid == "" {
 		return

@@ -91,12 +91,15 @@ func TestPlanGolden(t *testing.T) {
 	}
 }
 
-func TestCNIArg(t *testing.T) {
-	args := "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;MAC=0a:1b:2c:3d:4e:5f;K8S_POD_NAME=x"
-	if got := cniArg(args, "MAC"); got != "0a:1b:2c:3d:4e:5f" {
-		t.Fatalf("MAC = %q", got)
+func TestCNIArgs(t *testing.T) {
+	a, err := parseCNIArgs("K8S_POD_NAMESPACE=default;MAC=0a:1b:2c:3d:4e:5f;K8S_POD_NAME=x;K8S_POD_INFRA_CONTAINER_ID=abc")
+	if err != nil || a.MAC != "0a:1b:2c:3d:4e:5f" || a.pod().Namespace != "default" || a.pod().Name != "x" {
+		t.Fatalf("%+v, %v", a, err)
 	}
-	if got := cniArg(args, "NOPE"); got != "" {
-		t.Fatalf("NOPE = %q", got)
+	if a, err := parseCNIArgs(""); err != nil || a.pod() != nil {
+		t.Fatalf("empty: %+v, %v", a, err)
+	}
+	if _, err := parseCNIArgs("K8S_POD_NAME"); err == nil {
+		t.Fatal("a pair without = parsed")
 	}
 }

@@ -54,6 +54,7 @@ type plugin struct {
 	// phases are "name", milliseconds pairs for the final log line
 	phases []any
 	mark   time.Time
+	args   cniArgs      // CNI_ARGS, parsed once
 	kube   *kube.Client // loaded on first use, with a kubeconfig
 	pod    *kube.Pod    // the pod as the API server has it, once read
 	kipam  *ipam.Kube   // the kubernetes IPAM backend, once needed
@@ -224,6 +225,11 @@ func cmdDel(args *skel.CmdArgs) (err error) {
 		}
 	}
 	defer func(t time.Time) { p.done("DEL", args, t, err) }(time.Now())
+	if p.args, err = parseCNIArgs(args.Args); err != nil {
+		// DEL works from the journal; only the release by pod UID and the
+		// event need the pod
+		p.log.Warn("CNI_ARGS unreadable; DEL goes on without the pod's identity", "err", err)
+	}
 	lk, err := p.attachmentLock(args.ContainerID, args.IfName, true)
 	if err != nil {
 		return types.NewError(types.ErrIOFailure, err.Error(), "")
@@ -240,7 +246,7 @@ func cmdDel(args *skel.CmdArgs) (err error) {
 	case err != nil:
 		return types.NewError(types.ErrIOFailure, err.Error(), "")
 	default:
-		err = p.teardown(j, podRef(args))
+		err = p.teardown(j, p.args.pod())
 	}
 	if err != nil {
 		return types.NewError(types.ErrTryAgainLater, fmt.Sprintf("DEL %s/%s: %v", args.ContainerID, args.IfName, err), "")

@@ -140,10 +140,10 @@ func (p *plugin) resolveNICs(args *skel.CmdArgs) ([]NIC, error) {
 	if err != nil {
 		return nil, err
 	}
-	podNS := cniArg(args.Args, "K8S_POD_NAMESPACE")
+	podNS := string(p.args.K8S_POD_NAMESPACE)
 	primary := p.cfg.Network
 	eth0 := NIC{IfName: args.IfName, Network: primary, MAC: primary.MAC}
-	if m := cniArg(args.Args, "MAC"); m != "" {
+	if m := string(p.args.MAC); m != "" {
 		hw, err := net.ParseMAC(m)
 		if err != nil || len(hw) != 6 || hw[0]&1 == 1 {
 			return nil, types.NewError(types.ErrInvalidEnvironmentVariables, fmt.Sprintf("CNI_ARGS MAC: %q is not a unicast MAC address", m), "")

@@ -34,7 +34,7 @@ func (p *plugin) assignVFs(args *skel.CmdArgs, nics []NIC) error {
 			}
 			left, ok := assigned[sr.ResourceName]
 			if !ok {
-				ns, name := cniArg(args.Args, "K8S_POD_NAMESPACE"), cniArg(args.Args, "K8S_POD_NAME")
+				ns, name := string(p.args.K8S_POD_NAMESPACE), string(p.args.K8S_POD_NAME)
 				if ns == "" || name == "" {
 					return fmt.Errorf("%s: resource %s: CNI_ARGS name no pod to ask the kubelet about", nics[i].IfName, sr.ResourceName)
 				}
@@ -49,7 +49,7 @@ func (p *plugin) assignVFs(args *skel.CmdArgs, nics []NIC) error {
 				left = left[1:]
 			}
 			if len(left) == 0 {
-				return fmt.Errorf("%s: the kubelet assigned pod %s no (more) %s device", nics[i].IfName, cniArg(args.Args, "K8S_POD_NAME"), sr.ResourceName)
+				return fmt.Errorf("%s: the kubelet assigned pod %s no (more) %s device", nics[i].IfName, p.args.K8S_POD_NAME, sr.ResourceName)
 			}
 			pci, assigned[sr.ResourceName] = left[0], left[1:]
 		}

@@ -31,15 +31,6 @@ func (p *plugin) kubeClient() (*kube.Client, error) {
 	return p.kube, nil
 }
 
-// podRef is the pod CNI_ARGS names; nil when it names none.
-func podRef(args *skel.CmdArgs) *kube.Pod {
-	ns, name := cniArg(args.Args, "K8S_POD_NAMESPACE"), cniArg(args.Args, "K8S_POD_NAME")
-	if ns == "" || name == "" {
-		return nil
-	}
-	return &kube.Pod{Namespace: ns, Name: name, UID: cniArg(args.Args, "K8S_POD_UID")}
-}
-
 // networkStatus is one entry of the network-status annotation.
 type networkStatus struct {
 	Name      string      `json:"name"`
@@ -88,7 +79,7 @@ func NetworkStatus(nics []NIC, res *current.Result) ([]byte, error) {
 // works, only its status is missing.
 func (p *plugin) writeNetworkStatus(args *skel.CmdArgs, nics []NIC, res *current.Result) {
 	c, err := p.kubeClient()
-	pod := podRef(args)
+	pod := p.args.pod()
 	if err != nil || c == nil || pod == nil {
 		return
 	}
@@ -106,7 +97,7 @@ func (p *plugin) writeNetworkStatus(args *skel.CmdArgs, nics []NIC, res *current
 // reason that says what failed.
 func (p *plugin) reportFailure(args *skel.CmdArgs, cause error) {
 	c, err := p.kubeClient()
-	pod := podRef(args)
+	pod := p.args.pod()
 	if err != nil || c == nil || pod == nil {
 		return
 	}
