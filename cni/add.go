@@ -21,6 +21,7 @@ import (
 	"github.com/spinneret-cni/spinneret/internal/netops"
 	"github.com/spinneret-cni/spinneret/internal/txn"
 	"github.com/spinneret-cni/spinneret/ipam"
+	"github.com/spinneret-cni/spinneret/request"
 )
 
 func cmdAdd(args *skel.CmdArgs) (err error) {
@@ -29,7 +30,7 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 		return err
 	}
 	defer func(t time.Time) { p.done("ADD", args, t, err) }(time.Now())
-	if p.args, err = parseCNIArgs(args.Args); err != nil {
+	if p.args, err = request.ParseArgs(args.Args); err != nil {
 		return types.NewError(types.ErrInvalidEnvironmentVariables, "CNI_ARGS: "+err.Error(), "")
 	}
 	defer func() {
@@ -267,7 +268,7 @@ func (p *plugin) nodeAddrRule(env *txn.Env, nics []NIC) error {
 		}
 		nics[i].Network.Pools = pools
 		for _, a := range nics[i].Static {
-			field := fmt.Sprintf("%s[%d].ips", AnnotNetworks, i-1)
+			field := fmt.Sprintf("%s[%d].ips", request.AnnotNetworks, i-1)
 			if coordinator.IsNodeAddr(host, a) {
 				return fmt.Errorf("%s: %s: static address %s is an address of the node", field, nics[i].IfName, a)
 			}

@@ -18,7 +18,7 @@ import (
 
 // apiPod is the pod of CNI_ARGS as the API server has it, read once. A pod
 // re-created under the same name (another UID than K8S_POD_UID) is refused.
-func (p *plugin) apiPod(args *skel.CmdArgs) (*kube.Pod, error) {
+func (p *plugin) apiPod() (*kube.Pod, error) {
 	if p.pod != nil {
 		return p.pod, nil
 	}
@@ -56,7 +56,7 @@ func (p *plugin) apiError(err error) error {
 }
 
 // kubeIPAM is the kubernetes IPAM backend for this pod, made once.
-func (p *plugin) kubeIPAM(args *skel.CmdArgs, network string) (*ipam.Kube, error) {
+func (p *plugin) kubeIPAM(network string) (*ipam.Kube, error) {
 	if p.kipam != nil {
 		return p.kipam, nil
 	}
@@ -69,7 +69,7 @@ func (p *plugin) kubeIPAM(args *skel.CmdArgs, network string) (*ipam.Kube, error
 	if p.apiDown {
 		return nil, types.NewError(types.ErrTryAgainLater, "network "+network+": "+kube.ErrUnreachable.Error(), "")
 	}
-	pod, err := p.apiPod(args)
+	pod, err := p.apiPod()
 	if err != nil {
 		return nil, err
 	}
@@ -84,18 +84,18 @@ func (p *plugin) kubeIPAM(args *skel.CmdArgs, network string) (*ipam.Kube, error
 // selectKubePools gives each NIC of a kubernetes-backed network its
 // candidate IPPools (ipam.Kube.Select), so routes and gateways are known
 // before anything is allocated.
-func (p *plugin) selectKubePools(args *skel.CmdArgs, nics []NIC) error {
+func (p *plugin) selectKubePools(nics []NIC) error {
 	for i := range nics {
 		n := &nics[i]
 		if !n.Network.KubeIPAM {
 			continue
 		}
-		k, err := p.kubeIPAM(args, n.Network.Name)
+		k, err := p.kubeIPAM(n.Network.Name)
 		if err != nil {
 			return err
 		}
-		sel := n.kubeSel
-		sel.IfName, sel.Primary, sel.Network = n.IfName, i == 0, n.Network.IPPools
+		sel := ipam.KubeSelect{IfName: n.IfName, Primary: i == 0, Network: n.Network.IPPools,
+			Annotated: n.Pools.Annotated, Annot4: n.Pools.IPv4, Annot6: n.Pools.IPv6}
 		pools, err := k.Select(sel)
 		if err != nil {
 			return p.apiError(err)
@@ -132,6 +132,15 @@ func (p *plugin) allocate(args *skel.CmdArgs, nics []NIC) ([]ipam.Allocation, er
 		return nil, p.apiError(err)
 	}
 	return append(allocs, more...), nil
+}
+
+// ipamRequests is what the NICs ask of the IPAM backends.
+func ipamRequests(nics []NIC) []ipam.Request {
+	var out []ipam.Request
+	for _, n := range nics {
+		out = append(out, ipam.Request{IfName: n.IfName, Pools: n.Network.Pools, Static: n.Static})
+	}
+	return out
 }
 
 // quarantine keeps a conflicting address away from pods for d, in the

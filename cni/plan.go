@@ -14,30 +14,17 @@ import (
 	"github.com/spinneret-cni/spinneret/internal/netops"
 	"github.com/spinneret-cni/spinneret/internal/txn"
 	"github.com/spinneret-cni/spinneret/ipam"
+	"github.com/spinneret-cni/spinneret/request"
 )
 
-// NIC is one resolved pod interface: its network (with the master mapped to
-// this node's interface), the MAC to use, its addresses and what the pod's
-// annotations add to it.
+// NIC is one pod interface: what the pod asked for (request.NIC), and what
+// the later stages found for it: its addresses, its routes from the
+// annotation, its VF.
 type NIC struct {
-	IfName  string
-	Network conf.Network
-	MAC     string
-	Addrs   []ipam.Allocation
-	// Static are addresses the pod asked for (networks annotation "ips").
-	Static []netip.Addr
+	request.NIC
+	Addrs []ipam.Allocation
 	// ExtraRoutes come from spinneret.io/routes.
 	ExtraRoutes []Route
-	// DefaultRoute marks the NIC that holds the pod's default route.
-	DefaultRoute bool
-	// PodMAC marks a MAC the pod asked for (annotation, runtime, CNI_ARGS):
-	// it wins over podMACPrefix.
-	PodMAC bool
-	// StatusName is the network's name in network-status ("ns/name" when
-	// the annotation named a namespace); "" means the network's name.
-	StatusName string
-	// kubeSel is what spinneret.io/ippools asks of the kubernetes backend.
-	kubeSel ipam.KubeSelect
 	// VF is an sriov NIC's virtual function, and VFOrig its settings
 	// before the ADD (read when planning, journaled with the plan).
 	VF     *drivers.VF

@@ -11,6 +11,7 @@ import (
 	"github.com/spinneret-cni/spinneret/conf"
 	"github.com/spinneret-cni/spinneret/internal/txn"
 	"github.com/spinneret-cni/spinneret/ipam"
+	"github.com/spinneret-cni/spinneret/request"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden plans in testdata/")
@@ -46,7 +47,7 @@ func TestPlanGolden(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			nic := NIC{IfName: "eth0", Network: cfg.Network, MAC: c.mac}
+			nic := NIC{NIC: request.NIC{IfName: "eth0", Network: cfg.Network, MAC: c.mac}}
 			for _, a := range c.addrs {
 				var pool, addr string
 				for i := range a {
@@ -88,18 +89,5 @@ func TestPlanGolden(t *testing.T) {
 				t.Fatalf("plan does not round-trip through JSON:\n%s", again)
 			}
 		})
-	}
-}
-
-func TestCNIArgs(t *testing.T) {
-	a, err := parseCNIArgs("K8S_POD_NAMESPACE=default;MAC=0a:1b:2c:3d:4e:5f;K8S_POD_NAME=x;K8S_POD_INFRA_CONTAINER_ID=abc")
-	if err != nil || a.MAC != "0a:1b:2c:3d:4e:5f" || a.pod().Namespace != "default" || a.pod().Name != "x" {
-		t.Fatalf("%+v, %v", a, err)
-	}
-	if a, err := parseCNIArgs(""); err != nil || a.pod() != nil {
-		t.Fatalf("empty: %+v, %v", a, err)
-	}
-	if _, err := parseCNIArgs("K8S_POD_NAME"); err == nil {
-		t.Fatal("a pair without = parsed")
 	}
 }

@@ -26,6 +26,7 @@ import (
 	"github.com/spinneret-cni/spinneret/internal/kube"
 	"github.com/spinneret-cni/spinneret/internal/txn"
 	"github.com/spinneret-cni/spinneret/ipam"
+	"github.com/spinneret-cni/spinneret/request"
 )
 
 // Plugin-specific CNI error codes (100+ are free for plugins).
@@ -54,7 +55,7 @@ type plugin struct {
 	// phases are "name", milliseconds pairs for the final log line
 	phases []any
 	mark   time.Time
-	args   cniArgs      // CNI_ARGS, parsed once
+	args   request.Args // CNI_ARGS, parsed once
 	kube   *kube.Client // loaded on first use, with a kubeconfig
 	pod    *kube.Pod    // the pod as the API server has it, once read
 	kipam  *ipam.Kube   // the kubernetes IPAM backend, once needed
@@ -225,7 +226,7 @@ func cmdDel(args *skel.CmdArgs) (err error) {
 		}
 	}
 	defer func(t time.Time) { p.done("DEL", args, t, err) }(time.Now())
-	if p.args, err = parseCNIArgs(args.Args); err != nil {
+	if p.args, err = request.ParseArgs(args.Args); err != nil {
 		// DEL works from the journal; only the release by pod UID and the
 		// event need the pod
 		p.log.Warn("CNI_ARGS unreadable; DEL goes on without the pod's identity", "err", err)
@@ -246,7 +247,7 @@ func cmdDel(args *skel.CmdArgs) (err error) {
 	case err != nil:
 		return types.NewError(types.ErrIOFailure, err.Error(), "")
 	default:
-		err = p.teardown(j, p.args.pod())
+		err = p.teardown(j, kubePod(p.args))
 	}
 	if err != nil {
 		return types.NewError(types.ErrTryAgainLater, fmt.Sprintf("DEL %s/%s: %v", args.ContainerID, args.IfName, err), "")

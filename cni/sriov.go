@@ -4,19 +4,17 @@ import (
 	"context"
 	"fmt"
 
-	"github.com/containernetworking/cni/pkg/skel"
-
 	"github.com/spinneret-cni/spinneret/drivers"
 	"github.com/spinneret-cni/spinneret/internal/podres"
 )
 
-// assignVFs gives each sriov NIC its VF: the network's deviceID (for eth0
-// also the runtime's deviceID capability), or the
+// assignVFs gives each sriov NIC its VF: the one the request names (the
+// network's deviceID; for eth0 also the runtime's deviceID capability), or the
 // next of the devices the kubelet assigned the pod for the network's
 // resourceName (kubelet PodResources API, one call per resource). A VF
 // that is not one, has no PF netdev here, or whose netdev is in another
 // pod is an error before anything is allocated.
-func (p *plugin) assignVFs(args *skel.CmdArgs, nics []NIC) error {
+func (p *plugin) assignVFs(nics []NIC) error {
 	assigned := map[string][]string{} // resource -> devices left
 	used := map[string]string{}       // PCI -> NIC
 	for i := range nics {
@@ -24,10 +22,7 @@ func (p *plugin) assignVFs(args *skel.CmdArgs, nics []NIC) error {
 		if sr == nil {
 			continue
 		}
-		pci := sr.DeviceID
-		if i == 0 && pci == "" {
-			pci = p.cfg.RuntimeDeviceID // the runtime's deviceID capability
-		}
+		pci := nics[i].DeviceID
 		if pci == "" {
 			if sr.ResourceName == "" {
 				return fmt.Errorf("%s: network %s names neither a deviceID nor a resourceName", nics[i].IfName, nics[i].Network.Name)

@@ -10,6 +10,7 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 
 	"github.com/spinneret-cni/spinneret/internal/kube"
+	"github.com/spinneret-cni/spinneret/request"
 )
 
 // AnnotNetworkStatus is the Network Plumbing WG's status annotation.
@@ -29,6 +30,15 @@ func (p *plugin) kubeClient() (*kube.Client, error) {
 		p.kube = c
 	}
 	return p.kube, nil
+}
+
+// kubePod is the pod CNI_ARGS name, as the API client takes it; nil when
+// they name none.
+func kubePod(a request.Args) *kube.Pod {
+	if pod := a.Pod(); pod != nil {
+		return &kube.Pod{Namespace: pod.Namespace, Name: pod.Name, UID: pod.UID}
+	}
+	return nil
 }
 
 // networkStatus is one entry of the network-status annotation.
@@ -79,7 +89,7 @@ func NetworkStatus(nics []NIC, res *current.Result) ([]byte, error) {
 // works, only its status is missing.
 func (p *plugin) writeNetworkStatus(args *skel.CmdArgs, nics []NIC, res *current.Result) {
 	c, err := p.kubeClient()
-	pod := p.args.pod()
+	pod := kubePod(p.args)
 	if err != nil || c == nil || pod == nil {
 		return
 	}
@@ -97,7 +107,7 @@ func (p *plugin) writeNetworkStatus(args *skel.CmdArgs, nics []NIC, res *current
 // reason that says what failed.
 func (p *plugin) reportFailure(args *skel.CmdArgs, cause error) {
 	c, err := p.kubeClient()
-	pod := p.args.pod()
+	pod := kubePod(p.args)
 	if err != nil || c == nil || pod == nil {
 		return
 	}

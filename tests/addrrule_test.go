@@ -8,6 +8,7 @@ import (
 
 	"github.com/spinneret-cni/spinneret/cni"
 	"github.com/spinneret-cni/spinneret/internal/netlab"
+	"github.com/spinneret-cni/spinneret/request"
 )
 
 // TestNodeAddressRule: a pod may not have the node's address, its gateway,
@@ -40,7 +41,7 @@ func TestNodeAddressRule(t *testing.T) {
 		{"2001:db8:0:1::", "static address 2001:db8:0:1:: is the subnet-router anycast address of subnet 2001:db8:0:1::/64"},
 	} {
 		t.Run(c.static, func(t *testing.T) {
-			ann := map[string]string{cni.AnnotNetworks: fmt.Sprintf(`[{"name":"blue","ips":["%s"]}]`, c.static)}
+			ann := map[string]string{request.AnnotNetworks: fmt.Sprintf(`[{"name":"blue","ips":["%s"]}]`, c.static)}
 			_, err := e.add(l, podRT("c1", p, ann))
 			wantErr(t, err, cni.ErrBadRequest, "k8s.v1.cni.cncf.io/networks[0].ips: ")
 			wantErr(t, err, cni.ErrBadRequest, c.msg)
@@ -56,10 +57,10 @@ func TestNodeAddressRule(t *testing.T) {
 	before = e.snapshot(p) // with the node's neighbour entries for its gateway
 	// a pool whose range holds the node's address skips it
 	l = e.confListRaw(conflist(`"ranges":[{"start":"192.0.2.2","end":"192.0.2.3"}],`))
-	r := e.mustAdd(l, podRT("c2", p, map[string]string{cni.AnnotNetworks: "blue"}))
+	r := e.mustAdd(l, podRT("c2", p, map[string]string{request.AnnotNetworks: "blue"}))
 	if got := nicAddr(t, r, "net1", true); got.String() != "192.0.2.3" {
 		t.Fatalf("net1 got %s from a range holding the node's 192.0.2.2", got)
 	}
-	e.mustDel(l, podRT("c2", p, map[string]string{cni.AnnotNetworks: "blue"}))
+	e.mustDel(l, podRT("c2", p, map[string]string{request.AnnotNetworks: "blue"}))
 	e.sameAs(before, p)
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 
 	"fmt"
-	"github.com/spinneret-cni/spinneret/cni"
 	"os"
 	"path/filepath"
 	"sort"
@@ -16,6 +15,7 @@ import (
 	"github.com/containernetworking/cni/libcni"
 
 	"github.com/spinneret-cni/spinneret/internal/netlab"
+	"github.com/spinneret-cni/spinneret/request"
 )
 
 // benchPods is how many pods BenchmarkPodLifecycle attaches and detaches.
@@ -73,7 +73,7 @@ func benchLifecycle(b *testing.B, nics int, fam family) {
 		b.Fatal(err)
 	}
 	rt := func(i int, p *netlab.NS) *libcni.RuntimeConf {
-		return podRT(fmt.Sprintf("bench-%d", i), p, map[string]string{cni.AnnotNetworks: strings.Join(selected, ",")})
+		return podRT(fmt.Sprintf("bench-%d", i), p, map[string]string{request.AnnotNetworks: strings.Join(selected, ",")})
 	}
 	pods := make([]*netlab.NS, benchPods)
 	for i := range pods {

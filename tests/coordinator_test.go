@@ -10,8 +10,8 @@ import (
 
 	"github.com/google/nftables"
 
-	"github.com/spinneret-cni/spinneret/cni"
 	"github.com/spinneret-cni/spinneret/internal/netlab"
+	"github.com/spinneret-cni/spinneret/request"
 )
 
 // sentBy runs fn and reports whether the pod's link sent at least n
@@ -45,7 +45,7 @@ func TestCoordinatorPaths(t *testing.T) {
 			l := e.multiConf(fam, svc)
 			p, _ := e.topo.NewPod()
 			before := e.snapshot(p)
-			rt := podRT("c1", p, map[string]string{cni.AnnotNetworks: "blue"})
+			rt := podRT("c1", p, map[string]string{request.AnnotNetworks: "blue"})
 			r := e.mustAdd(l, rt)
 			for _, v4 := range fam.versions() {
 				node := map[bool]netip.Addr{true: netlab.NodeIP4, false: netlab.NodeIP6}[v4]

@@ -12,6 +12,7 @@ import (
 	"github.com/spinneret-cni/spinneret/cni" // also registers every op kind
 	"github.com/spinneret-cni/spinneret/internal/netlab"
 	"github.com/spinneret-cni/spinneret/internal/txn"
+	"github.com/spinneret-cni/spinneret/request"
 )
 
 // scenario is a pod request the step tests replay: one NIC per family, and
@@ -39,7 +40,7 @@ func scenarios() []scenario {
 			return e, e.multiConf(dual, "")
 		},
 		rt: func(id string, p *netlab.NS) *libcni.RuntimeConf {
-			return podRT(id, p, map[string]string{cni.AnnotNetworks: "blue, green"})
+			return podRT(id, p, map[string]string{request.AnnotNetworks: "blue, green"})
 		}})
 }
 
