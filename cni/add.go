@@ -142,12 +142,13 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 		}
 	}
 	p.phase("allocate")
-	if aerr := txn.Apply(env, j, Plan(in)); aerr != nil {
+	plan := NewPlan(in)
+	if aerr := txn.Apply(env, j, plan.Ops); aerr != nil {
 		p.reportAbandoned(j, nil, env.Abandoned)
 		return p.abort(j, aerr)
 	}
 	p.phase("apply")
-	res, err := buildResult(env, args.Netns, in, p.cfg.DNS)
+	res, err := buildResult(env, args.Netns, in, plan.Layout, p.cfg.DNS)
 	if err == nil {
 		var b []byte
 		if b, err = json.Marshal(res); err == nil {

@@ -200,11 +200,18 @@ type PlanInput struct {
 	NodeIPs []netip.Addr
 }
 
-// Plan is the ordered list of operations that attaches the pod: for each
-// NIC, create the link in the pod, add its addresses, set it up, add its
-// routes and rules; then the coordinator's veth and routes. It is a pure
-// function of its input: no kernel, no root.
-func Plan(in PlanInput) []txn.Op {
+// Plan is how a pod is attached: the ordered operations and the routing
+// layout of its NICs with netdevs (their tables and routes, which the CNI
+// result reports), computed once.
+type Plan struct {
+	Ops    []txn.Op
+	Layout []routing // per NIC of netdevNICs, in order
+}
+
+// NewPlan plans the pod: for each NIC, create the link in the pod, add its
+// addresses, set it up, add its routes and rules; then the coordinator's
+// veth and routes. It is a pure function of its input: no kernel, no root.
+func NewPlan(in PlanInput) *Plan {
 	ops := parentOps(in)
 	// userspace VFs: set through the PF only; the rest has netdevs
 	for _, n := range in.NICs {
@@ -213,8 +220,10 @@ func Plan(in PlanInput) []txn.Op {
 		}
 	}
 	in.NICs = netdevNICs(in.NICs)
-	ops = append(ops, planNICs(in.NICs)...)
-	return append(ops, coordinator.Plan(coordinatorInput(in))...)
+	routes := layout(in.NICs)
+	ops = append(ops, planNICs(in.NICs, routes)...)
+	ops = append(ops, coordinator.Plan(coordinatorInput(in, routes))...)
+	return &Plan{Ops: ops, Layout: routes}
 }
 
 // LinkMaster is the node link the NIC's macvlan or ipvlan hangs off: the
@@ -250,12 +259,12 @@ func parentOps(in PlanInput) []txn.Op {
 }
 
 // coordinatorInput is what the coordinator needs of the pod.
-func coordinatorInput(in PlanInput) coordinator.Input {
+func coordinatorInput(in PlanInput, routes []routing) coordinator.Input {
 	ci := coordinator.Input{ContainerID: in.ContainerID, NodeIPs: in.NodeIPs}
 	if len(in.NICs) > 0 {
 		ci.Conf = in.NICs[0].Network.Coordinator
 	}
-	for i, rt := range layout(in.NICs) {
+	for i, rt := range routes {
 		n := coordinator.NIC{IfName: in.NICs[i].IfName, Table: rt.Table}
 		for _, a := range in.NICs[i].Addrs {
 			n.Addrs = append(n.Addrs, a.Address)
@@ -265,10 +274,9 @@ func coordinatorInput(in PlanInput) coordinator.Input {
 	return ci
 }
 
-func planNICs(nics []NIC) []txn.Op {
+func planNICs(nics []NIC, routes []routing) []txn.Op {
 	// first: its undo deletes all the pod's links at once
 	ops := []txn.Op{&netops.LinkSweep{NS: txn.Pod, Group: netops.PodLinkGroup}}
-	routes := layout(nics)
 	for i, n := range nics {
 		rt := routes[i]
 		c := n.Network.Coordinator

@@ -63,7 +63,7 @@ func TestPlanGolden(t *testing.T) {
 			}
 			in := PlanInput{ContainerID: "0123456789abcdef", NICs: []NIC{nic},
 				NodeIPs: []netip.Addr{netip.MustParseAddr("10.6.212.101"), netip.MustParseAddr("fd00:6::101")}}
-			got, err := json.MarshalIndent(txn.Steps(Plan(in)), "", "  ")
+			got, err := json.MarshalIndent(txn.Steps(NewPlan(in).Ops), "", "  ")
 			if err != nil {
 				t.Fatal(err)
 			}

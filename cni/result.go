@@ -17,12 +17,12 @@ import (
 
 // buildResult reads each NIC's MAC and MTU back from the pod namespace and
 // returns the CNI result: every interface with its sandbox, every address
-// with its interface index and gateway, the routes and the DNS settings.
-func buildResult(env *txn.Env, netnsPath string, in PlanInput, dns types.DNS) (*current.Result, error) {
+// with its interface index and gateway, the routes (as the plan laid them
+// out) and the DNS settings.
+func buildResult(env *txn.Env, netnsPath string, in PlanInput, routes []routing, dns types.DNS) (*current.Result, error) {
 	nics := in.NICs
 	res := &current.Result{CNIVersion: current.ImplementedSpecVersion, DNS: dns}
 	nd := netdevNICs(nics)
-	routes := layout(nd)
 	for _, n := range nics {
 		iface := &current.Interface{Name: n.IfName, Sandbox: netnsPath}
 		if n.VF != nil {
