@@ -118,11 +118,11 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 		if d := nics[i].Network.DelegateIPAM; d != nil {
 			op := &ipam.Delegated{Type: d.Type, Conf: d.Conf, Path: args.Path, ContainerID: args.ContainerID, NetNS: args.Netns, IfName: nics[i].IfName, Args: args.Args}
 			if err := j.Append(txn.Step{Op: op}); err != nil {
-				return p.abort(j, err)
+				return p.abort(j, &earlyError{types.ErrIOFailure, err})
 			}
 			res, err := op.Add(context.Background())
 			if err != nil {
-				return p.abort(j, err)
+				return p.abort(j, &earlyError{ErrStepFailed, err})
 			}
 			nics[i].useDelegated(res)
 		}
@@ -134,8 +134,9 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	in := PlanInput{ContainerID: args.ContainerID, NICs: nics}
 	if p.cfg.Network.Coordinator.Underlay() {
 		if in.NodeIPs, err = p.nodeIPs(env, nics); err != nil {
-			p.releaseAll(args.ContainerID, args.IfName)
-			return types.NewError(types.ErrInternal, "learn node addresses: "+err.Error(), "")
+			// released like any failure after allocating: the local and
+			// kubernetes addresses, and the delegated IPAM's journaled runs
+			return p.abort(j, &earlyError{types.ErrInternal, fmt.Errorf("learn node addresses: %w", err)})
 		}
 		if len(in.NodeIPs) == 0 {
 			p.log.Warn("no node address found towards the pod's networks: the pod will not reach its node through veth0 (set nodeIPs in the node conf)")
@@ -175,10 +176,10 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 func (p *plugin) abort(j *txn.Journal, cause error) error {
 	var undoErr error
 	var se *txn.StepError
-	var refused *refusedError
+	var early *earlyError
 	if errors.As(cause, &se) {
 		undoErr = se.UndoErr
-	} else if errors.As(cause, &refused) {
+	} else if errors.As(cause, &early) {
 		// before the plan: only the delegated IPAM steps are journaled
 		env := p.envFor(j)
 		undoErr = txn.Rollback(env, j)
@@ -199,8 +200,8 @@ func (p *plugin) abort(j *txn.Journal, cause error) error {
 		return types.NewError(ErrRollbackIncomplete, fmt.Sprintf("network %s: %v", p.cfg.Name, cause), "")
 	}
 	code := ErrStepFailed
-	if refused != nil {
-		code = ErrBadRequest
+	if early != nil {
+		code = early.code
 	}
 	var conflict *coordinator.ConflictError
 	if errors.As(cause, &conflict) {
@@ -226,10 +227,16 @@ func (p *plugin) abort(j *txn.Journal, cause error) error {
 	return types.NewError(code, fmt.Sprintf("network %s: %v (rolled back)", p.cfg.Name, cause), "")
 }
 
-// refusedError is an address the request may not have, found after it
-// was allocated (a delegated IPAM plugin's result): ADD fails with
-// ErrBadRequest once it is released.
-type refusedError struct{ error }
+// earlyError is a failure after the addresses were allocated and before
+// the plan ran (an address the request may not have, found in a delegated
+// IPAM plugin's result; the node's addresses not readable): ADD fails with
+// code once everything allocated is released.
+type earlyError struct {
+	code uint
+	error
+}
+
+func (e *earlyError) Unwrap() error { return e.error }
 
 // nodeAddrRule keeps the node's own addresses from the pod, before
 // anything is allocated: the node routes every pod address into the pod
@@ -310,7 +317,7 @@ func (p *plugin) checkAllocated(env *txn.Env, nics []NIC) error {
 				why = "the network or broadcast address of " + sub.String()
 			}
 			if why != "" {
-				return &refusedError{fmt.Errorf("%s: %s gave %s, %s (exclude it there)", n.IfName, from, a, why)}
+				return &earlyError{ErrBadRequest, fmt.Errorf("%s: %s gave %s, %s (exclude it there)", n.IfName, from, a, why)}
 			}
 		}
 	}
