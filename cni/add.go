@@ -79,6 +79,7 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	if err := p.nodeAddrRule(env, nics); err != nil {
 		return types.NewError(ErrBadRequest, err.Error(), "")
 	}
+	cluster := p.clusterCIDRs()
 	p.phase("check")
 
 	// the journal is first written with the first step: a process killed
@@ -130,8 +131,7 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	if err := p.checkAllocated(env, nics); err != nil {
 		return p.abort(j, err)
 	}
-	p.clusterCIDRs(nics)
-	in := PlanInput{ContainerID: args.ContainerID, NICs: nics}
+	in := PlanInput{ContainerID: args.ContainerID, NICs: nics, Cluster: cluster}
 	if p.cfg.Network.Coordinator.Underlay() {
 		if in.NodeIPs, err = p.nodeIPs(env, nics); err != nil {
 			// released like any failure after allocating: the local and

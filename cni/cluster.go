@@ -20,19 +20,24 @@ type clusterCache struct {
 	Network clusternet.Network `json:"network"`
 }
 
-// clusterCIDRs gives the pod's coordinator the service and pod CIDRs the
-// controller published, when the config names none (and the node conf
-// names a kubeconfig). One GET, or none while the node's copy is younger
-// than the cache TTL; if the API server does not answer, the node's last
-// copy is used whatever its age: the controller (or the API server) being
-// down never blocks a pod.
-func (p *plugin) clusterCIDRs(nics []NIC) {
-	if len(nics) == 0 || p.node.Kubeconfig == "" {
-		return
-	}
-	c := &nics[0].Network.Coordinator
-	if !c.Underlay() || len(c.ServiceCIDR) > 0 || len(c.PodCIDR) > 0 {
-		return
+// ClusterCIDRs are the cluster's service and pod CIDRs, a node fact: the
+// pod's coordinator routes them through the node when the config names
+// none.
+type ClusterCIDRs struct {
+	Service, Pod []netip.Prefix
+}
+
+// clusterCIDRs reads the service and pod CIDRs the controller published,
+// when the primary network's coordinator needs them (underlay, and the
+// config names none) and the node conf names a kubeconfig. One GET, or none
+// while the node's copy is younger than the cache TTL; if the API server
+// does not answer, the node's last copy is used whatever its age: the
+// controller (or the API server) being down never blocks a pod.
+func (p *plugin) clusterCIDRs() ClusterCIDRs {
+	var out ClusterCIDRs
+	c := p.cfg.Network.Coordinator
+	if p.node.Kubeconfig == "" || !c.Underlay() || len(c.ServiceCIDR) > 0 || len(c.PodCIDR) > 0 {
+		return out
 	}
 	path := filepath.Join(p.node.StateDir, "cluster-network.json")
 	var cached clusterCache
@@ -53,13 +58,13 @@ func (p *plugin) clusterCIDRs(nics []NIC) {
 			p.log.Warn("cluster CIDRs: using the node's last copy", "fetched", cached.Fetched, "err", err)
 		default:
 			p.log.Warn("cluster CIDRs: none published (is spinneret controller running?); the pod gets no service or pod CIDR routes", "err", err)
-			return
+			return out
 		}
 	}
 	for _, l := range []struct {
 		in  []string
 		out *[]netip.Prefix
-	}{{cn.ServiceCIDRs, &c.ServiceCIDR}, {cn.PodCIDRs, &c.PodCIDR}} {
+	}{{cn.ServiceCIDRs, &out.Service}, {cn.PodCIDRs, &out.Pod}} {
 		for _, s := range l.in {
 			if pre, err := netip.ParsePrefix(s); err == nil {
 				*l.out = append(*l.out, pre.Masked())
@@ -67,6 +72,7 @@ func (p *plugin) clusterCIDRs(nics []NIC) {
 		}
 	}
 	p.phase("cluster-cidrs")
+	return out
 }
 
 func (p *plugin) fetchClusterNetwork() (*clusternet.Network, error) {

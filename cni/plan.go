@@ -198,6 +198,9 @@ type PlanInput struct {
 	NICs        []NIC
 	// NodeIPs are the node's addresses (see coordinator.NodeIPs).
 	NodeIPs []netip.Addr
+	// Cluster are the cluster's CIDRs as the controller published them,
+	// for a primary network whose coordinator names none.
+	Cluster ClusterCIDRs
 }
 
 // Plan is how a pod is attached: the ordered operations and the routing
@@ -263,6 +266,9 @@ func coordinatorInput(in PlanInput, routes []routing) coordinator.Input {
 	ci := coordinator.Input{ContainerID: in.ContainerID, NodeIPs: in.NodeIPs}
 	if len(in.NICs) > 0 {
 		ci.Conf = in.NICs[0].Network.Coordinator
+		if len(ci.Conf.ServiceCIDR) == 0 && len(ci.Conf.PodCIDR) == 0 {
+			ci.Conf.ServiceCIDR, ci.Conf.PodCIDR = in.Cluster.Service, in.Cluster.Pod
+		}
 	}
 	for i, rt := range routes {
 		n := coordinator.NIC{IfName: in.NICs[i].IfName, Table: rt.Table}
