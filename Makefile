@@ -33,7 +33,7 @@ k8s-bins:
 
 ## unit: the tests that need neither root nor namespaces
 unit:
-	$(GO) test -count=1 ./conf/... ./request/... ./ipam/... ./cni/... ./internal/...
+	$(GO) test -count=1 ./conf/... ./request/... ./plan/... ./ipam/... ./cni/... ./internal/...
 
 lint: tools
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \

@@ -21,6 +21,7 @@ import (
 	"github.com/spinneret-cni/spinneret/internal/netops"
 	"github.com/spinneret-cni/spinneret/internal/txn"
 	"github.com/spinneret-cni/spinneret/ipam"
+	"github.com/spinneret-cni/spinneret/plan"
 	"github.com/spinneret-cni/spinneret/request"
 )
 
@@ -125,13 +126,13 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 			if err != nil {
 				return p.abort(j, &earlyError{ErrStepFailed, err})
 			}
-			nics[i].useDelegated(res)
+			nics[i].UseDelegated(res)
 		}
 	}
 	if err := p.checkAllocated(env, nics); err != nil {
 		return p.abort(j, err)
 	}
-	in := PlanInput{ContainerID: args.ContainerID, NICs: nics, Cluster: cluster}
+	in := plan.Input{ContainerID: args.ContainerID, NICs: nics, Cluster: cluster}
 	if p.cfg.Network.Coordinator.Underlay() {
 		if in.NodeIPs, err = p.nodeIPs(env, nics); err != nil {
 			// released like any failure after allocating: the local and
@@ -143,13 +144,13 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 		}
 	}
 	p.phase("allocate")
-	plan := NewPlan(in)
-	if aerr := txn.Apply(env, j, plan.Ops); aerr != nil {
+	pl := plan.New(in)
+	if aerr := txn.Apply(env, j, pl.Ops); aerr != nil {
 		p.reportAbandoned(j, nil, env.Abandoned)
 		return p.abort(j, aerr)
 	}
 	p.phase("apply")
-	res, err := buildResult(env, args.Netns, in, plan.Layout, p.cfg.DNS)
+	res, err := buildResult(env, args.Netns, in, pl.Layout, p.cfg.DNS)
 	if err == nil {
 		var b []byte
 		if b, err = json.Marshal(res); err == nil {
@@ -245,7 +246,7 @@ func (e *earlyError) Unwrap() error { return e.error }
 // inside their subnets (never handed out), and a static address that is
 // the node's, the gateway, a network or broadcast address, or excluded is
 // refused, naming the annotation entry.
-func (p *plugin) nodeAddrRule(env *txn.Env, nics []NIC) error {
+func (p *plugin) nodeAddrRule(env *txn.Env, nics []plan.NIC) error {
 	host, err := env.Handle(txn.Host)
 	if err != nil {
 		return err
@@ -294,7 +295,7 @@ func (p *plugin) nodeAddrRule(env *txn.Env, nics []NIC) error {
 // interface nodeAddrRule did not read) and, from a delegated IPAM plugin
 // (whose pools spinneret does not know), one that is its own gateway or
 // its subnet's IPv4 network or broadcast address.
-func (p *plugin) checkAllocated(env *txn.Env, nics []NIC) error {
+func (p *plugin) checkAllocated(env *txn.Env, nics []plan.NIC) error {
 	host, err := env.Handle(txn.Host)
 	if err != nil {
 		return err
@@ -326,7 +327,7 @@ func (p *plugin) checkAllocated(env *txn.Env, nics []NIC) error {
 
 // nodeIPs are the node's addresses the pod reaches through its veth: the
 // node conf's nodeIPs, or else those coordinator.NodeIPs finds.
-func (p *plugin) nodeIPs(env *txn.Env, nics []NIC) ([]netip.Addr, error) {
+func (p *plugin) nodeIPs(env *txn.Env, nics []plan.NIC) ([]netip.Addr, error) {
 	if len(p.node.NodeIPs) > 0 {
 		return p.node.NodeIPs, nil
 	}
@@ -347,7 +348,7 @@ func (p *plugin) nodeIPs(env *txn.Env, nics []NIC) ([]netip.Addr, error) {
 // master (with its MTU), or, for parents the ifacer ensures, what they are
 // made of (a VLAN's parent, a bond's slaves) and that the VLAN link's name
 // fits.
-func (p *plugin) checkParents(host *netlink.Handle, n *NIC) error {
+func (p *plugin) checkParents(host *netlink.Handle, n *plan.NIC) error {
 	nw := &n.Network
 	if nw.VLAN != 0 {
 		if name := n.LinkMaster(); len(name) > 15 {
@@ -370,7 +371,7 @@ func (p *plugin) checkParents(host *netlink.Handle, n *NIC) error {
 
 // precheck validates the NICs against the host and the pod before anything
 // is allocated or created.
-func (p *plugin) precheck(env *txn.Env, nics []NIC) error {
+func (p *plugin) precheck(env *txn.Env, nics []plan.NIC) error {
 	host, err := env.Handle(txn.Host)
 	if err != nil {
 		return err

@@ -12,6 +12,7 @@ import (
 	"github.com/spinneret-cni/spinneret/internal/clusternet"
 	"github.com/spinneret-cni/spinneret/internal/fileutil"
 	"github.com/spinneret-cni/spinneret/internal/kube"
+	"github.com/spinneret-cni/spinneret/plan"
 )
 
 // clusterCache is the node's copy of what the controller published.
@@ -20,21 +21,14 @@ type clusterCache struct {
 	Network clusternet.Network `json:"network"`
 }
 
-// ClusterCIDRs are the cluster's service and pod CIDRs, a node fact: the
-// pod's coordinator routes them through the node when the config names
-// none.
-type ClusterCIDRs struct {
-	Service, Pod []netip.Prefix
-}
-
 // clusterCIDRs reads the service and pod CIDRs the controller published,
 // when the primary network's coordinator needs them (underlay, and the
 // config names none) and the node conf names a kubeconfig. One GET, or none
 // while the node's copy is younger than the cache TTL; if the API server
 // does not answer, the node's last copy is used whatever its age: the
 // controller (or the API server) being down never blocks a pod.
-func (p *plugin) clusterCIDRs() ClusterCIDRs {
-	var out ClusterCIDRs
+func (p *plugin) clusterCIDRs() plan.ClusterCIDRs {
+	var out plan.ClusterCIDRs
 	c := p.cfg.Network.Coordinator
 	if p.node.Kubeconfig == "" || !c.Underlay() || len(c.ServiceCIDR) > 0 || len(c.PodCIDR) > 0 {
 		return out

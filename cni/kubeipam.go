@@ -14,6 +14,7 @@ import (
 	"github.com/spinneret-cni/spinneret/internal/kube"
 	"github.com/spinneret-cni/spinneret/internal/txn"
 	"github.com/spinneret-cni/spinneret/ipam"
+	"github.com/spinneret-cni/spinneret/plan"
 )
 
 // apiPod is the pod of CNI_ARGS as the API server has it, read once. A pod
@@ -84,7 +85,7 @@ func (p *plugin) kubeIPAM(network string) (*ipam.Kube, error) {
 // selectKubePools gives each NIC of a kubernetes-backed network its
 // candidate IPPools (ipam.Kube.Select), so routes and gateways are known
 // before anything is allocated.
-func (p *plugin) selectKubePools(nics []NIC) error {
+func (p *plugin) selectKubePools(nics []plan.NIC) error {
 	for i := range nics {
 		n := &nics[i]
 		if !n.Network.KubeIPAM {
@@ -110,7 +111,7 @@ func (p *plugin) selectKubePools(nics []NIC) error {
 
 // allocate allocates every NIC's addresses: the local store's first, then
 // the kubernetes backend's; all or none.
-func (p *plugin) allocate(args *skel.CmdArgs, nics []NIC) ([]ipam.Allocation, error) {
+func (p *plugin) allocate(args *skel.CmdArgs, nics []plan.NIC) ([]ipam.Allocation, error) {
 	owner := ipam.Owner{ContainerID: args.ContainerID, IfName: args.IfName, Network: p.cfg.Name}
 	var local, remote []ipam.Request
 	for _, r := range ipamRequests(nics) {
@@ -135,7 +136,7 @@ func (p *plugin) allocate(args *skel.CmdArgs, nics []NIC) ([]ipam.Allocation, er
 }
 
 // ipamRequests is what the NICs ask of the IPAM backends.
-func ipamRequests(nics []NIC) []ipam.Request {
+func ipamRequests(nics []plan.NIC) []ipam.Request {
 	var out []ipam.Request
 	for _, n := range nics {
 		out = append(out, ipam.Request{IfName: n.IfName, Pools: n.Network.Pools, Static: n.Static})

@@ -11,6 +11,7 @@ import (
 
 	"github.com/spinneret-cni/spinneret/conf"
 	"github.com/spinneret-cni/spinneret/internal/kube"
+	"github.com/spinneret-cni/spinneret/plan"
 	"github.com/spinneret-cni/spinneret/request"
 )
 
@@ -56,7 +57,7 @@ func (s apiNADs) Network(namespace, name string) (*conf.Network, error) {
 // cluster, each kubernetes NIC's candidate IPPools, each sriov NIC's VF,
 // and the annotation's routes on the NIC whose subnet holds their gateway.
 // Every error comes before anything is allocated or created.
-func (p *plugin) resolveNICs(args *skel.CmdArgs) ([]NIC, error) {
+func (p *plugin) resolveNICs(args *skel.CmdArgs) ([]plan.NIC, error) {
 	ann, err := p.podAnnotations()
 	if err != nil {
 		return nil, err
@@ -72,7 +73,7 @@ func (p *plugin) resolveNICs(args *skel.CmdArgs) ([]NIC, error) {
 	if err != nil {
 		return nil, err
 	}
-	nics := make([]NIC, len(req.NICs))
+	nics := make([]plan.NIC, len(req.NICs))
 	for i, rn := range req.NICs {
 		nics[i].NIC = rn
 	}
@@ -88,21 +89,21 @@ func (p *plugin) resolveNICs(args *skel.CmdArgs) ([]NIC, error) {
 	return nics, nil
 }
 
-func nicIndex(nics []NIC, ifname string) int {
-	return slices.IndexFunc(nics, func(n NIC) bool { return n.IfName == ifname })
+func nicIndex(nics []plan.NIC, ifname string) int {
+	return slices.IndexFunc(nics, func(n plan.NIC) bool { return n.IfName == ifname })
 }
 
 // assignRoutes gives each route of spinneret.io/routes to the NIC whose
 // subnet holds its gateway.
-func assignRoutes(nics []NIC, routes []request.Route) error {
+func assignRoutes(nics []plan.NIC, routes []request.Route) error {
 	for _, r := range routes {
-		k := slices.IndexFunc(nics, func(n NIC) bool {
+		k := slices.IndexFunc(nics, func(n plan.NIC) bool {
 			return slices.ContainsFunc(n.Network.Pools, func(p conf.Pool) bool { return p.Subnet.Contains(r.GW) })
 		})
 		if k < 0 {
 			return fmt.Errorf("%s.gw: %s is in the subnet of none of the pod's NICs", r.Field, r.GW)
 		}
-		nics[k].ExtraRoutes = append(nics[k].ExtraRoutes, Route{Dst: r.Dst, GW: r.GW})
+		nics[k].ExtraRoutes = append(nics[k].ExtraRoutes, plan.Route{Dst: r.Dst, GW: r.GW})
 	}
 	return nil
 }

@@ -13,16 +13,17 @@ import (
 	"github.com/spinneret-cni/spinneret/drivers"
 	"github.com/spinneret-cni/spinneret/internal/netops"
 	"github.com/spinneret-cni/spinneret/internal/txn"
+	"github.com/spinneret-cni/spinneret/plan"
 )
 
 // buildResult reads each NIC's MAC and MTU back from the pod namespace and
 // returns the CNI result: every interface with its sandbox, every address
 // with its interface index and gateway, the routes (as the plan laid them
 // out) and the DNS settings.
-func buildResult(env *txn.Env, netnsPath string, in PlanInput, routes []routing, dns types.DNS) (*current.Result, error) {
+func buildResult(env *txn.Env, netnsPath string, in plan.Input, routes []plan.Routing, dns types.DNS) (*current.Result, error) {
 	nics := in.NICs
 	res := &current.Result{CNIVersion: current.ImplementedSpecVersion, DNS: dns}
-	nd := netdevNICs(nics)
+	nd := plan.NetdevNICs(nics)
 	for _, n := range nics {
 		iface := &current.Interface{Name: n.IfName, Sandbox: netnsPath}
 		if n.VF != nil {
@@ -55,7 +56,7 @@ func buildResult(env *txn.Env, netnsPath string, in PlanInput, routes []routing,
 			}
 			res.IPs = append(res.IPs, ipc)
 		}
-		k := slices.IndexFunc(nd, func(x NIC) bool { return x.IfName == n.IfName })
+		k := slices.IndexFunc(nd, func(x plan.NIC) bool { return x.IfName == n.IfName })
 		if k < 0 {
 			continue
 		}

@@ -6,6 +6,7 @@ import (
 
 	"github.com/spinneret-cni/spinneret/drivers"
 	"github.com/spinneret-cni/spinneret/internal/podres"
+	"github.com/spinneret-cni/spinneret/plan"
 )
 
 // assignVFs gives each sriov NIC its VF: the one the request names (the
@@ -14,7 +15,7 @@ import (
 // resourceName (kubelet PodResources API, one call per resource). A VF
 // that is not one, has no PF netdev here, or whose netdev is in another
 // pod is an error before anything is allocated.
-func (p *plugin) assignVFs(nics []NIC) error {
+func (p *plugin) assignVFs(nics []plan.NIC) error {
 	assigned := map[string][]string{} // resource -> devices left
 	used := map[string]string{}       // PCI -> NIC
 	for i := range nics {

@@ -10,6 +10,7 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 
 	"github.com/spinneret-cni/spinneret/internal/kube"
+	"github.com/spinneret-cni/spinneret/plan"
 	"github.com/spinneret-cni/spinneret/request"
 )
 
@@ -55,7 +56,7 @@ type networkStatus struct {
 
 // NetworkStatus is the pod's network-status: one entry per NIC, in order,
 // the default-route NIC marked default with its gateways and the DNS.
-func NetworkStatus(nics []NIC, res *current.Result) ([]byte, error) {
+func NetworkStatus(nics []plan.NIC, res *current.Result) ([]byte, error) {
 	var out []networkStatus
 	for i, n := range nics {
 		st := networkStatus{Name: n.StatusName, Interface: n.IfName, Default: n.DefaultRoute}
@@ -87,7 +88,7 @@ func NetworkStatus(nics []NIC, res *current.Result) ([]byte, error) {
 // writeNetworkStatus patches the pod's network-status after a successful
 // ADD (one request). A failure is logged, not returned: the pod's network
 // works, only its status is missing.
-func (p *plugin) writeNetworkStatus(args *skel.CmdArgs, nics []NIC, res *current.Result) {
+func (p *plugin) writeNetworkStatus(args *skel.CmdArgs, nics []plan.NIC, res *current.Result) {
 	c, err := p.kubeClient()
 	pod := kubePod(p.args)
 	if err != nil || c == nil || pod == nil {

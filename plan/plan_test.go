@@ -1,4 +1,4 @@
-package cni
+package plan
 
 import (
 	"encoding/json"
@@ -17,7 +17,7 @@ import (
 var update = flag.Bool("update", false, "rewrite the golden plans in testdata/")
 
 // TestPlanGolden compares plans, as data, with golden files for
-// representative configs. Run `go test ./cni -update` to accept a change.
+// representative configs. Run `go test ./plan -update` to accept a change.
 func TestPlanGolden(t *testing.T) {
 	cases := []struct {
 		name, config string
@@ -61,9 +61,9 @@ func TestPlanGolden(t *testing.T) {
 				}
 				nic.Addrs = append(nic.Addrs, al)
 			}
-			in := PlanInput{ContainerID: "0123456789abcdef", NICs: []NIC{nic},
+			in := Input{ContainerID: "0123456789abcdef", NICs: []NIC{nic},
 				NodeIPs: []netip.Addr{netip.MustParseAddr("10.6.212.101"), netip.MustParseAddr("fd00:6::101")}}
-			got, err := json.MarshalIndent(txn.Steps(NewPlan(in).Ops), "", "  ")
+			got, err := json.MarshalIndent(txn.Steps(New(in).Ops), "", "  ")
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -1,4 +1,10 @@
-package cni
+// Package plan is the plan stage of an ADD: a pure function from the pod's
+// NICs (the request, with the addresses allocated for them and the VFs
+// found for them) and the node facts (node addresses, cluster CIDRs) to a
+// Plan, the ordered operations that attach the pod and the routing layout
+// of its NICs, computed once. No kernel, no root: tests compare plans as
+// data (testdata/plan-*.json).
+package plan
 
 import (
 	"net/netip"
@@ -65,8 +71,8 @@ func (n *NIC) vfWant(mac string) drivers.VFState {
 	return w
 }
 
-// netdevNICs are the NICs with a netdev in the pod (all but userspace VFs).
-func netdevNICs(nics []NIC) []NIC {
+// NetdevNICs are the NICs with a netdev in the pod (all but userspace VFs).
+func NetdevNICs(nics []NIC) []NIC {
 	out := make([]NIC, 0, len(nics))
 	for _, n := range nics {
 		if !n.Userspace() {
@@ -113,10 +119,10 @@ func (n *NIC) Routes() []Route {
 	return append(out, n.ExtraRoutes...)
 }
 
-// useDelegated takes a NIC's addresses and routes from the result of the
+// UseDelegated takes a NIC's addresses and routes from the result of the
 // IPAM plugin a NAD named; a route without gateway goes via the gateway of
 // its family.
-func (n *NIC) useDelegated(res *current.Result) {
+func (n *NIC) UseDelegated(res *current.Result) {
 	gw := map[bool]netip.Addr{}
 	for _, ip := range res.IPs {
 		a, _ := netip.AddrFromSlice(ip.Address.IP)
@@ -160,8 +166,8 @@ const FirstTable = 101
 // the main table's 32766.
 func RulePriority(i int) int { return 30000 + i }
 
-// routing is where a NIC's routes go: Table 0 is main.
-type routing struct {
+// Routing is where a NIC's routes go: Table 0 is main.
+type Routing struct {
 	Table  int
 	Routes []Route
 }
@@ -174,10 +180,10 @@ type routing struct {
 // addresses>" rules, so replies leave by the NIC the request came in on.
 // With tuning off all routes go to main, and only the default NIC gets a
 // default route.
-func layout(nics []NIC) []routing {
+func layout(nics []NIC) []Routing {
 	tune := len(nics) > 1 && nics[0].Network.Coordinator.TunePodRoutes
 	def := max(0, slices.IndexFunc(nics, func(n NIC) bool { return n.DefaultRoute })) // eth0 unless marked
-	out := make([]routing, len(nics))
+	out := make([]Routing, len(nics))
 	for i, n := range nics {
 		if tune && i != def {
 			out[i].Table = FirstTable + i
@@ -192,8 +198,8 @@ func layout(nics []NIC) []routing {
 	return out
 }
 
-// PlanInput is everything a pod's plan depends on.
-type PlanInput struct {
+// Input is everything a pod's plan depends on.
+type Input struct {
 	ContainerID string
 	NICs        []NIC
 	// NodeIPs are the node's addresses (see coordinator.NodeIPs).
@@ -203,18 +209,25 @@ type PlanInput struct {
 	Cluster ClusterCIDRs
 }
 
+// ClusterCIDRs are the cluster's service and pod CIDRs, a node fact: the
+// pod's coordinator routes them through the node when the config names
+// none.
+type ClusterCIDRs struct {
+	Service, Pod []netip.Prefix
+}
+
 // Plan is how a pod is attached: the ordered operations and the routing
 // layout of its NICs with netdevs (their tables and routes, which the CNI
 // result reports), computed once.
 type Plan struct {
 	Ops    []txn.Op
-	Layout []routing // per NIC of netdevNICs, in order
+	Layout []Routing // per NIC of NetdevNICs, in order
 }
 
-// NewPlan plans the pod: for each NIC, create the link in the pod, add its
+// New plans the pod: for each NIC, create the link in the pod, add its
 // addresses, set it up, add its routes and rules; then the coordinator's
 // veth and routes. It is a pure function of its input: no kernel, no root.
-func NewPlan(in PlanInput) *Plan {
+func New(in Input) *Plan {
 	ops := parentOps(in)
 	// userspace VFs: set through the PF only; the rest has netdevs
 	for _, n := range in.NICs {
@@ -222,7 +235,7 @@ func NewPlan(in PlanInput) *Plan {
 			ops = append(ops, &drivers.SriovVF{Name: n.IfName, VF: *n.VF, Orig: n.VFOrig, Want: n.vfWant(n.MAC)})
 		}
 	}
-	in.NICs = netdevNICs(in.NICs)
+	in.NICs = NetdevNICs(in.NICs)
 	routes := layout(in.NICs)
 	ops = append(ops, planNICs(in.NICs, routes)...)
 	ops = append(ops, coordinator.Plan(coordinatorInput(in, routes))...)
@@ -241,7 +254,7 @@ func (n *NIC) LinkMaster() string {
 // parentOps ensure the bonds and VLAN links the NICs need on the node, each
 // once, before anything else (their undo runs after the pod's links are
 // gone).
-func parentOps(in PlanInput) []txn.Op {
+func parentOps(in Input) []txn.Op {
 	if len(in.NICs) == 0 {
 		return nil
 	}
@@ -262,7 +275,7 @@ func parentOps(in PlanInput) []txn.Op {
 }
 
 // coordinatorInput is what the coordinator needs of the pod.
-func coordinatorInput(in PlanInput, routes []routing) coordinator.Input {
+func coordinatorInput(in Input, routes []Routing) coordinator.Input {
 	ci := coordinator.Input{ContainerID: in.ContainerID, NodeIPs: in.NodeIPs}
 	if len(in.NICs) > 0 {
 		ci.Conf = in.NICs[0].Network.Coordinator
@@ -280,7 +293,7 @@ func coordinatorInput(in PlanInput, routes []routing) coordinator.Input {
 	return ci
 }
 
-func planNICs(nics []NIC, routes []routing) []txn.Op {
+func planNICs(nics []NIC, routes []Routing) []txn.Op {
 	// first: its undo deletes all the pod's links at once
 	ops := []txn.Op{&netops.LinkSweep{NS: txn.Pod, Group: netops.PodLinkGroup}}
 	for i, n := range nics {
