@@ -10,7 +10,7 @@ CONTROLLER_GEN_VERSION := v0.23.0
 VERSION     ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS     := -X main.version=$(VERSION)
 
-.PHONY: all build demo test unit lint bench bench-ipam bench-vm tools k8s-bins generate clean
+.PHONY: all build demo test unit lint bench bench-baseline bench-ipam bench-vm tools k8s-bins generate clean
 
 all: build
 
@@ -68,6 +68,17 @@ tools:
 bench:
 	$(GO) test -count=1 -run '^$$' -bench BenchmarkPodLifecycle -benchtime 1x ./tests/
 	$(GO) test -count=1 -run '^$$' -bench BenchmarkAllocateRelease -benchtime 200x ./ipam/
+
+## bench-baseline: the pod lifecycle benchmark with every ADD and DEL
+## interleaved with the same call through a binary built from BASELINE (a
+## git revision; default eb2b641, the tree before the Shape issue): p50s and
+## their new/old ratios, measured in the same run
+BASELINE ?= eb2b641
+bench-baseline:
+	@tmp=$$(mktemp -d) && trap 'rm -rf $$tmp' EXIT && \
+	  git archive $(BASELINE) | tar -x -C $$tmp && \
+	  (cd $$tmp && $(GO) build -o $$tmp/bin/spinneret .) && \
+	  SPINNERET_BENCH_BASELINE=$$tmp/bin $(GO) test -count=1 -timeout 60m -run '^$$' -bench BenchmarkPodLifecycleVsBaseline -benchtime 1x ./tests/
 
 ## bench-ipam: the kubernetes IPAM backend at scale: 1000 allocations from
 ## 10 simulated nodes (processes, 100 at once each) into a pool of exactly

@@ -40,19 +40,29 @@ func BenchmarkPodLifecycle(b *testing.B) {
 	}
 }
 
-func benchLifecycle(b *testing.B, nics int, fam family) {
+// benchWorld is one node with its networks and benchPods empty pods, and
+// the conflist and runtime confs that attach them through the binary in
+// bin.
+type benchWorld struct {
+	e    *env
+	l    *libcni.NetworkConfigList
+	pods []*netlab.NS
+	rt   func(i int) *libcni.RuntimeConf
+}
+
+func newBenchWorld(b *testing.B, nics int, fam family, bin string) *benchWorld {
 	topo, err := netlab.NewTopology("spnbench")
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer topo.Close()
+	b.Cleanup(func() { topo.Close() })
 	for len(topo.Nets) < nics {
 		if _, err := topo.AddNet(); err != nil {
 			b.Fatal(err)
 		}
 	}
 	dir := b.TempDir()
-	e := &env{topo: topo, dir: dir, ctx: context.Background(), cni: libcni.NewCNIConfigWithCacheDir([]string{prodBinDir}, filepath.Join(dir, "cache"), nil)}
+	e := &env{topo: topo, dir: dir, ctx: context.Background(), cni: libcni.NewCNIConfigWithCacheDir([]string{bin}, filepath.Join(dir, "cache"), nil)}
 	writeNodeConf(b, dir, "info")
 	var networks, selected []string
 	for i, n := range topo.Nets {
@@ -72,31 +82,45 @@ func benchLifecycle(b *testing.B, nics int, fam family) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	rt := func(i int, p *netlab.NS) *libcni.RuntimeConf {
-		return podRT(fmt.Sprintf("bench-%d", i), p, map[string]string{request.AnnotNetworks: strings.Join(selected, ",")})
+	w := &benchWorld{e: e, l: l, pods: make([]*netlab.NS, benchPods)}
+	w.rt = func(i int) *libcni.RuntimeConf {
+		return podRT(fmt.Sprintf("bench-%d", i), w.pods[i], map[string]string{request.AnnotNetworks: strings.Join(selected, ",")})
 	}
-	pods := make([]*netlab.NS, benchPods)
-	for i := range pods {
-		if pods[i], err = topo.NewPod(); err != nil {
+	for i := range w.pods {
+		if w.pods[i], err = topo.NewPod(); err != nil {
 			b.Fatal(err)
 		}
 	}
+	return w
+}
+
+func (w *benchWorld) add(b *testing.B, i int) time.Duration {
+	start := time.Now()
+	if _, err := w.e.add(w.l, w.rt(i)); err != nil {
+		b.Fatalf("ADD %d: %v", i, err)
+	}
+	return time.Since(start)
+}
+
+func (w *benchWorld) del(b *testing.B, i int) time.Duration {
+	start := time.Now()
+	if err := w.e.del(w.l, w.rt(i)); err != nil {
+		b.Fatalf("DEL %d: %v", i, err)
+	}
+	return time.Since(start)
+}
+
+func benchLifecycle(b *testing.B, nics int, fam family) {
+	w := newBenchWorld(b, nics, fam, prodBinDir)
+	dir := w.e.dir
 	b.ResetTimer()
 	adds := make([]time.Duration, benchPods)
-	for i, p := range pods {
-		start := time.Now()
-		if _, err := e.add(l, rt(i, p)); err != nil {
-			b.Fatalf("ADD %d: %v", i, err)
-		}
-		adds[i] = time.Since(start)
+	for i := range adds {
+		adds[i] = w.add(b, i)
 	}
 	dels := make([]time.Duration, benchPods)
-	for i, p := range pods {
-		start := time.Now()
-		if err := e.del(l, rt(i, p)); err != nil {
-			b.Fatalf("DEL %d: %v", i, err)
-		}
-		dels[i] = time.Since(start)
+	for i := range dels {
+		dels[i] = w.del(b, i)
 	}
 	b.StopTimer()
 	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
@@ -122,6 +146,49 @@ func benchLifecycle(b *testing.B, nics int, fam family) {
 	}
 	b.ReportMetric(ms(percentiles(phases["ms"][:50])[0]), "plugin-add-p50-first50-ms")
 	b.ReportMetric(ms(percentiles(phases["ms"][benchPods-50:])[0]), "plugin-add-p50-last50-ms")
+}
+
+// BenchmarkPodLifecycleVsBaseline is BenchmarkPodLifecycle's 200 pods,
+// each ADD and DEL through this tree's binary interleaved with the same
+// call through a baseline binary (SPINNERET_BENCH_BASELINE: its
+// directory), each on a node of its own: both see the same machine at the
+// same moment, so the ratios (new/old p50) hold though its speed drifts.
+// Run with `make bench-baseline` (BASELINE=<git revision>).
+func BenchmarkPodLifecycleVsBaseline(b *testing.B) {
+	base := os.Getenv("SPINNERET_BENCH_BASELINE")
+	if base == "" {
+		b.Fatal("SPINNERET_BENCH_BASELINE names no baseline binary's directory; run make bench-baseline")
+	}
+	for _, nics := range []int{1, 3} {
+		for _, fam := range []family{v4, dual} {
+			b.Run(fmt.Sprintf("%dnic-%s", nics, fam), func(b *testing.B) {
+				for range b.N {
+					cur, old := newBenchWorld(b, nics, fam, prodBinDir), newBenchWorld(b, nics, fam, base)
+					var adds, dels [2][]time.Duration
+					b.ResetTimer()
+					for i := range benchPods {
+						adds[0] = append(adds[0], cur.add(b, i))
+						adds[1] = append(adds[1], old.add(b, i))
+					}
+					for i := range benchPods {
+						dels[0] = append(dels[0], cur.del(b, i))
+						dels[1] = append(dels[1], old.del(b, i))
+					}
+					b.StopTimer()
+					ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+					for _, m := range []struct {
+						name string
+						d    [2][]time.Duration
+					}{{"add", adds}, {"del", dels}} {
+						n, o := percentiles(m.d[0])[0], percentiles(m.d[1])[0]
+						b.ReportMetric(ms(n), m.name+"-p50-ms")
+						b.ReportMetric(ms(o), m.name+"-p50-baseline-ms")
+						b.ReportMetric(float64(n)/float64(o), m.name+"-p50-new/old")
+					}
+				}
+			})
+		}
+	}
 }
 
 // pluginPhases reads the durations the plugin logged for each call of verb,
