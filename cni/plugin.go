@@ -102,13 +102,20 @@ func loadForDel(stdin []byte, cause error) (*plugin, error) {
 	if minimal.NodeConf != "" {
 		cfg.NodeConfPath, cfg.NodeConfExplicit = minimal.NodeConf, true
 	}
-	node, err := conf.LoadNode(cfg.NodeConfPath, cfg.NodeConfExplicit)
-	if err != nil {
-		return nil, cause
+	// a node conf broken since the ADD still names where the journals are
+	node, known, err := conf.LoadNodeForDel(cfg.NodeConfPath, cfg.NodeConfExplicit)
+	if !known {
+		// the journals may be elsewhere: fixing the node conf helps
+		return nil, types.NewError(types.ErrInvalidNetworkConfig, err.Error(), "")
 	}
 	p := &plugin{cfg: cfg, node: node, store: ipam.NewLocal(node.StateDir), mark: time.Now()}
 	p.log, p.close = newLogger(node)
-	p.log.Warn("config is invalid; DEL works from the journal alone", "err", cause)
+	if err != nil {
+		p.log.Warn("node conf is invalid; DEL works from the journal in its state dir", "stateDir", node.StateDir, "err", err)
+	}
+	if _, cerr := conf.Parse(stdin); cerr != nil {
+		p.log.Warn("config is invalid; DEL works from the journal alone", "err", cerr)
+	}
 	return p, nil
 }
 

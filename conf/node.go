@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/spf13/viper"
+	"go.yaml.in/yaml/v3"
 )
 
 // Node is the node conf file (/etc/spinneret/node.yaml), overridden by
@@ -231,4 +232,44 @@ func (n *Node) ResolveMaster(logical string) (string, error) {
 		return "", fmt.Errorf("master: %q (interface %s) is not in the node's allowedMasters %v", logical, real, n.AllowedMasters)
 	}
 	return real, nil
+}
+
+// LoadNodeForDel is LoadNode for a DEL, which must converge: a node conf
+// that no longer parses (a typo made after the pod's ADD) still gives the
+// state dir, where the journals are, the log file and level and the
+// kubeconfig, each when its own value is readable; everything else takes
+// its default. known is
+// false when the state dir could not be read from a file that names one:
+// the default may not be where the journals are.
+func LoadNodeForDel(path string, required bool) (n *Node, known bool, err error) {
+	if n, err = LoadNode(path, required); err == nil {
+		return n, true, nil
+	}
+	n = &Node{StateDir: "/var/lib/spinneret", LogLevel: "info", APITimeoutRaw: "5s", APITimeout: 5 * time.Second,
+		PoolCacheTTLRaw: "5s", PoolCacheTTL: 5 * time.Second, ControllerNamespace: "kube-system"}
+	known = true
+	var raw map[string]any
+	if b, rerr := os.ReadFile(path); rerr == nil && yaml.Unmarshal(b, &raw) != nil {
+		// not YAML at all: whether it names a state dir is unknown
+		known = !strings.Contains(string(b), "stateDir")
+	}
+	str := func(key string) (string, bool) { s, ok := raw[key].(string); return s, ok }
+	if s, ok := str("stateDir"); ok && filepath.IsAbs(s) {
+		n.StateDir = s
+	} else if _, named := raw["stateDir"]; named {
+		known = false
+	}
+	if s, ok := os.LookupEnv(nodeKeys["stateDir"]); ok && filepath.IsAbs(s) {
+		n.StateDir, known = s, true
+	}
+	if s, ok := str("logFile"); ok && filepath.IsAbs(s) {
+		n.LogFile = s
+	}
+	if s, ok := str("kubeconfig"); ok && filepath.IsAbs(s) {
+		n.Kubeconfig = s // to release kubernetes IPAM allocations
+	}
+	if s, ok := str("logLevel"); ok && slices.Contains([]string{"debug", "info", "warn", "error"}, s) {
+		n.LogLevel = s
+	}
+	return n, known, err
 }

@@ -209,8 +209,8 @@ func (e *env) confListRaw(s string) *libcni.NetworkConfigList {
 	return l
 }
 
-// TestDelWithBrokenConfig: a config broken after ADD (here a typo'd field)
-// fails ADD, but DEL still cleans up from the journal.
+// TestDelWithBrokenConfig: a config or node conf broken after ADD (here a
+// typo'd field) fails ADD, but DEL still cleans up from the journal.
 func TestDelWithBrokenConfig(t *testing.T) {
 	e := newEnv(t)
 	p, _ := e.topo.NewPod()
@@ -220,5 +220,28 @@ func TestDelWithBrokenConfig(t *testing.T) {
 	_, err := e.add(broken, rtConf("c2", p))
 	wantErr(t, err, types.ErrInvalidNetworkConfig, "mdoe: unknown field")
 	e.mustDel(broken, rtConf("c1", p))
+	e.sameAs(before, p)
+
+	// a node conf broken after ADD: DEL still finds the journal in the
+	// state dir the broken file names
+	l := e.confList("1.0.0", dual, "")
+	e.mustAdd(l, rtConf("c3", p))
+	good, _ := os.ReadFile(filepath.Join(e.dir, "node.yaml"))
+	appendFile(t, filepath.Join(e.dir, "node.yaml"), "colour: blue\napiTimeout: forever\n")
+	_, err = e.add(l, rtConf("c4", p))
+	wantErr(t, err, types.ErrInvalidNetworkConfig, "colour: unknown field")
+	e.mustDel(l, rtConf("c3", p))
+	e.sameAs(before, p)
+
+	// one that is no YAML at all but names a state dir: where the journals
+	// are is unknown, so DEL fails (a retry after the fix helps) until it
+	// is fixed
+	os.WriteFile(filepath.Join(e.dir, "node.yaml"), good, 0o644)
+	e.mustAdd(l, rtConf("c5", p))
+	os.WriteFile(filepath.Join(e.dir, "node.yaml"), append([]byte("\t: [\n"), good...), 0o644)
+	err = e.del(l, rtConf("c5", p))
+	wantErr(t, err, types.ErrInvalidNetworkConfig, "node conf")
+	os.WriteFile(filepath.Join(e.dir, "node.yaml"), good, 0o644)
+	e.mustDel(l, rtConf("c5", p))
 	e.sameAs(before, p)
 }
