@@ -500,3 +500,20 @@ func TestPoolRefusal(t *testing.T) {
 		}
 	}
 }
+
+// A node conf broken after ADD still tells DEL where the journals are.
+func TestLoadNodeForDel(t *testing.T) {
+	n, known, err := LoadNodeForDel(writeNode(t, "stateDir: /srv/spin\nlogFile: /var/log/s.log\ncolour: blue\n"), true)
+	if err == nil || !known || n.StateDir != "/srv/spin" || n.LogFile != "/var/log/s.log" {
+		t.Fatalf("unknown field: %+v, %v, %v", n, known, err)
+	}
+	if _, known, _ := LoadNodeForDel(writeNode(t, "stateDir: relative\n"), true); known {
+		t.Fatal("a relative stateDir is not where the journals are")
+	}
+	if _, known, _ := LoadNodeForDel(writeNode(t, "\t: [\nstateDir: /srv/spin\n"), true); known {
+		t.Fatal("no YAML but naming a stateDir: where the journals are is unknown")
+	}
+	if n, known, err := LoadNodeForDel(writeNode(t, "logLevel: loud\n"), true); err == nil || !known || n.StateDir != "/var/lib/spinneret" {
+		t.Fatalf("no stateDir named: the default: %+v, %v, %v", n, known, err)
+	}
+}
