@@ -1,7 +1,11 @@
 // Package cni implements spinneret's CNI verbs: ADD, DEL, CHECK, GC, STATUS
-// (VERSION is answered by skel). An ADD resolves the request, allocates every
-// address, plans the attachment as data and applies it as one journaled
-// transaction.
+// (VERSION is answered by skel), and maps errors to CNI codes. An ADD runs
+// the stages in turn: the request (package request), the node facts and
+// what of the request needs the node or the cluster (IPPools, VFs), the
+// allocation of every address (package ipam), the plan (package plan),
+// applied as one journaled transaction (package txn), and the report (the
+// CNI result, network-status, events). DEL, GC and CHECK replay the
+// journal.
 package cni
 
 import (
