@@ -6,12 +6,12 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/spinneret-cni/spinneret/internal/clusternet"
 	"github.com/spinneret-cni/spinneret/internal/fileutil"
 	"github.com/spinneret-cni/spinneret/internal/kube"
+	"github.com/spinneret-cni/spinneret/internal/statedir"
 	"github.com/spinneret-cni/spinneret/plan"
 )
 
@@ -33,7 +33,7 @@ func (p *plugin) clusterCIDRs() plan.ClusterCIDRs {
 	if p.node.Kubeconfig == "" || !c.Underlay() || len(c.ServiceCIDR) > 0 || len(c.PodCIDR) > 0 {
 		return out
 	}
-	path := filepath.Join(p.node.StateDir, "cluster-network.json")
+	path := statedir.ClusterNetwork(p.node.StateDir)
 	var cached clusterCache
 	haveCache := false
 	if b, err := os.ReadFile(path); err == nil && json.Unmarshal(b, &cached) == nil {

@@ -28,6 +28,7 @@ import (
 	"github.com/spinneret-cni/spinneret/conf"
 	"github.com/spinneret-cni/spinneret/internal/fileutil"
 	"github.com/spinneret-cni/spinneret/internal/kube"
+	"github.com/spinneret-cni/spinneret/internal/statedir"
 	"github.com/spinneret-cni/spinneret/internal/txn"
 	"github.com/spinneret-cni/spinneret/ipam"
 	"github.com/spinneret-cni/spinneret/request"
@@ -147,7 +148,7 @@ const lockStripes = 64
 // attachmentLock serialises ADD, DEL and GC of one attachment; GC does not
 // wait for it (wait false) and skips an attachment whose ADD is in flight.
 func (p *plugin) attachmentLock(containerID, ifname string, wait bool) (*fileutil.Lock, error) {
-	dir := filepath.Join(p.node.StateDir, "locks")
+	dir := statedir.Locks(p.node.StateDir)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}

@@ -5,13 +5,13 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"path/filepath"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/spinneret-cni/spinneret/internal/fileutil"
 	"github.com/spinneret-cni/spinneret/internal/netops"
+	"github.com/spinneret-cni/spinneret/internal/statedir"
 	"github.com/spinneret-cni/spinneret/internal/txn"
 )
 
@@ -141,7 +141,7 @@ func (o *HostRoute) lock(env *txn.Env) (*fileutil.Lock, error) {
 	if env.StateDir == "" {
 		return nil, fmt.Errorf("host route: no state dir for the node lock")
 	}
-	return fileutil.LockFile(filepath.Join(env.StateDir, "locks", "host-rules"))
+	return fileutil.LockFile(statedir.HostRulesLock(env.StateDir))
 }
 
 func (o *HostRoute) hasRule(h *netlink.Handle) (bool, error) {

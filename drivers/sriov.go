@@ -14,6 +14,7 @@ import (
 	"github.com/spinneret-cni/spinneret/drivers/vocab"
 	"github.com/spinneret-cni/spinneret/internal/fileutil"
 	"github.com/spinneret-cni/spinneret/internal/netops"
+	"github.com/spinneret-cni/spinneret/internal/statedir"
 	"github.com/spinneret-cni/spinneret/internal/txn"
 )
 
@@ -89,7 +90,7 @@ func (o *SriovVF) String() string {
 
 // lock serialises the ADDs, DELs and rollbacks of one VF on the node.
 func (o *SriovVF) lock(env *txn.Env) (*fileutil.Lock, error) {
-	dir := filepath.Join(env.StateDir, "sriov")
+	dir := statedir.SRIOV(env.StateDir)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}

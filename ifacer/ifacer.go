@@ -29,6 +29,7 @@ import (
 
 	"github.com/spinneret-cni/spinneret/internal/fileutil"
 	"github.com/spinneret-cni/spinneret/internal/netops"
+	"github.com/spinneret-cni/spinneret/internal/statedir"
 	"github.com/spinneret-cni/spinneret/internal/txn"
 )
 
@@ -45,7 +46,7 @@ type record struct {
 	SlavesUp []string `json:"slavesUp,omitempty"`
 }
 
-func dir(env *txn.Env) string { return filepath.Join(env.StateDir, "ifacer") }
+func dir(env *txn.Env) string { return statedir.Ifacer(env.StateDir) }
 
 func lock(env *txn.Env) (*fileutil.Lock, error) {
 	if err := os.MkdirAll(dir(env), 0o700); err != nil {

@@ -20,6 +20,7 @@ import (
 	"github.com/spinneret-cni/spinneret/conf"
 	"github.com/spinneret-cni/spinneret/internal/fileutil"
 	"github.com/spinneret-cni/spinneret/internal/kube"
+	"github.com/spinneret-cni/spinneret/internal/statedir"
 	"github.com/spinneret-cni/spinneret/internal/testhook"
 )
 
@@ -196,7 +197,7 @@ type Kube struct {
 // lists are cached under stateDir for ttl (0: read on every ADD).
 func NewKube(ctx context.Context, c *kube.Client, stateDir, node string, ttl time.Duration, pod KubePod) *Kube {
 	return &Kube{c: c, ctx: ctx, node: node, ttl: ttl, pod: pod, now: time.Now,
-		cache:   filepath.Join(stateDir, "ipam", "kube-pools.json"),
+		cache:   statedir.KubePoolCache(stateDir),
 		rnd:     rand.New(rand.NewPCG(rand.Uint64(), uint64(time.Now().UnixNano()))),
 		created: map[netip.Addr]*KubeAlloc{}, held: map[netip.Addr]*KubeAlloc{}}
 }

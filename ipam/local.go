@@ -13,6 +13,7 @@ import (
 
 	"github.com/spinneret-cni/spinneret/conf"
 	"github.com/spinneret-cni/spinneret/internal/fileutil"
+	"github.com/spinneret-cni/spinneret/internal/statedir"
 	"github.com/spinneret-cni/spinneret/internal/testhook"
 )
 
@@ -35,7 +36,7 @@ type Local struct {
 }
 
 // NewLocal returns the store under stateDir.
-func NewLocal(stateDir string) *Local { return &Local{dir: filepath.Join(stateDir, "ipam")} }
+func NewLocal(stateDir string) *Local { return &Local{dir: statedir.IPAM(stateDir)} }
 
 type ownerRecord struct {
 	Owner

@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/spinneret-cni/spinneret/internal/fileutil"
+	"github.com/spinneret-cni/spinneret/internal/statedir"
 )
 
 // Journal states.
@@ -58,7 +59,7 @@ type record struct {
 
 // JournalDir is where the journals of one network live.
 func JournalDir(stateDir, network string) string {
-	return filepath.Join(stateDir, "journal", network)
+	return statedir.Journal(stateDir, network)
 }
 
 // Key names an attachment in file names; ':' is valid in neither a

@@ -1,0 +1,35 @@
+// Package statedir is the layout of the node's state dir (node conf
+// stateDir): where each part of spinneret keeps what it must find again in
+// a later call, after a crash or after an upgrade. Every path directly
+// under the state dir is named here, and only here; a part owns what is
+// under its own path (the local IPAM store its files under IPAM).
+package statedir
+
+import "path/filepath"
+
+// Journal is the directory of one network's journals (internal/txn).
+func Journal(stateDir, network string) string { return filepath.Join(stateDir, "journal", network) }
+
+// IPAM is the local IPAM store (ipam.Local).
+func IPAM(stateDir string) string { return filepath.Join(stateDir, "ipam") }
+
+// KubePoolCache is the kubernetes IPAM backend's node copy of the IPPool
+// and ReservedIP lists.
+func KubePoolCache(stateDir string) string { return filepath.Join(IPAM(stateDir), "kube-pools.json") }
+
+// Locks holds the lock files: the attachments' stripes and HostRulesLock.
+func Locks(stateDir string) string { return filepath.Join(stateDir, "locks") }
+
+// HostRulesLock serialises changes to the node's shared policy rule.
+func HostRulesLock(stateDir string) string { return filepath.Join(Locks(stateDir), "host-rules") }
+
+// ClusterNetwork is the node's copy of the cluster CIDRs the controller
+// published.
+func ClusterNetwork(stateDir string) string { return filepath.Join(stateDir, "cluster-network.json") }
+
+// SRIOV holds the per-VF locks and records of the sriov driver.
+func SRIOV(stateDir string) string { return filepath.Join(stateDir, "sriov") }
+
+// Ifacer holds the records of the bonds and VLAN links the ifacer created
+// and the attachments using each.
+func Ifacer(stateDir string) string { return filepath.Join(stateDir, "ifacer") }
