@@ -18,6 +18,7 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 
 	"github.com/spinneret-cni/spinneret/internal/netlab"
+	"github.com/spinneret-cni/spinneret/internal/statedir"
 )
 
 const demoNodeConf = `# the demo's node conf: state and log in a temp dir, the logical masters
@@ -271,7 +272,7 @@ func (d *demo) run(ctx context.Context) error {
 	if !clean {
 		fmt.Fprintln(d.out, netlab.Diff(nodeBefore, nodeAfter))
 	}
-	left, _ := filepath.Glob(filepath.Join(d.dir, "state", "journal", "*", "*.journal"))
+	left, _ := filepath.Glob(filepath.Join(statedir.Journal(filepath.Join(d.dir, "state"), "*"), "*.journal"))
 	held, _ := filepath.Glob(filepath.Join(d.dir, "state", "ipam", "ips", "*"))
 	fmt.Fprintf(d.out, "journals left: %d, addresses still allocated: %d\n", len(left), len(held))
 	if !clean || len(left)+len(held) > 0 {
