@@ -14,6 +14,7 @@ import (
 	"github.com/spinneret-cni/spinneret/internal/kube"
 	"github.com/spinneret-cni/spinneret/internal/txn"
 	"github.com/spinneret-cni/spinneret/ipam"
+	"github.com/spinneret-cni/spinneret/ipam/kubeipam"
 	"github.com/spinneret-cni/spinneret/plan"
 )
 
@@ -57,7 +58,7 @@ func (p *plugin) apiError(err error) error {
 }
 
 // kubeIPAM is the kubernetes IPAM backend for this pod, made once.
-func (p *plugin) kubeIPAM(network string) (*ipam.Kube, error) {
+func (p *plugin) kubeIPAM(network string) (*kubeipam.Backend, error) {
 	if p.kipam != nil {
 		return p.kipam, nil
 	}
@@ -77,13 +78,13 @@ func (p *plugin) kubeIPAM(network string) (*ipam.Kube, error) {
 	if pod == nil {
 		return nil, fmt.Errorf("network %s uses the kubernetes IPAM backend: CNI_ARGS name no pod (K8S_POD_NAMESPACE, K8S_POD_NAME)", network)
 	}
-	kp := ipam.KubePod{KubePodRef: ipam.KubePodRef{Namespace: pod.Namespace, Name: pod.Name, UID: pod.UID}, Labels: pod.Labels, OwnerKind: pod.OwnerKind}
-	p.kipam = ipam.NewKube(context.Background(), p.kube, p.node.StateDir, p.node.NodeName, p.node.PoolCacheTTL, kp)
+	kp := kubeipam.Pod{PodRef: kubeipam.PodRef{Namespace: pod.Namespace, Name: pod.Name, UID: pod.UID}, Labels: pod.Labels, OwnerKind: pod.OwnerKind}
+	p.kipam = kubeipam.New(context.Background(), p.kube, p.node.StateDir, p.node.NodeName, p.node.PoolCacheTTL, kp)
 	return p.kipam, nil
 }
 
 // selectKubePools gives each NIC of a kubernetes-backed network its
-// candidate IPPools (ipam.Kube.Select), so routes and gateways are known
+// candidate IPPools (kubeipam.Backend.Select), so routes and gateways are known
 // before anything is allocated.
 func (p *plugin) selectKubePools(nics []plan.NIC) error {
 	for i := range nics {
@@ -95,7 +96,7 @@ func (p *plugin) selectKubePools(nics []plan.NIC) error {
 		if err != nil {
 			return err
 		}
-		sel := ipam.KubeSelect{IfName: n.IfName, Primary: i == 0, Network: n.Network.IPPools,
+		sel := kubeipam.Selection{IfName: n.IfName, Primary: i == 0, Network: n.Network.IPPools,
 			Annotated: n.Pools.Annotated, Annot4: n.Pools.IPv4, Annot6: n.Pools.IPv6}
 		pools, err := k.Select(sel)
 		if err != nil {
@@ -172,7 +173,7 @@ func (p *plugin) releaseKubeRefs(j *txn.Journal) {
 	}
 	if err == nil {
 		var n int
-		if n, err = ipam.KubeReleaseRefs(context.Background(), c, refs); err == nil {
+		if n, err = kubeipam.ReleaseRefs(context.Background(), c, refs); err == nil {
 			p.log.Info("released", "backend", "kubernetes", "container", j.ContainerID, "addresses", n)
 			return
 		}
@@ -191,7 +192,7 @@ func (p *plugin) releaseKube(args *skel.CmdArgs) {
 	if err != nil || c == nil || uid == "" {
 		return
 	}
-	n, err := ipam.KubeRelease(context.Background(), c, uid, args.ContainerID)
+	n, err := kubeipam.Release(context.Background(), c, uid, args.ContainerID)
 	if err != nil {
 		p.log.Warn("kubernetes IPAM release left to the controller's GC", "pod-uid", uid, "container", args.ContainerID, "err", err)
 		return

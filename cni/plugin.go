@@ -31,6 +31,7 @@ import (
 	"github.com/spinneret-cni/spinneret/internal/statedir"
 	"github.com/spinneret-cni/spinneret/internal/txn"
 	"github.com/spinneret-cni/spinneret/ipam"
+	"github.com/spinneret-cni/spinneret/ipam/kubeipam"
 	"github.com/spinneret-cni/spinneret/request"
 )
 
@@ -60,10 +61,10 @@ type plugin struct {
 	// phases are "name", milliseconds pairs for the final log line
 	phases []any
 	mark   time.Time
-	args   request.Args // CNI_ARGS, parsed once
-	kube   *kube.Client // loaded on first use, with a kubeconfig
-	pod    *kube.Pod    // the pod as the API server has it, once read
-	kipam  *ipam.Kube   // the kubernetes IPAM backend, once needed
+	args   request.Args      // CNI_ARGS, parsed once
+	kube   *kube.Client      // loaded on first use, with a kubeconfig
+	pod    *kube.Pod         // the pod as the API server has it, once read
+	kipam  *kubeipam.Backend // the kubernetes IPAM backend, once needed
 	// apiDown is set once the API server did not answer: no further
 	// request waits out its timeout again
 	apiDown bool

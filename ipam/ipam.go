@@ -64,6 +64,9 @@ func (e *exhaustedError) Error() string {
 
 func (e *exhaustedError) Is(target error) bool { return target == ErrExhausted }
 
+// Exhausted is the error of a family whose pools have no free address.
+func Exhausted(pools []string) error { return &exhaustedError{pools: pools} }
+
 // Families splits pools by address family, keeping config order.
 func Families(pools []conf.Pool) [][]conf.Pool {
 	var v4, v6 []conf.Pool

@@ -121,7 +121,9 @@ func nextInRanges(p *conf.Pool, a netip.Addr) netip.Addr {
 
 // nextCandidate is the address to try after a: the next one in the ranges,
 // past the whole excluded block if a is in one.
-func nextCandidate(p *conf.Pool, a netip.Addr) netip.Addr {
+// NextCandidate is the address after a in p's ranges, skipping excluded
+// blocks (invalid after the last).
+func NextCandidate(p *conf.Pool, a netip.Addr) netip.Addr {
 	if end, ok := p.ExcludedBlock(a); ok {
 		a = end
 	}
@@ -312,7 +314,7 @@ func (pk *picker) request(r Request) ([]*pick, error) {
 		if static.IsValid() {
 			i := slices.IndexFunc(fam, func(p conf.Pool) bool { return p.Subnet.Contains(static) })
 			if i < 0 {
-				return nil, fmt.Errorf("ipam: %s: static address %s is %w %q", r.IfName, static, ErrStaticOutside, poolNames(fam))
+				return nil, fmt.Errorf("ipam: %s: static address %s is %w %q", r.IfName, static, ErrStaticOutside, PoolNames(fam))
 			}
 			if err := RefusedStatic(r.IfName, &fam[i], static); err != nil {
 				return nil, err
@@ -336,14 +338,15 @@ func (pk *picker) request(r Request) ([]*pick, error) {
 			}
 		}
 		if got == nil {
-			return nil, &exhaustedError{pools: poolNames(fam)}
+			return nil, &exhaustedError{pools: PoolNames(fam)}
 		}
 		out = append(out, got)
 	}
 	return out, nil
 }
 
-func poolNames(pools []conf.Pool) []string {
+// PoolNames are the pools' names, in order.
+func PoolNames(pools []conf.Pool) []string {
 	var out []string
 	for _, p := range pools {
 		out = append(out, p.Name)
@@ -380,7 +383,7 @@ func (pk *picker) pick(p *conf.Pool) (*pick, error) {
 	for rescanned := false; ; rescanned = true {
 		for !st.Done {
 			a := st.Next
-			if st.Next = nextCandidate(p, a); !st.Next.IsValid() {
+			if st.Next = NextCandidate(p, a); !st.Next.IsValid() {
 				st.Done = true
 			}
 			if free(a) {

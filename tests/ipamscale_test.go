@@ -20,6 +20,7 @@ import (
 	"github.com/spinneret-cni/spinneret/conf"
 	"github.com/spinneret-cni/spinneret/internal/kube"
 	"github.com/spinneret-cni/spinneret/ipam"
+	"github.com/spinneret-cni/spinneret/ipam/kubeipam"
 )
 
 // The scale case of the kubernetes IPAM backend: simulated nodes, each a
@@ -102,14 +103,14 @@ func runLoader(mode string) {
 			if mode == "release" {
 				// as DEL does: from what the ADD recorded in its journal
 				var n int
-				if n, err = ipam.KubeReleaseRefs(ctx, c, refs[i]); err == nil && n != 1 {
+				if n, err = kubeipam.ReleaseRefs(ctx, c, refs[i]); err == nil && n != 1 {
 					err = fmt.Errorf("released %d allocations, want 1", n)
 				}
 			} else {
-				pod := ipam.KubePod{KubePodRef: ipam.KubePodRef{Namespace: "scale", Name: fmt.Sprintf("%s-%d", node, i), UID: uid}}
-				k := ipam.NewKube(ctx, c, stateDir, node, 5*time.Second, pod)
+				pod := kubeipam.Pod{PodRef: kubeipam.PodRef{Namespace: "scale", Name: fmt.Sprintf("%s-%d", node, i), UID: uid}}
+				k := kubeipam.New(ctx, c, stateDir, node, 5*time.Second, pod)
 				var pools []conf.Pool
-				if pools, err = k.Select(ipam.KubeSelect{IfName: "eth0", Network: []string{pool}}); err == nil {
+				if pools, err = k.Select(kubeipam.Selection{IfName: "eth0", Network: []string{pool}}); err == nil {
 					var al []ipam.Allocation
 					al, err = k.Allocate(ipam.Owner{ContainerID: cid, IfName: "eth0"}, []ipam.Request{{IfName: "eth0", Pools: pools}})
 					if err == nil {
@@ -233,7 +234,7 @@ func TestKubeIPAMScale(t *testing.T) {
 	t.Logf("allocate %d x %d: total %.2fs, per allocation p50 %.1f ms p99 %.1f ms, %.2f API requests per allocation, %d create conflicts",
 		nodes, perNode, total.Seconds(), pct(lat, 0.5), pct(lat, 0.99), float64(requests)/float64(nodes*perNode), conflicts)
 
-	var list struct{ Items []ipam.KubeAlloc }
+	var list struct{ Items []kubeipam.Alloc }
 	apiRequest(t, a, http.MethodGet, "/apis/spinneret.io/v1alpha1/ipallocations", nil, &list)
 	if len(list.Items) != nodes*perNode {
 		t.Fatalf("%d IPAllocations, want %d", len(list.Items), nodes*perNode)
@@ -243,8 +244,8 @@ func TestKubeIPAMScale(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	k := ipam.NewKube(t.Context(), c, t.TempDir(), "node-x", 0, ipam.KubePod{KubePodRef: ipam.KubePodRef{Namespace: "scale", Name: "one-more", UID: "00000000-0000-4000-9999-000000000001"}})
-	pools, err := k.Select(ipam.KubeSelect{IfName: "eth0", Network: []string{"scale"}})
+	k := kubeipam.New(t.Context(), c, t.TempDir(), "node-x", 0, kubeipam.Pod{PodRef: kubeipam.PodRef{Namespace: "scale", Name: "one-more", UID: "00000000-0000-4000-9999-000000000001"}})
+	pools, err := k.Select(kubeipam.Selection{IfName: "eth0", Network: []string{"scale"}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,7 +15,7 @@ import (
 	"github.com/containernetworking/cni/libcni"
 
 	"github.com/spinneret-cni/spinneret/cni"
-	"github.com/spinneret-cni/spinneret/ipam"
+	"github.com/spinneret-cni/spinneret/ipam/kubeipam"
 	"github.com/spinneret-cni/spinneret/tests/k8senv"
 )
 
@@ -43,9 +43,9 @@ func (k *kubeEnv) createPool(name string, spec map[string]any) {
 }
 
 // allocations lists the IPAllocations, sorted by address.
-func (k *kubeEnv) allocations() []ipam.KubeAlloc {
+func (k *kubeEnv) allocations() []kubeipam.Alloc {
 	k.t.Helper()
-	var l struct{ Items []ipam.KubeAlloc }
+	var l struct{ Items []kubeipam.Alloc }
 	if code := apiRequest(k.t, k.a, http.MethodGet, "/apis/spinneret.io/v1alpha1/ipallocations", nil, &l); code != http.StatusOK {
 		k.t.Fatalf("list IPAllocations: %d", code)
 	}
@@ -53,7 +53,7 @@ func (k *kubeEnv) allocations() []ipam.KubeAlloc {
 	return l.Items
 }
 
-func allocSummary(al []ipam.KubeAlloc) string {
+func allocSummary(al []kubeipam.Alloc) string {
 	var out []string
 	for _, a := range al {
 		out = append(out, fmt.Sprintf("%s %s/%s %s %s", a.Spec.Address, a.Spec.Pod.Namespace, a.Spec.Pod.Name, a.Spec.Interface, a.Spec.ContainerID))
@@ -157,7 +157,7 @@ func TestKubeIPAM(t *testing.T) {
 	}
 	for _, a := range al {
 		if a.Spec.Pod.UID != uid || a.Spec.ContainerID != "c1" || a.Spec.Node != "node-a" || a.Spec.Pod.Name != "web" ||
-			a.Metadata.Name != ipam.AllocName(a.Spec.Pool, a.Addr()) || a.Metadata.Labels[ipam.LabelPool] != a.Spec.Pool {
+			a.Metadata.Name != kubeipam.AllocName(a.Spec.Pool, a.Addr()) || a.Metadata.Labels[kubeipam.LabelPool] != a.Spec.Pool {
 			t.Errorf("IPAllocation %+v", a)
 		}
 	}
@@ -239,7 +239,7 @@ func TestKubeIPAMSelection(t *testing.T) {
 	// it (IPv4 only: the namespace names no IPv6 pool)
 	apiRequest(t, k.a, http.MethodPost, "/api/v1/namespaces", map[string]any{"apiVersion": "v1", "kind": "Namespace",
 		"metadata": map[string]any{"name": "team", "labels": map[string]string{"tenant": "a"},
-			"annotations": map[string]string{ipam.AnnotNSDefaultV4: `["tenant-v4"]`}}}, nil)
+			"annotations": map[string]string{kubeipam.AnnotNSDefaultV4: `["tenant-v4"]`}}}, nil)
 	uid = k.pod("team", "t1", nil, map[string]string{"k8s.v1.cni.cncf.io/networks": "any"}, "")
 	r := k.mustAdd(l, kubeRT("t1", p, "team", "t1", uid))
 	if got := nicAddr(t, r, "eth0", true); got != nth(n[0].Subnet4, 120) && got != nth(n[0].Subnet4, 121) {
@@ -303,7 +303,7 @@ func TestKubeIPAMStatefulSet(t *testing.T) {
 		t.Fatalf("re-created db-0 got %s, had %s", got, addr)
 	}
 	for _, a := range k.allocations() {
-		if a.Spec.Pod.UID != uid2 || a.Spec.ContainerID != "s2" || a.Metadata.Labels[ipam.LabelPodUID] != uid2 {
+		if a.Spec.Pod.UID != uid2 || a.Spec.ContainerID != "s2" || a.Metadata.Labels[kubeipam.LabelPodUID] != uid2 {
 			t.Errorf("taken over allocation %+v", a)
 		}
 	}

@@ -1,4 +1,4 @@
-package ipam
+package kubeipam
 
 import (
 	"encoding/json"
@@ -44,13 +44,13 @@ func TestKubeAllocMirrorsCRD(t *testing.T) {
 	now := time.Unix(1700000000, 0).UTC()
 	crd := v1alpha1.IPAllocationSpec{Pool: "p", Address: "10.0.0.1", Pod: v1alpha1.PodRef{Namespace: "n", Name: "x", UID: "u"},
 		ContainerID: "c", Interface: "eth0", Node: "n1", OwnerKind: "StatefulSet", QuarantinedUntil: &metav1.Time{Time: now}}
-	lean := KubeAllocSpec{Pool: "p", Address: "10.0.0.1", Pod: KubePodRef{Namespace: "n", Name: "x", UID: "u"},
+	lean := AllocSpec{Pool: "p", Address: "10.0.0.1", Pod: PodRef{Namespace: "n", Name: "x", UID: "u"},
 		ContainerID: "c", Interface: "eth0", Node: "n1", OwnerKind: "StatefulSet", QuarantinedUntil: &now}
 	if a, b := jsonKeys(t, crd), jsonKeys(t, lean); !reflect.DeepEqual(a, b) {
 		t.Fatalf("CRD fields %v, plugin's %v", a, b)
 	}
 	b, _ := json.Marshal(crd)
-	var back KubeAllocSpec
+	var back AllocSpec
 	if err := json.Unmarshal(b, &back); err != nil || !reflect.DeepEqual(back, lean) {
 		t.Fatalf("CRD JSON read by the plugin as %+v (%v)", back, err)
 	}
@@ -117,14 +117,14 @@ func TestFree(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	k := NewKube(t.Context(), nil, t.TempDir(), "n", 0, KubePod{})
+	k := New(t.Context(), nil, t.TempDir(), "n", 0, Pod{})
 	k.reserved = []netip.Prefix{netip.MustParsePrefix("10.0.0.5/32")}
 	future := time.Now().Add(time.Hour)
 	past := time.Now().Add(-time.Hour)
-	items := []*KubeAlloc{
-		{Spec: KubeAllocSpec{Address: "10.0.0.4"}},
-		{Spec: KubeAllocSpec{Address: "10.0.0.6", QuarantinedUntil: &future}},
-		{Spec: KubeAllocSpec{Address: "10.0.0.7", QuarantinedUntil: &past}},
+	items := []*Alloc{
+		{Spec: AllocSpec{Address: "10.0.0.4"}},
+		{Spec: AllocSpec{Address: "10.0.0.6", QuarantinedUntil: &future}},
+		{Spec: AllocSpec{Address: "10.0.0.7", QuarantinedUntil: &past}},
 	}
 	free, expired := k.free(p, items, time.Now())
 	var got []string

@@ -1,4 +1,7 @@
-package ipam
+// Package kubeipam is spinneret's kubernetes IPAM backend: IPPool objects
+// are the pools, and one IPAllocation object per address is the
+// allocation (see Backend).
+package kubeipam
 
 import (
 	"context"
@@ -22,9 +25,10 @@ import (
 	"github.com/spinneret-cni/spinneret/internal/kube"
 	"github.com/spinneret-cni/spinneret/internal/statedir"
 	"github.com/spinneret-cni/spinneret/internal/testhook"
+	"github.com/spinneret-cni/spinneret/ipam"
 )
 
-// The kubernetes backend. Pools are IPPool objects; an allocation is one
+// How it works. Pools are IPPool objects; an allocation is one
 // IPAllocation object per address, named from pool and address, so
 // creating it is the allocation: two pods racing for one address get a 409
 // from the API server, and no shared object is compared-and-swapped (the
@@ -48,18 +52,18 @@ const (
 	maxCreateTries = 64
 )
 
-// KubePodRef names a pod by namespace, name and UID.
-type KubePodRef struct {
+// PodRef names a pod by namespace, name and UID.
+type PodRef struct {
 	Namespace string `json:"namespace"`
 	Name      string `json:"name"`
 	UID       string `json:"uid"`
 }
 
-// KubeAllocSpec mirrors v1alpha1.IPAllocationSpec.
-type KubeAllocSpec struct {
+// AllocSpec mirrors v1alpha1.IPAllocationSpec.
+type AllocSpec struct {
 	Pool             string     `json:"pool"`
 	Address          string     `json:"address"`
-	Pod              KubePodRef `json:"pod"`
+	Pod              PodRef     `json:"pod"`
 	ContainerID      string     `json:"containerID"`
 	Interface        string     `json:"interface"`
 	Node             string     `json:"node"`
@@ -67,22 +71,22 @@ type KubeAllocSpec struct {
 	QuarantinedUntil *time.Time `json:"quarantinedUntil,omitempty"`
 }
 
-// KubeAlloc mirrors v1alpha1.IPAllocation.
-type KubeAlloc struct {
-	APIVersion string        `json:"apiVersion"`
-	Kind       string        `json:"kind"`
-	Metadata   kube.Meta     `json:"metadata"`
-	Spec       KubeAllocSpec `json:"spec"`
+// Alloc mirrors v1alpha1.IPAllocation.
+type Alloc struct {
+	APIVersion string    `json:"apiVersion"`
+	Kind       string    `json:"kind"`
+	Metadata   kube.Meta `json:"metadata"`
+	Spec       AllocSpec `json:"spec"`
 }
 
 // Addr is the allocation's address (invalid if the object is malformed).
-func (a *KubeAlloc) Addr() netip.Addr {
+func (a *Alloc) Addr() netip.Addr {
 	ad, _ := netip.ParseAddr(a.Spec.Address)
 	return ad
 }
 
 // Quarantined reports whether the address waits out a conflict at now.
-func (a *KubeAlloc) Quarantined(now time.Time) bool {
+func (a *Alloc) Quarantined(now time.Time) bool {
 	return a.Spec.QuarantinedUntil != nil && now.Before(*a.Spec.QuarantinedUntil)
 }
 
@@ -132,8 +136,8 @@ func (s *labelSelector) Matches(labels map[string]string) bool {
 	return true
 }
 
-// kubePoolObj mirrors v1alpha1.IPPool (what the plugin reads of it).
-type kubePoolObj struct {
+// ippoolObj mirrors v1alpha1.IPPool (what the plugin reads of it).
+type ippoolObj struct {
 	Metadata kube.Meta `json:"metadata"`
 	Spec     struct {
 		NodeAffinity      *labelSelector `json:"nodeAffinity,omitempty"`
@@ -145,10 +149,10 @@ type kubePoolObj struct {
 	RawSpec json.RawMessage `json:"-"`
 }
 
-// kubePool is a validated IPPool.
-type kubePool struct {
+// ippool is a validated IPPool.
+type ippool struct {
 	conf.Pool
-	obj kubePoolObj
+	obj ippoolObj
 	err error // the spec is invalid: the pool is unusable, with this reason
 }
 
@@ -159,33 +163,33 @@ type poolCache struct {
 	Reserved []string          `json:"reserved"`
 }
 
-// KubePod is the pod an ADD works for.
-type KubePod struct {
-	KubePodRef
+// Pod is the pod an ADD works for.
+type Pod struct {
+	PodRef
 	Labels    map[string]string
 	OwnerKind string
 }
 
-// Kube is the kubernetes IPAM backend for one CNI invocation.
-type Kube struct {
+// Backend is the kubernetes IPAM backend for one CNI invocation.
+type Backend struct {
 	c        *kube.Client
 	ctx      context.Context
 	node     string
 	cache    string
 	ttl      time.Duration
-	pod      KubePod
+	pod      Pod
 	now      func() time.Time
 	rnd      *rand.Rand
-	pools    map[string]*kubePool
+	pools    map[string]*ippool
 	reserved []netip.Prefix
 	fetched  bool
 	nsMeta   *kube.Meta
 	nodeMeta *kube.Meta
 	// created are the objects this invocation created, by address; held
 	// those and the ones it took over
-	created, held map[netip.Addr]*KubeAlloc
+	created, held map[netip.Addr]*Alloc
 	// mine are the allocations of pods of this pod's name (podAllocs)
-	mine []*KubeAlloc
+	mine []*Alloc
 	// views are the node's views of pools' allocations, by pool
 	views map[string]*poolView
 	cands map[string]poolCandidates
@@ -193,13 +197,13 @@ type Kube struct {
 	Conflicts int
 }
 
-// NewKube returns the backend for pod on node. The IPPool and ReservedIP
+// New returns the backend for pod on node. The IPPool and ReservedIP
 // lists are cached under stateDir for ttl (0: read on every ADD).
-func NewKube(ctx context.Context, c *kube.Client, stateDir, node string, ttl time.Duration, pod KubePod) *Kube {
-	return &Kube{c: c, ctx: ctx, node: node, ttl: ttl, pod: pod, now: time.Now,
+func New(ctx context.Context, c *kube.Client, stateDir, node string, ttl time.Duration, pod Pod) *Backend {
+	return &Backend{c: c, ctx: ctx, node: node, ttl: ttl, pod: pod, now: time.Now,
 		cache:   statedir.KubePoolCache(stateDir),
 		rnd:     rand.New(rand.NewPCG(rand.Uint64(), uint64(time.Now().UnixNano()))),
-		created: map[netip.Addr]*KubeAlloc{}, held: map[netip.Addr]*KubeAlloc{}}
+		created: map[netip.Addr]*Alloc{}, held: map[netip.Addr]*Alloc{}}
 }
 
 // AllocName is the IPAllocation name of an address of a pool: the pool's
@@ -215,7 +219,7 @@ func allocPath(name string) string { return apiGroup + "/ipallocations/" + url.P
 
 // loadPools reads the IPPools and ReservedIPs, from the node's cache when it
 // is fresh and holds every pool named in want.
-func (k *Kube) loadPools(want []string) error {
+func (k *Backend) loadPools(want []string) error {
 	if k.fetched && k.hasAll(want) {
 		return nil
 	}
@@ -268,7 +272,7 @@ func (k *Kube) loadPools(want []string) error {
 
 // readCache uses the node's cached lists if they are fresh and name every
 // pool in want.
-func (k *Kube) readCache(want []string) bool {
+func (k *Backend) readCache(want []string) bool {
 	b, err := os.ReadFile(k.cache)
 	if err != nil {
 		return false
@@ -281,7 +285,7 @@ func (k *Kube) readCache(want []string) bool {
 	return k.hasAll(want)
 }
 
-func (k *Kube) hasAll(names []string) bool {
+func (k *Backend) hasAll(names []string) bool {
 	for _, n := range names {
 		if _, ok := k.pools[n]; !ok {
 			return false
@@ -290,18 +294,18 @@ func (k *Kube) hasAll(names []string) bool {
 	return true
 }
 
-func (k *Kube) setPools(pc *poolCache) {
+func (k *Backend) setPools(pc *poolCache) {
 	k.fetched = true
-	k.pools = map[string]*kubePool{}
+	k.pools = map[string]*ippool{}
 	for _, raw := range pc.Pools {
-		var obj kubePoolObj
+		var obj ippoolObj
 		var spec struct {
 			Spec json.RawMessage `json:"spec"`
 		}
 		if json.Unmarshal(raw, &obj) != nil || json.Unmarshal(raw, &spec) != nil {
 			continue
 		}
-		kp := &kubePool{obj: obj}
+		kp := &ippool{obj: obj}
 		p, err := conf.PoolFromSpec(obj.Metadata.Name, spec.Spec)
 		if err != nil {
 			kp.err = err
@@ -321,11 +325,11 @@ func (k *Kube) setPools(pc *poolCache) {
 	}
 }
 
-func (k *Kube) isReserved(a netip.Addr) bool {
+func (k *Backend) isReserved(a netip.Addr) bool {
 	return slices.ContainsFunc(k.reserved, func(p netip.Prefix) bool { return p.Contains(a) })
 }
 
-func (k *Kube) namespace() (*kube.Meta, error) {
+func (k *Backend) namespace() (*kube.Meta, error) {
 	if k.nsMeta == nil {
 		m, err := k.c.GetMeta(k.ctx, "/api/v1/namespaces/"+url.PathEscape(k.pod.Namespace))
 		if err != nil {
@@ -343,8 +347,8 @@ const (
 	AnnotNSDefaultV6 = "spinneret.io/default-ipv6-ippools"
 )
 
-// KubeSelect is what one NIC asks of the kubernetes backend.
-type KubeSelect struct {
+// Selection is what one NIC asks of the kubernetes backend.
+type Selection struct {
 	IfName string
 	// Primary: the pod's first NIC, the one namespace defaults apply to.
 	Primary bool
@@ -361,7 +365,7 @@ type KubeSelect struct {
 // pools. Disabled pools and pools whose node, namespace or pod affinity
 // does not admit the pod are dropped; a family left without a pool is an
 // error that says why each was refused.
-func (k *Kube) Select(s KubeSelect) ([]conf.Pool, error) {
+func (k *Backend) Select(s Selection) ([]conf.Pool, error) {
 	var lists []namedPools
 	var source string
 	var err error
@@ -453,7 +457,7 @@ type namedPools struct {
 }
 
 // nsDefaults reads the namespace's default pools; nil if it names none.
-func (k *Kube) nsDefaults() ([]namedPools, error) {
+func (k *Backend) nsDefaults() ([]namedPools, error) {
 	ns, err := k.namespace()
 	if err != nil {
 		return nil, err
@@ -477,7 +481,7 @@ func (k *Kube) nsDefaults() ([]namedPools, error) {
 }
 
 // refuses says why a pool does not admit the pod ("" if it does).
-func (k *Kube) refuses(kp *kubePool) (string, error) {
+func (k *Backend) refuses(kp *ippool) (string, error) {
 	sp := kp.obj.Spec
 	if sp.Disabled {
 		return "disabled", nil
@@ -521,17 +525,17 @@ func podLabel(namespace, name string) string {
 // this pod's namespace and name: its own (idempotency) and its
 // predecessors' (a StatefulSet pod takes them over). A small list: the
 // API server filters by label.
-func (k *Kube) podAllocs() ([]*KubeAlloc, error) {
+func (k *Backend) podAllocs() ([]*Alloc, error) {
 	if k.mine != nil {
 		return k.mine, nil
 	}
 	var al struct {
-		Items []*KubeAlloc `json:"items"`
+		Items []*Alloc `json:"items"`
 	}
 	if err := k.c.Get(k.ctx, apiGroup+"/ipallocations?resourceVersion=0&labelSelector="+url.QueryEscape(LabelPod+"="+podLabel(k.pod.Namespace, k.pod.Name)), &al); err != nil {
 		return nil, fmt.Errorf("ipam: list allocations of pod %s/%s: %w", k.pod.Namespace, k.pod.Name, err)
 	}
-	k.mine = append(al.Items, []*KubeAlloc{}...)
+	k.mine = append(al.Items, []*Alloc{}...)
 	return k.mine, nil
 }
 
@@ -541,10 +545,10 @@ func (k *Kube) podAllocs() ([]*KubeAlloc, error) {
 // handed back (and recorded for this sandbox), and a StatefulSet pod takes
 // over the address its predecessor of the same name held. All or none: on
 // failure the objects this call created are deleted.
-func (k *Kube) Allocate(o Owner, reqs []Request) ([]Allocation, error) {
-	var out []Allocation
+func (k *Backend) Allocate(o ipam.Owner, reqs []ipam.Request) ([]ipam.Allocation, error) {
+	var out []ipam.Allocation
 	for _, r := range reqs {
-		for _, fam := range Families(r.Pools) {
+		for _, fam := range ipam.Families(r.Pools) {
 			a, err := k.allocateOne(o, r, fam)
 			if err != nil {
 				k.Undo()
@@ -558,7 +562,7 @@ func (k *Kube) Allocate(o Owner, reqs []Request) ([]Allocation, error) {
 
 // Undo deletes the objects this invocation created (and did not
 // quarantine).
-func (k *Kube) Undo() error {
+func (k *Backend) Undo() error {
 	var errs []error
 	for a, obj := range k.created {
 		err := k.c.Delete(k.ctx, allocPath(obj.Metadata.Name), obj.Metadata.UID, "")
@@ -571,13 +575,13 @@ func (k *Kube) Undo() error {
 	return errors.Join(errs...)
 }
 
-func allocation(ifname string, p *conf.Pool, obj *KubeAlloc) Allocation {
+func allocation(ifname string, p *conf.Pool, obj *Alloc) ipam.Allocation {
 	a := obj.Addr()
-	return Allocation{IfName: ifname, Pool: p.Name, Address: netip.PrefixFrom(a, p.Subnet.Bits()), Gateway: p.Gateway,
-		Object: &KubeRef{Name: obj.Metadata.Name, ResourceVersion: obj.Metadata.ResourceVersion, Sticky: obj.Spec.OwnerKind == OwnerKindSTS}}
+	return ipam.Allocation{IfName: ifname, Pool: p.Name, Address: netip.PrefixFrom(a, p.Subnet.Bits()), Gateway: p.Gateway,
+		Object: &ipam.KubeRef{Name: obj.Metadata.Name, ResourceVersion: obj.Metadata.ResourceVersion, Sticky: obj.Spec.OwnerKind == OwnerKindSTS}}
 }
 
-func (k *Kube) allocateOne(o Owner, r Request, fam []conf.Pool) (Allocation, error) {
+func (k *Backend) allocateOne(o ipam.Owner, r ipam.Request, fam []conf.Pool) (ipam.Allocation, error) {
 	var static netip.Addr
 	for _, st := range r.Static {
 		if st.Is4() == fam[0].Is4() {
@@ -587,7 +591,7 @@ func (k *Kube) allocateOne(o Owner, r Request, fam []conf.Pool) (Allocation, err
 	// what the pod (or, for a StatefulSet, its predecessor) already holds
 	mine, err := k.podAllocs()
 	if err != nil {
-		return Allocation{}, err
+		return ipam.Allocation{}, err
 	}
 	for i := range fam {
 		p := &fam[i]
@@ -605,7 +609,7 @@ func (k *Kube) allocateOne(o Owner, r Request, fam []conf.Pool) (Allocation, err
 			}
 			obj, err := k.adopt(o, r.IfName, it)
 			if err != nil {
-				return Allocation{}, err
+				return ipam.Allocation{}, err
 			}
 			k.held[a] = obj
 			return allocation(r.IfName, p, obj), nil
@@ -614,20 +618,20 @@ func (k *Kube) allocateOne(o Owner, r Request, fam []conf.Pool) (Allocation, err
 	if static.IsValid() {
 		i := slices.IndexFunc(fam, func(p conf.Pool) bool { return p.Subnet.Contains(static) })
 		if i < 0 {
-			return Allocation{}, fmt.Errorf("ipam: %s: static address %s is %w %q", r.IfName, static, ErrStaticOutside, poolNames(fam))
+			return ipam.Allocation{}, fmt.Errorf("ipam: %s: static address %s is %w %q", r.IfName, static, ipam.ErrStaticOutside, ipam.PoolNames(fam))
 		}
-		if err := RefusedStatic(r.IfName, &fam[i], static); err != nil {
-			return Allocation{}, err
+		if err := ipam.RefusedStatic(r.IfName, &fam[i], static); err != nil {
+			return ipam.Allocation{}, err
 		}
 		if k.isReserved(static) {
-			return Allocation{}, fmt.Errorf("ipam: %s: static address %s is reserved: %w", r.IfName, static, ErrStaticTaken)
+			return ipam.Allocation{}, fmt.Errorf("ipam: %s: static address %s is reserved: %w", r.IfName, static, ipam.ErrStaticTaken)
 		}
 		obj, err := k.create(o, r.IfName, &fam[i], static)
 		if err != nil {
-			return Allocation{}, err
+			return ipam.Allocation{}, err
 		}
 		if obj == nil {
-			return Allocation{}, fmt.Errorf("ipam: %s: static address %s: %w", r.IfName, static, ErrStaticTaken)
+			return ipam.Allocation{}, fmt.Errorf("ipam: %s: static address %s: %w", r.IfName, static, ipam.ErrStaticTaken)
 		}
 		return allocation(r.IfName, &fam[i], obj), nil
 	}
@@ -638,14 +642,14 @@ func (k *Kube) allocateOne(o Owner, r Request, fam []conf.Pool) (Allocation, err
 			seen := k.now()
 			a, old, fresh, err := v.pick(k, p)
 			if err != nil {
-				return Allocation{}, err
+				return ipam.Allocation{}, err
 			}
 			if !a.IsValid() {
 				if fresh {
 					break // none free as of a list read just now
 				}
 				if err := v.refresh(k); err != nil {
-					return Allocation{}, err
+					return ipam.Allocation{}, err
 				}
 				continue
 			}
@@ -653,12 +657,12 @@ func (k *Kube) allocateOne(o Owner, r Request, fam []conf.Pool) (Allocation, err
 				// a quarantine that ran out: its object goes first
 				if err := k.c.Delete(k.ctx, allocPath(old.Metadata.Name), "", old.Metadata.ResourceVersion); err != nil &&
 					!kube.IsStatus(err, http.StatusNotFound) && !kube.IsStatus(err, http.StatusConflict) {
-					return Allocation{}, fmt.Errorf("ipam: delete expired quarantine %s: %w", old.Metadata.Name, err)
+					return ipam.Allocation{}, fmt.Errorf("ipam: delete expired quarantine %s: %w", old.Metadata.Name, err)
 				}
 			}
 			obj, err := k.create(o, r.IfName, p, a)
 			if err != nil {
-				return Allocation{}, err
+				return ipam.Allocation{}, err
 			}
 			if obj != nil {
 				return allocation(r.IfName, p, obj), nil
@@ -667,32 +671,32 @@ func (k *Kube) allocateOne(o Owner, r Request, fam []conf.Pool) (Allocation, err
 			// pool again (unless another ADD of the node just did)
 			k.Conflicts++
 			if err := v.refreshSince(k, seen); err != nil {
-				return Allocation{}, err
+				return ipam.Allocation{}, err
 			}
 		}
 	}
-	return Allocation{}, fmt.Errorf("ipam: %s: %w", r.IfName, &exhaustedError{pools: poolNames(fam)})
+	return ipam.Allocation{}, fmt.Errorf("ipam: %s: %w", r.IfName, ipam.Exhausted(ipam.PoolNames(fam)))
 }
 
 // adopt records this sandbox (and node, and pod UID for a StatefulSet
 // heir) on an allocation the pod already holds.
-func (k *Kube) adopt(o Owner, ifname string, it *KubeAlloc) (*KubeAlloc, error) {
+func (k *Backend) adopt(o ipam.Owner, ifname string, it *Alloc) (*Alloc, error) {
 	if it.Spec.Pod.UID == k.pod.UID && it.Spec.ContainerID == o.ContainerID && it.Spec.Node == k.node {
 		return it, nil
 	}
 	upd := *it
 	upd.APIVersion, upd.Kind = "spinneret.io/v1alpha1", "IPAllocation"
-	upd.Spec.Pod = k.pod.KubePodRef
+	upd.Spec.Pod = k.pod.PodRef
 	upd.Spec.ContainerID, upd.Spec.Node, upd.Spec.OwnerKind = o.ContainerID, k.node, k.pod.OwnerKind
 	upd.Metadata.Labels = k.labels(it.Spec.Pool)
-	var got KubeAlloc
+	var got Alloc
 	if err := k.c.Update(k.ctx, allocPath(it.Metadata.Name), &upd, &got); err != nil {
 		return nil, fmt.Errorf("ipam: %s: take over %s: %w", ifname, it.Metadata.Name, err)
 	}
 	return &got, nil
 }
 
-func (k *Kube) labels(pool string) map[string]string {
+func (k *Backend) labels(pool string) map[string]string {
 	l := map[string]string{LabelPool: pool, LabelPodUID: k.pod.UID, LabelPod: podLabel(k.pod.Namespace, k.pod.Name)}
 	if len(k.node) <= 63 {
 		l[LabelNode] = k.node
@@ -701,12 +705,12 @@ func (k *Kube) labels(pool string) map[string]string {
 }
 
 // create creates the allocation object of address a; nil if it exists.
-func (k *Kube) create(o Owner, ifname string, p *conf.Pool, a netip.Addr) (*KubeAlloc, error) {
-	obj := &KubeAlloc{APIVersion: "spinneret.io/v1alpha1", Kind: "IPAllocation",
+func (k *Backend) create(o ipam.Owner, ifname string, p *conf.Pool, a netip.Addr) (*Alloc, error) {
+	obj := &Alloc{APIVersion: "spinneret.io/v1alpha1", Kind: "IPAllocation",
 		Metadata: kube.Meta{Name: AllocName(p.Name, a), Labels: k.labels(p.Name)},
-		Spec: KubeAllocSpec{Pool: p.Name, Address: a.String(), Pod: k.pod.KubePodRef, ContainerID: o.ContainerID,
+		Spec: AllocSpec{Pool: p.Name, Address: a.String(), Pod: k.pod.PodRef, ContainerID: o.ContainerID,
 			Interface: ifname, Node: k.node, OwnerKind: k.pod.OwnerKind}}
-	var got KubeAlloc
+	var got Alloc
 	err := k.c.Create(k.ctx, apiGroup+"/ipallocations", obj, &got)
 	switch {
 	case kube.IsStatus(err, http.StatusConflict):
@@ -726,9 +730,9 @@ const smallPool = 1 << 16
 // free returns free addresses of p given its allocations: all of them for a
 // small pool, a random sample for a large one. expired are allocation
 // objects whose quarantine ran out (free, but their object must go first).
-func (k *Kube) free(p *conf.Pool, items []*KubeAlloc, now time.Time) ([]netip.Addr, map[netip.Addr]*KubeAlloc) {
+func (k *Backend) free(p *conf.Pool, items []*Alloc, now time.Time) ([]netip.Addr, map[netip.Addr]*Alloc) {
 	used := make(map[netip.Addr]bool, len(items))
-	expired := map[netip.Addr]*KubeAlloc{}
+	expired := map[netip.Addr]*Alloc{}
 	for _, it := range items {
 		a := it.Addr()
 		if it.Spec.QuarantinedUntil != nil && !it.Quarantined(now) {
@@ -790,13 +794,13 @@ func addrAdd(a netip.Addr, off uint64) netip.Addr {
 
 // Holds reports whether this invocation allocated a (created or took over
 // its object).
-func (k *Kube) Holds(a netip.Addr) bool { _, ok := k.held[a]; return ok }
+func (k *Backend) Holds(a netip.Addr) bool { _, ok := k.held[a]; return ok }
 
 // Quarantine keeps address a (allocated by this call) away from pods until
 // the given time: its object stays, detached from the pod and sandbox, so
 // no release frees it; once the time is up the next allocation that picks
 // it (or the controller) deletes it.
-func (k *Kube) Quarantine(o Owner, a netip.Addr, until time.Time) error {
+func (k *Backend) Quarantine(o ipam.Owner, a netip.Addr, until time.Time) error {
 	obj, ok := k.held[a]
 	if !ok {
 		return fmt.Errorf("ipam: quarantine %s: not allocated by this ADD", a)
@@ -814,14 +818,14 @@ func (k *Kube) Quarantine(o Owner, a netip.Addr, until time.Time) error {
 	return nil
 }
 
-// KubeRelease deletes the allocations of one sandbox of a pod: those whose
+// Release deletes the allocations of one sandbox of a pod: those whose
 // pod UID and container ID are both the given ones, except a StatefulSet
 // pod's (its successor of the same name takes them over). A new pod's (or a new
 // sandbox's) address is never freed by an old one's late DEL. It returns
 // how many it deleted.
-func KubeRelease(ctx context.Context, c *kube.Client, podUID, containerID string) (int, error) {
+func Release(ctx context.Context, c *kube.Client, podUID, containerID string) (int, error) {
 	var al struct {
-		Items []*KubeAlloc `json:"items"`
+		Items []*Alloc `json:"items"`
 	}
 	if err := c.List(ctx, apiGroup+"/ipallocations", LabelPodUID+"="+podUID, &al); err != nil {
 		return 0, fmt.Errorf("ipam: list allocations of pod %s: %w", podUID, err)
@@ -862,15 +866,15 @@ type poolView struct {
 	dir   string
 	fresh bool // listed by this invocation
 	// in memory (no TTL: every ADD reads the pool)
-	items []*KubeAlloc
+	items []*Alloc
 }
 
 type viewSnapshot struct {
-	Fetched time.Time    `json:"fetched"`
-	Items   []*KubeAlloc `json:"items"`
+	Fetched time.Time `json:"fetched"`
+	Items   []*Alloc  `json:"items"`
 }
 
-func (k *Kube) view(pool string) *poolView {
+func (k *Backend) view(pool string) *poolView {
 	if k.views == nil {
 		k.views = map[string]*poolView{}
 	}
@@ -886,28 +890,28 @@ func (v *poolView) path(ext string) string { return filepath.Join(v.dir, v.pool+
 
 // list reads the pool's allocations from the API server, trimmed to what
 // picking needs.
-func (v *poolView) list(k *Kube) ([]*KubeAlloc, error) {
+func (v *poolView) list(k *Backend) ([]*Alloc, error) {
 	var al struct {
-		Items []*KubeAlloc `json:"items"`
+		Items []*Alloc `json:"items"`
 	}
 	if err := k.c.List(k.ctx, apiGroup+"/ipallocations", LabelPool+"="+v.pool, &al); err != nil {
 		return nil, fmt.Errorf("ipam: list allocations of IPPool %s: %w", v.pool, err)
 	}
-	out := make([]*KubeAlloc, 0, len(al.Items))
+	out := make([]*Alloc, 0, len(al.Items))
 	for _, it := range al.Items {
-		out = append(out, &KubeAlloc{Metadata: kube.Meta{Name: it.Metadata.Name, ResourceVersion: it.Metadata.ResourceVersion},
-			Spec: KubeAllocSpec{Address: it.Spec.Address, Node: it.Spec.Node, QuarantinedUntil: it.Spec.QuarantinedUntil}})
+		out = append(out, &Alloc{Metadata: kube.Meta{Name: it.Metadata.Name, ResourceVersion: it.Metadata.ResourceVersion},
+			Spec: AllocSpec{Address: it.Spec.Address, Node: it.Spec.Node, QuarantinedUntil: it.Spec.QuarantinedUntil}})
 	}
 	v.fresh = true
 	return out, nil
 }
 
 // refresh reads the pool again and makes that the node's view.
-func (v *poolView) refresh(k *Kube) error { return v.refreshSince(k, k.now()) }
+func (v *poolView) refresh(k *Backend) error { return v.refreshSince(k, k.now()) }
 
 // refreshSince reads the pool again unless the node's view was read after
 // since (by another ADD of the node).
-func (v *poolView) refreshSince(k *Kube, since time.Time) error {
+func (v *poolView) refreshSince(k *Backend, since time.Time) error {
 	if k.ttl == 0 {
 		items, err := v.list(k)
 		v.items = items
@@ -935,7 +939,7 @@ func (v *poolView) lock() (*fileutil.Lock, error) {
 
 // relist (under the lock) lists the pool, saves the snapshot and empties
 // the log.
-func (v *poolView) relist(k *Kube) ([]*KubeAlloc, error) {
+func (v *poolView) relist(k *Backend) ([]*Alloc, error) {
 	items, err := v.list(k)
 	if err != nil {
 		return nil, err
@@ -960,7 +964,7 @@ func (v *poolView) relist(k *Kube) ([]*KubeAlloc, error) {
 // invalid address if none is free in the view (fresh: the view was listed
 // by this invocation). old is the object of a quarantine that ran out on
 // that address.
-func (v *poolView) pick(k *Kube, p *conf.Pool) (a netip.Addr, old *KubeAlloc, fresh bool, err error) {
+func (v *poolView) pick(k *Backend, p *conf.Pool) (a netip.Addr, old *Alloc, fresh bool, err error) {
 	if k.ttl == 0 {
 		if v.items == nil && !v.fresh {
 			if v.items, err = v.list(k); err != nil {
@@ -969,7 +973,7 @@ func (v *poolView) pick(k *Kube, p *conf.Pool) (a netip.Addr, old *KubeAlloc, fr
 		}
 		a, old = k.choose(p, v.items)
 		if a.IsValid() {
-			v.items = append(v.items, &KubeAlloc{Spec: KubeAllocSpec{Address: a.String(), Node: k.node}})
+			v.items = append(v.items, &Alloc{Spec: AllocSpec{Address: a.String(), Node: k.node}})
 		}
 		return a, old, v.fresh, nil
 	}
@@ -978,14 +982,14 @@ func (v *poolView) pick(k *Kube, p *conf.Pool) (a netip.Addr, old *KubeAlloc, fr
 		return
 	}
 	defer l.Unlock()
-	var items []*KubeAlloc
+	var items []*Alloc
 	var snap viewSnapshot
 	b, rerr := os.ReadFile(v.path(".json"))
 	if rerr == nil && json.Unmarshal(b, &snap) == nil && k.now().Sub(snap.Fetched) < k.ttl && !k.now().Before(snap.Fetched.Add(-time.Second)) {
 		items = snap.Items
 		if lb, err := os.ReadFile(v.path(".log")); err == nil {
 			for _, line := range strings.Fields(string(lb)) {
-				items = append(items, &KubeAlloc{Spec: KubeAllocSpec{Address: line, Node: k.node}})
+				items = append(items, &Alloc{Spec: AllocSpec{Address: line, Node: k.node}})
 			}
 		}
 	} else if items, err = v.relist(k); err != nil {
@@ -1022,7 +1026,7 @@ const (
 // choose picks a free address of p given its allocations, by blocks (see
 // above) for a small pool, at random for a large one. old is the object
 // of a quarantine that ran out on that address.
-func (k *Kube) choose(p *conf.Pool, items []*KubeAlloc) (netip.Addr, *KubeAlloc) {
+func (k *Backend) choose(p *conf.Pool, items []*Alloc) (netip.Addr, *Alloc) {
 	now := k.now()
 	free, expired := k.free(p, items, now)
 	if len(free) == 0 {
@@ -1068,7 +1072,7 @@ func (k *Kube) choose(p *conf.Pool, items []*KubeAlloc) (netip.Addr, *KubeAlloc)
 		}
 		return best
 	}
-	pickIn := func(b int) (netip.Addr, *KubeAlloc) {
+	pickIn := func(b int) (netip.Addr, *Alloc) {
 		a := freeIn[b][k.rnd.IntN(min(4, len(freeIn[b])))]
 		return a, expired[a]
 	}
@@ -1099,7 +1103,7 @@ func (k *Kube) choose(p *conf.Pool, items []*KubeAlloc) (netip.Addr, *KubeAlloc)
 // candidates lists the addresses of a small pool that may be handed out,
 // in order; small is false for a pool too large to list (it is sampled).
 // Computed once per invocation and pool.
-func (k *Kube) candidates(p *conf.Pool) (all []netip.Addr, small bool) {
+func (k *Backend) candidates(p *conf.Pool) (all []netip.Addr, small bool) {
 	if c, ok := k.cands[p.Name]; ok {
 		return c.addrs, c.small
 	}
@@ -1110,7 +1114,7 @@ func (k *Kube) candidates(p *conf.Pool) (all []netip.Addr, small bool) {
 	small = total <= smallPool
 	if small {
 		for _, r := range p.Ranges {
-			for a := r.Start; a.IsValid() && !r.End.Less(a); a = nextCandidate(p, a) {
+			for a := r.Start; a.IsValid() && !r.End.Less(a); a = ipam.NextCandidate(p, a) {
 				if !p.Excluded(a) && !k.isReserved(a) {
 					all = append(all, a)
 				}
@@ -1129,11 +1133,11 @@ type poolCandidates struct {
 	small bool
 }
 
-// KubeReleaseRefs deletes the allocations an ADD recorded, each only if it
+// ReleaseRefs deletes the allocations an ADD recorded, each only if it
 // is still the version that ADD left (a new pod's or sandbox's take-over
 // changes it), and never a StatefulSet pod's. It returns how many it
 // deleted.
-func KubeReleaseRefs(ctx context.Context, c *kube.Client, refs []KubeRef) (int, error) {
+func ReleaseRefs(ctx context.Context, c *kube.Client, refs []ipam.KubeRef) (int, error) {
 	n := 0
 	for _, r := range refs {
 		if r.Sticky {
