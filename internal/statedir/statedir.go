@@ -17,6 +17,10 @@ func IPAM(stateDir string) string { return filepath.Join(stateDir, "ipam") }
 // and ReservedIP lists.
 func KubePoolCache(stateDir string) string { return filepath.Join(IPAM(stateDir), "kube-pools.json") }
 
+// KubeViews holds the kubernetes IPAM backend's node view of each pool
+// (its allocations list and the node's own picks).
+func KubeViews(stateDir string) string { return filepath.Join(IPAM(stateDir), "kube-views") }
+
 // Locks holds the lock files: the attachments' stripes and HostRulesLock.
 func Locks(stateDir string) string { return filepath.Join(stateDir, "locks") }
 

@@ -176,6 +176,7 @@ type Backend struct {
 	ctx      context.Context
 	node     string
 	cache    string
+	viewDir  string // the node views of the pools
 	ttl      time.Duration
 	pod      Pod
 	now      func() time.Time
@@ -202,6 +203,7 @@ type Backend struct {
 func New(ctx context.Context, c *kube.Client, stateDir, node string, ttl time.Duration, pod Pod) *Backend {
 	return &Backend{c: c, ctx: ctx, node: node, ttl: ttl, pod: pod, now: time.Now,
 		cache:   statedir.KubePoolCache(stateDir),
+		viewDir: statedir.KubeViews(stateDir),
 		rnd:     rand.New(rand.NewPCG(rand.Uint64(), uint64(time.Now().UnixNano()))),
 		created: map[netip.Addr]*Alloc{}, held: map[netip.Addr]*Alloc{}}
 }
@@ -881,7 +883,7 @@ func (k *Backend) view(pool string) *poolView {
 	if v, ok := k.views[pool]; ok {
 		return v
 	}
-	v := &poolView{pool: pool, dir: filepath.Join(filepath.Dir(k.cache), "kube-views")}
+	v := &poolView{pool: pool, dir: k.viewDir}
 	k.views[pool] = v
 	return v
 }
