@@ -251,12 +251,8 @@ func (p *plugin) nodeAddrRule(env *txn.Env, nics []plan.NIC) error {
 	if err != nil {
 		return err
 	}
-	var links []string
 	var subnets []netip.Prefix
 	for _, n := range nics {
-		if n.VF == nil {
-			links = append(links, n.LinkMaster(), n.Network.Master)
-		}
 		for _, pl := range n.Network.Pools {
 			subnets = append(subnets, pl.Subnet)
 		}
@@ -264,7 +260,7 @@ func (p *plugin) nodeAddrRule(env *txn.Env, nics []plan.NIC) error {
 	if len(subnets) == 0 {
 		return nil
 	}
-	addrs := append(coordinator.NodeAddrsIn(host, links, subnets), p.node.NodeIPs...)
+	addrs := append(coordinator.NodeAddrsIn(host, subnets), p.node.NodeIPs...)
 	for i := range nics {
 		pools := slices.Clone(nics[i].Network.Pools) // the catalogue's own stay as configured
 		for k := range pools {

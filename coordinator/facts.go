@@ -45,39 +45,24 @@ func IsNodeAddr(h *netlink.Handle, a netip.Addr) bool {
 	return slices.ContainsFunc(rs, func(r netlink.Route) bool { return r.Type == unix.RTN_LOCAL })
 }
 
-// NodeAddrsIn returns the node's addresses inside subnets, read from the
-// links that face them: the given links (the NICs' masters), the link the
-// node routes each subnet through, and lo. Listing every link's addresses
-// would grow with the pods (each has a veth on the node with an IPv6
-// link-local address).
-func NodeAddrsIn(h *netlink.Handle, links []string, subnets []netip.Prefix) []netip.Addr {
-	idx := map[int]bool{1: true} // lo
-	for _, name := range links {
-		if l, err := h.LinkByName(name); err == nil {
-			idx[l.Attrs().Index] = true
-		}
-	}
-	for _, s := range subnets {
-		if rs, err := h.RouteGet(s.Addr().Next().AsSlice()); err == nil {
-			for _, r := range rs {
-				idx[r.LinkIndex] = true
-			}
-		}
-	}
+// NodeAddrsIn returns the node's addresses inside subnets: for each, the
+// source address the node uses towards it (one route lookup per subnet).
+// That is the node's address on that network; a secondary address of the
+// node inside a pod subnet is not found here, and IsNodeAddr catches it on
+// the allocated address instead. Reading the links' addresses was
+// measured at +2-3 ms per 3-NIC ADD with 200 pods on the node (netlink's
+// AddrList dumps every address, and each pod's veth has one).
+func NodeAddrsIn(h *netlink.Handle, subnets []netip.Prefix) []netip.Addr {
 	var out []netip.Addr
-	for i := range idx {
-		l, err := h.LinkByIndex(i)
+	for _, s := range subnets {
+		rs, err := h.RouteGet(s.Addr().Next().AsSlice())
 		if err != nil {
 			continue
 		}
-		as, err := h.AddrList(l, netlink.FAMILY_ALL)
-		if err != nil {
-			continue
-		}
-		for _, a := range as {
-			ip, ok := netip.AddrFromSlice(a.IP)
-			if ip = ip.Unmap(); ok && !slices.Contains(out, ip) && slices.ContainsFunc(subnets, func(s netip.Prefix) bool { return s.Contains(ip) }) {
-				out = append(out, ip)
+		for _, r := range rs {
+			a, ok := netip.AddrFromSlice(r.Src)
+			if a = a.Unmap(); ok && s.Contains(a) && !slices.Contains(out, a) {
+				out = append(out, a)
 			}
 		}
 	}
