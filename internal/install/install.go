@@ -121,16 +121,16 @@ func NodeConf(path, nodeName string) ([]byte, error) {
 	if err := yaml.Unmarshal(b, &doc); err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	var m map[string]any // decoding into a map refuses duplicate keys
-	if err := yaml.Unmarshal(b, &m); err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
 	if len(doc.Content) == 0 {
 		doc = yaml.Node{Kind: yaml.DocumentNode, Content: []*yaml.Node{{Kind: yaml.MappingNode}}}
 	}
 	top := doc.Content[0]
 	if top.Kind != yaml.MappingNode {
 		return nil, fmt.Errorf("%s: not a mapping of keys to values", path)
+	}
+	var m map[string]any // decoding into a map refuses duplicate keys
+	if err := yaml.Unmarshal(b, &m); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	set := false
 	for i := 0; i+1 < len(top.Content); i += 2 {
