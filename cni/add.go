@@ -129,16 +129,21 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 			nics[i].UseDelegated(res)
 		}
 	}
-	if err := p.checkAllocated(env, nics); err != nil {
+	// how the node routes each allocated address, looked up once: for the
+	// address rule and for the node's addresses behind veth0
+	host, err := env.Handle(txn.Host)
+	if err != nil {
+		// released like any failure after allocating: the local and
+		// kubernetes addresses, and the delegated IPAM's journaled runs
+		return p.abort(j, &earlyError{types.ErrInternal, fmt.Errorf("learn node addresses: %w", err)})
+	}
+	routes := coordinator.RouteAddrs(host, allocatedAddrs(nics))
+	if err := checkAllocated(nics, routes); err != nil {
 		return p.abort(j, err)
 	}
 	in := plan.Input{ContainerID: args.ContainerID, NICs: nics, Cluster: cluster}
 	if p.cfg.Network.Coordinator.Underlay() {
-		if in.NodeIPs, err = p.nodeIPs(env, nics); err != nil {
-			// released like any failure after allocating: the local and
-			// kubernetes addresses, and the delegated IPAM's journaled runs
-			return p.abort(j, &earlyError{types.ErrInternal, fmt.Errorf("learn node addresses: %w", err)})
-		}
+		in.NodeIPs = p.nodeIPs(routes)
 		if len(in.NodeIPs) == 0 {
 			p.log.Warn("no node address found towards the pod's networks: the pod will not reach its node through veth0 (set nodeIPs in the node conf)")
 		}
@@ -180,20 +185,18 @@ func (p *plugin) abort(j *txn.Journal, cause error) error {
 	var early *earlyError
 	if errors.As(cause, &se) {
 		undoErr = se.UndoErr
-	} else if errors.As(cause, &early) {
-		// before the plan: only the delegated IPAM steps are journaled
-		env := p.envFor(j)
-		undoErr = txn.Rollback(env, j)
-		p.reportAbandoned(j, nil, env.Abandoned)
-		env.Close()
 	} else {
+		// before the plan (earlyError) only the delegated IPAM steps are
+		// journaled; after it, all of them
 		env := p.envFor(j)
 		undoErr = txn.Rollback(env, j)
 		p.reportAbandoned(j, nil, env.Abandoned)
 		env.Close()
-		cause = fmt.Errorf("after the last step: %w", cause)
-		if undoErr != nil {
-			cause = fmt.Errorf("%w; rollback incomplete, journal kept for DEL: %v", cause, undoErr)
+		if !errors.As(cause, &early) {
+			cause = fmt.Errorf("after the last step: %w", cause)
+			if undoErr != nil {
+				cause = fmt.Errorf("%w; rollback incomplete, journal kept for DEL: %v", cause, undoErr)
+			}
 		}
 	}
 	if undoErr != nil {
@@ -287,25 +290,35 @@ func (p *plugin) nodeAddrRule(env *txn.Env, nics []plan.NIC) error {
 	return nil
 }
 
-// checkAllocated refuses an allocated address that the node has (on an
-// interface nodeAddrRule did not read) and, from a delegated IPAM plugin
-// (whose pools spinneret does not know), one that is its own gateway or
-// its subnet's IPv4 network or broadcast address.
-func (p *plugin) checkAllocated(env *txn.Env, nics []plan.NIC) error {
-	host, err := env.Handle(txn.Host)
-	if err != nil {
-		return err
+// allocatedAddrs are the NICs' addresses, in order.
+func allocatedAddrs(nics []plan.NIC) []netip.Addr {
+	var out []netip.Addr
+	for _, n := range nics {
+		for _, a := range n.Addrs {
+			out = append(out, a.Address.Addr())
+		}
 	}
+	return out
+}
+
+// checkAllocated refuses an allocated address that the node has (on an
+// interface nodeAddrRule did not read; routes are allocatedAddrs' routes)
+// and, from a delegated IPAM plugin (whose pools spinneret does not know),
+// one that is its own gateway or its subnet's IPv4 network or broadcast
+// address.
+func checkAllocated(nics []plan.NIC, routes []coordinator.AddrRoute) error {
+	i := 0
 	for _, n := range nics {
 		for _, al := range n.Addrs {
-			a := al.Address.Addr()
+			a, local := al.Address.Addr(), routes[i].Local
+			i++
 			from := "pool " + al.Pool
 			if d := n.Network.DelegateIPAM; d != nil {
 				from = "IPAM plugin " + d.Type
 			}
 			why := ""
 			switch sub := al.Address.Masked(); {
-			case coordinator.IsNodeAddr(host, a):
+			case local:
 				why = "an address of the node"
 			case n.Network.DelegateIPAM == nil:
 			case a == al.Gateway:
@@ -322,22 +335,13 @@ func (p *plugin) checkAllocated(env *txn.Env, nics []plan.NIC) error {
 }
 
 // nodeIPs are the node's addresses the pod reaches through its veth: the
-// node conf's nodeIPs, or else those coordinator.NodeIPs finds.
-func (p *plugin) nodeIPs(env *txn.Env, nics []plan.NIC) ([]netip.Addr, error) {
+// node conf's nodeIPs, or else those coordinator.NodeIPs finds from the
+// routes to the pod's addresses.
+func (p *plugin) nodeIPs(routes []coordinator.AddrRoute) []netip.Addr {
 	if len(p.node.NodeIPs) > 0 {
-		return p.node.NodeIPs, nil
+		return p.node.NodeIPs
 	}
-	host, err := env.Handle(txn.Host)
-	if err != nil {
-		return nil, err
-	}
-	var podAddrs []netip.Addr
-	for _, n := range nics {
-		for _, a := range n.Addrs {
-			podAddrs = append(podAddrs, a.Address.Addr())
-		}
-	}
-	return coordinator.NodeIPs(host, podAddrs), nil
+	return coordinator.NodeIPs(routes)
 }
 
 // checkParents checks what a NIC hangs off before anything is created: the

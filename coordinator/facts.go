@@ -10,22 +10,48 @@ import (
 	"github.com/spinneret-cni/spinneret/conf"
 )
 
-// NodeIPs learns the node's addresses a pod must reach through its veth:
-// for each pod address, the source address the node itself would use
-// towards it (the node's address on the pod's network), IPv4 first, no
-// duplicates. One route lookup per pod address: unlike listing the node's
-// links and addresses, this does not grow with the number of pods (each
-// has a veth on the node). Node conf "nodeIPs" overrides it.
-func NodeIPs(h *netlink.Handle, podAddrs []netip.Addr) []netip.Addr {
-	var out []netip.Addr
-	for _, p := range podAddrs {
-		rs, err := h.RouteGet(p.AsSlice())
+// AddrRoute is how the node routes one address.
+type AddrRoute struct {
+	Addr netip.Addr
+	// Local: the address is the node's own, on any of its interfaces (the
+	// kernel routes it as local).
+	Local bool
+	// Srcs are the source addresses the node uses towards it.
+	Srcs []netip.Addr
+}
+
+// RouteAddrs asks the kernel how the node routes each address: one route
+// lookup per address, whatever the number of links (listing the node's
+// links and addresses would grow with the pods, each of which has a veth
+// on the node). An address the node has no route to has neither Local nor
+// Srcs.
+func RouteAddrs(h *netlink.Handle, addrs []netip.Addr) []AddrRoute {
+	out := make([]AddrRoute, len(addrs))
+	for i, a := range addrs {
+		out[i].Addr = a
+		rs, err := h.RouteGet(a.AsSlice())
 		if err != nil {
-			continue // the node has no route to that network
+			continue
 		}
 		for _, r := range rs {
-			a, _ := netip.AddrFromSlice(r.Src)
-			if a = a.Unmap(); a.IsValid() && !a.IsLoopback() && !a.IsLinkLocalUnicast() && !slices.Contains(out, a) {
+			out[i].Local = out[i].Local || r.Type == unix.RTN_LOCAL
+			if src, ok := netip.AddrFromSlice(r.Src); ok {
+				out[i].Srcs = append(out[i].Srcs, src.Unmap())
+			}
+		}
+	}
+	return out
+}
+
+// NodeIPs are the node's addresses a pod must reach through its veth: for
+// each pod address (routes, from RouteAddrs), the source address the node
+// itself uses towards it (the node's address on the pod's network), IPv4
+// first, no duplicates. Node conf "nodeIPs" overrides it.
+func NodeIPs(routes []AddrRoute) []netip.Addr {
+	var out []netip.Addr
+	for _, r := range routes {
+		for _, a := range r.Srcs {
+			if !a.IsLoopback() && !a.IsLinkLocalUnicast() && !slices.Contains(out, a) {
 				out = append(out, a)
 			}
 		}
@@ -35,15 +61,8 @@ func NodeIPs(h *netlink.Handle, podAddrs []netip.Addr) []netip.Addr {
 }
 
 // IsNodeAddr reports whether a is an address of the node, on any of its
-// interfaces: the kernel routes it as local. One route lookup, whatever the
-// number of links.
-func IsNodeAddr(h *netlink.Handle, a netip.Addr) bool {
-	rs, err := h.RouteGet(a.AsSlice())
-	if err != nil {
-		return false // unroutable: not the node's
-	}
-	return slices.ContainsFunc(rs, func(r netlink.Route) bool { return r.Type == unix.RTN_LOCAL })
-}
+// interfaces.
+func IsNodeAddr(h *netlink.Handle, a netip.Addr) bool { return RouteAddrs(h, []netip.Addr{a})[0].Local }
 
 // NodeAddrsIn returns the node's addresses inside subnets: for each, the
 // source address the node uses towards it (one route lookup per subnet).
