@@ -75,15 +75,9 @@ var nodeKeys = map[string]string{
 // LoadNode reads the node conf. A missing file is an error only when
 // required (the CNI config named it); otherwise the embedded defaults apply.
 func LoadNode(path string, required bool) (*Node, error) {
-	v := viper.New()
+	v := nodeViper()
 	v.SetConfigFile(path)
 	v.SetConfigType("yaml")
-	v.SetDefault("stateDir", "/var/lib/spinneret")
-	v.SetDefault("logLevel", "info")
-	v.SetDefault("apiTimeout", "5s")
-	v.SetDefault("poolCacheTTL", "5s")
-	v.SetDefault("controllerNamespace", "kube-system")
-	v.SetDefault("podResourcesSocket", "/var/lib/kubelet/pod-resources/kubelet.sock")
 	if err := v.ReadInConfig(); err != nil {
 		var pe *fs.PathError
 		if !errors.As(err, &pe) || !errors.Is(err, fs.ErrNotExist) || required {
@@ -113,6 +107,29 @@ func LoadNode(path string, required bool) (*Node, error) {
 		return nil, fmt.Errorf("node conf %s: %w", path, err)
 	}
 	return n, nil
+}
+
+// nodeDefaults are the node conf's values where neither the file nor the
+// environment sets one.
+var nodeDefaults = map[string]string{
+	"stateDir":            "/var/lib/spinneret",
+	"logLevel":            "info",
+	"apiTimeout":          "5s",
+	"poolCacheTTL":        "5s",
+	"controllerNamespace": "kube-system",
+	"podResourcesSocket":  "/var/lib/kubelet/pod-resources/kubelet.sock",
+}
+
+// logLevels are the values of logLevel.
+var logLevels = []string{"debug", "info", "warn", "error"}
+
+// nodeViper is a viper holding nodeDefaults.
+func nodeViper() *viper.Viper {
+	v := viper.New()
+	for k, d := range nodeDefaults {
+		v.SetDefault(k, d)
+	}
+	return v
 }
 
 // applyEnv lets SPINNERET_* variables override the file. Maps and lists use
@@ -163,7 +180,7 @@ func (n *Node) validate() error {
 	if n.LogFile != "" && !filepath.IsAbs(n.LogFile) {
 		return fmt.Errorf("logFile: %q is not an absolute path", n.LogFile)
 	}
-	if !slices.Contains([]string{"debug", "info", "warn", "error"}, n.LogLevel) {
+	if !slices.Contains(logLevels, n.LogLevel) {
 		return fmt.Errorf("logLevel: %q is not one of debug, info, warn, error", n.LogLevel)
 	}
 	for k, m := range n.Masters {
@@ -245,8 +262,10 @@ func LoadNodeForDel(path string, required bool) (n *Node, known bool, err error)
 	if n, err = LoadNode(path, required); err == nil {
 		return n, true, nil
 	}
-	n = &Node{StateDir: "/var/lib/spinneret", LogLevel: "info", APITimeoutRaw: "5s", APITimeout: 5 * time.Second,
-		PoolCacheTTLRaw: "5s", PoolCacheTTL: 5 * time.Second, ControllerNamespace: "kube-system"}
+	n = &Node{}
+	if uerr := nodeViper().Unmarshal(n); uerr != nil {
+		return nil, false, err
+	}
 	known = true
 	var raw map[string]any
 	if b, rerr := os.ReadFile(path); rerr == nil && yaml.Unmarshal(b, &raw) != nil {
@@ -268,8 +287,11 @@ func LoadNodeForDel(path string, required bool) (n *Node, known bool, err error)
 	if s, ok := str("kubeconfig"); ok && filepath.IsAbs(s) {
 		n.Kubeconfig = s // to release kubernetes IPAM allocations
 	}
-	if s, ok := str("logLevel"); ok && slices.Contains([]string{"debug", "info", "warn", "error"}, s) {
+	if s, ok := str("logLevel"); ok && slices.Contains(logLevels, s) {
 		n.LogLevel = s
+	}
+	if verr := n.validate(); verr != nil { // only readable values were taken: cannot fail
+		return nil, false, err
 	}
 	return n, known, err
 }
