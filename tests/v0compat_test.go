@@ -41,7 +41,7 @@ func v0Scenario(t *testing.T, e *env, bin string) (*libcni.NetworkConfigList, *l
 // v0Placeholders are what differs between runs: the pod netns path and
 // inode, and the state dir.
 func v0Placeholders(e *env, p *netlab.NS) [][2]string {
-	ino, _ := txn.NetNSInode(p.Path())
+	ino, _ := txn.PodNetNSInode(p.Path())
 	return [][2]string{{e.stateDir(), "{{STATEDIR}}"}, {p.Path(), "{{NETNS}}"}, {`"netnsInode":` + strconv.FormatUint(ino, 10), `"netnsInode":{{INO}}`}}
 }
 

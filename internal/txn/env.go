@@ -44,18 +44,10 @@ func NewEnv(podNetNS string, ino uint64) *Env {
 	return &Env{PodNetNS: podNetNS, PodNetNSIno: ino, podNS: -1, handles: map[string]*netlink.Handle{}}
 }
 
-// NetNSInode returns the inode that identifies the namespace at path.
-func NetNSInode(path string) (uint64, error) {
-	var st unix.Stat_t
-	if err := unix.Stat(path, &st); err != nil {
-		return 0, err
-	}
-	return st.Ino, nil
-}
-
-// PodNetNSInode is NetNSInode for the namespace an ADD is to fill: it must
-// be a network namespace, and neither the plugin's own (the node's: an ADD
-// there would put pod links and addresses on the node itself) nor PID 1's.
+// PodNetNSInode returns the inode that identifies the namespace an ADD is
+// to fill, at path. It must be a network namespace, and neither the
+// plugin's own (the node's: an ADD there would put pod links and addresses
+// on the node itself) nor PID 1's.
 func PodNetNSInode(path string) (uint64, error) {
 	f, err := os.Open(path)
 	if err != nil {
