@@ -9,7 +9,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -264,21 +263,8 @@ func TestAnnotationsFromAPIServer(t *testing.T) {
 	badRT.Args = [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", ns}, {"K8S_POD_NAME", "bad"}}
 	_, err = e.add(l, badRT)
 	wantErr(t, err, cni.ErrBadRequest, `network "purple" is not defined`)
-	var events struct {
-		Items []struct {
-			Reason, Message, Type string
-			InvolvedObject        struct{ Name string } `json:"involvedObject"`
-		} `json:"items"`
-	}
-	apiRequest(t, a, http.MethodGet, "/api/v1/namespaces/"+ns+"/events", nil, &events)
-	found := false
-	for _, ev := range events.Items {
-		if ev.InvolvedObject.Name == "bad" && ev.Reason == "BadNetworkRequest" && ev.Type == "Warning" && strings.Contains(ev.Message, "purple") {
-			found = true
-		}
-	}
-	if !found {
-		t.Errorf("no BadNetworkRequest event for pod bad: %+v", events.Items)
+	if !podEvent(t, a, ns, "bad", "BadNetworkRequest", "purple") {
+		t.Errorf("no BadNetworkRequest event for pod bad")
 	}
 	e.sameAs(before, p)
 
@@ -332,11 +318,7 @@ func createNAD(t *testing.T, a *k8senv.APIServer, ns, name, config string) {
 // entry included, nothing executed); a NAD of a kind spinneret does not
 // drive is a clear error; another namespace's NAD is refused.
 func TestNADs(t *testing.T) {
-	e := multiEnv(t)
-	a := startAPI(t, e.topo.Node.Do)
-	if code := apiRequest(t, a, http.MethodPost, "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", nadCRD, nil); code != http.StatusCreated {
-		t.Fatalf("NAD CRD: %d", code)
-	}
+	e, a := nadEnv(t)
 	ns := "spin"
 	createPod(t, a, ns, "web", map[string]string{"k8s.v1.cni.cncf.io/networks": "storage-nad"})
 	createNAD(t, a, ns, "storage-nad", `{"cniVersion":"0.3.1","name":"storage-nad","plugins":[
@@ -385,11 +367,7 @@ func TestNADs(t *testing.T) {
 // NIC, routes as it says, and releases through host-local on DEL and on a
 // failed ADD (the run is journaled before it happens).
 func TestNADDelegatedIPAM(t *testing.T) {
-	e := multiEnv(t)
-	a := startAPI(t, e.topo.Node.Do)
-	if code := apiRequest(t, a, http.MethodPost, "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", nadCRD, nil); code != http.StatusCreated {
-		t.Fatalf("NAD CRD: %d", code)
-	}
+	e, a := nadEnv(t)
 	ns := "spin"
 	hlData := filepath.Join(e.dir, "host-local")
 	createPod(t, a, ns, "web", map[string]string{"k8s.v1.cni.cncf.io/networks": "macvlan-conf"})
@@ -402,16 +380,7 @@ func TestNADDelegatedIPAM(t *testing.T) {
 	before := e.snapshot(p)
 	rt := rtConf("c1", p)
 	rt.Args = [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", ns}, {"K8S_POD_NAME", "web"}}
-	held := func() []string {
-		ents, _ := os.ReadDir(filepath.Join(hlData, "macvlan-conf"))
-		var out []string
-		for _, e := range ents {
-			if strings.HasPrefix(e.Name(), "198.") {
-				out = append(out, e.Name())
-			}
-		}
-		return out
-	}
+	held := func() []string { return hostLocalHeld(hlData, "macvlan-conf") }
 	r := e.mustAdd(l, rt)
 	if got := nicAddr(t, r, "net1", true).String(); got != "198.51.100.80" || fmt.Sprint(held()) != "[198.51.100.80]" {
 		t.Fatalf("net1 %s, host-local holds %v", got, held())
@@ -450,9 +419,32 @@ func TestNADDelegatedIPAM(t *testing.T) {
 	_, err = e.add(l, rtNode)
 	wantErr(t, err, cni.ErrBadRequest, "net1: IPAM plugin host-local gave 198.51.100.2, an address of the node")
 	e.sameAs(before, p)
-	if ents, _ := os.ReadDir(filepath.Join(hlData, "node-conf")); slices.ContainsFunc(ents, func(e os.DirEntry) bool { return strings.HasPrefix(e.Name(), "198.") }) {
-		t.Fatalf("host-local still holds the refused address: %v", ents)
+	if h := hostLocalHeld(hlData, "node-conf"); len(h) != 0 {
+		t.Fatalf("host-local still holds the refused address: %v", h)
 	}
+}
+
+// nadEnv is multiEnv with an API server that serves NetworkAttachmentDefinitions.
+func nadEnv(t *testing.T) (*env, *k8senv.APIServer) {
+	t.Helper()
+	e := multiEnv(t)
+	a := startAPI(t, e.topo.Node.Do)
+	if code := apiRequest(t, a, http.MethodPost, "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", nadCRD, nil); code != http.StatusCreated {
+		t.Fatalf("NAD CRD: %d", code)
+	}
+	return e, a
+}
+
+// hostLocalHeld are the addresses host-local holds in dataDir for network.
+func hostLocalHeld(dataDir, network string) []string {
+	ents, _ := os.ReadDir(filepath.Join(dataDir, network))
+	var out []string
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), "198.") {
+			out = append(out, e.Name())
+		}
+	}
+	return out
 }
 
 // podEvent reports whether pod has a Warning event with reason whose
@@ -482,11 +474,7 @@ func podEvent(t *testing.T, a *k8senv.APIServer, ns, pod, reason, substr string)
 // fails every time gives up on the third DEL; each leaves a ReleaseFailed
 // event on the pod and a log line, and nothing of spinneret's behind.
 func TestNADDelegatedDelConverges(t *testing.T) {
-	e := multiEnv(t)
-	a := startAPI(t, e.topo.Node.Do)
-	if code := apiRequest(t, a, http.MethodPost, "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", nadCRD, nil); code != http.StatusCreated {
-		t.Fatalf("NAD CRD: %d", code)
-	}
+	e, a := nadEnv(t)
 	ns := "spin"
 	hlData := filepath.Join(e.dir, "host-local")
 	appendFile(t, filepath.Join(e.dir, "node.yaml"), fmt.Sprintf("kubeconfig: %s\n", a.Kubeconfig))
@@ -499,16 +487,7 @@ func TestNADDelegatedDelConverges(t *testing.T) {
 		r.Args = [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", ns}, {"K8S_POD_NAME", pod}}
 		return r
 	}
-	held := func() []string {
-		ents, _ := os.ReadDir(filepath.Join(hlData, "macvlan-conf"))
-		var out []string
-		for _, e := range ents {
-			if strings.HasPrefix(e.Name(), "198.") {
-				out = append(out, e.Name())
-			}
-		}
-		return out
-	}
+	held := func() []string { return hostLocalHeld(hlData, "macvlan-conf") }
 	journal := func(id string) string {
 		m, _ := filepath.Glob(filepath.Join(e.stateDir(), "journal", "*", id+":eth0.journal"))
 		if len(m) != 1 {
