@@ -1,7 +1,6 @@
 package cni
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,6 +17,7 @@ import (
 	"github.com/spinneret-cni/spinneret/coordinator"
 	"github.com/spinneret-cni/spinneret/drivers"
 	"github.com/spinneret-cni/spinneret/drivers/vocab"
+	"github.com/spinneret-cni/spinneret/internal/kube"
 	"github.com/spinneret-cni/spinneret/internal/netops"
 	"github.com/spinneret-cni/spinneret/internal/txn"
 	"github.com/spinneret-cni/spinneret/ipam"
@@ -60,19 +60,21 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 		}
 		return types.NewError(ErrBadRequest, err.Error(), "")
 	}
-	env := txn.NewEnv(args.Netns, ino)
-	env.Log, env.StateDir = p.log, p.node.StateDir
+	env := p.newEnv(args.Netns, ino)
 	defer env.Close()
+	j := txn.NewJournal(p.node.StateDir, p.cfg.Name, args.ContainerID, args.IfName, args.Netns, ino)
 	// an ADD without DEL for the same attachment: undo what the earlier one
-	// left (its addresses are kept and handed back by the idempotent IPAM)
+	// did and keep its ledger, whose addresses the idempotent backends
+	// hand back
 	if old, lerr := txn.LoadJournal(p.journalPath(args.ContainerID, args.IfName)); lerr == nil {
 		oenv := p.envFor(old)
-		rerr := txn.Rollback(oenv, old)
+		rerr := txn.RollbackPlan(oenv, old)
 		p.reportAbandoned(old, nil, oenv.Abandoned)
 		oenv.Close()
 		if rerr != nil {
 			return types.NewError(types.ErrTryAgainLater, "undo earlier ADD: "+rerr.Error(), "")
 		}
+		j.Carry(old.Ledger())
 	}
 	if err := p.precheck(env, nics); err != nil {
 		return types.NewError(types.ErrInvalidNetworkConfig, err.Error(), "")
@@ -83,49 +85,20 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	cluster := p.clusterCIDRs()
 	p.phase("check")
 
-	// the journal is first written with the first step: a process killed
-	// before that holds only addresses, which DEL and GC release by owner
-	j := txn.NewJournal(p.node.StateDir, p.cfg.Name, args.ContainerID, args.IfName, args.Netns, ino)
-	allocs, err := p.allocate(args, nics)
+	// from here on, what is taken is in the journal, and every failure
+	// ends in abort
+	front := p.front(j, args)
+	got, err := front.Allocate(ipamNeeds(nics))
 	if err != nil {
-		var te *types.Error
-		if errors.As(err, &te) {
-			return te
-		}
-		switch {
-		case errors.Is(err, ipam.ErrExhausted):
-			return types.NewError(ErrPoolExhausted, fmt.Sprintf("network %s: %v", p.cfg.Name, err), "")
-		case errors.Is(err, ipam.ErrStaticTaken), errors.Is(err, ipam.ErrStaticOutside), errors.Is(err, ipam.ErrStaticRefused):
-			return types.NewError(ErrBadRequest, err.Error(), "")
-		}
-		return types.NewError(types.ErrIOFailure, err.Error(), "")
+		return p.abort(env, j, front, err)
 	}
-	var refs []ipam.KubeRef
 	for i := range nics {
-		for _, a := range allocs {
+		for _, a := range got.Addrs {
 			if a.IfName == nics[i].IfName {
 				nics[i].Addrs = append(nics[i].Addrs, a)
 			}
-			if a.Object != nil && a.IfName == nics[i].IfName {
-				refs = append(refs, *a.Object)
-			}
 		}
-	}
-	if len(refs) > 0 {
-		j.IPAM, _ = json.Marshal(refs)
-	}
-	// NICs of NADs whose IPAM is another plugin: each run is journaled
-	// before it happens, so a rollback, DEL or GC releases it
-	for i := range nics {
-		if d := nics[i].Network.DelegateIPAM; d != nil {
-			op := &ipam.Delegated{Type: d.Type, Conf: d.Conf, Path: args.Path, ContainerID: args.ContainerID, NetNS: args.Netns, IfName: nics[i].IfName, Args: args.Args}
-			if err := j.Append(txn.Step{Op: op}); err != nil {
-				return p.abort(j, &earlyError{types.ErrIOFailure, err})
-			}
-			res, err := op.Add(context.Background())
-			if err != nil {
-				return p.abort(j, &earlyError{ErrStepFailed, err})
-			}
+		if res := got.Delegated[nics[i].IfName]; res != nil {
 			nics[i].UseDelegated(res)
 		}
 	}
@@ -133,13 +106,11 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	// address rule and for the node's addresses behind veth0
 	host, err := env.Handle(txn.Host)
 	if err != nil {
-		// released like any failure after allocating: the local and
-		// kubernetes addresses, and the delegated IPAM's journaled runs
-		return p.abort(j, &earlyError{types.ErrInternal, fmt.Errorf("learn node addresses: %w", err)})
+		return p.abort(env, j, front, &codedError{types.ErrInternal, fmt.Errorf("learn node addresses: %w", err)})
 	}
 	routes := coordinator.RouteAddrs(host, allocatedAddrs(nics))
 	if err := checkAllocated(nics, routes); err != nil {
-		return p.abort(j, err)
+		return p.abort(env, j, front, err)
 	}
 	in := plan.Input{ContainerID: args.ContainerID, NICs: nics, Cluster: cluster}
 	if p.cfg.Network.Coordinator.Underlay() {
@@ -150,9 +121,8 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	}
 	p.phase("allocate")
 	pl := plan.New(in)
-	if aerr := txn.Apply(env, j, pl.Ops); aerr != nil {
-		p.reportAbandoned(j, nil, env.Abandoned)
-		return p.abort(j, aerr)
+	if err := txn.Apply(env, j, pl.Ops); err != nil {
+		return p.abort(env, j, front, err)
 	}
 	p.phase("apply")
 	res, err := buildResult(env, args.Netns, in, pl.Layout, p.cfg.DNS)
@@ -163,7 +133,7 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 		}
 	}
 	if err != nil {
-		return p.abort(j, err)
+		return p.abort(env, j, front, &codedError{ErrStepFailed, fmt.Errorf("after the last step: %w", err)})
 	}
 	p.phase("commit")
 	p.writeNetworkStatus(args, nics, res)
@@ -175,72 +145,46 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 	return types.PrintResult(forVersion(res, p.cfg.CNIVersion), p.cfg.CNIVersion)
 }
 
-// abort finishes a failed ADD. Apply has already undone what it could when a
-// step failed; a failure after Apply (reading the result back, committing
-// the journal) is undone here. Then the addresses are released and the
-// journal removed, or the journal is kept for DEL if the undo was partial.
-func (p *plugin) abort(j *txn.Journal, cause error) error {
-	var undoErr error
-	var se *txn.StepError
-	var early *earlyError
-	if errors.As(cause, &se) {
-		undoErr = se.UndoErr
-	} else {
-		// before the plan (earlyError) only the delegated IPAM steps are
-		// journaled; after it, all of them
-		env := p.envFor(j)
-		undoErr = txn.Rollback(env, j)
-		p.reportAbandoned(j, nil, env.Abandoned)
-		env.Close()
-		if !errors.As(cause, &early) {
-			cause = fmt.Errorf("after the last step: %w", cause)
-			if undoErr != nil {
-				cause = fmt.Errorf("%w; rollback incomplete, journal kept for DEL: %v", cause, undoErr)
-			}
-		}
-	}
-	if undoErr != nil {
-		j.Save()
-		return types.NewError(ErrRollbackIncomplete, fmt.Sprintf("network %s: %v", p.cfg.Name, cause), "")
-	}
-	code := ErrStepFailed
-	if early != nil {
-		code = early.code
+// abort is the one way a failed ADD ends, whatever failed after the first
+// address was taken: an address another host answers for is quarantined
+// (handing it to the next pod would fail the same way), then the journal
+// is rolled back, the plan's steps and then the ledger, which releases
+// every address of every backend. The journal is removed, or kept for DEL
+// with what could not be undone.
+func (p *plugin) abort(env *txn.Env, j *txn.Journal, front ipam.Allocator, cause error) error {
+	code := errorCode(cause)
+	if errors.Is(cause, kube.ErrUnreachable) {
+		p.apiDown = true // no release waits out the timeout again
 	}
 	var conflict *coordinator.ConflictError
 	if errors.As(cause, &conflict) {
-		// not released: another host uses it, and handing it to the next pod
-		// would fail the same way
-		code = ErrIPConflict
 		d := p.cfg.Network.Coordinator.Quarantine
-		owner := ipam.Owner{ContainerID: j.ContainerID, IfName: j.IfName, Network: p.cfg.Name}
-		if err := p.quarantine(owner, conflict.Addr, d); err != nil {
+		if err := front.Quarantine(conflict.Addr, d); err != nil {
 			p.log.Error("quarantine", "address", conflict.Addr, "err", err)
 		} else {
 			cause = fmt.Errorf("%w; %s is quarantined for %s", cause, conflict.Addr, d)
 		}
 	}
-	if errors.Is(cause, coordinator.ErrGatewayUnreachable) {
-		code = ErrGatewayUnreachable
+	front.Failed()
+	undoErr := txn.Rollback(env, j)
+	p.reportAbandoned(j, nil, env.Abandoned)
+	var se *txn.StepError
+	if errors.As(cause, &se) {
+		se.UndoErr = undoErr // Apply's own undo of the plan, retried here
+	} else if undoErr != nil {
+		cause = fmt.Errorf("%w; rollback incomplete, journal kept for DEL: %v", cause, undoErr)
 	}
-	if err := p.releaseAll(j.ContainerID, j.IfName); err != nil {
-		j.Save()
-		return types.NewError(ErrRollbackIncomplete, fmt.Sprintf("network %s: %v; release addresses: %v", p.cfg.Name, cause, err), "")
+	if undoErr != nil {
+		if err := j.Save(); err != nil {
+			p.log.Error("journal not saved", "journal", j.Path(), "err", err)
+		}
+		return types.NewError(ErrRollbackIncomplete, fmt.Sprintf("network %s: %v", p.cfg.Name, cause), "")
 	}
-	j.Remove()
+	if err := j.Remove(); err != nil {
+		p.log.Error("journal not removed", "journal", j.Path(), "err", err)
+	}
 	return types.NewError(code, fmt.Sprintf("network %s: %v (rolled back)", p.cfg.Name, cause), "")
 }
-
-// earlyError is a failure after the addresses were allocated and before
-// the plan ran (an address the request may not have, found in a delegated
-// IPAM plugin's result; the node's addresses not readable): ADD fails with
-// code once everything allocated is released.
-type earlyError struct {
-	code uint
-	error
-}
-
-func (e *earlyError) Unwrap() error { return e.error }
 
 // nodeAddrRule keeps the node's own addresses from the pod, before
 // anything is allocated: the node routes every pod address into the pod
@@ -327,7 +271,7 @@ func checkAllocated(nics []plan.NIC, routes []coordinator.AddrRoute) error {
 				why = "the network or broadcast address of " + sub.String()
 			}
 			if why != "" {
-				return &earlyError{ErrBadRequest, fmt.Errorf("%s: %s gave %s, %s (exclude it there)", n.IfName, from, a, why)}
+				return &codedError{ErrBadRequest, fmt.Errorf("%s: %s gave %s, %s (exclude it there)", n.IfName, from, a, why)}
 			}
 		}
 	}

@@ -2,11 +2,8 @@ package cni
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"net/netip"
-	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
@@ -110,108 +107,35 @@ func (p *plugin) selectKubePools(nics []plan.NIC) error {
 	return nil
 }
 
-// allocate allocates every NIC's addresses: the local store's first, then
-// the kubernetes backend's; all or none.
-func (p *plugin) allocate(args *skel.CmdArgs, nics []plan.NIC) ([]ipam.Allocation, error) {
-	owner := ipam.Owner{ContainerID: args.ContainerID, IfName: args.IfName, Network: p.cfg.Name}
-	var local, remote []ipam.Request
-	for _, r := range ipamRequests(nics) {
-		if i := nicIndex(nics, r.IfName); nics[i].Network.KubeIPAM {
-			remote = append(remote, r)
-		} else {
-			local = append(local, r)
-		}
+// front is the IPAM stage of this ADD (ipam.Front), its ledger kept in j.
+func (p *plugin) front(j *txn.Journal, args *skel.CmdArgs) *ipam.Front {
+	f := &ipam.Front{Journal: j, Owner: ipam.Owner{ContainerID: args.ContainerID, IfName: args.IfName, Network: p.cfg.Name},
+		Local: p.store, Path: args.Path, NetNS: args.Netns, Args: args.Args}
+	if p.kipam != nil {
+		f.Kube = p.kipam
 	}
-	allocs, err := p.store.Allocate(owner, local)
-	if err != nil || len(remote) == 0 {
-		return allocs, err
-	}
-	more, err := p.kipam.Allocate(owner, remote)
-	if err != nil {
-		if rerr := p.store.Release(args.ContainerID, args.IfName); rerr != nil {
-			p.log.Error("release after a failed allocation", "err", rerr)
-		}
-		return nil, p.apiError(err)
-	}
-	return append(allocs, more...), nil
+	return f
 }
 
-// ipamRequests is what the NICs ask of the IPAM backends.
-func ipamRequests(nics []plan.NIC) []ipam.Request {
-	var out []ipam.Request
-	for _, n := range nics {
-		out = append(out, ipam.Request{IfName: n.IfName, Pools: n.Network.Pools, Static: n.Static})
+// ipamNeeds is what the NICs ask of the IPAM front.
+func ipamNeeds(nics []plan.NIC) []ipam.Need {
+	out := make([]ipam.Need, len(nics))
+	for i, n := range nics {
+		out[i] = ipam.Need{Request: ipam.Request{IfName: n.IfName, Pools: n.Network.Pools, Static: n.Static},
+			Kube: n.Network.KubeIPAM, Delegate: n.Network.DelegateIPAM}
 	}
 	return out
 }
 
-// quarantine keeps a conflicting address away from pods for d, in the
-// backend that allocated it.
-func (p *plugin) quarantine(owner ipam.Owner, a netip.Addr, d time.Duration) error {
-	if p.kipam != nil && p.kipam.Holds(a) {
-		return p.kipam.Quarantine(owner, a, time.Now().Add(d))
+// sandboxLedger is the ledger of an attachment that has no journal: what
+// an ADD of a binary before journal format 1 (which allocated before
+// journaling) may have left when it was killed before its journal: the
+// local store's addresses of the attachment, and the kubernetes objects of
+// its pod and sandbox.
+func (p *plugin) sandboxLedger(containerID, ifname string) []txn.Step {
+	steps := []txn.Step{{Op: &ipam.LocalHeld{Network: p.cfg.Name, ContainerID: containerID, IfName: ifname}}}
+	if uid := string(p.args.K8S_POD_UID); uid != "" && p.node.Kubeconfig != "" {
+		steps = append(steps, txn.Step{Op: &kubeipam.Held{PodUID: uid, ContainerID: containerID}})
 	}
-	return p.store.Quarantine(owner, a, time.Now().Add(d))
-}
-
-// releaseKubeRefs frees the IPAllocations a journal records (each only if
-// unchanged since its ADD). The API server being down (or refusing) does
-// not fail DEL: the pod's network is gone, and the controller frees the
-// addresses of pods that no longer exist.
-func (p *plugin) releaseKubeRefs(j *txn.Journal) {
-	if len(j.IPAM) == 0 {
-		return
-	}
-	var refs []ipam.KubeRef
-	if err := json.Unmarshal(j.IPAM, &refs); err != nil {
-		p.log.Error("journal's IPAM record unreadable; release left to the controller's GC", "err", err)
-		return
-	}
-	c, err := p.kubeClient()
-	if err == nil && c == nil {
-		err = errors.New("no kubeconfig in the node conf")
-	}
-	if err == nil {
-		var n int
-		if n, err = kubeipam.ReleaseRefs(context.Background(), c, refs); err == nil {
-			p.log.Info("released", "backend", "kubernetes", "container", j.ContainerID, "addresses", n)
-			return
-		}
-	}
-	p.log.Warn("kubernetes IPAM release left to the controller's GC", "container", j.ContainerID, "err", err)
-}
-
-// releaseKube frees what a sandbox without a journal (its ADD died before
-// writing one) holds in the kubernetes backend: the IPAllocations with its
-// pod UID and container ID, found with one list. The API server being
-// down (or refusing) does not fail DEL: the pod's network is gone, and the
-// controller frees the addresses of pods that no longer exist.
-func (p *plugin) releaseKube(args *skel.CmdArgs) {
-	uid := string(p.args.K8S_POD_UID)
-	c, err := p.kubeClient()
-	if err != nil || c == nil || uid == "" {
-		return
-	}
-	n, err := kubeipam.Release(context.Background(), c, uid, args.ContainerID)
-	if err != nil {
-		p.log.Warn("kubernetes IPAM release left to the controller's GC", "pod-uid", uid, "container", args.ContainerID, "err", err)
-		return
-	}
-	if n > 0 {
-		p.log.Info("released", "backend", "kubernetes", "pod-uid", uid, "container", args.ContainerID, "addresses", n)
-	}
-	p.phase("release-kube")
-}
-
-// releaseAll undoes a failed ADD's allocations: the local store's, and the
-// objects the kubernetes backend created in this ADD (what the pod held
-// before it, it keeps).
-func (p *plugin) releaseAll(containerID, ifname string) error {
-	err := p.store.Release(containerID, ifname)
-	if p.kipam != nil {
-		if kerr := p.kipam.Undo(); kerr != nil {
-			err = errors.Join(err, kerr)
-		}
-	}
-	return err
+	return steps
 }

@@ -35,16 +35,6 @@ import (
 	"github.com/spinneret-cni/spinneret/request"
 )
 
-// Plugin-specific CNI error codes (100+ are free for plugins).
-const (
-	ErrPoolExhausted      uint = 101 // no free address in the network's pools
-	ErrStepFailed         uint = 102 // a plan step failed; everything was rolled back
-	ErrRollbackIncomplete uint = 103 // a step failed and its rollback did not finish; DEL retries it
-	ErrBadRequest         uint = 104 // the pod's annotations (or CNI_ARGS) ask for something invalid
-	ErrIPConflict         uint = 105 // another host answers for the pod's address; it is quarantined
-	ErrGatewayUnreachable uint = 106 // a gateway did not answer ARP/NDP probes
-)
-
 // Main runs the plugin for the CNI_COMMAND in the environment.
 func Main(about string) {
 	skel.PluginMainFuncs(skel.CNIFuncs{Add: cmdAdd, Del: cmdDel, Check: cmdCheck, GC: cmdGC, Status: cmdStatus},
@@ -166,17 +156,22 @@ func (p *plugin) journalPath(containerID, ifname string) string {
 	return txn.JournalPath(p.node.StateDir, p.cfg.Name, containerID, ifname)
 }
 
-// envFor returns an Env for a journal's pod namespace that logs to p.
-func (p *plugin) envFor(j *txn.Journal) *txn.Env {
-	e := j.Env()
-	e.Log, e.StateDir = p.log, p.node.StateDir
+// newEnv returns an Env for a pod namespace that logs to p and reaches
+// the state dir and the API server (for the ledger's releases).
+func (p *plugin) newEnv(netnsPath string, ino uint64) *txn.Env {
+	e := txn.NewEnv(netnsPath, ino)
+	e.Log, e.StateDir, e.Kube = p.log, p.node.StateDir, p.kubeClient
 	return e
 }
 
-// teardown undoes an attachment's journal, releases its addresses and removes
-// the journal. The journal is kept (with what is left) if the undo failed;
-// what the undo gave up on is reported (log, and an Event on pod when
-// known) and no longer holds DEL back.
+// envFor returns newEnv's Env for a journal's pod namespace.
+func (p *plugin) envFor(j *txn.Journal) *txn.Env { return p.newEnv(j.NetNS, j.NetNSIno) }
+
+// teardown undoes an attachment's journal, its plan and then its ledger
+// (every address it holds, of every backend), and removes the journal.
+// The journal is kept (with what is left) if the undo failed; what the
+// undo gave up on is reported (log, and an Event on pod when known) and no
+// longer holds DEL back.
 func (p *plugin) teardown(j *txn.Journal, pod *kube.Pod) error {
 	env := p.envFor(j)
 	defer env.Close()
@@ -189,11 +184,6 @@ func (p *plugin) teardown(j *txn.Journal, pod *kube.Pod) error {
 		return err
 	}
 	p.phase("undo")
-	if err := p.store.Release(j.ContainerID, j.IfName); err != nil {
-		return err
-	}
-	p.releaseKubeRefs(j)
-	p.phase("release")
 	return j.Remove()
 }
 
@@ -252,11 +242,12 @@ func cmdDel(args *skel.CmdArgs) (err error) {
 	j, err := txn.LoadJournal(p.journalPath(args.ContainerID, args.IfName))
 	switch {
 	case errors.Is(err, os.ErrNotExist):
-		// never added, added and deleted, or ADD died before journaling:
-		// addresses may still be held
-		if err = p.store.Release(args.ContainerID, args.IfName); err == nil {
-			p.releaseKube(args)
-		}
+		// never added, or added and deleted; or, by a binary before
+		// journal format 1, killed before journaling: addresses may
+		// still be held
+		j = txn.NewJournal(p.node.StateDir, p.cfg.Name, args.ContainerID, args.IfName, "", 0)
+		j.Carry(p.sandboxLedger(args.ContainerID, args.IfName))
+		err = p.teardown(j, kubePod(p.args))
 	case err != nil:
 		return types.NewError(types.ErrIOFailure, err.Error(), "")
 	default:

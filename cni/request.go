@@ -89,10 +89,6 @@ func (p *plugin) resolveNICs(args *skel.CmdArgs) ([]plan.NIC, error) {
 	return nics, nil
 }
 
-func nicIndex(nics []plan.NIC, ifname string) int {
-	return slices.IndexFunc(nics, func(n plan.NIC) bool { return n.IfName == ifname })
-}
-
 // assignRoutes gives each route of spinneret.io/routes to the NIC whose
 // subnet holds its gateway.
 func assignRoutes(nics []plan.NIC, routes []request.Route) error {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"path/filepath"
 	"slices"
 
@@ -22,8 +23,8 @@ func init() {
 
 // Delegated is an address allocation made by another IPAM plugin (the one
 // a NetworkAttachmentDefinition names: host-local, whereabouts, ...), for
-// one NIC. It is recorded in the attachment's journal before the plugin's
-// ADD runs, so that a rollback, a DEL or a GC after a crash releases it
+// one NIC: a ledger entry (txn.Held), recorded in the attachment's journal
+// before the plugin's ADD runs, so that a rollback, a DEL or a GC after a crash releases it
 // with the plugin's DEL, run with the same arguments.
 type Delegated struct {
 	Type        string          `json:"type"`
@@ -51,6 +52,14 @@ const delegateDelAttempts = 3
 var permanentCodes = []uint{types.ErrIncompatibleCNIVersion, types.ErrUnsupportedField, types.ErrInvalidEnvironmentVariables, types.ErrDecodingFailure, types.ErrInvalidNetworkConfig}
 
 func (o *Delegated) Kind() string { return "ipam.delegate" }
+
+// HeldKey names the run in the ledger: one per NIC and plugin config (an
+// ADD repeated with another config keeps both, and releases both).
+func (o *Delegated) HeldKey() string {
+	h := fnv.New64a()
+	h.Write(o.Conf)
+	return fmt.Sprintf("ipam.delegate/%s/%s/%x", o.IfName, o.Type, h.Sum64())
+}
 func (o *Delegated) String() string {
 	return fmt.Sprintf("addresses of %s from IPAM plugin %s", o.IfName, o.Type)
 }

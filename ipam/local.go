@@ -39,9 +39,15 @@ type Local struct {
 func NewLocal(stateDir string) *Local { return &Local{dir: statedir.IPAM(stateDir)} }
 
 type ownerRecord struct {
+	// Format is the record's format (ownerFormat; 0 before formats were
+	// versioned, the same fields).
+	Format int `json:"format,omitempty"`
 	Owner
 	Addrs []Allocation `json:"addrs"`
 }
+
+// ownerFormat is the owner records' format; later changes add fields.
+const ownerFormat = 1
 
 func (s *Local) lock() (*fileutil.Lock, error) {
 	if err := os.MkdirAll(s.dir, 0o700); err != nil {
@@ -90,7 +96,7 @@ func (s *Local) Allocate(o Owner, reqs []Request) ([]Allocation, error) {
 		}
 		picks = append(picks, got...)
 	}
-	rec := &ownerRecord{Owner: o}
+	rec := &ownerRecord{Format: ownerFormat, Owner: o}
 	for _, p := range picks {
 		rec.Addrs = append(rec.Addrs, Allocation{IfName: p.ifname, Pool: p.pool.Name, Address: netip.PrefixFrom(p.addr, p.pool.Subnet.Bits()), Gateway: p.pool.Gateway})
 	}

@@ -55,7 +55,7 @@ func (sc scenario) planSteps(t *testing.T, e *env, l *libcni.NetworkConfigList) 
 	}
 	e.mustDel(l, sc.rt("probe", p))
 	e.topo.RemovePod(p)
-	return len(j.Steps)
+	return len(j.Plan())
 }
 
 // eachStep sets up each scenario, learns the plan's length n, and runs one
@@ -110,9 +110,13 @@ func TestCrash(t *testing.T) {
 		if err != nil {
 			e.t.Fatalf("kill at step %d: the journal must survive the crash: %v", step, err)
 		}
-		// the whole plan is recorded before its first step runs
-		if len(j.Steps) != n {
-			e.t.Fatalf("kill at step %d: journal has %d steps, want the whole plan's %d", step, len(j.Steps), n)
+		// the whole plan is recorded before its first step runs, after the
+		// ledger entry of the addresses it uses
+		if len(j.Plan()) != n {
+			e.t.Fatalf("kill at step %d: journal has %d steps, want the whole plan's %d", step, len(j.Plan()), n)
+		}
+		if l := j.Ledger(); len(l) != 1 || l[0].Op.Kind() != "ipam.local" {
+			e.t.Fatalf("kill at step %d: ledger %v, want the local store's entry", step, l)
 		}
 		e.mustDel(l, sc.rt("c1", p))
 	})

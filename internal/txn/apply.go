@@ -13,11 +13,12 @@ import (
 // before it runs, and an ADD costs one journal write instead of one per
 // step. (Op's contract makes this safe: an Undo succeeds, and touches
 // nothing, for a step that never ran.) If a step fails, every recorded
-// step is undone in reverse and a *StepError is returned; the caller then
-// releases addresses and removes the journal if the rollback was complete.
+// step but the ledger's is undone in reverse and a *StepError is
+// returned; the caller then finishes with Rollback (which releases the
+// ledger) and removes the journal if nothing is left.
 func Apply(env *Env, j *Journal, ops []Op) error {
 	fail := func(i int, err error) error {
-		return &StepError{Index: i, Total: len(ops), Op: ops[i], Err: err, UndoErr: Rollback(env, j)}
+		return &StepError{Index: i, Total: len(ops), Op: ops[i], Err: err, UndoErr: RollbackPlan(env, j)}
 	}
 	if len(ops) == 0 {
 		return nil
@@ -46,7 +47,9 @@ func Apply(env *Env, j *Journal, ops []Op) error {
 // are gone count as undone, so a retry only repeats what is left; the error
 // lists every step that could not be undone. Only those stay in j.Steps. A
 // step whose Undo gives up (ErrAbandoned) is dropped and listed in
-// env.Abandoned.
+// env.Abandoned. The ledger's entries (Held) are released last, and only
+// when every other step is undone: while a step is left, so is every
+// entry, and no address of the pod is freed.
 //
 // Two kinds of steps are not undone one by one. A step that lives on an
 // object a journaled step created (an address on the pod's link) goes with
@@ -54,7 +57,15 @@ func Apply(env *Env, j *Journal, ops []Op) error {
 // removes all at once, the pod's links, wait for it: deleting links one by
 // one costs a kernel RCU grace period each (~15 ms), deleting them together
 // costs one. If a deletion fails, what waited for it stays in the journal.
-func Rollback(env *Env, j *Journal) error {
+func Rollback(env *Env, j *Journal) error { return rollback(env, j, false) }
+
+// RollbackPlan undoes the journal's steps as Rollback does, but keeps the
+// ledger as it is: for an ADD repeated without DEL, which keeps the
+// addresses of the one before, and for a failed step, whose addresses the
+// caller may quarantine before releasing the rest.
+func RollbackPlan(env *Env, j *Journal) error { return rollback(env, j, true) }
+
+func rollback(env *Env, j *Journal, keepLedger bool) error {
 	created := map[string]bool{}
 	var sweepers []Sweeper
 	for _, s := range j.Steps {
@@ -94,8 +105,13 @@ func Rollback(env *Env, j *Journal) error {
 		}
 		return deps
 	}
+	var ledger []Step
 	for i := len(j.Steps) - 1; i >= 0; i-- {
 		step := j.Steps[i]
+		if _, ok := step.Op.(Held); ok {
+			ledger = append([]Step{step}, ledger...)
+			continue
+		}
 		if d, ok := step.Op.(Dependent); ok && created[d.DependsOn()] {
 			deferred[d.DependsOn()] = append([]Step{step}, deferred[d.DependsOn()]...)
 			continue
@@ -132,6 +148,23 @@ func Rollback(env *Env, j *Journal) error {
 		case err != nil && !errors.Is(err, ErrGone):
 			errs = append(errs, fmt.Errorf("undo step %d (%s): %w", i+1, step.Op, err))
 			left = append(append([]Step{step}, deps...), left...)
+		}
+	}
+	if keepLedger || len(errs) > 0 || len(left) > 0 || len(waiting) > 0 || len(deferred) > 0 {
+		j.Steps = append(ledger, left...)
+		return errors.Join(errs...)
+	}
+	for i := len(ledger) - 1; i >= 0; i-- {
+		step := ledger[i]
+		start := time.Now()
+		err := step.Op.Undo(env)
+		env.logStep("release", i, step.Op, start, err)
+		switch {
+		case errors.Is(err, ErrAbandoned):
+			env.Abandoned = append(env.Abandoned, fmt.Errorf("release (%s): %w", step.Op, err))
+		case err != nil && !errors.Is(err, ErrGone):
+			errs = append(errs, fmt.Errorf("release (%s): %w", step.Op, err))
+			left = append([]Step{step}, left...)
 		}
 	}
 	j.Steps = left

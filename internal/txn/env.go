@@ -11,6 +11,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/spinneret-cni/spinneret/internal/kube"
 )
 
 // Namespaces as plans name them: plans stay independent of the netns path.
@@ -30,6 +32,9 @@ type Env struct {
 	// StateDir is the node's state dir, for operations that lock across
 	// processes (shared node objects).
 	StateDir string
+	// Kube gives the API client, for ledger entries of the kubernetes
+	// IPAM backend; nil, or a nil client: no API server is configured.
+	Kube func() (*kube.Client, error)
 	// Abandoned lists the steps a Rollback gave up on (ErrAbandoned): what
 	// the caller must report as not undone.
 	Abandoned []error

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/spinneret-cni/spinneret/internal/fileutil"
@@ -22,6 +23,23 @@ const (
 
 // journalExt ends a journal's file name.
 const journalExt = ".journal"
+
+// Format is the journal format this binary writes. Format 0 ("v0", the
+// journals of eb2b641 and before) had no version, no ledger and the
+// kubernetes backend's objects in the header's "ipam" field; LoadJournal
+// reads it as format 1 (upgradeV0). A later change adds fields (and kinds
+// of steps), not formats: a reader ignores a field it does not know.
+//
+// Format 1: a header line (network, container ID, ifname, pod netns path
+// and inode, boot ID, format), then step lines, each {"kind","op"}, amend
+// lines that replace an earlier step (a ledger entry completed after its
+// backend ran: {"amend":{"index":N,"step":...}}), and, for a committed ADD,
+// a commit line with its result. The steps are the attachment's ledger
+// (txn.Held: every address it holds, one entry per backend or delegated
+// IPAM run, journaled before the allocation) followed by the plan; each
+// host-side step names the object it created by what identifies it as
+// this attachment's (its name, and the pod netns inode for the pod side).
+const Format = 1
 
 // Journal is the durable record of one attachment (container ID + ifname):
 // every step of its plan, written before the step runs.
@@ -38,8 +56,13 @@ type Journal struct {
 	IfName      string `json:"ifname"`
 	NetNS       string `json:"netns"`
 	NetNSIno    uint64 `json:"netnsInode,omitempty"`
-	// IPAM is what an IPAM backend needs to release the attachment's
-	// addresses (opaque here), recorded with the header.
+	// BootID is the node's boot the ADD ran in
+	// (/proc/sys/kernel/random/boot_id): a journal of an earlier boot
+	// describes objects that are gone.
+	BootID string `json:"bootID,omitempty"`
+	Format int    `json:"format,omitempty"`
+	// IPAM is format 0's record of the kubernetes backend's objects; read
+	// only, as a ledger entry (upgradeV0).
 	IPAM   json.RawMessage `json:"ipam,omitempty"`
 	State  string          `json:"-"`
 	Steps  []Step          `json:"-"`
@@ -55,7 +78,23 @@ type record struct {
 	Header *Journal        `json:"header,omitempty"`
 	Step   *Step           `json:"step,omitempty"`
 	Commit json.RawMessage `json:"commit,omitempty"` // the result
+	Amend  *amend          `json:"amend,omitempty"`
 }
+
+// amend replaces step Index with Step.
+type amend struct {
+	Index int  `json:"index"`
+	Step  Step `json:"step"`
+}
+
+// bootID is this boot's identity, read once per process.
+var bootID = func() string {
+	b, _ := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	return string(bytes.TrimSpace(b))
+}()
+
+// BootID is the node's current boot ID ("" if the kernel gives none).
+func BootID() string { return bootID }
 
 // JournalDir is where the journals of one network live.
 func JournalDir(stateDir, network string) string {
@@ -76,7 +115,7 @@ func JournalPath(stateDir, network, containerID, ifname string) string {
 func NewJournal(stateDir, network, containerID, ifname, netnsPath string, ino uint64) *Journal {
 	return &Journal{
 		Network: network, ContainerID: containerID, IfName: ifname,
-		NetNS: netnsPath, NetNSIno: ino, State: StateApplying,
+		NetNS: netnsPath, NetNSIno: ino, BootID: bootID, Format: Format, State: StateApplying,
 		path: JournalPath(stateDir, network, containerID, ifname),
 	}
 }
@@ -106,12 +145,58 @@ func LoadJournal(path string) (*Journal, error) {
 			*j = *r.Header
 		case r.Step != nil:
 			j.Steps = append(j.Steps, *r.Step)
+		case r.Amend != nil:
+			if r.Amend.Index < 0 || r.Amend.Index >= len(j.Steps) {
+				return nil, fmt.Errorf("journal %s: amend of step %d of %d", path, r.Amend.Index, len(j.Steps))
+			}
+			j.Steps[r.Amend.Index] = r.Amend.Step
 		case r.Commit != nil:
 			j.State, j.Result = StateCommitted, r.Commit
 		}
 	}
+	if j.Format == 0 {
+		if err := j.upgradeV0(); err != nil {
+			return nil, fmt.Errorf("journal %s (format 0): %w", path, err)
+		}
+	}
+	if j.Format > Format {
+		return nil, fmt.Errorf("journal %s: format %d is newer than this binary's %d", path, j.Format, Format)
+	}
 	j.written = len(j.Steps)
 	return j, nil
+}
+
+// upgradeV0 reads a format 0 journal as format 1: its ADD allocated
+// before journaling, so it holds the local store's addresses of its owner
+// and the kubernetes objects its header lists; both become ledger entries
+// (of the kinds package ipam and ipam/kubeipam register) ahead of its
+// steps. The file stays as it is until the journal is saved again.
+func (j *Journal) upgradeV0() error {
+	local, err := json.Marshal(map[string]string{"network": j.Network, "containerID": j.ContainerID, "ifname": j.IfName})
+	if err != nil {
+		return err
+	}
+	held := []struct {
+		kind string
+		raw  []byte
+	}{{"ipam.local", local}}
+	if len(j.IPAM) > 0 {
+		held = append(held, struct {
+			kind string
+			raw  []byte
+		}{"ipam.kube", []byte(`{"objects":` + string(j.IPAM) + `,"complete":true}`)})
+	}
+	var steps []Step
+	for _, h := range held {
+		op, err := NewOp(h.kind, h.raw)
+		if err != nil {
+			return err
+		}
+		steps = append(steps, Step{Op: op})
+	}
+	j.Steps = append(steps, j.Steps...)
+	j.IPAM, j.Format = nil, Format
+	return nil
 }
 
 // ListJournals loads every journal of a network.
@@ -145,11 +230,65 @@ func ListJournals(stateDir, network string) ([]*Journal, error) {
 func (j *Journal) Path() string { return j.path }
 
 // Append records steps: they are added to j.Steps and written, with the
-// header if the file is new, in one fsync'd write.
+// header if the file is new (and the steps Carry gave it), in one fsync'd
+// write.
 func (j *Journal) Append(steps ...Step) error {
+	return j.write(nil, steps)
+}
+
+// Hold records a ledger entry before it takes effect, in one fsync'd
+// write: appended, or, when the ledger has an entry of the same key,
+// replacing it (an amend line).
+func (j *Journal) Hold(h Held) error {
+	for i, s := range j.Steps {
+		if o, ok := s.Op.(Held); ok && o.HeldKey() == h.HeldKey() {
+			if i >= j.written {
+				j.Steps[i].Op = h // not on disk yet: written as it is now
+				return j.write(nil, nil)
+			}
+			if err := j.write(&amend{Index: i, Step: Step{Op: h}}, nil); err != nil {
+				return err
+			}
+			j.Steps[i].Op = h
+			return nil
+		}
+	}
+	return j.write(nil, []Step{{Op: h}})
+}
+
+// Ledger is the journal's held entries, in order.
+func (j *Journal) Ledger() []Step {
+	var out []Step
+	for _, s := range j.Steps {
+		if _, ok := s.Op.(Held); ok {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// Plan is the journal's steps that are not the ledger's, in order.
+func (j *Journal) Plan() []Step {
+	var out []Step
+	for _, s := range j.Steps {
+		if _, ok := s.Op.(Held); !ok {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// Carry makes steps (an earlier journal's ledger, for an ADD repeated
+// without DEL) the first steps of j, written with its next write.
+func (j *Journal) Carry(steps []Step) {
+	j.Steps = append(slices.Clone(steps), j.Steps...)
+}
+
+func (j *Journal) write(am *amend, steps []Step) error {
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)
 	flags := os.O_WRONLY | os.O_APPEND
+	pending := j.Steps[min(j.written, len(j.Steps)):]
 	if !j.created {
 		if err := os.MkdirAll(filepath.Dir(j.path), 0o700); err != nil {
 			return err
@@ -158,9 +297,17 @@ func (j *Journal) Append(steps ...Step) error {
 			return err
 		}
 		flags = os.O_WRONLY | os.O_CREATE | os.O_TRUNC
+		pending = j.Steps
 	}
-	for i := range steps {
-		if err := enc.Encode(record{Step: &steps[i]}); err != nil {
+	for _, s := range [][]Step{pending, steps} {
+		for i := range s {
+			if err := enc.Encode(record{Step: &s[i]}); err != nil {
+				return err
+			}
+		}
+	}
+	if am != nil {
+		if err := enc.Encode(record{Amend: am}); err != nil {
 			return err
 		}
 	}

@@ -39,6 +39,19 @@ type Dependent interface{ DependsOn() string }
 // Sweeps is true (all of the pod's links). It is planned before them.
 type Sweeper interface{ Sweeps(key string) bool }
 
+// Held is an entry of the attachment's ledger: an Op recording something
+// the attachment holds outside the kernel (addresses, from any IPAM
+// backend). It is journaled before it takes effect (Journal.Hold) and its
+// Undo releases what it holds; its Do does nothing. HeldKey names it in
+// the ledger, which keeps one entry per key (a later Hold amends it).
+//
+// Rollback releases held entries only once every other step is undone: an
+// address is never freed while a link of the pod may still carry it.
+type Held interface {
+	Op
+	HeldKey() string
+}
+
 var registry = map[string]func() Op{}
 
 // Register makes an operation kind decodable from a journal. Packages call it
@@ -85,6 +98,16 @@ func (s *Step) UnmarshalJSON(b []byte) error {
 	}
 	s.Op = op
 	return nil
+}
+
+// NewOp decodes an operation of a registered kind from its JSON.
+func NewOp(kind string, raw []byte) (Op, error) {
+	var s Step
+	b, err := json.Marshal(stepJSON{Kind: kind, Op: raw})
+	if err == nil {
+		err = s.UnmarshalJSON(b)
+	}
+	return s.Op, err
 }
 
 // Steps wraps a plan for encoding.

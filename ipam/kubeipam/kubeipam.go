@@ -194,6 +194,8 @@ type Backend struct {
 	// views are the node's views of pools' allocations, by pool
 	views map[string]*poolView
 	cands map[string]poolCandidates
+	// allocated is set once Allocate ran: the ledger then lists objects
+	allocated bool
 	// Conflicts counts creates answered 409 (for benchmarks).
 	Conflicts int
 }
@@ -548,6 +550,7 @@ func (k *Backend) podAllocs() ([]*Alloc, error) {
 // over the address its predecessor of the same name held. All or none: on
 // failure the objects this call created are deleted.
 func (k *Backend) Allocate(o ipam.Owner, reqs []ipam.Request) ([]ipam.Allocation, error) {
+	k.allocated = true
 	var out []ipam.Allocation
 	for _, r := range reqs {
 		for _, fam := range ipam.Families(r.Pools) {
@@ -570,6 +573,7 @@ func (k *Backend) Undo() error {
 		err := k.c.Delete(k.ctx, allocPath(obj.Metadata.Name), obj.Metadata.UID, "")
 		if err == nil || kube.IsStatus(err, http.StatusNotFound) {
 			delete(k.created, a)
+			delete(k.held, a)
 		} else {
 			errs = append(errs, fmt.Errorf("ipam: delete IPAllocation %s: %w", obj.Metadata.Name, err))
 		}

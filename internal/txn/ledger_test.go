@@ -1,0 +1,143 @@
+package txn
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// fakeHeld is a ledger entry that records its release in a package log
+// (it is decoded from journals, so it cannot carry a pointer).
+type fakeHeld struct {
+	Key  string `json:"key"`
+	What string `json:"what,omitempty"`
+}
+
+var released []string
+
+func (h *fakeHeld) Kind() string     { return "test.held" }
+func (h *fakeHeld) HeldKey() string  { return h.Key }
+func (h *fakeHeld) String() string   { return "held " + h.Key + " " + h.What }
+func (h *fakeHeld) Do(*Env) error    { return nil }
+func (h *fakeHeld) Check(*Env) error { return nil }
+func (h *fakeHeld) Undo(*Env) error  { released = append(released, h.Key+":"+h.What); return nil }
+func (h *fakeHeld) MarshalJSON() ([]byte, error) {
+	type plain fakeHeld
+	return json.Marshal((*plain)(h))
+}
+
+func init() {
+	Register("test.held", func() Op { return &fakeHeld{} })
+	// the kinds a format 0 journal is read with (package ipam and
+	// ipam/kubeipam register the real ones)
+	Register("ipam.local", func() Op { return &fakeHeld{Key: "ipam.local"} })
+	Register("ipam.kube", func() Op { return &fakeHeld{Key: "ipam.kube"} })
+}
+
+// TestHoldAmends: a ledger entry is on disk before it takes effect, a
+// second Hold of the same key replaces it (an amend line), and the
+// journal read back has the amended entry in its place, the plan after it.
+func TestHoldAmends(t *testing.T) {
+	j := NewJournal(t.TempDir(), "net", "c1", "eth0", "/run/netns/x", 7)
+	if err := j.Hold(&fakeHeld{Key: "a", What: "intent"}); err != nil {
+		t.Fatal(err)
+	}
+	if back, err := LoadJournal(j.Path()); err != nil || len(back.Steps) != 1 || back.Format != Format || back.BootID != BootID() {
+		t.Fatalf("after the first Hold: %+v, %v", back, err)
+	}
+	var log []string
+	j.Hold(&fakeHeld{Key: "b"})
+	j.Hold(&fakeHeld{Key: "a", What: "objects"})
+	if err := Apply(NewEnv("", 0), j, ops(&log, "x", "y")); err != nil {
+		t.Fatal(err)
+	}
+	back, err := LoadJournal(j.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, s := range back.Steps {
+		got = append(got, s.Op.String())
+	}
+	want := []string{"held a objects", "held b ", "fake x", "fake y"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("steps read back %q, want %q", got, want)
+	}
+	if len(back.Ledger()) != 2 || len(back.Plan()) != 2 {
+		t.Fatalf("ledger %d, plan %d", len(back.Ledger()), len(back.Plan()))
+	}
+}
+
+// TestRollbackReleasesLedgerLast: the ledger is released after every plan
+// step is undone, in reverse; while a plan step is left, no entry is
+// released; RollbackPlan keeps the ledger.
+func TestRollbackReleasesLedgerLast(t *testing.T) {
+	var log []string
+	j := NewJournal(t.TempDir(), "net", "c1", "eth0", "", 0)
+	j.Hold(&fakeHeld{Key: "a"})
+	j.Hold(&fakeHeld{Key: "b"})
+	j.Append(Steps(ops(&log, "x?", "y"))...)
+	released = nil
+	if err := Rollback(NewEnv("", 0), j); err == nil || len(released) != 0 || len(j.Ledger()) != 2 || len(j.Plan()) != 1 {
+		t.Fatalf("x could not be undone: err %v, released %v, left %d", err, released, len(j.Steps))
+	}
+	j.Steps[2].Op.(*fakeOp).FailUndo = false
+	if err := RollbackPlan(NewEnv("", 0), j); err != nil || len(released) != 0 || len(j.Steps) != 2 {
+		t.Fatalf("RollbackPlan: err %v, released %v, left %d", err, released, len(j.Steps))
+	}
+	if err := Rollback(NewEnv("", 0), j); err != nil || !slices.Equal(released, []string{"b:", "a:"}) || len(j.Steps) != 0 {
+		t.Fatalf("Rollback: err %v, released %v, left %d", err, released, len(j.Steps))
+	}
+}
+
+// TestCarry: an earlier journal's ledger becomes the first steps of the
+// next, written with its first write.
+func TestCarry(t *testing.T) {
+	dir := t.TempDir()
+	old := NewJournal(dir, "net", "c1", "eth0", "", 0)
+	old.Hold(&fakeHeld{Key: "a", What: "old"})
+	var log []string
+	old.Append(Steps(ops(&log, "x"))...)
+	j := NewJournal(dir, "net", "c1", "eth0", "", 0)
+	j.Carry(old.Ledger())
+	j.Hold(&fakeHeld{Key: "a", What: "new"}) // same key: replaces the carried one
+	j.Hold(&fakeHeld{Key: "b"})
+	back, err := LoadJournal(j.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, s := range back.Steps {
+		got = append(got, s.Op.String())
+	}
+	if want := []string{"held a new", "held b "}; !slices.Equal(got, want) {
+		t.Fatalf("steps %q, want %q", got, want)
+	}
+}
+
+// TestJournalFormat0: a journal without format (eb2b641's) is read as
+// format 1 with the local store's entry and, when its header lists
+// kubernetes objects, the kubernetes backend's, ahead of its steps; a
+// journal of a newer format is refused rather than misread.
+func TestJournalFormat0(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "c1:eth0.journal")
+	v0 := `{"header":{"network":"net","containerID":"c1","ifname":"eth0","netns":"/x","ipam":[{"name":"blue-v4.192.0.2.1","rv":"7"}]}}
+{"step":{"kind":"test.fake","op":{"name":"x"}}}
+`
+	os.WriteFile(path, []byte(v0), 0o600)
+	j, err := LoadJournal(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if j.Format != Format || len(j.IPAM) != 0 || len(j.Steps) != 3 || j.Steps[0].Op.(Held).HeldKey() != "ipam.local" || j.Steps[1].Op.(Held).HeldKey() != "ipam.kube" || len(j.Plan()) != 1 {
+		t.Fatalf("read as %+v", j)
+	}
+	os.WriteFile(path, []byte(strings.Replace(v0, `"netns":"/x"`, `"netns":"/x","format":99`, 1)), 0o600)
+	if _, err := LoadJournal(path); err == nil || !strings.Contains(err.Error(), "format 99 is newer") {
+		t.Fatalf("format 99: %v", err)
+	}
+}
