@@ -6,6 +6,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/spinneret-cni/spinneret/coordinator"
+	"github.com/spinneret-cni/spinneret/facts"
 	"github.com/spinneret-cni/spinneret/internal/kube"
 	"github.com/spinneret-cni/spinneret/internal/txn"
 	"github.com/spinneret-cni/spinneret/ipam"
@@ -37,6 +38,7 @@ func errorCode(err error) uint {
 		step     *txn.StepError
 		plugin   *ipam.DelegateError
 		te       *types.Error
+		refused  *facts.RefusedError
 	)
 	switch {
 	case errors.As(err, &conflict):
@@ -45,6 +47,8 @@ func errorCode(err error) uint {
 		return ErrGatewayUnreachable
 	case errors.As(err, &coded):
 		return coded.code
+	case errors.As(err, &refused):
+		return ErrBadRequest
 	case errors.As(err, &step), errors.As(err, &plugin):
 		return ErrStepFailed
 	case errors.As(err, &te):

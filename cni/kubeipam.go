@@ -107,8 +107,12 @@ func (p *plugin) selectKubePools(nics []plan.NIC) error {
 	return nil
 }
 
-// front is the IPAM stage of this ADD (ipam.Front), its ledger kept in j.
-func (p *plugin) front(j *txn.Journal, args *skel.CmdArgs) *ipam.Front {
+// allocator is the IPAM stage of this ADD: ipam.Front, its ledger kept in
+// j (a test may set p.newAllocator instead).
+func (p *plugin) allocator(j *txn.Journal, args *skel.CmdArgs) ipam.Allocator {
+	if p.newAllocator != nil {
+		return p.newAllocator(j, args)
+	}
 	f := &ipam.Front{Journal: j, Owner: ipam.Owner{ContainerID: args.ContainerID, IfName: args.IfName, Network: p.cfg.Name},
 		Local: p.store, Path: args.Path, NetNS: args.Netns, Args: args.Args}
 	if p.kipam != nil {

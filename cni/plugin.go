@@ -55,6 +55,10 @@ type plugin struct {
 	kube   *kube.Client      // loaded on first use, with a kubeconfig
 	pod    *kube.Pod         // the pod as the API server has it, once read
 	kipam  *kubeipam.Backend // the kubernetes IPAM backend, once needed
+	// nads and newAllocator replace the API server's NADs and the IPAM
+	// front (tests without a cluster or root); nil: the real ones
+	nads         request.NADs
+	newAllocator func(*txn.Journal, *skel.CmdArgs) ipam.Allocator
 	// apiDown is set once the API server did not answer: no further
 	// request waits out its timeout again
 	apiDown bool

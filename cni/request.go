@@ -7,10 +7,11 @@ import (
 	"slices"
 
 	"github.com/containernetworking/cni/pkg/skel"
-	"github.com/containernetworking/cni/pkg/types"
 
 	"github.com/spinneret-cni/spinneret/conf"
+	"github.com/spinneret-cni/spinneret/facts"
 	"github.com/spinneret-cni/spinneret/internal/kube"
+	"github.com/spinneret-cni/spinneret/internal/podres"
 	"github.com/spinneret-cni/spinneret/plan"
 	"github.com/spinneret-cni/spinneret/request"
 )
@@ -52,27 +53,26 @@ func (s apiNADs) Network(namespace, name string) (*conf.Network, error) {
 	return s.p.cfg.NADNetwork(namespace, name, nad.Config, nad.ResourceName)
 }
 
-// resolveNICs turns the request into the pod's NICs, in order: the request
-// stage's (request.Resolve), then, where that needs the node or the
-// cluster, each kubernetes NIC's candidate IPPools, each sriov NIC's VF,
-// and the annotation's routes on the NIC whose subnet holds their gateway.
-// Every error comes before anything is allocated or created.
-func (p *plugin) resolveNICs(args *skel.CmdArgs) ([]plan.NIC, error) {
+// request is the request stage (request.Resolve) for this ADD: the pod's
+// NICs, in order, with everything the pod and the runtime asked of each,
+// validated. Its only I/O is reading the pod's annotations and NADs.
+func (p *plugin) request(args *skel.CmdArgs) (*request.Request, error) {
 	ann, err := p.podAnnotations()
 	if err != nil {
 		return nil, err
 	}
-	in := request.Input{Config: p.cfg, Node: p.node, IfName: args.IfName, Args: p.args, Annotations: ann}
-	if p.node.Kubeconfig != "" {
+	in := request.Input{Config: p.cfg, Node: p.node, IfName: args.IfName, Args: p.args, Annotations: ann, NADs: p.nads}
+	if in.NADs == nil && p.node.Kubeconfig != "" {
 		in.NADs = apiNADs{p}
 	}
-	req, err := request.Resolve(in)
-	if errors.Is(err, request.ErrCapability) {
-		return nil, types.NewError(types.ErrInvalidEnvironmentVariables, err.Error(), "")
-	}
-	if err != nil {
-		return nil, err
-	}
+	return request.Resolve(in)
+}
+
+// nicsFor completes the request where that needs the node or the
+// cluster: each kubernetes NIC's candidate IPPools, each sriov NIC's VF,
+// and the annotation's routes on the NIC whose subnet holds their gateway.
+// Every error comes before anything is allocated or created.
+func (p *plugin) nicsFor(req *request.Request) ([]plan.NIC, error) {
 	nics := make([]plan.NIC, len(req.NICs))
 	for i, rn := range req.NICs {
 		nics[i].NIC = rn
@@ -80,13 +80,25 @@ func (p *plugin) resolveNICs(args *skel.CmdArgs) ([]plan.NIC, error) {
 	if err := p.selectKubePools(nics); err != nil {
 		return nil, err
 	}
-	if err := p.assignVFs(nics); err != nil {
+	if err := facts.AssignVFs(nics, string(p.args.K8S_POD_NAME), p.podDevices); err != nil {
 		return nil, err
 	}
 	if err := assignRoutes(nics, req.Routes); err != nil {
 		return nil, err
 	}
 	return nics, nil
+}
+
+// podDevices are the devices of resource the kubelet assigned the pod
+// (kubelet PodResources API).
+func (p *plugin) podDevices(resource string) ([]string, error) {
+	ns, name := string(p.args.K8S_POD_NAMESPACE), string(p.args.K8S_POD_NAME)
+	if ns == "" || name == "" {
+		return nil, errors.New("CNI_ARGS name no pod to ask the kubelet about")
+	}
+	devs, err := podres.Devices(context.Background(), p.node.PodResourcesSocket, ns, name, resource, p.node.APITimeout)
+	p.phase("podresources")
+	return devs, err
 }
 
 // assignRoutes gives each route of spinneret.io/routes to the NIC whose

@@ -1,6 +1,7 @@
 package request
 
 import (
+	"encoding/json"
 	"errors"
 	"net/netip"
 	"os"
@@ -11,12 +12,24 @@ import (
 	"github.com/spinneret-cni/spinneret/conf"
 )
 
-const catalogue = `{"cniVersion":"1.0.0","name":"multi","type":"spinneret","networks":[
-	{"name":"red","master":"uplink0","ipam":{"pools":[{"name":"red-v4","subnet":"192.0.2.0/24"},{"name":"red-v6","subnet":"2001:db8:0:1::/64"}]}},
-	{"name":"blue","master":"uplink1","ipam":{"pools":[{"name":"blue-v4","subnet":"198.51.100.0/24"},{"name":"blue-v4b","subnet":"198.51.101.0/24"}]}},
-	{"name":"green","master":"logical-green","ipam":{"pools":[{"name":"green-v4","subnet":"203.0.113.0/24"}]}},
-	{"name":"kube","master":"uplink0","ipam":{"ippools":["k1"]}},
-	{"name":"fast","driver":"sriov","deviceID":"0000:01:10.0","ipam":{"pools":[{"name":"fast-v4","subnet":"10.9.0.0/24"}]}}]}`
+// catalogue is the config the request tests resolve against (also the
+// ADD's in cni/add_test.go).
+var catalogue = func() string {
+	b, err := os.ReadFile("testdata/catalogue.json")
+	if err != nil {
+		panic(err)
+	}
+	return string(b)
+}()
+
+// BadRequest is one case of testdata/bad-requests.json.
+type badRequest struct {
+	Name        string            `json:"name"`
+	Annotations map[string]string `json:"annotations"`
+	Args        string            `json:"args"`
+	Node        string            `json:"node"`
+	Msg         string            `json:"msg"`
+}
 
 // fakeNADs serves one NAD, spin/nad1, and fails for spin/broken.
 type fakeNADs struct {
@@ -63,54 +76,31 @@ func input(cfg *conf.Config, node *conf.Node, ann map[string]string) Input {
 // with the annotation entry and field, and without a kernel or root.
 func TestResolveErrors(t *testing.T) {
 	cfg, node := setup(t, "masters: {logical-green: uplink2}\n")
-	_, strict := setup(t, "allowedMasters: [uplink0, uplink2]\nmasters: {logical-green: uplink2}\n")
-	cases := []struct {
-		name string
-		ann  map[string]string
-		args string
-		node *conf.Node
-		msg  string
-	}{
-		{"other namespace", map[string]string{AnnotNetworks: "kube-system/blue"}, "", nil, "k8s.v1.cni.cncf.io/networks[0]: network kube-system/blue is not in the pod's namespace spin"},
-		{"duplicate interface", map[string]string{AnnotNetworks: "blue@net5, green@net5"}, "", nil, "interface net5 is used twice"},
-		{"interface eth0 twice", map[string]string{AnnotNetworks: "blue@eth0"}, "", nil, "interface eth0 is used twice"},
-		{"bad short form", map[string]string{AnnotNetworks: "blue@"}, "", nil, `entry 0 "blue@" is not name`},
-		{"bad interface name", map[string]string{AnnotNetworks: `[{"name":"blue","interface":"a/b"}]`}, "", nil, `networks[0]: interface "a/b" is not a valid interface name`},
-		{"unknown JSON field", map[string]string{AnnotNetworks: `[{"name":"blue","colour":"x"}]`}, "", nil, `k8s.v1.cni.cncf.io/networks[0].colour: unknown field (value "x")`},
-		{"JSON entry without name", map[string]string{AnnotNetworks: `[{"interface":"net1"}]`}, "", nil, `k8s.v1.cni.cncf.io/networks[0].name: missing`},
-		{"too many NICs", map[string]string{AnnotNetworks: "blue, green, blue@n3, blue@n4, blue@n5, blue@n6, blue@n7, blue@n8"}, "", nil, "9 NICs requested, at most 8 (maxNICs)"},
-		{"master not allowed", map[string]string{AnnotNetworks: "blue"}, "", strict, `network blue: master: "uplink1" (interface uplink1) is not in the node's allowedMasters [uplink0 uplink2]`},
-		{"default-route-nic unknown", map[string]string{AnnotDefaultRouteNIC: "net7"}, "", nil, `spinneret.io/default-route-nic: "net7" is not one of the pod's NICs (eth0)`},
-		{"ippools unknown pool", map[string]string{AnnotIPPools: `[{"interface":"eth0","ipv4":["blue-v4"]}]`}, "", nil, `spinneret.io/ippools[0].ipv4[0]: pool "blue-v4" is not a pool of network red`},
-		{"ippools wrong family", map[string]string{AnnotIPPools: `[{"interface":"eth0","ipv4":["red-v6"]}]`}, "", nil, `pool "red-v6" is not an ipv4 pool`},
-		{"ippools unknown interface", map[string]string{AnnotIPPools: `[{"interface":"net3","ipv4":["red-v4"]}]`}, "", nil, `spinneret.io/ippools[0].interface: "net3" is not one of the pod's NICs`},
-		{"ippools names none", map[string]string{AnnotIPPools: `[{"interface":"eth0"}]`}, "", nil, `spinneret.io/ippools[0]: names no pool`},
-		{"route bad dst", map[string]string{AnnotRoutes: `[{"dst":"nope","gw":"192.0.2.1"}]`}, "", nil, `spinneret.io/routes[0].dst: "nope" is not a CIDR`},
-		{"route gw of the other family", map[string]string{AnnotRoutes: `[{"dst":"10.0.0.0/8","gw":"2001:db8::1"}]`}, "", nil, `spinneret.io/routes[0].gw: "2001:db8::1" is not an address of the destination's family`},
-		{"bad static", map[string]string{AnnotNetworks: `[{"name":"blue","ips":["10.1.1.x"]}]`}, "", nil, `k8s.v1.cni.cncf.io/networks[0].ips: "10.1.1.x" is not an address`},
-		{"bad mac", map[string]string{AnnotNetworks: `[{"name":"blue","mac":"01:00:5e:00:00:01"}]`}, "", nil, `k8s.v1.cni.cncf.io/networks[0].mac: "01:00:5e:00:00:01" is not a unicast MAC address`},
-		{"two default routes", map[string]string{AnnotNetworks: `[{"name":"blue","default-route":["198.51.100.1"]},{"name":"green","default-route":["203.0.113.1"]}]`}, "", nil, "networks[1].default-route: net1 already has the default route"},
-		{"unknown network", map[string]string{AnnotNetworks: "purple"}, "", nil, `networks[0]: network "purple" is not defined (networks: red, blue, green, kube, fast), nor is a NetworkAttachmentDefinition spin/purple`},
-		{"NAD lookup fails", map[string]string{AnnotNetworks: "broken"}, "", nil, "networks[0]: API server unreachable"},
-		{"CNI_ARGS MAC", nil, "MAC=zz", nil, `CNI_ARGS MAC: "zz" is not a unicast MAC address`},
+	var table struct{ Cases []badRequest }
+	b, err := os.ReadFile("testdata/bad-requests.json")
+	if err == nil {
+		err = json.Unmarshal(b, &table)
 	}
-	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
-			in := input(cfg, node, c.ann)
-			if c.node != nil {
-				in.Node = c.node
+	if err != nil || len(table.Cases) == 0 {
+		t.Fatalf("testdata/bad-requests.json: %v", err)
+	}
+	for _, c := range table.Cases {
+		t.Run(c.Name, func(t *testing.T) {
+			in := input(cfg, node, c.Annotations)
+			if c.Node != "" {
+				_, in.Node = setup(t, c.Node)
 			}
-			if c.args != "" {
-				in.Args, _ = ParseArgs(c.args)
+			if c.Args != "" {
+				in.Args, _ = ParseArgs(c.Args)
 			}
 			_, err := Resolve(in)
-			if err == nil || !strings.Contains(err.Error(), c.msg) {
-				t.Fatalf("error = %v, want %q", err, c.msg)
+			if err == nil || !strings.Contains(err.Error(), c.Msg) {
+				t.Fatalf("error = %v, want %q", err, c.Msg)
 			}
-			if c.name == "CNI_ARGS MAC" && !errors.Is(err, ErrCapability) {
+			if c.Name == "CNI_ARGS MAC" && !errors.Is(err, ErrCapability) {
 				t.Fatalf("a bad CNI_ARGS MAC is not marked as the runtime's: %v", err)
 			}
-			if c.name == "NAD lookup fails" && !errors.Is(err, errAPI) {
+			if c.Name == "NAD lookup fails" && !errors.Is(err, errAPI) {
 				t.Fatalf("the NAD source's error is not kept: %v", err)
 			}
 		})
