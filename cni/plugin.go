@@ -1,11 +1,14 @@
 // Package cni implements spinneret's CNI verbs: ADD, DEL, CHECK, GC, STATUS
-// (VERSION is answered by skel), and maps errors to CNI codes. An ADD runs
-// the stages in turn: the request (package request), the node facts and
-// what of the request needs the node or the cluster (IPPools, VFs), the
-// allocation of every address (package ipam), the plan (package plan),
-// applied as one journaled transaction (package txn), and the report (the
-// CNI result, network-status, events). DEL, GC and CHECK replay the
-// journal.
+// (VERSION is answered by skel), and maps errors to CNI codes
+// (errors.go). An ADD (add.go) runs the stages in turn: the request
+// (package request), what of it needs the node or the cluster (IPPools,
+// VFs), the node facts (package facts), every address at once (the IPAM
+// front, package ipam, its ledger in the journal), the plan (package
+// plan), applied as one journaled transaction (package txn), and the
+// report (the CNI result, network-status, events); a failure after the
+// first address is taken ends in abort, which rolls the journal back. DEL,
+// GC and CHECK replay the journal: rolling it back undoes the plan, then
+// releases the ledger.
 package cni
 
 import (

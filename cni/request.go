@@ -3,8 +3,6 @@ package cni
 import (
 	"context"
 	"errors"
-	"fmt"
-	"slices"
 
 	"github.com/containernetworking/cni/pkg/skel"
 
@@ -83,7 +81,7 @@ func (p *plugin) nicsFor(req *request.Request) ([]plan.NIC, error) {
 	if err := facts.AssignVFs(nics, string(p.args.K8S_POD_NAME), p.podDevices); err != nil {
 		return nil, err
 	}
-	if err := assignRoutes(nics, req.Routes); err != nil {
+	if err := facts.AssignRoutes(nics, req.Routes); err != nil {
 		return nil, err
 	}
 	return nics, nil
@@ -99,19 +97,4 @@ func (p *plugin) podDevices(resource string) ([]string, error) {
 	devs, err := podres.Devices(context.Background(), p.node.PodResourcesSocket, ns, name, resource, p.node.APITimeout)
 	p.phase("podresources")
 	return devs, err
-}
-
-// assignRoutes gives each route of spinneret.io/routes to the NIC whose
-// subnet holds its gateway.
-func assignRoutes(nics []plan.NIC, routes []request.Route) error {
-	for _, r := range routes {
-		k := slices.IndexFunc(nics, func(n plan.NIC) bool {
-			return slices.ContainsFunc(n.Network.Pools, func(p conf.Pool) bool { return p.Subnet.Contains(r.GW) })
-		})
-		if k < 0 {
-			return fmt.Errorf("%s.gw: %s is in the subnet of none of the pod's NICs", r.Field, r.GW)
-		}
-		nics[k].ExtraRoutes = append(nics[k].ExtraRoutes, plan.Route{Dst: r.Dst, GW: r.GW})
-	}
-	return nil
 }

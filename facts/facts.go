@@ -1,12 +1,13 @@
 // Package facts is the node-facts stage of an ADD: what the node says
 // about a request before anything is allocated, and the checks against
-// it. It takes the NICs of the request (package request, completed with
-// their pools and VFs) and the node's netlink handles, and gives the NICs
-// with what was read (each VF's settings before the ADD, each pool's node
-// addresses), or the error that refuses the request: a master or bond
-// slave missing, an interface already in the pod, a static address that
-// is the node's; after the allocation, an address the node turns out to
-// have. It creates nothing.
+// it. It takes the NICs of the request (package request, with their pools)
+// and the node's netlink handles, and gives the NICs with what was read:
+// each sriov NIC's VF and its settings before the ADD, each pool's node
+// addresses, the annotation's routes on the NIC whose subnet holds their
+// gateway; or the error that refuses the request: a master or bond slave
+// missing, an interface already in the pod, a static address that is the
+// node's; after the allocation, an address the node turns out to have. It
+// creates nothing.
 package facts
 
 import (
@@ -198,6 +199,21 @@ func Precheck(env *txn.Env, nics []plan.NIC) error {
 		} else if !netops.Gone(err) {
 			return err
 		}
+	}
+	return nil
+}
+
+// AssignRoutes gives each route of spinneret.io/routes to the NIC whose
+// subnet holds its gateway.
+func AssignRoutes(nics []plan.NIC, routes []request.Route) error {
+	for _, r := range routes {
+		k := slices.IndexFunc(nics, func(n plan.NIC) bool {
+			return slices.ContainsFunc(n.Network.Pools, func(p conf.Pool) bool { return p.Subnet.Contains(r.GW) })
+		})
+		if k < 0 {
+			return fmt.Errorf("%s.gw: %s is in the subnet of none of the pod's NICs", r.Field, r.GW)
+		}
+		nics[k].ExtraRoutes = append(nics[k].ExtraRoutes, plan.Route{Dst: r.Dst, GW: r.GW})
 	}
 	return nil
 }

@@ -1,5 +1,11 @@
-// Package ipam allocates pod addresses from pools. The "local" backend keeps
-// its state in files under the node's state dir.
+// Package ipam is the allocation stage of an ADD. It takes what each NIC
+// asks for (its pools and static addresses, in the local store or the
+// kubernetes backend, or a run of its NAD's own IPAM plugin) and gives
+// every address of the attachment, all or none, through one front
+// (Front): each backend's allocation is an entry of the journal's ledger
+// (txn.Held) before it takes effect, so rollback, DEL and GC release every
+// kind the same way. The "local" backend keeps its state in files under
+// the node's state dir; ipam/kubeipam is the kubernetes backend.
 package ipam
 
 import (

@@ -37,6 +37,20 @@ func init() {
 	Register("ipam.kube", func() Op { return &fakeHeld{Key: "ipam.kube"} })
 }
 
+// readBack loads j's file and describes its steps.
+func readBack(t *testing.T, j *Journal) (*Journal, []string) {
+	t.Helper()
+	back, err := LoadJournal(j.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, s := range back.Steps {
+		got = append(got, s.Op.String())
+	}
+	return back, got
+}
+
 // TestHoldAmends: a ledger entry is on disk before it takes effect, a
 // second Hold of the same key replaces it (an amend line), and the
 // journal read back has the amended entry in its place, the plan after it.
@@ -54,14 +68,7 @@ func TestHoldAmends(t *testing.T) {
 	if err := Apply(NewEnv("", 0), j, ops(&log, "x", "y")); err != nil {
 		t.Fatal(err)
 	}
-	back, err := LoadJournal(j.Path())
-	if err != nil {
-		t.Fatal(err)
-	}
-	var got []string
-	for _, s := range back.Steps {
-		got = append(got, s.Op.String())
-	}
+	back, got := readBack(t, j)
 	want := []string{"held a objects", "held b ", "fake x", "fake y"}
 	if !slices.Equal(got, want) {
 		t.Fatalf("steps read back %q, want %q", got, want)
@@ -105,14 +112,7 @@ func TestCarry(t *testing.T) {
 	j.Carry(old.Ledger())
 	j.Hold(&fakeHeld{Key: "a", What: "new"}) // same key: replaces the carried one
 	j.Hold(&fakeHeld{Key: "b"})
-	back, err := LoadJournal(j.Path())
-	if err != nil {
-		t.Fatal(err)
-	}
-	var got []string
-	for _, s := range back.Steps {
-		got = append(got, s.Op.String())
-	}
+	_, got := readBack(t, j)
 	if want := []string{"held a new", "held b "}; !slices.Equal(got, want) {
 		t.Fatalf("steps %q, want %q", got, want)
 	}
