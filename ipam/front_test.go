@@ -179,19 +179,26 @@ func TestFrontFailed(t *testing.T) {
 }
 
 // TestFrontRecordsBeforeAllocating: a ledger entry that cannot be
-// written stops the front before its backend runs.
+// written stops the front before the kubernetes backend or a delegated
+// plugin runs. (The local store's entry goes with the next write: its
+// owner record is on disk before any claim.)
 func TestFrontRecordsBeforeAllocating(t *testing.T) {
 	dir := t.TempDir()
+	bin, log := fakePlugin(t, dir, "10.7.0.5/24")
 	notDir := filepath.Join(dir, "file") // a state dir that is a file: no journal can be written, even by root
 	os.WriteFile(notDir, nil, 0o600)
-	j := txn.NewJournal(notDir, "n", "c1", "eth0", "", 0)
-	local := NewLocal(dir)
-	f := &Front{Journal: j, Owner: Owner{ContainerID: "c1", IfName: "eth0", Network: "n"}, Local: local}
-	_, err := f.Allocate([]Need{{Request: Request{IfName: "eth0", Pools: []conf.Pool{pool(t, "l4", "192.0.2.0/24", "192.0.2.10", "192.0.2.20")}}}})
-	if err == nil {
-		t.Fatal("Allocate succeeded without its ledger entry")
-	}
-	if c, _ := local.Claims(); len(c) != 0 {
-		t.Fatalf("allocated without a ledger entry: %v", c)
+	for _, need := range []Need{
+		{Request: Request{IfName: "net1"}, Kube: true},
+		{Request: Request{IfName: "net2"}, Delegate: &conf.DelegateIPAM{Type: "fake-ipam", Conf: json.RawMessage(`{"cniVersion":"1.0.0","name":"d"}`)}},
+	} {
+		kube := &fakeKube{addrs: []netip.Prefix{netip.MustParsePrefix("198.51.100.7/24")}}
+		j := txn.NewJournal(notDir, "n", "c1", "eth0", "", 0)
+		f := &Front{Journal: j, Owner: Owner{ContainerID: "c1", IfName: "eth0", Network: "n"}, Local: NewLocal(dir), Kube: kube, Path: bin}
+		if _, err := f.Allocate([]Need{need}); err == nil {
+			t.Fatalf("%s: Allocate succeeded without its ledger entry", need.IfName)
+		}
+		if kube.allocated || calls(log) != "" {
+			t.Fatalf("%s: a backend ran without its ledger entry (kube %v, plugin %q)", need.IfName, kube.allocated, calls(log))
+		}
 	}
 }

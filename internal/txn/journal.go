@@ -256,6 +256,15 @@ func (j *Journal) Hold(h Held) error {
 	return j.write(nil, []Step{{Op: h}})
 }
 
+// Note adds a ledger entry that is written with the journal's next write
+// (Append, Hold, Save), not now: for a backend whose own durable record,
+// written before it takes anything, already lets a DEL without journal
+// release it (the local store's owner record). It saves an fsync'd write
+// per ADD.
+func (j *Journal) Note(h Held) {
+	j.Steps = append(j.Steps, Step{Op: h})
+}
+
 // Ledger is the journal's held entries, in order.
 func (j *Journal) Ledger() []Step {
 	var out []Step
