@@ -178,6 +178,9 @@ func (o *SriovVF) do(env *txn.Env, host *netlink.Handle) error {
 			return fmt.Errorf("sriov: VF %s netdev %s is no longer in the node's namespace (taken by another pod?): %w", o.VF.PCI, o.VF.Netdev, err)
 		}
 	}
+	if vf != nil && o.Want.MAC != "" && o.Want.MAC != o.Orig.MAC && vf.Attrs().HardwareAddr.String() != o.Want.MAC {
+		o.netdevMAC(host, vf)
+	}
 	if err := o.setPF(host, o.Want); err != nil {
 		return err
 	}
@@ -210,14 +213,26 @@ func (o *SriovVF) do(env *txn.Env, host *netlink.Handle) error {
 			return fmt.Errorf("sriov: %s mtu %d: %w", o.Name, o.Want.MTU, err)
 		}
 	}
-	if o.Want.MAC != "" && o.Want.MAC != o.Orig.MAC {
-		// the PF set it; the VF's driver takes it now, not at its next reset
-		mac, _ := net.ParseMAC(o.Want.MAC)
-		if err := pod.LinkSetHardwareAddr(pl, mac); err != nil {
-			return fmt.Errorf("sriov: %s mac %s: %w", o.Name, o.Want.MAC, err)
-		}
+	if o.Want.MAC != "" && o.Want.MAC != o.Orig.MAC && pl.Attrs().HardwareAddr.String() != o.Want.MAC {
+		return fmt.Errorf("sriov: %s: mac %s, want %s (the VF's driver did not take the PF's)", o.Name, pl.Attrs().HardwareAddr, o.Want.MAC)
 	}
 	return nil
+}
+
+// netdevMAC gives the VF's netdev the wanted MAC before the PF sets the
+// same one: a PF refuses the VF driver's own change once it holds an
+// administrative MAC for the VF (igb: "VF attempted to override
+// administratively set MAC address"; seen in the VM on a VF that a
+// previous pod had used), and the VF takes a MAC the PF sets only when
+// its driver is reloaded. So the PF's is cleared first (what undo does
+// too), then the netdev's set; setPF then sets the PF's to the same. A
+// driver that refuses anyway is caught after the move, by the MAC check.
+func (o *SriovVF) netdevMAC(host *netlink.Handle, vf netlink.Link) {
+	mac, _ := net.ParseMAC(o.Want.MAC)
+	if pf, err := host.LinkByName(o.VF.PF); err == nil {
+		host.LinkSetVfHardwareAddr(pf, o.VF.Index, make(net.HardwareAddr, 6))
+	}
+	host.LinkSetHardwareAddr(vf, mac)
 }
 
 // Undo returns the VF's netdev to the node under its original name (from

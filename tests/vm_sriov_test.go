@@ -29,14 +29,17 @@ import (
 
 // sriovPF enables n VFs on the first igb PF and returns its netdev and the
 // VFs' PCI addresses.
-func sriovPF(t *testing.T, n int) (string, []string) {
+func sriovPF(t *testing.T, n int) (string, []string) { return sriovPFAt(t, 0, n) }
+
+// sriovPFAt is sriovPF for the idx-th PF (in sysfs order).
+func sriovPFAt(t *testing.T, idx, n int) (string, []string) {
 	t.Helper()
 	ms, _ := filepath.Glob("/sys/class/net/*/device/sriov_totalvfs")
-	if len(ms) == 0 {
-		t.Fatal("no SR-IOV PF in the VM (SPINNERET_VM_SRIOV)")
+	if len(ms) <= idx {
+		t.Fatalf("%d SR-IOV PF(s) in the VM, want %d (SPINNERET_VM_SRIOV)", len(ms), idx+1)
 	}
-	pf := filepath.Base(filepath.Dir(filepath.Dir(ms[0])))
-	dev := filepath.Dir(ms[0])
+	pf := filepath.Base(filepath.Dir(filepath.Dir(ms[idx])))
+	dev := filepath.Dir(ms[idx])
 	l, err := netlink.LinkByName(pf)
 	if err != nil {
 		t.Fatal(err)

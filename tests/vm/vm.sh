@@ -9,7 +9,8 @@
 # SPINNERET_VM_SRIOV=N adds N emulated Intel 82576 (igb) NICs, SR-IOV PFs
 # with up to 7 real PCI VFs each (igbvf netdevs); that needs QEMU >= 8, so
 # QEMU 10 is taken from bookworm-backports, unpacked under the cache (not
-# installed). Everything is cached under SPINNERET_VM_CACHE
+# installed). The PFs are wired to each other through a QEMU hub
+# (SPINNERET_VM_WIRE=0: unplugged, no carrier). Everything is cached under SPINNERET_VM_CACHE
 # (/var/cache/spinneret/vm). Written from ../shared/testenv/vm.md.
 set -euo pipefail
 die() { echo "vm.sh: $*" >&2; exit 126; }
@@ -96,8 +97,16 @@ if [[ $SRIOV -gt 0 ]]; then
   # Debian's kernel has no vfio no-IOMMU mode)
   QEMU_ARGS+=(-device intel-iommu)
   APPEND_EXTRA="intel_iommu=on"
+  # every PF has a port on one QEMU hub: the PFs get carrier and are
+  # wired to each other, so their VFs carry traffic (and VF VLANs are
+  # enforced on that wire); SPINNERET_VM_WIRE=0 leaves them unplugged
   for ((i = 1; i <= SRIOV; i++)); do
-    QEMU_ARGS+=(-device "pcie-root-port,id=rp$i,slot=$i,chassis=$i" -device "igb,bus=rp$i,romfile=,mac=52:54:00:00:00:$(printf %02x "$i")")
+    wire=()
+    if [[ ${SPINNERET_VM_WIRE:-1} != 0 ]]; then
+      QEMU_ARGS+=(-netdev "hubport,id=hp$i,hubid=0")
+      wire=(",netdev=hp$i")
+    fi
+    QEMU_ARGS+=(-device "pcie-root-port,id=rp$i,slot=$i,chassis=$i" -device "igb,bus=rp$i,romfile=${wire[*]:-},mac=52:54:00:00:00:$(printf %02x "$i")")
   done
 fi
 
