@@ -12,7 +12,9 @@ import (
 
 	"github.com/containernetworking/cni/libcni"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
+	"github.com/spinneret-cni/spinneret/drivers"
 	"github.com/spinneret-cni/spinneret/internal/netlab"
 )
 
@@ -142,5 +144,228 @@ func TestInVMSriovWire(t *testing.T) {
 	}
 	if after := vfSnapshot(t, append(vfsA, vfsB...)); after != before {
 		t.Fatalf("VFs after DEL:\n%s", netlab.Diff(before, after))
+	}
+}
+
+// etherProto is an EtherType for local experiments (IEEE 802 local
+// experimental 1): nothing in the pods answers it.
+const etherProto = 0x88b5
+
+func htons(v uint16) uint16 { return v<<8 | v>>8 }
+
+// packetSocket opens a raw packet socket on p's eth0 for etherProto.
+func packetSocket(t *testing.T, p *netlab.NS) (int, int) {
+	t.Helper()
+	ln, err := p.NL().LinkByName("eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fd int
+	err = p.Do(func() error {
+		var err error
+		if fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW, int(htons(etherProto))); err != nil {
+			return err
+		}
+		return unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(etherProto), Ifindex: ln.Attrs().Index})
+	})
+	if err != nil {
+		t.Fatalf("packet socket in %s: %v", p.Name, err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	return fd, ln.Attrs().Index
+}
+
+// sendFrames sends n frames from src to dst (MACs) with payload tag.
+func sendFrames(t *testing.T, fd, ifindex int, src, dst net.HardwareAddr, tag string, n int) {
+	t.Helper()
+	frame := append(append(append([]byte{}, dst...), src...), byte(etherProto>>8), byte(etherProto&0xff))
+	frame = append(frame, []byte(tag)...)
+	for len(frame) < 60 {
+		frame = append(frame, 0)
+	}
+	for i := 0; i < n; i++ {
+		if err := unix.Sendto(fd, frame, 0, &unix.SockaddrLinklayer{Ifindex: ifindex, Halen: 6, Addr: [8]byte(append(append([]byte{}, dst...), 0, 0))}); err != nil {
+			t.Fatalf("send %s: %v", tag, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// received counts the frames with payload tag read from fd within d, and
+// the source MAC the last one carried.
+func received(fd int, tag string, d time.Duration) (int, string) {
+	tv := unix.NsecToTimeval((100 * time.Millisecond).Nanoseconds())
+	unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
+	buf := make([]byte, 2048)
+	n, src := 0, ""
+	for deadline := time.Now().Add(d); time.Now().Before(deadline); {
+		m, _, err := unix.Recvfrom(fd, buf, 0)
+		if err != nil || m < 14 {
+			continue
+		}
+		if strings.HasPrefix(string(buf[14:m]), tag) {
+			n++
+			src = net.HardwareAddr(buf[6:12]).String()
+		}
+	}
+	return n, src
+}
+
+// TestInVMSriovWireEnforcement: what the emulated igb enforces of a VF's
+// spoofchk and max_tx_rate on the wire. Frames with a forged source MAC
+// are sent from a VF with spoofchk on, then off; UDP is sent as fast as
+// the VM can for a second with max_tx_rate 1 Mbit/s, then unlimited.
+func TestInVMSriovWireEnforcement(t *testing.T) {
+	e := newEnv(t)
+	// a fresh VF for each case: a VF given to a second pod without a MAC
+	// of its own gets no unicast from the wire in this emulation (see
+	// the Wire issue's note)
+	pfA, vfsA := sriovPFAt(t, 0, 4)
+	_, vfsB := sriovPFAt(t, 1, 1)
+	conf := func(name, extra string) *libcni.NetworkConfigList {
+		return e.confListRaw(fmt.Sprintf(`{"cniVersion":"1.1.0","name":%q,"plugins":[{"type":"spinneret","nodeConf":"%s/node.yaml",
+			"capabilities":{"deviceID":true},"coordinator":{"mode":"disable"},"driver":"sriov","vlan":56%s,"ipam":{"pools":[
+			{"name":"%s-4","subnet":"10.56.0.0/24","ranges":[{"start":"10.56.0.10","end":"10.56.0.90"}]},
+			{"name":"%s-6","subnet":"fd00:56::/64","ranges":[{"start":"fd00:56::10","end":"fd00:56::90"}]}]}}]}`, name, e.dir, extra, name, name))
+	}
+	pb, rtb, macB, b4, _ := e.vfPod(t, conf("peer", ""), "peer", vfsB[0])
+	defer e.rootDel(conf("peer", ""), rtb)
+	rx, _ := packetSocket(t, pb)
+	dst, _ := net.ParseMAC(macB)
+	forged, _ := net.ParseMAC("02:00:00:00:00:99")
+	for i, c := range []struct{ name, extra string }{{"spoof-on", `,"spoofchk":"on"`}, {"spoof-off", `,"spoofchk":"off"`}} {
+		l := conf(c.name, c.extra)
+		pa, rta, macA, _, _ := e.vfPod(t, l, c.name, vfsA[i])
+		if st, err := drivers.ReadVFState(rootHandle(t), &drivers.VF{PF: pfA, Index: i}); err != nil || st.SpoofChk != (c.name == "spoof-on") {
+			t.Fatalf("%s: VF through the PF: %+v %v", c.name, st, err)
+		}
+		tx, idx := packetSocket(t, pa)
+		own, _ := net.ParseMAC(macA)
+		sendFrames(t, tx, idx, own, dst, c.name+"-own", 5)
+		nOwn, _ := received(rx, c.name+"-own", time.Second)
+		sendFrames(t, tx, idx, forged, dst, c.name+"-forged", 5)
+		nForged, srcSeen := received(rx, c.name+"-forged", time.Second)
+		if nOwn != 5 {
+			t.Errorf("%s: %d of 5 frames from the VF's own MAC arrived", c.name, nOwn)
+		}
+		// the emulated igb does not enforce spoofchk: forged frames pass
+		// with it on (a test that fails once it does, so this is rewritten)
+		if nForged != 5 || srcSeen != forged.String() {
+			t.Errorf("%s: %d of 5 forged frames arrived (source %q): the emulation's spoofchk changed", c.name, nForged, srcSeen)
+		}
+		t.Logf("%s: 5 frames from the VF's own MAC: %d arrived; 5 from forged %s: %d arrived (source seen: %q)", c.name, nOwn, forged, nForged, srcSeen)
+		if err := e.rootDel(l, rta); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rates := map[string]int{}
+	for i, c := range []struct{ name, extra string }{{"rate-1", `,"max_tx_rate":1`}, {"rate-0", ``}} {
+		l := conf(c.name, c.extra)
+		pa, rta, _, a4, _ := e.vfPod(t, l, c.name, vfsA[2+i])
+		if st, err := drivers.ReadVFState(rootHandle(t), &drivers.VF{PF: pfA, Index: 2 + i}); err != nil || st.MaxTxRate != map[string]uint32{"rate-1": 1}[c.name] {
+			t.Fatalf("%s: VF through the PF: %+v %v", c.name, st, err)
+		}
+		got := udpBlast(t, pa, pb, a4, b4, time.Second)
+		rates[c.name] = got
+		t.Logf("%s: %d bytes of UDP in 1 s (%.1f Mbit/s)", c.name, got, float64(got)*8/1e6)
+		if err := e.rootDel(l, rta); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if rates["rate-0"] == 0 {
+		t.Fatal("no UDP arrived without a rate limit")
+	}
+	ratio := float64(rates["rate-1"]) / float64(rates["rate-0"])
+	t.Logf("max_tx_rate 1 Mbit/s: %.2f of the unlimited VF's throughput", ratio)
+	// the emulated igb does not enforce max_tx_rate either (set through
+	// the PF, read back above); fails once it does, so this is rewritten
+	if ratio < 0.5 {
+		t.Errorf("max_tx_rate 1 Mbit/s limited the VF to %.2f of its throughput: the emulation's rate limiting changed", ratio)
+	}
+}
+
+// udpBlast sends UDP from a (in pa) to b (in pb) as fast as it can for d
+// and returns how many bytes b received.
+func udpBlast(t *testing.T, pa, pb *netlab.NS, a, b netip.Addr, d time.Duration) int {
+	t.Helper()
+	var rc, sc *net.UDPConn
+	if err := pb.Do(func() error {
+		var err error
+		rc, err = net.ListenUDP("udp4", &net.UDPAddr{IP: b.AsSlice(), Port: 9999})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	if err := pa.Do(func() error {
+		var err error
+		sc, err = net.DialUDP("udp4", &net.UDPAddr{IP: a.AsSlice()}, &net.UDPAddr{IP: b.AsSlice(), Port: 9999})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer sc.Close()
+	total := make(chan int)
+	go func() {
+		n, buf := 0, make([]byte, 2048)
+		rc.SetReadDeadline(time.Now().Add(d + time.Second))
+		for {
+			m, err := rc.Read(buf)
+			if err != nil {
+				total <- n
+				return
+			}
+			n += m
+		}
+	}()
+	if err := pa.PingFrom(a, b, 5*time.Second); err != nil { // the neighbours resolved first
+		t.Fatalf("%s -> %s: %v", a, b, err)
+	}
+	payload := make([]byte, 1400)
+	var werr error
+	writes := 0
+	for end := time.Now().Add(d); time.Now().Before(end); writes++ {
+		if _, err := sc.Write(payload); err != nil && werr == nil {
+			werr = err
+		}
+	}
+	n := <-total
+	if werr != nil {
+		t.Logf("udp %s -> %s: %d writes, first error %v", a, b, writes, werr)
+	}
+	return n
+}
+
+// TestVMBenchSriovFirstPacket (make bench-vm): the time from an SR-IOV
+// pod's ADD to its first packet answered over the wire, for a VF given its
+// MAC by the pod's network and for one without, each on a fresh VF (the
+// VF's carrier dominates: igbvf comes up seconds after it is set up).
+func TestVMBenchSriovFirstPacket(t *testing.T) {
+	e := newEnv(t)
+	_, vfsA := sriovPFAt(t, 0, 4)
+	_, vfsB := sriovPFAt(t, 1, 1)
+	peer := e.wireConf("fp", 100, 10, 19, `{"mode":"disable"}`)
+	_, rtb, _, b4, _ := e.vfPod(t, peer, "peer", vfsB[0])
+	defer e.rootDel(peer, rtb)
+	for i, c := range []struct{ name, coord string }{{"own-mac", `{"mode":"disable"}`}, {"prefix-mac", `{"podMACPrefix":"0a:1c"}`}, {"own-mac", `{"mode":"disable"}`}, {"prefix-mac", `{"podMACPrefix":"0a:1c"}`}} {
+		l := e.wireConf(fmt.Sprintf("fp%d", i), 100, 20+10*i, 29+10*i, c.coord)
+		p, _ := e.topo.NewPod()
+		rt := &libcni.RuntimeConf{ContainerID: fmt.Sprintf("fp%d", i), NetNS: p.Path(), IfName: "eth0", CapabilityArgs: map[string]interface{}{"deviceID": vfsA[i]}}
+		start := time.Now()
+		r, err := e.rootAdd(l, rt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		added := time.Since(start)
+		a4 := nicAddr(t, r, "eth0", true)
+		for p.PingFrom(a4, b4, 200*time.Millisecond) != nil {
+			if time.Since(start) > 30*time.Second {
+				t.Fatalf("%s: no answer over the wire 30 s after ADD", c.name)
+			}
+		}
+		t.Logf("SR-IOV %s (TCG): ADD %v, first packet answered %v after ADD began", c.name, added.Round(time.Millisecond), time.Since(start).Round(10*time.Millisecond))
+		if err := e.rootDel(l, rt); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
