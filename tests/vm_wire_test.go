@@ -220,7 +220,7 @@ func TestInVMSriovWireEnforcement(t *testing.T) {
 	// a fresh VF for each case: a VF given to a second pod without a MAC
 	// of its own gets no unicast from the wire in this emulation (see
 	// the Wire issue's note)
-	pfA, vfsA := sriovPFAt(t, 0, 4)
+	pfA, vfsA := sriovPFAt(t, 0, 6)
 	_, vfsB := sriovPFAt(t, 1, 1)
 	conf := func(name, extra string) *libcni.NetworkConfigList {
 		return e.confListRaw(fmt.Sprintf(`{"cniVersion":"1.1.0","name":%q,"plugins":[{"type":"spinneret","nodeConf":"%s/node.yaml",
@@ -254,6 +254,34 @@ func TestInVMSriovWireEnforcement(t *testing.T) {
 			t.Errorf("%s: %d of 5 forged frames arrived (source %q): the emulation's spoofchk changed", c.name, nForged, srcSeen)
 		}
 		t.Logf("%s: 5 frames from the VF's own MAC: %d arrived; 5 from forged %s: %d arrived (source seen: %q)", c.name, nOwn, forged, nForged, srcSeen)
+		if err := e.rootDel(l, rta); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// trust: the PF lets a VF change the MAC it was given only if trusted
+	// (enforced by the PF's driver, igb, in the guest)
+	for i, c := range []struct {
+		name, extra string
+		trusted     bool
+	}{{"trust-on", `,"mac":"0a:00:00:00:0b:04","trust":"on"`, true}, {"trust-off", `,"mac":"0a:00:00:00:0b:05","trust":"off"`, false}} {
+		l := conf(c.name, c.extra)
+		pa, rta, _, _, _ := e.vfPod(t, l, c.name, vfsA[4+i])
+		ln, _ := pa.NL().LinkByName("eth0")
+		other, _ := net.ParseMAC(fmt.Sprintf("0a:00:00:00:0c:0%d", i))
+		err := pa.NL().LinkSetHardwareAddr(ln, other)
+		switch {
+		case c.trusted && err != nil:
+			t.Errorf("%s: the pod could not change its VF's MAC: %v", c.name, err)
+		case !c.trusted && err == nil:
+			t.Errorf("%s: the pod changed its untrusted VF's MAC to %s", c.name, other)
+		case c.trusted:
+			tx, idx := packetSocket(t, pa)
+			sendFrames(t, tx, idx, other, dst, c.name, 5)
+			if n, src := received(rx, c.name, time.Second); n != 5 || src != other.String() {
+				t.Errorf("%s: %d of 5 frames from the new MAC %s arrived (source %q)", c.name, n, other, src)
+			}
+		}
+		t.Logf("%s: the pod changing its VF's MAC to %s: %v", c.name, other, err)
 		if err := e.rootDel(l, rta); err != nil {
 			t.Fatal(err)
 		}
