@@ -100,7 +100,8 @@ func (f *Front) Allocate(needs []Need) (*Allocated, error) {
 		// owner record, on disk before any claim, is what a DEL without
 		// journal (and GC) releases by (measured: the ADD's own fsync'd
 		// write costs ~2 ms of a ~40 ms ADD here)
-		f.noteLocal()
+		// (one carried from an earlier ADD of the attachment is the same)
+		f.Journal.Note(&LocalHeld{Network: f.Owner.Network, ContainerID: f.Owner.ContainerID, IfName: f.Owner.IfName})
 		testhook.Point("ledger-local")
 		got, err := f.Local.Allocate(f.Owner, local)
 		if err != nil {
@@ -153,16 +154,6 @@ type DelegateError struct{ Err error }
 func (e *DelegateError) Error() string { return e.Err.Error() }
 func (e *DelegateError) Unwrap() error { return e.Err }
 
-func (f *Front) noteLocal() {
-	h := &LocalHeld{Network: f.Owner.Network, ContainerID: f.Owner.ContainerID, IfName: f.Owner.IfName}
-	for _, s := range f.Journal.Ledger() {
-		if s.Op.(txn.Held).HeldKey() == h.HeldKey() {
-			return // carried from an earlier ADD of the attachment
-		}
-	}
-	f.Journal.Note(h)
-}
-
 // Quarantine keeps a conflicting address away from pods for d, in the
 // backend that allocated it.
 func (f *Front) Quarantine(a netip.Addr, d time.Duration) error {
@@ -173,17 +164,11 @@ func (f *Front) Quarantine(a netip.Addr, d time.Duration) error {
 }
 
 // Failed makes the kubernetes backend's entry name only what this ADD
-// created; the rollback that follows releases that (in memory: if the
+// created; the rollback that follows releases that (Journal.Note: if the
 // rollback is left incomplete, the journal is saved with it).
 func (f *Front) Failed() {
-	if f.Kube == nil {
-		return
-	}
-	h := f.Kube.Failed(f.Owner)
-	for i, s := range f.Journal.Steps {
-		if o, ok := s.Op.(txn.Held); ok && o.HeldKey() == h.HeldKey() {
-			f.Journal.Steps[i].Op = h
-		}
+	if f.Kube != nil {
+		f.Journal.Note(f.Kube.Failed(f.Owner))
 	}
 }
 

@@ -176,20 +176,13 @@ func (j *Journal) upgradeV0() error {
 	if err != nil {
 		return err
 	}
-	held := []struct {
-		kind string
-		raw  []byte
-	}{{"ipam.local", local}}
-	if len(j.IPAM) > 0 {
-		held = append(held, struct {
-			kind string
-			raw  []byte
-		}{"ipam.kube", []byte(`{"objects":` + string(j.IPAM) + `,"complete":true}`)})
+	op, err := NewOp("ipam.local", local)
+	if err != nil {
+		return err
 	}
-	var steps []Step
-	for _, h := range held {
-		op, err := NewOp(h.kind, h.raw)
-		if err != nil {
+	steps := []Step{{Op: op}}
+	if len(j.IPAM) > 0 {
+		if op, err = NewOp("ipam.kube", []byte(`{"objects":`+string(j.IPAM)+`,"complete":true}`)); err != nil {
 			return err
 		}
 		steps = append(steps, Step{Op: op})
@@ -240,47 +233,55 @@ func (j *Journal) Append(steps ...Step) error {
 // write: appended, or, when the ledger has an entry of the same key,
 // replacing it (an amend line).
 func (j *Journal) Hold(h Held) error {
-	for i, s := range j.Steps {
-		if o, ok := s.Op.(Held); ok && o.HeldKey() == h.HeldKey() {
-			if i >= j.written {
-				j.Steps[i].Op = h // not on disk yet: written as it is now
-				return j.write(nil, nil)
-			}
-			if err := j.write(&amend{Index: i, Step: Step{Op: h}}, nil); err != nil {
-				return err
-			}
-			j.Steps[i].Op = h
-			return nil
-		}
+	i := j.heldIndex(h.HeldKey())
+	switch {
+	case i < 0:
+		return j.write(nil, []Step{{Op: h}})
+	case i >= j.written:
+		j.Steps[i].Op = h // not on disk yet: written as it is now
+		return j.write(nil, nil)
 	}
-	return j.write(nil, []Step{{Op: h}})
+	if err := j.write(&amend{Index: i, Step: Step{Op: h}}, nil); err != nil {
+		return err
+	}
+	j.Steps[i].Op = h
+	return nil
 }
 
-// Note adds a ledger entry that is written with the journal's next write
-// (Append, Hold, Save), not now: for a backend whose own durable record,
-// written before it takes anything, already lets a DEL without journal
-// release it (the local store's owner record). It saves an fsync'd write
-// per ADD.
+// Note puts a ledger entry in the journal, replacing one of the same key,
+// without writing: an entry not yet on disk goes with the next write
+// (Append, Hold), and a replaced one that is on disk changes there only
+// with Save. For a backend whose own durable record, written before it
+// takes anything, already lets a DEL without journal release it (the
+// local store's owner record), it saves an fsync'd write per ADD; and for
+// an entry a failed ADD narrows before its rollback (saved if that is
+// left incomplete).
 func (j *Journal) Note(h Held) {
+	if i := j.heldIndex(h.HeldKey()); i >= 0 {
+		j.Steps[i].Op = h
+		return
+	}
 	j.Steps = append(j.Steps, Step{Op: h})
 }
 
-// Ledger is the journal's held entries, in order.
-func (j *Journal) Ledger() []Step {
-	var out []Step
-	for _, s := range j.Steps {
-		if _, ok := s.Op.(Held); ok {
-			out = append(out, s)
-		}
-	}
-	return out
+// heldIndex is the index of the ledger entry of key in j.Steps, or -1.
+func (j *Journal) heldIndex(key string) int {
+	return slices.IndexFunc(j.Steps, func(s Step) bool {
+		o, ok := s.Op.(Held)
+		return ok && o.HeldKey() == key
+	})
 }
 
+// Ledger is the journal's held entries, in order.
+func (j *Journal) Ledger() []Step { return j.stepsHeld(true) }
+
 // Plan is the journal's steps that are not the ledger's, in order.
-func (j *Journal) Plan() []Step {
+func (j *Journal) Plan() []Step { return j.stepsHeld(false) }
+
+func (j *Journal) stepsHeld(held bool) []Step {
 	var out []Step
 	for _, s := range j.Steps {
-		if _, ok := s.Op.(Held); !ok {
+		if _, ok := s.Op.(Held); ok == held {
 			out = append(out, s)
 		}
 	}
