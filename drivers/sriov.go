@@ -76,8 +76,6 @@ type SriovVF struct {
 	VF   VF      `json:"vf"`
 	Orig VFState `json:"orig"`
 	Want VFState `json:"want"`
-
-	restoreMAC netlink.Link // the returned netdev, to get its MAC back
 }
 
 func (o *SriovVF) Kind() string { return "sriov.vf" }
@@ -97,8 +95,22 @@ func (o *SriovVF) lock(env *txn.Env) (*fileutil.Lock, error) {
 	return fileutil.LockFile(filepath.Join(dir, o.VF.PCI+".lock"))
 }
 
+// macOurs reports whether the VF's MAC is spinneret's to set and to put
+// back: the pod asked for one other than the VF had. Otherwise the MAC the
+// PF reports is none (all zeros) or the one the VF's own driver registered
+// (igb reports that too), and writing it back through the PF is not a
+// restore: zeros make igb "remove administratively set MAC" and program
+// the VF's unicast filter with them, so a later pod on that VF gets no
+// unicast until its driver resets (seen in the VM, issue Wire).
+func (o *SriovVF) macOurs() bool { return o.Want.MAC != "" && o.Want.MAC != o.Orig.MAC }
+
+// zeroMAC is the MAC a PF reports for a VF without one.
+var zeroMAC = make(net.HardwareAddr, 6)
+
 // setPF sets, through the PF, each VF setting that differs from st (so an
-// undo of a step that never ran changes nothing).
+// undo of a step that never ran changes nothing). The MAC only when it is
+// ours (macOurs) and only on ADD: undo puts a MAC back itself
+// (restorePFMAC).
 func (o *SriovVF) setPF(h *netlink.Handle, st VFState) error {
 	pf, err := h.LinkByName(o.VF.PF)
 	if err != nil {
@@ -110,7 +122,7 @@ func (o *SriovVF) setPF(h *netlink.Handle, st VFState) error {
 	}
 	idx := o.VF.Index
 	var errs []error
-	if st.MAC != "" && st.MAC != cur.MAC {
+	if o.macOurs() && st.MAC == o.Want.MAC && st.MAC != cur.MAC {
 		mac, err := net.ParseMAC(st.MAC)
 		if err == nil {
 			err = h.LinkSetVfHardwareAddr(pf, idx, mac)
@@ -178,7 +190,7 @@ func (o *SriovVF) do(env *txn.Env, host *netlink.Handle) error {
 			return fmt.Errorf("sriov: VF %s netdev %s is no longer in the node's namespace (taken by another pod?): %w", o.VF.PCI, o.VF.Netdev, err)
 		}
 	}
-	if vf != nil && o.Want.MAC != "" && o.Want.MAC != o.Orig.MAC && vf.Attrs().HardwareAddr.String() != o.Want.MAC {
+	if vf != nil && o.macOurs() && vf.Attrs().HardwareAddr.String() != o.Want.MAC {
 		o.netdevMAC(host, vf)
 	}
 	if err := o.setPF(host, o.Want); err != nil {
@@ -213,7 +225,7 @@ func (o *SriovVF) do(env *txn.Env, host *netlink.Handle) error {
 			return fmt.Errorf("sriov: %s mtu %d: %w", o.Name, o.Want.MTU, err)
 		}
 	}
-	if o.Want.MAC != "" && o.Want.MAC != o.Orig.MAC && pl.Attrs().HardwareAddr.String() != o.Want.MAC {
+	if o.macOurs() && pl.Attrs().HardwareAddr.String() != o.Want.MAC {
 		return fmt.Errorf("sriov: %s: mac %s, want %s (the VF's driver did not take the PF's)", o.Name, pl.Attrs().HardwareAddr, o.Want.MAC)
 	}
 	return nil
@@ -230,7 +242,7 @@ func (o *SriovVF) do(env *txn.Env, host *netlink.Handle) error {
 func (o *SriovVF) netdevMAC(host *netlink.Handle, vf netlink.Link) {
 	mac, _ := net.ParseMAC(o.Want.MAC)
 	if pf, err := host.LinkByName(o.VF.PF); err == nil {
-		host.LinkSetVfHardwareAddr(pf, o.VF.Index, make(net.HardwareAddr, 6))
+		host.LinkSetVfHardwareAddr(pf, o.VF.Index, zeroMAC)
 	}
 	host.LinkSetHardwareAddr(vf, mac)
 }
@@ -249,22 +261,62 @@ func (o *SriovVF) undo(env *txn.Env, host *netlink.Handle) error {
 			errs = append(errs, err)
 		}
 	}
-	if vl := o.restoreMAC; vl != nil {
-		// a VF driver may not change a MAC its PF set: clear the PF's
-		// first, then give the netdev its own back
-		if pf, err := host.LinkByName(o.VF.PF); err == nil {
-			host.LinkSetVfHardwareAddr(pf, o.VF.Index, make(net.HardwareAddr, 6))
+	if o.macOurs() {
+		if err := o.restorePFMAC(host); err != nil {
+			errs = append(errs, err)
 		}
-		mac, _ := net.ParseMAC(o.Orig.NetdevMAC)
-		if err := host.LinkSetHardwareAddr(vl, mac); err != nil {
-			errs = append(errs, fmt.Errorf("sriov: %s mac back to %s: %w", o.VF.Netdev, o.Orig.NetdevMAC, err))
-		}
-		o.restoreMAC = nil
 	}
 	if err := o.setPF(host, o.Orig); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
+}
+
+// restorePFMAC takes back the MAC ADD set through the PF. A VF driver may
+// not change a MAC its PF set, so the PF's is cleared first; then the
+// netdev (when it is back in the node) is given its own MAC again, which
+// its driver registers with the PF as its unicast filter; then an
+// administrative MAC the VF had and its netdev had not taken is set again.
+// A MAC the PF reported that was the netdev's own is left registered, not
+// made administrative. Done already (a second DEL), it changes nothing.
+func (o *SriovVF) restorePFMAC(host *netlink.Handle) error {
+	pf, err := host.LinkByName(o.VF.PF)
+	if err != nil {
+		return netops.IgnoreGone(err)
+	}
+	cur, err := ReadVFState(host, &VF{PF: o.VF.PF, Index: o.VF.Index, Netdev: o.VF.Netdev})
+	if err != nil {
+		return err
+	}
+	var vl netlink.Link
+	if o.VF.Netdev != "" {
+		vl, _ = host.LinkByName(o.VF.Netdev)
+	}
+	admin := o.Orig.MAC != zeroMAC.String() && o.Orig.MAC != o.Orig.NetdevMAC
+	netdevBack := vl != nil && cur.NetdevMAC == o.Orig.NetdevMAC
+	if (vl == nil || netdevBack) && (cur.MAC == o.Orig.MAC || !admin && cur.MAC == o.Orig.NetdevMAC) {
+		return nil
+	}
+	if err := host.LinkSetVfHardwareAddr(pf, o.VF.Index, zeroMAC); err != nil {
+		return fmt.Errorf("sriov: VF %d of %s: clear mac %s: %w", o.VF.Index, o.VF.PF, cur.MAC, err)
+	}
+	if vl != nil {
+		mac, _ := net.ParseMAC(o.Orig.NetdevMAC)
+		if err := host.LinkSetHardwareAddr(vl, mac); err != nil {
+			return fmt.Errorf("sriov: %s mac back to %s: %w", o.VF.Netdev, o.Orig.NetdevMAC, err)
+		}
+	}
+	if !admin && vl != nil || o.Orig.MAC == zeroMAC.String() {
+		return nil
+	}
+	mac, err := net.ParseMAC(o.Orig.MAC)
+	if err == nil {
+		err = host.LinkSetVfHardwareAddr(pf, o.VF.Index, mac)
+	}
+	if err != nil {
+		return fmt.Errorf("sriov: VF %d of %s: mac back to %s: %w", o.VF.Index, o.VF.PF, o.Orig.MAC, err)
+	}
+	return nil
 }
 
 func (o *SriovVF) returnNetdev(env *txn.Env, host *netlink.Handle) error {
@@ -317,11 +369,6 @@ func (o *SriovVF) returnNetdev(env *txn.Env, host *netlink.Handle) error {
 			return fmt.Errorf("sriov: %s mtu back to %d: %w", o.VF.Netdev, o.Orig.MTU, err)
 		}
 	}
-	if o.Orig.NetdevMAC != "" && vl.Attrs().HardwareAddr.String() != o.Orig.NetdevMAC {
-		// after the PF's MAC is restored (setPF runs next, the netdev
-		// keeps what it is given here)
-		o.restoreMAC = vl
-	}
 	return nil
 }
 
@@ -337,7 +384,7 @@ func (o *SriovVF) Check(env *txn.Env) error {
 		return err
 	}
 	var errs []error
-	if o.Want.MAC != "" && st.MAC != o.Want.MAC {
+	if o.macOurs() && st.MAC != o.Want.MAC {
 		errs = append(errs, fmt.Errorf("VF %s: mac %s, want %s", o.VF.PCI, st.MAC, o.Want.MAC))
 	}
 	if st.VLAN != o.Want.VLAN {

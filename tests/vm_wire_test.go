@@ -80,7 +80,8 @@ func neighMAC(t *testing.T, p *netlab.NS, a netip.Addr) string {
 // other over the wire, IPv4 and IPv6, on the network's VLAN; a pod on
 // another VLAN does not reach them; each VF's MAC (one set by the pod MAC
 // prefix) is what the peer learns from the wire; after DEL and an ADD of
-// a new pod on the same VF, traffic works with the new pod's address.
+// a new pod on the same VF (with a MAC or without one, after a pod with or
+// without one), traffic works with the new pod's address.
 func TestInVMSriovWire(t *testing.T) {
 	e := newEnv(t)
 	_, vfsA := sriovPFAt(t, 0, 2)
@@ -92,6 +93,11 @@ func TestInVMSriovWire(t *testing.T) {
 
 	pa, rta, macA, a4, a6 := e.vfPod(t, w100p, "a", vfsA[0])
 	pb, rtb, macB, b4, b6 := e.vfPod(t, w100, "b", vfsB[0])
+	// a's network runs the underlay coordinator (veth0 to the node,
+	// policy routing): the wire traffic below goes through its routes
+	if _, err := pa.NL().LinkByName("veth0"); err != nil {
+		t.Errorf("pod a (underlay coordinator) has no veth0: %v", err)
+	}
 	if !strings.HasPrefix(macA, "0a:1b:") {
 		t.Errorf("pod a's MAC %s does not carry the prefix 0a:1b", macA)
 	}
@@ -134,16 +140,65 @@ func TestInVMSriovWire(t *testing.T) {
 	if got := neighMAC(t, pb, a24); got != macA2 {
 		t.Errorf("b learnt %s for a2's %s, want %s", got, a24, macA2)
 	}
-	for _, d := range []struct {
-		l  *libcni.NetworkConfigList
-		rt *libcni.RuntimeConf
-	}{{w100p, rta2}, {w100, rtb}} {
-		if err := e.rootDel(d.l, d.rt); err != nil {
+
+	// b's VF (no MAC of its own: the VF driver's) to a new pod b2, and a's
+	// (whose pods had MACs) to b3 without one: each reached by unicast
+	// with its new address, and CHECK finds each as ADD left it. Writing
+	// back the MAC the PF reported before ADD (zeros) cleared igb's
+	// unicast filter for the VF: broadcast and ARP still arrived, unicast
+	// did not, until the VF's driver reset.
+	if err := e.rootDel(w100, rtb); err != nil {
+		t.Fatal(err)
+	}
+	pb2, rtb2, macB2, b24, b26 := e.vfPod(t, w100, "b2", vfsB[0])
+	for _, c := range [][2]netip.Addr{{a24, b24}} {
+		if err := pa2.PingFrom(c[0], c[1], 10*time.Second); err != nil {
+			t.Errorf("a2 %s -> b2 %s (b's VF, no MAC set) over the wire: %v", c[0], c[1], err)
+		}
+	}
+	if got := neighMAC(t, pa2, b24); got != macB2 {
+		t.Errorf("a2 learnt %s for b2's %s, want %s", got, b24, macB2)
+	}
+	if err := e.rootDel(w100p, rta2); err != nil {
+		t.Fatal(err)
+	}
+	pb3, rtb3, _, b34, b36 := e.vfPod(t, w100, "b3", vfsA[0])
+	for _, c := range [][2]netip.Addr{{b34, b24}, {b36, b26}} {
+		if err := pb3.PingFrom(c[0], c[1], 10*time.Second); err != nil {
+			t.Errorf("b3 %s (a's VF, MACs before, none now) -> b2 %s: %v", c[0], c[1], err)
+		}
+	}
+	if err := pb2.PingFrom(b26, b36, 10*time.Second); err != nil {
+		t.Errorf("b2 %s -> b3 %s: %v", b26, b36, err)
+	}
+	for _, rt := range []*libcni.RuntimeConf{rtb2, rtb3} {
+		if err := e.cni.CheckNetworkList(e.ctx, w100, rt); err != nil {
+			t.Errorf("CHECK %s: %v", rt.ContainerID, err)
+		}
+		if err := e.rootDel(w100, rt); err != nil {
 			t.Fatal(err)
 		}
 	}
 	if after := vfSnapshot(t, append(vfsA, vfsB...)); after != before {
 		t.Fatalf("VFs after DEL:\n%s", netlab.Diff(before, after))
+	}
+	// no administrative MAC is left on the VFs: their drivers may change
+	// their own (igb refuses that while the PF holds one)
+	h := rootHandle(t)
+	for i, pci := range append(vfsA, vfsB...) {
+		v, err := drivers.LookupVF(pci)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l, err := h.LinkByName(v.Netdev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		own := l.Attrs().HardwareAddr
+		if err := h.LinkSetHardwareAddr(l, net.HardwareAddr{0x0a, 0, 0, 0, 0x0d, byte(i)}); err != nil {
+			t.Errorf("VF %s after DEL: its driver may not change its MAC (an administrative MAC left?): %v", pci, err)
+		}
+		h.LinkSetHardwareAddr(l, own)
 	}
 }
 
@@ -306,9 +361,12 @@ func TestInVMSriovWireEnforcement(t *testing.T) {
 	ratio := float64(rates["rate-1"]) / float64(rates["rate-0"])
 	t.Logf("max_tx_rate 1 Mbit/s: %.2f of the unlimited VF's throughput", ratio)
 	// the emulated igb does not enforce max_tx_rate either (set through
-	// the PF, read back above); fails once it does, so this is rewritten
-	if ratio < 0.5 {
-		t.Errorf("max_tx_rate 1 Mbit/s limited the VF to %.2f of its throughput: the emulation's rate limiting changed", ratio)
+	// the PF, read back above); fails once it does, so this is rewritten.
+	// Judged against the limit, not the unlimited VF: the two runs'
+	// throughput alone differs 2x on a busy machine (25 vs 53 Mbit/s
+	// seen), an enforced limit would be 1 Mbit/s
+	if mbit := float64(rates["rate-1"]) * 8 / 1e6; mbit < 10 {
+		t.Errorf("max_tx_rate 1 Mbit/s held the VF to %.1f Mbit/s (%.2f of the unlimited VF's): the emulation's rate limiting changed", mbit, ratio)
 	}
 }
 
