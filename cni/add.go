@@ -43,8 +43,8 @@ func cmdAdd(args *skel.CmdArgs) (err error) {
 // application as one transaction, and the report. Every failure after the
 // first address is taken ends in abort.
 func (p *plugin) add(args *skel.CmdArgs) error {
-	if !conf.ValidIfName(args.IfName) {
-		return types.NewError(types.ErrInvalidEnvironmentVariables, fmt.Sprintf("CNI_IFNAME: %q is not a valid interface name", args.IfName), "")
+	if err := conf.PodIfNameError(args.IfName, true); err != nil {
+		return types.NewError(types.ErrInvalidEnvironmentVariables, "CNI_IFNAME: "+err.Error(), "")
 	}
 	lk, err := p.attachmentLock(args.ContainerID, args.IfName, true)
 	if err != nil {

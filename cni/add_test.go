@@ -102,7 +102,7 @@ func TestBadRequestsAllocateNothing(t *testing.T) {
 			defer p.close()
 			cniArgs := "K8S_POD_NAMESPACE=spin;K8S_POD_NAME=web;K8S_POD_UID=u1"
 			if c.Args != "" {
-				cniArgs += ";" + c.Args
+				cniArgs = c.Args
 			}
 			if p.args, err = request.ParseArgs(cniArgs); err != nil {
 				t.Fatal(err)

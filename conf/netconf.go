@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/containernetworking/cni/pkg/types"
 
@@ -263,11 +264,54 @@ const DefaultNodeConf = "/etc/spinneret/node.yaml"
 var (
 	nameRE    = regexp.MustCompile(`^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$`) // pools: DNS-like
 	netNameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$`)          // CNI's rule
-	ifnameRE  = regexp.MustCompile(`^[^/\s:]{1,15}$`)
+	// printable ASCII but '%', '/' and ':'; 15 bytes at most (regexp
+	// counts runes, so only ASCII keeps that a byte count)
+	ifnameRE = regexp.MustCompile(`^[\x21-\x24\x26-\x2e\x30-\x39\x3b-\x7e]{1,15}$`)
 )
 
-// ValidIfName reports whether s is a valid Linux interface name.
+// ValidIfName reports whether s is an interface name the kernel takes as
+// given: 1 to 15 bytes (IFNAMSIZ less its NUL) of printable ASCII, without
+// '/' or ':' (dev_valid_name refuses those and whitespace) or '%' (the
+// kernel would number the name, as in "eth%d"), and not "." or "..".
+// Control characters and other bytes are refused too: they name links no
+// operator can type.
 func ValidIfName(s string) bool { return ifnameRE.MatchString(s) && s != "." && s != ".." }
+
+// ReservedPodIfNames are names no pod NIC may take: lo is the pod's
+// loopback, veth0 the coordinator's veth to the node, and all and default
+// name the sysctl directories (net/ipv4/conf/all) the coordinator writes.
+var ReservedPodIfNames = []string{"lo", "veth0", "all", "default"}
+
+// PodIfNameError says why name cannot be a pod NIC's, nil if it can; eth0
+// is the primary NIC's (CNI_IFNAME) alone.
+func PodIfNameError(name string, primary bool) error {
+	switch {
+	case !ValidIfName(name):
+		return fmt.Errorf("%s is not a valid interface name (1-15 bytes of printable ASCII, no '/', ':' or '%%')", Excerpt(name))
+	case slices.Contains(ReservedPodIfNames, name):
+		return fmt.Errorf("%q is reserved (%s)", name, strings.Join(ReservedPodIfNames, ", "))
+	case !primary && name == "eth0":
+		return fmt.Errorf(`"eth0" is the primary NIC's name`)
+	}
+	return nil
+}
+
+// excerptMax is how much of a user's value an error quotes.
+const excerptMax = 64
+
+// Excerpt quotes s for an error or a log line, cut to its first 64 bytes
+// (at a rune boundary) and its length when longer: an error never echoes
+// unbounded input.
+func Excerpt(s string) string {
+	if len(s) <= excerptMax {
+		return strconv.Quote(s)
+	}
+	cut := excerptMax
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return fmt.Sprintf("%s... (%d bytes)", strconv.Quote(s[:cut]), len(s))
+}
 
 // Parse reads a single plugin config (what the runtime passes on stdin).
 func Parse(b []byte) (*Config, error) {

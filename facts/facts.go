@@ -15,6 +15,7 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/vishvananda/netlink"
 
@@ -24,6 +25,7 @@ import (
 	"github.com/spinneret-cni/spinneret/drivers/vocab"
 	"github.com/spinneret-cni/spinneret/internal/netops"
 	"github.com/spinneret-cni/spinneret/internal/txn"
+	"github.com/spinneret-cni/spinneret/ipam"
 	"github.com/spinneret-cni/spinneret/plan"
 	"github.com/spinneret-cni/spinneret/request"
 )
@@ -118,6 +120,31 @@ func CheckAllocated(nics []plan.NIC, routes []coordinator.AddrRoute) error {
 				return &RefusedError{fmt.Errorf("%s: %s gave %s, %s (exclude it there)", n.IfName, from, a, why)}
 			}
 		}
+		if err := defaultRouteGWs(n); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// defaultRouteGWs refuses a networks annotation "default-route" value that
+// is not a gateway of its NIC: the default route goes through the NIC's
+// gateways, so any other value could not be honoured.
+func defaultRouteGWs(n plan.NIC) error {
+	for _, gw := range n.DefaultRouteGWs {
+		if slices.ContainsFunc(n.Addrs, func(al ipam.Allocation) bool { return al.Gateway == gw }) {
+			continue
+		}
+		var gws []string
+		for _, al := range n.Addrs {
+			if al.Gateway.IsValid() {
+				gws = append(gws, al.Gateway.String())
+			}
+		}
+		if len(gws) == 0 {
+			gws = []string{"none"}
+		}
+		return &RefusedError{fmt.Errorf("%s: default-route %s is not a gateway of the NIC (its gateways: %s)", n.IfName, gw, strings.Join(gws, ", "))}
 	}
 	return nil
 }

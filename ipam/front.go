@@ -2,9 +2,12 @@ package ipam
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
+	"strings"
 	"time"
 
 	current "github.com/containernetworking/cni/pkg/types/100"
@@ -84,6 +87,11 @@ type Front struct {
 // Allocate allocates every NIC's addresses: the local store's, then the
 // kubernetes backend's, then each delegated plugin's.
 func (f *Front) Allocate(needs []Need) (*Allocated, error) {
+	for _, n := range needs {
+		if err := staticsHonoured(n); err != nil {
+			return nil, err
+		}
+	}
 	out := &Allocated{Delegated: map[string]*current.Result{}}
 	var local, kube []Request
 	for _, n := range needs {
@@ -134,7 +142,11 @@ func (f *Front) Allocate(needs []Need) (*Allocated, error) {
 		if d == nil {
 			continue
 		}
-		op := &Delegated{Type: d.Type, Conf: d.Conf, Path: f.Path, ContainerID: f.Owner.ContainerID, NetNS: f.NetNS, IfName: n.IfName, Args: f.Args}
+		cfg, err := withIPs(d.Conf, n.Static)
+		if err != nil {
+			return nil, err
+		}
+		op := &Delegated{Type: d.Type, Conf: cfg, Path: f.Path, ContainerID: f.Owner.ContainerID, NetNS: f.NetNS, IfName: n.IfName, Args: f.Args}
 		if err := f.Journal.Hold(op); err != nil {
 			return nil, err
 		}
@@ -144,8 +156,71 @@ func (f *Front) Allocate(needs []Need) (*Allocated, error) {
 			return nil, &DelegateError{err}
 		}
 		out.Delegated[n.IfName] = res
+		if err := delegatedStatics(n, res); err != nil {
+			return nil, err
+		}
 	}
 	return out, nil
+}
+
+// staticsHonoured refuses, before anything is allocated, a static address
+// that cannot be honoured: one of a family none of the NIC's pools has
+// (it used to be ignored).
+func staticsHonoured(n Need) error {
+	if n.Delegate != nil {
+		return nil // the plugin is asked for it, and its result checked
+	}
+	for _, a := range n.Static {
+		if !slices.ContainsFunc(n.Pools, func(p conf.Pool) bool { return p.Is4() == a.Is4() }) {
+			fam := "IPv6"
+			if a.Is4() {
+				fam = "IPv4"
+			}
+			return fmt.Errorf("ipam: %s: static address %s: the network has no %s pool (%s): %w", n.IfName, a, fam, PoolNames(n.Pools), ErrStaticOutside)
+		}
+	}
+	return nil
+}
+
+// withIPs is a delegated plugin's config asking for the NIC's static
+// addresses as CNI's "ips" capability does (runtimeConfig.ips, what
+// Multus passes and host-local and static honour).
+func withIPs(cfg []byte, static []netip.Addr) ([]byte, error) {
+	if len(static) == 0 {
+		return cfg, nil
+	}
+	var m map[string]any
+	if err := json.Unmarshal(cfg, &m); err != nil {
+		return nil, fmt.Errorf("ipam: delegated config: %w", err)
+	}
+	rc, _ := m["runtimeConfig"].(map[string]any)
+	if rc == nil {
+		rc = map[string]any{}
+	}
+	ips := make([]string, len(static))
+	for i, a := range static {
+		ips[i] = a.String()
+	}
+	rc["ips"] = ips
+	m["runtimeConfig"] = rc
+	return json.Marshal(m)
+}
+
+// delegatedStatics refuses a delegated plugin's result that lacks a
+// static address it was asked for (a plugin without the ips capability
+// ignores it): the ADD is rolled back, the plugin's DEL releasing what it
+// gave.
+func delegatedStatics(n Need, res *current.Result) error {
+	for _, a := range n.Static {
+		if !slices.ContainsFunc(res.IPs, func(c *current.IPConfig) bool { return c.Address.IP.Equal(a.AsSlice()) }) {
+			var got []string
+			for _, c := range res.IPs {
+				got = append(got, c.Address.String())
+			}
+			return fmt.Errorf("ipam: %s: static address %s: IPAM plugin %s did not honour it (gave %s; does it take CNI's ips capability?): %w", n.IfName, a, n.Delegate.Type, strings.Join(got, ", "), ErrStaticRefused)
+		}
+	}
+	return nil
 }
 
 // DelegateError is the failure of a delegated IPAM plugin's ADD.

@@ -112,6 +112,10 @@ type NIC struct {
 	PodMAC bool
 	// DefaultRoute marks the NIC that holds the pod's default route.
 	DefaultRoute bool
+	// DefaultRouteGWs are the networks annotation's "default-route"
+	// values: each must be a gateway of this NIC (checked once its
+	// addresses are allocated, facts.CheckAllocated).
+	DefaultRouteGWs []netip.Addr
 	// Pools is what spinneret.io/ippools asks of a kubernetes network.
 	Pools PoolChoice
 	// DeviceID is an sriov NIC's VF when the config (or, for eth0, the
@@ -178,7 +182,7 @@ func Resolve(in Input) (*Request, error) {
 	if m := string(in.Args.MAC); m != "" {
 		hw, err := net.ParseMAC(m)
 		if err != nil || len(hw) != 6 || hw[0]&1 == 1 {
-			return nil, fmt.Errorf("%w: CNI_ARGS MAC: %q is not a unicast MAC address", ErrCapability, m)
+			return nil, fmt.Errorf("%w: CNI_ARGS MAC: %s is not a unicast MAC address", ErrCapability, conf.Excerpt(m))
 		}
 		eth0.MAC, eth0.PodMAC = hw.String(), true
 	}
@@ -193,8 +197,11 @@ func Resolve(in Input) (*Request, error) {
 	defaultNIC := -1
 	for i, sel := range sels {
 		field := fmt.Sprintf("%s[%d]", AnnotNetworks, i)
-		if sel.Namespace != "" && podNS != "" && sel.Namespace != podNS {
-			return nil, fmt.Errorf("%s: network %s/%s is not in the pod's namespace %s", field, sel.Namespace, sel.Name, podNS)
+		if sel.Namespace != "" && podNS == "" {
+			return nil, fmt.Errorf("%s: network %s names a namespace, and the runtime gave no K8S_POD_NAMESPACE to check it against", field, conf.Excerpt(sel.Namespace+"/"+sel.Name))
+		}
+		if sel.Namespace != "" && sel.Namespace != podNS {
+			return nil, fmt.Errorf("%s: network %s is not in the pod's namespace %s", field, conf.Excerpt(sel.Namespace+"/"+sel.Name), podNS)
 		}
 		nw, ok := cfg.Lookup(sel.Name)
 		if !ok {
@@ -212,20 +219,23 @@ func Resolve(in Input) (*Request, error) {
 		if n.IfName == "" {
 			n.IfName = fmt.Sprintf("net%d", i+1)
 		}
-		if !conf.ValidIfName(n.IfName) {
-			return nil, fmt.Errorf("%s: interface %q is not a valid interface name", field, n.IfName)
+		if err := conf.PodIfNameError(n.IfName, false); err != nil {
+			return nil, fmt.Errorf("%s.interface: %w", field, err)
 		}
-		for _, s := range sel.IPs {
+		for j, s := range sel.IPs {
 			a, err := parseAddr(s)
 			if err != nil {
-				return nil, fmt.Errorf("%s.ips: %q is not an address", field, s)
+				return nil, fmt.Errorf("%s.ips[%d]: %s is not an address", field, j, conf.Excerpt(s))
+			}
+			if k := slices.IndexFunc(n.Static, func(b netip.Addr) bool { return b.Is4() == a.Is4() }); k >= 0 {
+				return nil, fmt.Errorf("%s.ips[%d]: %s: the NIC already has %s, and a NIC gets one address per family", field, j, a, n.Static[k])
 			}
 			n.Static = append(n.Static, a)
 		}
 		if sel.MAC != "" {
 			hw, err := net.ParseMAC(sel.MAC)
 			if err != nil || len(hw) != 6 || hw[0]&1 == 1 {
-				return nil, fmt.Errorf("%s.mac: %q is not a unicast MAC address", field, sel.MAC)
+				return nil, fmt.Errorf("%s.mac: %s is not a unicast MAC address", field, conf.Excerpt(sel.MAC))
 			}
 			n.MAC, n.PodMAC = hw.String(), true
 		}
@@ -234,6 +244,16 @@ func Resolve(in Input) (*Request, error) {
 				return nil, fmt.Errorf("%s.default-route: %s already has the default route", field, nics[defaultNIC].IfName)
 			}
 			defaultNIC = len(nics)
+			for j, s := range sel.DefaultRoute {
+				gw, err := netip.ParseAddr(s)
+				if err != nil {
+					return nil, fmt.Errorf("%s.default-route[%d]: %s is not an address", field, j, conf.Excerpt(s))
+				}
+				if slices.ContainsFunc(n.DefaultRouteGWs, func(b netip.Addr) bool { return b.Is4() == gw.Is4() }) {
+					return nil, fmt.Errorf("%s.default-route[%d]: a second %s gateway", field, j, family(gw))
+				}
+				n.DefaultRouteGWs = append(n.DefaultRouteGWs, gw)
+			}
 		}
 		nics = append(nics, n)
 	}
@@ -243,7 +263,7 @@ func Resolve(in Input) (*Request, error) {
 	for i := range nics {
 		for j := range i {
 			if nics[i].IfName == nics[j].IfName {
-				return nil, fmt.Errorf("%s: interface %s is used twice", AnnotNetworks, nics[i].IfName)
+				return nil, fmt.Errorf("%s: interface %q is used twice", AnnotNetworks, nics[i].IfName)
 			}
 		}
 		if err := mapMasters(in.Node, &nics[i].Network); err != nil {
@@ -263,12 +283,19 @@ func Resolve(in Input) (*Request, error) {
 	}
 	if defaultNIC < 0 && name != "" {
 		if defaultNIC = slices.IndexFunc(nics, func(n NIC) bool { return n.IfName == name }); defaultNIC < 0 {
-			return nil, fmt.Errorf("%s: %q is not one of the pod's NICs (%s)", field, name, ifnames(nics))
+			return nil, fmt.Errorf("%s: %s is not one of the pod's NICs (%s)", field, conf.Excerpt(name), ifnames(nics))
 		}
 	}
 	nics[max(defaultNIC, 0)].DefaultRoute = true
 	req.NICs = nics
 	return req, nil
+}
+
+func family(a netip.Addr) string {
+	if a.Is4() {
+		return "IPv4"
+	}
+	return "IPv6"
 }
 
 // nadNetwork is the network a NetworkAttachmentDefinition of the pod's own
@@ -279,7 +306,7 @@ func nadNetwork(in Input, podNS, name string) (*conf.Network, error) {
 	for _, n := range in.Config.Networks {
 		known = append(known, n.Name)
 	}
-	notDefined := fmt.Errorf("network %q is not defined (networks: %s)", name, strings.Join(known, ", "))
+	notDefined := fmt.Errorf("network %s is not defined (networks: %s)", conf.Excerpt(name), strings.Join(known, ", "))
 	if in.NADs == nil || podNS == "" {
 		return nil, notDefined
 	}
@@ -351,7 +378,7 @@ func parseNetworks(s string) ([]selection, error) {
 		}
 		sel.Name = name
 		if sel.Name == "" || strings.ContainsAny(sel.Name, "/@ ") || (hasIf && sel.Interface == "") || (strings.Contains(item, "/") && sel.Namespace == "") {
-			return nil, fmt.Errorf("%s: entry %d %q is not name, namespace/name or name@interface", AnnotNetworks, i, item)
+			return nil, fmt.Errorf("%s: entry %d %s is not name, namespace/name or name@interface", AnnotNetworks, i, conf.Excerpt(item))
 		}
 		out = append(out, sel)
 	}
@@ -389,7 +416,7 @@ func applyIPPools(nics []NIC, s string) error {
 		field := fmt.Sprintf("%s[%d]", AnnotIPPools, i)
 		k := slices.IndexFunc(nics, func(n NIC) bool { return n.IfName == e.Interface })
 		if k < 0 {
-			return fmt.Errorf("%s.interface: %q is not one of the pod's NICs (%s)", field, e.Interface, ifnames(nics))
+			return fmt.Errorf("%s.interface: %s is not one of the pod's NICs (%s)", field, conf.Excerpt(e.Interface), ifnames(nics))
 		}
 		if len(e.IPv4)+len(e.IPv6) == 0 {
 			return fmt.Errorf("%s: names no pool", field)
@@ -407,7 +434,7 @@ func applyIPPools(nics []NIC, s string) error {
 			for j, name := range fam.names {
 				pi := slices.IndexFunc(nics[k].Network.Pools, func(p conf.Pool) bool { return p.Name == name })
 				if pi < 0 {
-					return fmt.Errorf("%s.%s[%d]: pool %q is not a pool of network %s", field, fam.key, j, name, nics[k].Network.Name)
+					return fmt.Errorf("%s.%s[%d]: pool %s is not a pool of network %s", field, fam.key, j, conf.Excerpt(name), nics[k].Network.Name)
 				}
 				if nics[k].Network.Pools[pi].Is4() != fam.v4 {
 					return fmt.Errorf("%s.%s[%d]: pool %q is not an %s pool", field, fam.key, j, name, fam.key)
@@ -434,11 +461,11 @@ func parseRoutes(s string) ([]Route, error) {
 		field := fmt.Sprintf("%s[%d]", AnnotRoutes, i)
 		dst, err := netip.ParsePrefix(e.Dst)
 		if err != nil {
-			return nil, fmt.Errorf("%s.dst: %q is not a CIDR", field, e.Dst)
+			return nil, fmt.Errorf("%s.dst: %s is not a CIDR", field, conf.Excerpt(e.Dst))
 		}
 		gw, err := netip.ParseAddr(e.GW)
 		if err != nil || gw.Is4() != dst.Addr().Is4() {
-			return nil, fmt.Errorf("%s.gw: %q is not an address of the destination's family", field, e.GW)
+			return nil, fmt.Errorf("%s.gw: %s is not an address of the destination's family", field, conf.Excerpt(e.GW))
 		}
 		out = append(out, Route{Field: field, Dst: dst.Masked(), GW: gw})
 	}

@@ -394,6 +394,21 @@ func TestNADDelegatedIPAM(t *testing.T) {
 	if h := held(); len(h) != 0 {
 		t.Fatalf("host-local still holds %v after DEL", h)
 	}
+	// the networks annotation's ips reach host-local as CNI's ips
+	// capability (runtimeConfig.ips), and are honoured
+	createPod(t, a, ns, "static", map[string]string{"k8s.v1.cni.cncf.io/networks": `[{"name":"macvlan-conf","ips":["198.51.100.86"]}]`})
+	rtStatic := rtConf("c3", p)
+	rtStatic.Args = [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", ns}, {"K8S_POD_NAME", "static"}}
+	r = e.mustAdd(l, rtStatic)
+	if got := nicAddr(t, r, "net1", true).String(); got != "198.51.100.86" || fmt.Sprint(held()) != "[198.51.100.86]" {
+		t.Fatalf("net1 %s with ips 198.51.100.86, host-local holds %v", got, held())
+	}
+	e.mustDel(l, rtStatic)
+	e.sameAs(before, p)
+	if h := held(); len(h) != 0 {
+		t.Fatalf("host-local still holds %v after DEL", h)
+	}
+
 	// a failed ADD (its first plan step fails, after host-local ran) gives
 	// the address back to host-local
 	t.Setenv("SPINNERET_TEST_FAIL_STEP", "0")

@@ -219,6 +219,30 @@ func TestDefaultRouteNIC(t *testing.T) {
 	}
 }
 
+// TestRefusedAfterRequest: what the request stage cannot judge alone (the
+// NIC's pools and gateways are known only once its network's IPAM is) is
+// refused with 104 and rolled back, never dropped: a default-route value
+// that is not a gateway of its NIC, a static address of a family the
+// network has no pool for.
+func TestRefusedAfterRequest(t *testing.T) {
+	for _, c := range []struct{ name, networks, msg string }{
+		{"default-route not the NIC's gateway", `[{"name":"blue","default-route":["198.51.100.9"]}]`,
+			"net1: default-route 198.51.100.9 is not a gateway of the NIC (its gateways: 198.51.100.1)"},
+		{"static of a family without a pool", `[{"name":"blue","ips":["198.51.100.42","2001:db8:0:2::42"]}]`,
+			"net1: static address 2001:db8:0:2::42: the network has no IPv6 pool"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			e := multiEnv(t)
+			l := e.multiConf(v4, "")
+			p, _ := e.topo.NewPod()
+			before := e.snapshot(p)
+			_, err := e.add(l, podRT("c1", p, map[string]string{request.AnnotNetworks: c.networks}))
+			wantErr(t, err, cni.ErrBadRequest, c.msg)
+			e.sameAs(before, p)
+		})
+	}
+}
+
 // TestAnnotationPoolsRoutesStatic: spinneret.io/ippools picks the pool of a
 // NIC, spinneret.io/routes adds a route on the NIC whose subnet holds its
 // gateway, and the networks annotation's ips and mac are honoured.
