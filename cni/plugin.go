@@ -22,6 +22,9 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+	"unicode/utf8"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
@@ -40,8 +43,79 @@ import (
 
 // Main runs the plugin for the CNI_COMMAND in the environment.
 func Main(about string) {
-	skel.PluginMainFuncs(skel.CNIFuncs{Add: cmdAdd, Del: cmdDel, Check: cmdCheck, GC: cmdGC, Status: cmdStatus},
+	if c := os.Getenv("CNI_COMMAND"); c != "" && c != "VERSION" {
+		if err := boundStdin(); err != nil {
+			types.NewError(types.ErrInvalidNetworkConfig, err.Error(), "").Print()
+			os.Exit(1)
+		}
+	}
+	skel.PluginMainFuncs(skel.CNIFuncs{Add: bounded(cmdAdd), Del: bounded(cmdDel), Check: bounded(cmdCheck), GC: bounded(cmdGC), Status: bounded(cmdStatus)},
 		version.PluginSupports(conf.SupportedVersions...), about)
+}
+
+// MaxConfigBytes bounds the config spinneret reads from stdin; a larger
+// one is refused before it is parsed (a catalogue of 200 networks with
+// their pools is ~100 KiB).
+const MaxConfigBytes = 1 << 20
+
+// MaxErrorBytes bounds an error's message and details as printed to the
+// runtime and logged: user values in errors are excerpts already
+// (conf.Excerpt), this bounds the sum of them.
+const MaxErrorBytes = 4 << 10
+
+// boundStdin reads at most MaxConfigBytes of stdin and gives skel, which
+// reads all of stdin, a file with exactly that (an in-memory one).
+func boundStdin() error {
+	data, err := io.ReadAll(io.LimitReader(os.Stdin, MaxConfigBytes+1))
+	if err != nil {
+		return fmt.Errorf("stdin: %w", err)
+	}
+	if len(data) > MaxConfigBytes {
+		return fmt.Errorf("stdin: the config is larger than %d bytes", MaxConfigBytes)
+	}
+	fd, err := unix.MemfdCreate("cni-config", unix.MFD_CLOEXEC)
+	if err != nil {
+		return fmt.Errorf("stdin: %w", err)
+	}
+	f := os.NewFile(uintptr(fd), "stdin")
+	if _, err := f.Write(data); err != nil {
+		return fmt.Errorf("stdin: %w", err)
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return fmt.Errorf("stdin: %w", err)
+	}
+	os.Stdin = f
+	return nil
+}
+
+// bounded cuts the error a verb returns to MaxErrorBytes.
+func bounded(fn func(*skel.CmdArgs) error) func(*skel.CmdArgs) error {
+	return func(args *skel.CmdArgs) error { return boundError(fn(args)) }
+}
+
+func boundError(err error) error {
+	if err == nil {
+		return nil
+	}
+	var te *types.Error
+	if !errors.As(err, &te) {
+		te = types.NewError(types.ErrInternal, err.Error(), "")
+	}
+	if len(te.Msg) <= MaxErrorBytes && len(te.Details) <= MaxErrorBytes {
+		return err
+	}
+	return types.NewError(te.Code, cut(te.Msg, MaxErrorBytes), cut(te.Details, MaxErrorBytes))
+}
+
+// cut is s cut to at most n bytes at a rune boundary, marked when cut.
+func cut(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + fmt.Sprintf("... (%d bytes cut)", len(s)-n)
 }
 
 // plugin is one invocation: validated config, node conf, logger, store.
@@ -219,7 +293,7 @@ func (p *plugin) done(verb string, args *skel.CmdArgs, start time.Time, err erro
 		"ms", float64(time.Since(start).Microseconds()) / 1000}
 	attrs = append(attrs, p.phases...)
 	if err != nil {
-		p.log.Error("failed", append(attrs, "err", err)...)
+		p.log.Error("failed", append(attrs, "err", cut(err.Error(), MaxErrorBytes))...)
 	} else {
 		p.log.Info("ok", attrs...)
 	}

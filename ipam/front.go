@@ -176,7 +176,7 @@ func staticsHonoured(n Need) error {
 			if a.Is4() {
 				fam = "IPv4"
 			}
-			return fmt.Errorf("ipam: %s: static address %s: the network has no %s pool (%s): %w", n.IfName, a, fam, PoolNames(n.Pools), ErrStaticOutside)
+			return fmt.Errorf("ipam: %s: static address %s: the network has no %s pool (%s): %w", n.IfName, a, fam, strings.Join(PoolNames(n.Pools), ", "), ErrStaticOutside)
 		}
 	}
 	return nil

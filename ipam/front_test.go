@@ -3,6 +3,7 @@ package ipam
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -199,6 +200,64 @@ func TestFrontRecordsBeforeAllocating(t *testing.T) {
 		}
 		if kube.allocated || calls(log) != "" {
 			t.Fatalf("%s: a backend ran without its ledger entry (kube %v, plugin %q)", need.IfName, kube.allocated, calls(log))
+		}
+	}
+}
+
+// TestFrontStatics: a static address is honoured or refused, never
+// dropped. One of a family the NIC's pools lack is refused before any
+// backend runs; a delegated plugin is asked for it as CNI's ips capability
+// (runtimeConfig.ips), and a result without it is refused with
+// ErrStaticRefused, the plugin's run in the ledger for the rollback.
+func TestFrontStatics(t *testing.T) {
+	dir := t.TempDir()
+	bin, log := fakePlugin(t, dir, "10.7.0.5/24")
+	// the plugin's config as it was run: written by the fake on ADD
+	script, _ := os.ReadFile(filepath.Join(bin, "fake-ipam"))
+	os.WriteFile(filepath.Join(bin, "fake-ipam"), []byte(strings.Replace(string(script), "#!/bin/sh\n", "#!/bin/sh\ncat > "+filepath.Join(dir, "stdin")+"\n", 1)), 0o755)
+	newFront := func() *Front {
+		j := txn.NewJournal(dir, "n", "c1", "eth0", "", 0)
+		return &Front{Journal: j, Owner: Owner{ContainerID: "c1", IfName: "eth0", Network: "n"}, Local: NewLocal(dir), Path: bin}
+	}
+	v4 := pool(t, "l4", "192.0.2.0/24", "192.0.2.10", "192.0.2.20")
+	f := newFront()
+	_, err := f.Allocate([]Need{
+		{Request: Request{IfName: "net1", Pools: []conf.Pool{v4}, Static: []netip.Addr{netip.MustParseAddr("192.0.2.15"), netip.MustParseAddr("2001:db8::15")}}},
+		{Request: Request{IfName: "net2"}, Delegate: &conf.DelegateIPAM{Type: "fake-ipam", Conf: json.RawMessage(`{"cniVersion":"1.0.0","name":"d"}`)}},
+	})
+	if !errors.Is(err, ErrStaticOutside) || !strings.Contains(err.Error(), "net1: static address 2001:db8::15: the network has no IPv6 pool (l4)") {
+		t.Fatalf("Allocate: %v", err)
+	}
+	if c, _ := f.Local.Claims(); len(c) != 0 || calls(log) != "" || len(f.Journal.Ledger()) != 0 {
+		t.Fatalf("refused statics took something: claims %v, plugin calls %q, ledger %v", c, calls(log), f.Journal.Ledger())
+	}
+
+	for _, c := range []struct {
+		static string
+		err    bool
+	}{{"10.7.0.5", false}, {"10.7.0.9", true}} {
+		f := newFront()
+		got, err := f.Allocate([]Need{{Request: Request{IfName: "net2", Static: []netip.Addr{netip.MustParseAddr(c.static)}},
+			Delegate: &conf.DelegateIPAM{Type: "fake-ipam", Conf: json.RawMessage(`{"cniVersion":"1.0.0","name":"d","runtimeConfig":{"other":1}}`)}}})
+		var stdin struct {
+			RuntimeConfig map[string]any `json:"runtimeConfig"`
+		}
+		b, _ := os.ReadFile(filepath.Join(dir, "stdin"))
+		json.Unmarshal(b, &stdin)
+		if ips := stdin.RuntimeConfig["ips"]; fmt.Sprint(ips) != "["+c.static+"]" || stdin.RuntimeConfig["other"] == nil {
+			t.Fatalf("static %s: the plugin was run with runtimeConfig %v, want ips and the config's own", c.static, stdin.RuntimeConfig)
+		}
+		if !c.err {
+			if err != nil || got.Delegated["net2"] == nil {
+				t.Fatalf("static %s the plugin gave: %v", c.static, err)
+			}
+			continue
+		}
+		if !errors.Is(err, ErrStaticRefused) || !strings.Contains(err.Error(), "IPAM plugin fake-ipam did not honour it (gave 10.7.0.5/24") {
+			t.Fatalf("static %s the plugin ignored: %v", c.static, err)
+		}
+		if l := f.Journal.Ledger(); len(l) != 1 {
+			t.Fatalf("the plugin's run is not in the ledger for the rollback: %v", l)
 		}
 	}
 }

@@ -164,6 +164,12 @@ type routeEntry struct {
 	GW  string `json:"gw"`
 }
 
+// MaxAnnotationBytes bounds each annotation spinneret reads (the API
+// server bounds a pod's annotations to 256 KiB together; a runtime passing
+// them as a capability need not): a networks annotation for maxNICs NICs
+// with their statics and MACs is a few KiB.
+const MaxAnnotationBytes = 64 << 10
+
 // ErrCapability marks an error in what the runtime passed (CNI_ARGS' MAC),
 // not in the pod's annotations.
 var ErrCapability = errors.New("invalid runtime argument")
@@ -172,6 +178,11 @@ var ErrCapability = errors.New("invalid runtime argument")
 // then every network the annotations select, in order.
 func Resolve(in Input) (*Request, error) {
 	cfg, ann := in.Config, in.Annotations
+	for _, k := range []string{AnnotNetworks, AnnotDefaultRouteNIC, AnnotIPPools, AnnotRoutes} {
+		if n := len(ann[k]); n > MaxAnnotationBytes {
+			return nil, fmt.Errorf("%s: %d bytes, at most %d", k, n, MaxAnnotationBytes)
+		}
+	}
 	req := &Request{Pod: in.Args.Pod()}
 	podNS := string(in.Args.K8S_POD_NAMESPACE)
 	primary := cfg.Network

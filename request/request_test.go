@@ -3,6 +3,7 @@ package request
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -197,5 +198,22 @@ func TestParseArgs(t *testing.T) {
 	}
 	if _, err := ParseArgs("K8S_POD_NAME"); err == nil {
 		t.Fatal("a pair without = parsed")
+	}
+}
+
+// TestAnnotationBound: an annotation spinneret reads is refused above
+// MaxAnnotationBytes, naming it and its size, before it is parsed.
+func TestAnnotationBound(t *testing.T) {
+	cfg, node := setup(t, "masters: {logical-green: uplink2}\n")
+	for _, k := range []string{AnnotNetworks, AnnotDefaultRouteNIC, AnnotIPPools, AnnotRoutes} {
+		big := strings.Repeat(" ", MaxAnnotationBytes) + "x"
+		_, err := Resolve(input(cfg, node, map[string]string{k: big}))
+		if want := fmt.Sprintf("%s: %d bytes, at most %d", k, len(big), MaxAnnotationBytes); err == nil || err.Error() != want {
+			t.Errorf("%s: %v, want %q", k, err, want)
+		}
+	}
+	// at the bound, parsed as usual (blank: no networks)
+	if _, err := Resolve(input(cfg, node, map[string]string{AnnotNetworks: strings.Repeat(" ", MaxAnnotationBytes)})); err != nil {
+		t.Errorf("an annotation of exactly %d bytes: %v", MaxAnnotationBytes, err)
 	}
 }

@@ -166,6 +166,32 @@ func TestAddErrors(t *testing.T) {
 	}
 }
 
+// TestBoundedInput: a config larger than 1 MiB is refused before it is
+// parsed; an error never echoes unbounded input (a 200 KiB value comes
+// back cut, to the runtime and in the log); a reserved CNI_IFNAME is the
+// runtime's mistake (code 4), found before anything is allocated.
+func TestBoundedInput(t *testing.T) {
+	e := newEnv(t)
+	p, _ := e.topo.NewPod()
+	before := e.snapshot(p)
+	_, err := e.add(e.confList("1.0.0", dual, `"pad":"`+strings.Repeat("x", 1<<20)+`"`), rtConf("c1", p))
+	wantErr(t, err, types.ErrInvalidNetworkConfig, "stdin: the config is larger than 1048576 bytes")
+	long := strings.Repeat("y", 200<<10)
+	_, err = e.add(e.confList("1.0.0", dual, `"colour":"`+long+`"`), rtConf("c1", p))
+	wantErr(t, err, types.ErrInvalidNetworkConfig, "colour: unknown field")
+	if n := len(err.Error()); n > 5000 {
+		t.Errorf("the error echoes %d bytes of input", n)
+	}
+	rt := rtConf("c1", p)
+	rt.IfName = "lo"
+	_, err = e.add(e.confList("1.0.0", dual, ""), rt)
+	wantErr(t, err, types.ErrInvalidEnvironmentVariables, `CNI_IFNAME: "lo" is reserved`)
+	e.sameAs(before, p)
+	if log, _ := os.ReadFile(filepath.Join(e.dir, "spinneret.log")); strings.Contains(string(log), strings.Repeat("y", 5000)) || !strings.Contains(string(log), `CNI_IFNAME: \"lo\" is reserved`) {
+		t.Error("the plugin's log echoes the whole value, or has no line for the failure")
+	}
+}
+
 // TestAddRefusesNodeNetns: CNI_NETNS naming the plugin's own namespace
 // (the node's), PID 1's, or something that is no network namespace is
 // refused with code 8 before anything is allocated or created. PID 1's is
