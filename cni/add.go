@@ -116,6 +116,12 @@ func requestError(err error) error {
 	if errors.Is(err, request.ErrCapability) {
 		return types.NewError(types.ErrInvalidEnvironmentVariables, err.Error(), "")
 	}
+	if c, ok := apiCode(err); ok {
+		return types.NewError(c, err.Error(), "") // not the pod's doing
+	}
+	if errors.Is(err, kube.ErrUnreachable) {
+		return types.NewError(types.ErrTryAgainLater, err.Error(), "")
+	}
 	return types.NewError(ErrBadRequest, err.Error(), "")
 }
 

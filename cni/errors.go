@@ -20,7 +20,29 @@ const (
 	ErrBadRequest         uint = 104 // the pod's annotations (or CNI_ARGS) ask for something invalid
 	ErrIPConflict         uint = 105 // another host answers for the pod's address; it is quarantined
 	ErrGatewayUnreachable uint = 106 // a gateway did not answer ARP/NDP probes
+	ErrAPIUnauthorized    uint = 107 // the API server refused the node's credentials (401): its kubeconfig
+	ErrAPIForbidden       uint = 108 // the API server forbade the request (403): the node's RBAC
 )
+
+// apiCode is the code of an API server's answer that is not the pod's
+// doing: its credentials refused or forbidden, or the server throttling
+// (429) or failing (5xx), which a retry may mend (11). A 404 or 409 is
+// decided where it is met.
+func apiCode(err error) (uint, bool) {
+	var se *kube.StatusError
+	if !errors.As(err, &se) {
+		return 0, false
+	}
+	switch {
+	case se.Code == 401:
+		return ErrAPIUnauthorized, true
+	case se.Code == 403:
+		return ErrAPIForbidden, true
+	case se.Code == 429, se.Code >= 500:
+		return types.ErrTryAgainLater, true
+	}
+	return 0, false
+}
 
 // codedError is a failure whose code is decided where it happened.
 type codedError struct {
@@ -49,6 +71,9 @@ func errorCode(err error) uint {
 		return coded.code
 	case errors.As(err, &refused):
 		return ErrBadRequest
+	case isAPI(err):
+		c, _ := apiCode(err)
+		return c
 	case errors.As(err, &step), errors.As(err, &plugin):
 		return ErrStepFailed
 	case errors.As(err, &te):
@@ -62,3 +87,5 @@ func errorCode(err error) uint {
 	}
 	return types.ErrIOFailure
 }
+
+func isAPI(err error) bool { _, ok := apiCode(err); return ok }

@@ -355,7 +355,7 @@ func TestNADs(t *testing.T) {
 	wantErr(t, err, cni.ErrBadRequest, "NetworkAttachmentDefinition spin/bridge-nad: no macvlan, ipvlan or sriov entry")
 	createPod(t, a, ns, "other", map[string]string{"k8s.v1.cni.cncf.io/networks": "kube-system/storage-nad"})
 	_, err = e.add(l, rt("other"))
-	wantErr(t, err, cni.ErrBadRequest, "network kube-system/storage-nad is not in the pod's namespace spin")
+	wantErr(t, err, cni.ErrBadRequest, `network "kube-system/storage-nad" is not in the pod's namespace spin`)
 	createPod(t, a, ns, "nope", map[string]string{"k8s.v1.cni.cncf.io/networks": "missing-nad"})
 	_, err = e.add(l, rt("nope"))
 	wantErr(t, err, cni.ErrBadRequest, "nor is a NetworkAttachmentDefinition spin/missing-nad")

@@ -19,6 +19,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -164,9 +165,17 @@ func dataOrFile(data, file string) ([]byte, error) {
 type StatusError struct {
 	Code    int
 	Message string
+	// RetryAfter is the answer's Retry-After (429, 503), 0 if none.
+	RetryAfter time.Duration
 }
 
-func (e *StatusError) Error() string { return fmt.Sprintf("API server: %d %s", e.Code, e.Message) }
+func (e *StatusError) Error() string {
+	msg := fmt.Sprintf("API server: %d %s", e.Code, e.Message)
+	if e.RetryAfter > 0 {
+		msg += fmt.Sprintf(" (retry after %s)", e.RetryAfter)
+	}
+	return msg
+}
 
 // ErrUnreachable wraps failures to reach the API server (down, timeout).
 var ErrUnreachable = errors.New("API server unreachable")
@@ -217,7 +226,11 @@ func (c *Client) do(ctx context.Context, method, path, contentType string, body,
 	if resp.StatusCode/100 != 2 {
 		var st struct{ Message string }
 		json.Unmarshal(b, &st)
-		return &StatusError{Code: resp.StatusCode, Message: st.Message}
+		se := &StatusError{Code: resp.StatusCode, Message: st.Message}
+		if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && s > 0 {
+			se.RetryAfter = time.Duration(s) * time.Second
+		}
+		return se
 	}
 	if out == nil {
 		return nil

@@ -29,6 +29,9 @@ import (
 type APIServer struct {
 	URL        string // https://127.0.0.1:<port>
 	Token      string
+	// NobodyToken authenticates a user with no role at all: every
+	// request it makes is forbidden (403).
+	NobodyToken string
 	Kubeconfig string
 	dir        string
 	procs      []*exec.Cmd
@@ -98,7 +101,9 @@ func StartAPIServer(dir, apiserverBin string, in InNS) (a *APIServer, err error)
 	var tok [16]byte
 	rand.Read(tok[:])
 	a.Token = hex.EncodeToString(tok[:])
-	if err = os.WriteFile(filepath.Join(pki, "tokens.csv"), []byte(a.Token+",test-admin,test-admin,\"system:masters\"\n"), 0o600); err != nil {
+	rand.Read(tok[:])
+	a.NobodyToken = hex.EncodeToString(tok[:])
+	if err = os.WriteFile(filepath.Join(pki, "tokens.csv"), []byte(a.Token+",test-admin,test-admin,\"system:masters\"\n"+a.NobodyToken+",nobody,nobody\n"), 0o600); err != nil {
 		return
 	}
 	etcdURL := "http://127.0.0.1:" + strconv.Itoa(client)

@@ -1,0 +1,164 @@
+package tests
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/spinneret-cni/spinneret/cni"
+)
+
+// faultProxy is a TLS proxy in front of the real API server, on the
+// node's loopback (where the plugin runs): it forwards each request as
+// the plugin sent it (its own token), except those its rule matches,
+// which it answers with the rule's status (and Retry-After) or holds for
+// the rule's delay first.
+type faultProxy struct {
+	srv  *httptest.Server
+	mu   sync.Mutex
+	rule faultRule
+	hits int
+}
+
+type faultRule struct {
+	method, path string // path: a substring of the request's path
+	code         int
+	retryAfter   string
+	delay        time.Duration
+}
+
+func newFaultProxy(t *testing.T, k *kubeEnv) *faultProxy {
+	t.Helper()
+	f := &faultProxy{}
+	client := k.a.Client()
+	f.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		f.mu.Lock()
+		rule := f.rule
+		match := rule.method != "" && r.Method == rule.method && strings.Contains(r.URL.Path, rule.path)
+		if match {
+			f.hits++
+		}
+		f.mu.Unlock()
+		if match && rule.delay > 0 {
+			select {
+			case <-time.After(rule.delay):
+			case <-r.Context().Done():
+				return
+			}
+		}
+		if match && rule.code != 0 {
+			if rule.retryAfter != "" {
+				w.Header().Set("Retry-After", rule.retryAfter)
+			}
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(rule.code)
+			fmt.Fprintf(w, `{"kind":"Status","apiVersion":"v1","status":"Failure","message":"injected %d","code":%d}`, rule.code, rule.code)
+			return
+		}
+		out, _ := http.NewRequestWithContext(r.Context(), r.Method, k.a.URL+r.URL.RequestURI(), r.Body)
+		out.Header = r.Header.Clone()
+		resp, err := client.Do(out)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		defer resp.Body.Close()
+		for h, v := range resp.Header {
+			w.Header()[h] = v
+		}
+		w.WriteHeader(resp.StatusCode)
+		io.Copy(w, resp.Body)
+	}))
+	err := k.topo.Node.Do(func() error {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		f.srv.Listener = ln
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.srv.StartTLS()
+	t.Cleanup(f.srv.Close)
+	return f
+}
+
+func (f *faultProxy) set(r faultRule) {
+	f.mu.Lock()
+	f.rule, f.hits = r, 0
+	f.mu.Unlock()
+}
+
+// TestKubeAPIAnswers: an API server answer that is not the pod's doing
+// gets a code that says what happened, not 104: credentials refused
+// (107), forbidden (108), throttled or failing (11, with the server's
+// Retry-After), or too slow (11). Each ADD fails within apiTimeout + 1 s
+// and leaves nothing: no link, no address in the local store, no
+// IPAllocation; the first ones before anything is allocated, the others
+// after eth0's addresses were taken (rolled back).
+func TestKubeAPIAnswers(t *testing.T) {
+	k := newKubeEnv(t)
+	k.pools()
+	l := k.kubeConf()
+	p, _ := k.topo.NewPod()
+	before := k.snapshot(p)
+	uid := k.pod("spin", "web", nil, nil, "")
+	proxy := newFaultProxy(t, k)
+	orig, err := os.ReadFile(k.a.Kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kubeconfig := func(server, token string) {
+		kc := strings.Replace(strings.Replace(string(orig), k.a.URL, server, 1), k.a.Token, token, 1)
+		if err := os.WriteFile(k.a.Kubeconfig, []byte(kc), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	defer os.WriteFile(k.a.Kubeconfig, orig, 0o600)
+	for _, c := range []struct {
+		name          string
+		server, token string
+		rule          faultRule
+		code          uint
+		msg           string
+	}{
+		{"token refused", k.a.URL, "0000", faultRule{}, cni.ErrAPIUnauthorized, "API server: 401"},
+		{"forbidden", k.a.URL, k.a.NobodyToken, faultRule{}, cni.ErrAPIForbidden, "API server: 403"},
+		{"throttled reading the pod", proxy.srv.URL, k.a.Token, faultRule{method: "GET", path: "/pods/web", code: 429, retryAfter: "7"}, 11, "API server: 429 injected 429 (retry after 7s)"},
+		{"failing reading the pod", proxy.srv.URL, k.a.Token, faultRule{method: "GET", path: "/pods/web", code: 500}, 11, "API server: 500 injected 500"},
+		{"unavailable creating an IPAllocation", proxy.srv.URL, k.a.Token, faultRule{method: "POST", path: "/ipallocations", code: 503, retryAfter: "3"}, 11, "API server: 503 injected 503 (retry after 3s)"},
+		{"throttled creating an IPAllocation", proxy.srv.URL, k.a.Token, faultRule{method: "POST", path: "/ipallocations", code: 429}, 11, "API server: 429 injected 429"},
+		{"slower than apiTimeout creating an IPAllocation", proxy.srv.URL, k.a.Token, faultRule{method: "POST", path: "/ipallocations", delay: 10 * time.Second}, 11, "API server unreachable"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			kubeconfig(c.server, c.token)
+			proxy.set(c.rule)
+			start := time.Now()
+			_, err := k.add(l, kubeRT("c1", p, "spin", "web", uid))
+			d := time.Since(start)
+			wantErr(t, err, c.code, c.msg)
+			if d > 3*time.Second {
+				t.Errorf("ADD took %s, want at most apiTimeout (2s) + 1s", d.Round(time.Millisecond))
+			}
+			if c.rule.method != "" && proxy.hits == 0 {
+				t.Fatalf("the fault was never hit")
+			}
+			k.sameAs(before, p)
+			if al := k.allocations(); len(al) != 0 {
+				t.Fatalf("IPAllocations left: %s", allocSummary(al))
+			}
+		})
+	}
+	// and with the API server answering again, the pod gets its addresses
+	kubeconfig(proxy.srv.URL, k.a.Token)
+	proxy.set(faultRule{})
+	k.mustAdd(l, kubeRT("c1", p, "spin", "web", uid))
+	k.mustDel(l, kubeRT("c1", p, "spin", "web", uid))
+	k.sameAs(before, p)
+}
