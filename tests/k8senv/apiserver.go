@@ -27,15 +27,15 @@ import (
 // test and stopped by PID. Authentication is a static token in
 // system:masters; the serving certificate is self-signed.
 type APIServer struct {
-	URL        string // https://127.0.0.1:<port>
-	Token      string
+	URL   string // https://127.0.0.1:<port>
+	Token string
 	// NobodyToken authenticates a user with no role at all: every
 	// request it makes is forbidden (403).
 	NobodyToken string
-	Kubeconfig string
-	dir        string
-	procs      []*exec.Cmd
-	in         InNS
+	Kubeconfig  string
+	dir         string
+	procs       []*exec.Cmd
+	in          InNS
 	// apiserver is how kube-apiserver was started (for Restart)
 	apiserver []string
 }
