@@ -93,6 +93,7 @@ func TestBadRequestsAllocateNothing(t *testing.T) {
 			if ann == nil {
 				ann = map[string]string{}
 			}
+			stdin["capabilities"] = map[string]bool{conf.PodAnnotationsCapability: true}
 			stdin["runtimeConfig"] = map[string]any{conf.PodAnnotationsCapability: ann}
 			raw, _ := json.Marshal(stdin)
 			p, err := load(raw)

@@ -202,8 +202,13 @@ func newLogger(n *conf.Node) (*slog.Logger, func()) {
 	var w io.Writer = os.Stderr
 	closeFn := func() {}
 	if n.LogFile != "" {
-		if err := os.MkdirAll(filepath.Dir(n.LogFile), 0o755); err == nil {
-			if f, err := os.OpenFile(n.LogFile, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644); err == nil {
+		// the log names pods, addresses and errors with the pods' own
+		// text: root's alone (a log file made 0644 before is narrowed)
+		if err := os.MkdirAll(filepath.Dir(n.LogFile), 0o700); err == nil {
+			if f, err := os.OpenFile(n.LogFile, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600); err == nil {
+				if fi, err := f.Stat(); err == nil && fi.Mode().Perm()&0o077 != 0 {
+					f.Chmod(0o600)
+				}
 				w, closeFn = f, func() { f.Close() }
 			}
 		}

@@ -21,7 +21,7 @@ func cmdStatus(args *skel.CmdArgs) error {
 		return err
 	}
 	defer p.close()
-	if err := os.MkdirAll(p.node.StateDir, 0o755); err != nil {
+	if err := os.MkdirAll(p.node.StateDir, 0o700); err != nil {
 		return types.NewError(types.ErrPluginNotAvailable, fmt.Sprintf("state dir %s: %v", p.node.StateDir, err), "")
 	}
 	f, err := os.CreateTemp(p.node.StateDir, ".status-*")

@@ -140,8 +140,10 @@ func (c Coordinator) merge(path string, r *rawCoordinator) (Coordinator, error) 
 		c.PodRPFilter = *r.PodRPFilter
 	}
 	if r.TxQueueLen != nil {
-		if *r.TxQueueLen < 0 {
-			return c, fmt.Errorf("%s: %d is negative", f("txQueueLen"), *r.TxQueueLen)
+		// the kernel's is a u32 (netlink would wrap a larger int); a
+		// million packets is far beyond any NIC's ring
+		if v := *r.TxQueueLen; v < 0 || v > MaxTxQueueLen {
+			return c, fmt.Errorf("%s: %d is out of range (0-%d)", f("txQueueLen"), v, MaxTxQueueLen)
 		}
 		c.TxQueueLen = *r.TxQueueLen
 	}
@@ -198,6 +200,9 @@ func (c Coordinator) merge(path string, r *rawCoordinator) (Coordinator, error) 
 	}
 	return c, nil
 }
+
+// MaxTxQueueLen bounds txQueueLen.
+const MaxTxQueueLen = 1_000_000
 
 // parseCIDROrAddr accepts a CIDR or a bare address (as /32 or /128).
 func parseCIDROrAddr(s string) (netip.Prefix, error) {

@@ -122,7 +122,7 @@ func (c *Config) NADNetwork(namespace, name string, config []byte, resourceName 
 			return nil, fmt.Errorf("%s: ipam type %q is not a plugin name", field, t)
 		}
 		delegate = &DelegateIPAM{Type: t, Conf: mainConf}
-		rn.IPAM = &rawIPAM{Pools: []rawPool{{Name: "delegate", Subnet: "0.0.0.0/30"}}} // validated shape only; dropped below
+		rn.IPAM = &rawIPAM{Pools: []rawPool{{Name: "delegate", Subnet: "192.0.2.0/30"}}} // validated shape only; dropped below
 	} else {
 		rn.IPAM = &rawIPAM{Pools: main.IPAM.Pools, IPPools: main.IPAM.IPPools, Backend: main.IPAM.Backend}
 		for i := range rn.IPAM.Pools {

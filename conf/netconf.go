@@ -401,6 +401,17 @@ func (r *raw) validate() (*Config, error) {
 		}
 		c.NodeConfPath = r.NodeConf
 	}
+	// a runtime passes runtimeConfig only for declared capabilities
+	// (libcni does); one the config does not declare is not honoured
+	// silently, it is refused
+	for _, c := range []struct {
+		name string
+		set  bool
+	}{{"mac", r.RuntimeConfig.MAC != ""}, {"deviceID", r.RuntimeConfig.DeviceID != ""}, {PodAnnotationsCapability, r.RuntimeConfig.PodAnnotations != nil}} {
+		if c.set && !r.Capabilities[c.name] {
+			return nil, fmt.Errorf("runtimeConfig.%s: the %s capability is not declared in capabilities", c.name, c.name)
+		}
+	}
 	if r.RuntimeConfig.MAC != "" {
 		mac, err := parseMAC("runtimeConfig.mac", r.RuntimeConfig.MAC)
 		if err != nil {
@@ -701,6 +712,33 @@ func parseMAC(field, s string) (string, error) {
 	return hw.String(), nil
 }
 
+// specialPrefixes are address blocks no pod address may come from.
+var specialPrefixes = []struct {
+	p    netip.Prefix
+	what string
+}{
+	{netip.MustParsePrefix("0.0.0.0/8"), "this network"},
+	{netip.MustParsePrefix("127.0.0.0/8"), "loopback"},
+	{netip.MustParsePrefix("169.254.0.0/16"), "link-local"},
+	{netip.MustParsePrefix("224.0.0.0/4"), "multicast"},
+	{netip.MustParsePrefix("240.0.0.0/4"), "reserved, and the broadcast address"},
+	{netip.MustParsePrefix("::/128"), "the unspecified address"},
+	{netip.MustParsePrefix("::1/128"), "loopback"},
+	{netip.MustParsePrefix("::ffff:0:0/96"), "IPv4-mapped"},
+	{netip.MustParsePrefix("fe80::/10"), "link-local"},
+	{netip.MustParsePrefix("ff00::/8"), "multicast"},
+}
+
+// specialOverlap is the special block sub overlaps, if any.
+func specialOverlap(sub netip.Prefix) (netip.Prefix, string) {
+	for _, s := range specialPrefixes {
+		if s.p.Overlaps(sub) {
+			return s.p, s.what
+		}
+	}
+	return netip.Prefix{}, ""
+}
+
 func (rp *rawPool) validate(path string) (*Pool, error) {
 	p := &Pool{Name: rp.Name}
 	if !nameRE.MatchString(rp.Name) {
@@ -719,6 +757,9 @@ func (rp *rawPool) validate(path string) (*Pool, error) {
 	}
 	if sub.Bits() > maxBits {
 		return nil, fmt.Errorf("%s.subnet: %q is too small for pods", path, rp.Subnet)
+	}
+	if sp, what := specialOverlap(sub); what != "" {
+		return nil, fmt.Errorf("%s.subnet: %s overlaps %s (%s): no pod may have such an address", path, sub, sp, what)
 	}
 	p.Subnet = sub
 	addrIn := func(field, s string) (netip.Addr, error) {
