@@ -354,6 +354,7 @@ func TestNADWithoutName(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	c.NADAnySubnet = true
 	n, err := c.NADNetwork("spin", "macvlan-conf", []byte(`{"cniVersion":"0.3.0","type":"macvlan","master":"eth0","ipam":{"type":"host-local","subnet":"192.168.1.0/24"}}`), "")
 	if err != nil {
 		t.Fatal(err)
@@ -372,6 +373,7 @@ func TestNADNetwork(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	c.NADAnySubnet = true
 	n, err := c.NADNetwork("team-a", "storage", []byte(`{"cniVersion":"0.3.1","name":"storage","plugins":[
 		{"type":"macvlan","master":"eth2","mode":"private","mtu":1400,"somethingElse":true,
 		 "ipam":{"type":"spinneret","pools":[{"name":"v4","subnet":"10.7.0.0/16","gateway":"10.7.0.1"}]}},
@@ -474,7 +476,7 @@ func TestSriovNetworks(t *testing.T) {
 // TestNADSriov: an sriov-cni NAD is interpreted natively: its VF settings,
 // and its resourceName (the NAD's annotation) when it names no deviceID.
 func TestNADSriov(t *testing.T) {
-	c, err := Parse([]byte(`{"cniVersion":"1.1.0","name":"n","type":"spinneret","master":"eth1","ipam":{"pools":[{"name":"a","subnet":"10.0.0.0/24"}]}}`))
+	c, err := Parse([]byte(`{"cniVersion":"1.1.0","name":"n","type":"spinneret","master":"eth1","nadSubnets":["10.8.0.0/16"],"ipam":{"pools":[{"name":"a","subnet":"10.0.0.0/24"}]}}`))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -482,6 +484,96 @@ func TestNADSriov(t *testing.T) {
 		"max_tx_rate":1000,"link_state":"auto","ipam":{"type":"spinneret","pools":[{"name":"p","subnet":"10.8.0.0/24"}]}}`), "intel.com/intel_sriov_netdevice")
 	if err != nil || n.Driver != "sriov" || n.SRIOV.ResourceName != "intel.com/intel_sriov_netdevice" || n.VLAN != 10 || *n.SRIOV.SpoofChk || !*n.SRIOV.Trust || *n.SRIOV.MaxTxRate != 1000 {
 		t.Fatalf("%+v %+v %v", n, n.SRIOV, err)
+	}
+}
+
+// TestNADAddressSpace: a NAD may always use the catalogue's networks and
+// the admin's IPPools; address space of its own (inline pools, another
+// IPAM plugin) only inside the config's nadSubnets, or anywhere with
+// ["any"]; by default nowhere, and the refusal names the setting.
+func TestNADAddressSpace(t *testing.T) {
+	parse := func(subnets string) *Config {
+		t.Helper()
+		c, err := Parse([]byte(`{"cniVersion":"1.1.0","name":"n","type":"spinneret","master":"eth1","ipam":{"pools":[{"name":"a","subnet":"10.0.0.0/24"}]}` + subnets + `}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	nad := func(ipam string) []byte {
+		return []byte(`{"cniVersion":"0.3.1","type":"macvlan","master":"eth1","ipam":` + ipam + `}`)
+	}
+	inline := func(subnet string) []byte { return nad(`{"pools":[{"name":"p","subnet":"` + subnet + `"}]}`) }
+	hostLocal := nad(`{"type":"host-local","subnet":"10.7.0.0/24"}`)
+	for _, c := range []struct {
+		subnets string
+		nad     []byte
+		err     string
+		space   string
+	}{
+		{"", inline("10.7.0.0/24"), "ipam.pools[0].subnet: 10.7.0.0/24 is not inside the address space the cluster admin allows NADs (nadSubnets in the CNI config: none; list the subnets in nadSubnets, or [\"any\"]", ""},
+		{"", hostLocal, "ipam: IPAM plugin host-local hands out addresses of the NAD's own choosing; the cluster admin allows that only inside nadSubnets (CNI config), which lists none", ""},
+		{"", nad(`{"ippools":["admin-pool"]}`), "", ""},
+		{"", nad(`{"backend":"kubernetes"}`), "", ""},
+		{`,"nadSubnets":["10.7.0.0/16","fd00:7::/48"]`, inline("10.7.1.0/24"), "", ""},
+		{`,"nadSubnets":["10.7.0.0/16","fd00:7::/48"]`, inline("fd00:7:0:1::/64"), "", ""},
+		{`,"nadSubnets":["10.7.0.0/16"]`, inline("10.8.0.0/24"), "10.8.0.0/24 is not inside the address space the cluster admin allows NADs (nadSubnets in the CNI config: 10.7.0.0/16;", ""},
+		{`,"nadSubnets":["10.7.0.0/16"]`, inline("10.0.0.0/8"), "10.0.0.0/8 is not inside", ""},
+		{`,"nadSubnets":["10.7.0.0/16"]`, hostLocal, "", "[10.7.0.0/16]"},
+		{`,"nadSubnets":["any"]`, inline("10.8.0.0/24"), "", ""},
+		{`,"nadSubnets":["any"]`, hostLocal, "", "[]"},
+	} {
+		n, err := parse(c.subnets).NADNetwork("ns", "x", c.nad, "")
+		if c.err != "" {
+			if err == nil || !strings.Contains(err.Error(), c.err) {
+				t.Errorf("nadSubnets %s, NAD %s: %v, want %q", c.subnets, c.nad, err, c.err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("nadSubnets %s, NAD %s: %v", c.subnets, c.nad, err)
+			continue
+		}
+		if c.space != "" && fmt.Sprint(n.AddressSpace) != c.space {
+			t.Errorf("nadSubnets %s, NAD %s: address space %v, want %s", c.subnets, c.nad, n.AddressSpace, c.space)
+		}
+	}
+	for _, bad := range []struct{ v, want string }{
+		{`["any","10.0.0.0/8"]`, `nadSubnets[0]: "any" stands alone`},
+		{`["10.0.0.1/8"]`, `nadSubnets[0]: "10.0.0.1/8" is not a CIDR without host bits`},
+		{`["127.0.0.0/8"]`, `nadSubnets[0]: 127.0.0.0/8 overlaps 127.0.0.0/8 (loopback)`},
+	} {
+		if _, err := Parse([]byte(`{"cniVersion":"1.1.0","name":"n","type":"spinneret","master":"eth1","nadSubnets":` + bad.v + `,"ipam":{"pools":[{"name":"a","subnet":"10.0.0.0/24"}]}}`)); err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("nadSubnets %s: %v, want %q", bad.v, err, bad.want)
+		}
+	}
+}
+
+// TestNADLongName: a NAD's name may be as long as Kubernetes allows (253);
+// its pools' local names stay short and distinct.
+func TestNADLongName(t *testing.T) {
+	c, err := Parse([]byte(`{"cniVersion":"1.1.0","name":"n","type":"spinneret","master":"eth1","nadSubnets":["any"],"ipam":{"pools":[{"name":"a","subnet":"10.0.0.0/24"}]}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := []byte(`{"cniVersion":"0.3.1","type":"macvlan","master":"eth1","ipam":{"pools":[{"name":"p","subnet":"10.8.0.0/24"}]}}`)
+	long := strings.Repeat("a", 252)
+	var names []string
+	for _, name := range []string{long + "b", long + "c"} {
+		n, err := c.NADNetwork("team-a", name, cfg, "")
+		if err != nil {
+			t.Fatalf("NAD of %d characters: %v", len(name), err)
+		}
+		if n.Name != "team-a/"+name || len(n.Pools[0].Name) > 63+2 {
+			t.Fatalf("network %s, pool %s", n.Name, n.Pools[0].Name)
+		}
+		names = append(names, n.Pools[0].Name)
+	}
+	if names[0] == names[1] {
+		t.Fatalf("two long NAD names share pool %s", names[0])
+	}
+	if n, _ := c.NADNetwork("team-a", "storage", cfg, ""); n.Pools[0].Name != "team-a.storage.p" {
+		t.Fatalf("a short NAD's pool is %s, want team-a.storage.p (as before)", n.Pools[0].Name)
 	}
 }
 

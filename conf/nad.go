@@ -1,9 +1,13 @@
 package conf
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"regexp"
+	"slices"
 	"strings"
 
 	"github.com/spinneret-cni/spinneret/drivers/vocab"
@@ -103,7 +107,7 @@ func (c *Config) NADNetwork(namespace, name string, config []byte, resourceName 
 	if main.IPAM == nil || main.IPAM.Type == "" && len(main.IPAM.Pools) == 0 && len(main.IPAM.IPPools) == 0 && main.IPAM.Backend == "" {
 		return nil, fmt.Errorf("%s: no ipam", field)
 	}
-	rn := rawNetwork{Name: strings.ToLower(namespace + "." + name)}
+	rn := rawNetwork{Name: nadKey(namespace, name)}
 	rn.Master, rn.Mode, rn.MTU, rn.MAC = main.Master, main.Mode, main.MTU, main.MAC
 	switch main.Type {
 	case vocab.Ipvlan:
@@ -125,9 +129,6 @@ func (c *Config) NADNetwork(namespace, name string, config []byte, resourceName 
 		rn.IPAM = &rawIPAM{Pools: []rawPool{{Name: "delegate", Subnet: "192.0.2.0/30"}}} // validated shape only; dropped below
 	} else {
 		rn.IPAM = &rawIPAM{Pools: main.IPAM.Pools, IPPools: main.IPAM.IPPools, Backend: main.IPAM.Backend}
-		for i := range rn.IPAM.Pools {
-			rn.IPAM.Pools[i].Name = rn.Name + "." + rn.IPAM.Pools[i].Name
-		}
 	}
 	n, err := rn.validate(field, coord)
 	if err != nil {
@@ -136,8 +137,53 @@ func (c *Config) NADNetwork(namespace, name string, config []byte, resourceName 
 	n.Name = namespace + "/" + name
 	if delegate != nil {
 		n.Pools, n.DelegateIPAM = nil, delegate
+		if !c.NADAnySubnet {
+			if len(c.NADSubnets) == 0 {
+				return nil, fmt.Errorf("%s: ipam: IPAM plugin %s hands out addresses of the NAD's own choosing; the cluster admin allows that only inside nadSubnets (CNI config), which lists none (%s)", field, delegate.Type, nadSubnetsHint)
+			}
+			n.AddressSpace = c.NADSubnets
+		}
+	}
+	for i := range n.Pools {
+		if err := c.inNADSpace(n.Pools[i].Subnet); err != nil {
+			return nil, fmt.Errorf("%s: ipam.pools[%d].subnet: %w", field, i, err)
+		}
+		// this node's state of the pool, apart from every other NAD's
+		n.Pools[i].Name = rn.Name + "." + n.Pools[i].Name
 	}
 	return n, nil
+}
+
+// nadSubnetsHint says how a cluster admin allows a NAD's own addresses.
+const nadSubnetsHint = `list the subnets in nadSubnets, or ["any"] to allow every subnet as Multus does`
+
+// inNADSpace refuses a subnet a NAD defines outside nadSubnets.
+func (c *Config) inNADSpace(sub netip.Prefix) error {
+	if c.NADAnySubnet || slices.ContainsFunc(c.NADSubnets, func(a netip.Prefix) bool { return a.Bits() <= sub.Bits() && a.Contains(sub.Addr()) }) {
+		return nil
+	}
+	allowed := "none"
+	if len(c.NADSubnets) > 0 {
+		var l []string
+		for _, a := range c.NADSubnets {
+			l = append(l, a.String())
+		}
+		allowed = strings.Join(l, ", ")
+	}
+	return fmt.Errorf("%s is not inside the address space the cluster admin allows NADs (nadSubnets in the CNI config: %s; %s)", sub, allowed, nadSubnetsHint)
+}
+
+// nadKey names a NAD's network on this node: "<namespace>.<name>", the
+// prefix of its pools' names in the local store. A NAD's name may be up
+// to 253 characters; a key longer than a pool name may be (63) keeps its
+// first 50 and a hash of the whole.
+func nadKey(namespace, name string) string {
+	k := strings.ToLower(namespace + "." + name)
+	if len(k) <= 63 {
+		return k
+	}
+	h := sha256.Sum256([]byte(namespace + "/" + name))
+	return k[:50] + "-" + hex.EncodeToString(h[:6])
 }
 
 var pluginNameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$`)

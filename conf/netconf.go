@@ -46,6 +46,7 @@ type raw struct {
 	Networks         []rawNetwork         `json:"networks,omitempty"`
 	Primary          string               `json:"primary,omitempty"`
 	MaxNICs          int                  `json:"maxNICs,omitempty"`
+	NADSubnets       []string             `json:"nadSubnets,omitempty"`
 	Coordinator      *rawCoordinator      `json:"coordinator,omitempty"`
 	DNS              types.DNS            `json:"dns,omitempty"`
 	RuntimeConfig    rawRuntime           `json:"runtimeConfig,omitempty"`
@@ -137,6 +138,13 @@ type Config struct {
 	Networks []Network
 	// MaxNICs is how many NICs one pod may have.
 	MaxNICs int
+	// NADSubnets is the address space NADs may define themselves (inline
+	// pools, another IPAM plugin), as the cluster admin lists it in
+	// nadSubnets; NADAnySubnet is nadSubnets ["any"] (Multus' way: a NAD
+	// may hand out any address). Neither: NADs may use only the
+	// catalogue's networks and the admin's IPPools.
+	NADSubnets   []netip.Prefix
+	NADAnySubnet bool
 	// Coordinator is the config's coordinator settings, before any
 	// network's overrides (NADs start from it).
 	Coordinator Coordinator
@@ -186,6 +194,10 @@ type Network struct {
 	// whereabouts, ...), is that plugin and the NAD's config to run it
 	// with; Pools is then empty.
 	DelegateIPAM *DelegateIPAM
+	// AddressSpace bounds the addresses a NAD's own IPAM plugin may give
+	// (the config's nadSubnets); nil: any (nadSubnets ["any"]), or the
+	// network is no NAD's.
+	AddressSpace []netip.Prefix
 }
 
 // DelegateIPAM is an IPAM plugin binary spinneret runs for a network.
@@ -430,6 +442,24 @@ func (r *raw) validate() (*Config, error) {
 		c.ValidAttachments = r.Attachments
 	}
 	c.PodAnnotations = r.RuntimeConfig.PodAnnotations
+	for i, s := range r.NADSubnets {
+		f := fmt.Sprintf("nadSubnets[%d]", i)
+		if s == "any" {
+			if len(r.NADSubnets) > 1 {
+				return nil, fmt.Errorf("%s: \"any\" stands alone (it allows every subnet)", f)
+			}
+			c.NADAnySubnet = true
+			break
+		}
+		p, err := netip.ParsePrefix(s)
+		if err != nil || p.Masked() != p {
+			return nil, fmt.Errorf("%s: %s is not a CIDR without host bits (or \"any\")", f, Excerpt(s))
+		}
+		if sp, what := specialOverlap(p); what != "" {
+			return nil, fmt.Errorf("%s: %s overlaps %s (%s)", f, p, sp, what)
+		}
+		c.NADSubnets = append(c.NADSubnets, p)
+	}
 	c.MaxNICs = DefaultMaxNICs
 	if r.MaxNICs != 0 {
 		if r.MaxNICs < 1 || r.MaxNICs > 32 {

@@ -106,8 +106,10 @@ func CheckAllocated(nics []plan.NIC, routes []coordinator.AddrRoute) error {
 			if d := n.Network.DelegateIPAM; d != nil {
 				from = "IPAM plugin " + d.Type
 			}
-			why := ""
+			why, hint := "", " (exclude it there)"
 			switch sub := al.Address.Masked(); {
+			case n.Network.AddressSpace != nil && !slices.ContainsFunc(n.Network.AddressSpace, func(p netip.Prefix) bool { return p.Contains(a) }):
+				why, hint = "outside the address space the cluster admin allows NADs (nadSubnets in the CNI config: "+prefixes(n.Network.AddressSpace)+")", ""
 			case local:
 				why = "an address of the node"
 			case n.Network.DelegateIPAM == nil:
@@ -117,7 +119,7 @@ func CheckAllocated(nics []plan.NIC, routes []coordinator.AddrRoute) error {
 				why = "the network or broadcast address of " + sub.String()
 			}
 			if why != "" {
-				return &RefusedError{fmt.Errorf("%s: %s gave %s, %s (exclude it there)", n.IfName, from, a, why)}
+				return &RefusedError{fmt.Errorf("%s: %s gave %s, %s%s", n.IfName, from, a, why, hint)}
 			}
 		}
 		if err := defaultRouteGWs(n); err != nil {
@@ -125,6 +127,14 @@ func CheckAllocated(nics []plan.NIC, routes []coordinator.AddrRoute) error {
 		}
 	}
 	return nil
+}
+
+func prefixes(ps []netip.Prefix) string {
+	var out []string
+	for _, p := range ps {
+		out = append(out, p.String())
+	}
+	return strings.Join(out, ", ")
 }
 
 // defaultRouteGWs refuses a networks annotation "default-route" value that

@@ -326,7 +326,6 @@ func TestNADs(t *testing.T) {
 		{"type":"coordinator","detectGateway":true,"ipam":{},"dns":{}}]}`)
 	createNAD(t, a, ns, "bridge-nad", `{"cniVersion":"0.3.1","name":"b","type":"bridge","bridge":"cni0","ipam":{"type":"host-local","subnet":"198.51.100.0/24"}}`)
 	appendFile(t, filepath.Join(e.dir, "node.yaml"), fmt.Sprintf("kubeconfig: %s\n", a.Kubeconfig))
-	l := e.multiConf(v4, "")
 	p, _ := e.topo.NewPod()
 	before := e.snapshot(p)
 	rt := func(name string) *libcni.RuntimeConf {
@@ -334,6 +333,14 @@ func TestNADs(t *testing.T) {
 		r.Args = [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", ns}, {"K8S_POD_NAME", name}}
 		return r
 	}
+	// a NAD's own pool needs the cluster admin's nadSubnets: by default
+	// none, and then outside them
+	for _, extra := range []string{"", `"nadSubnets":["198.51.101.0/24"]`} {
+		_, err := e.add(e.multiConf(v4, extra), rt("web"))
+		wantErr(t, err, cni.ErrBadRequest, "NetworkAttachmentDefinition spin/storage-nad: ipam.pools[0].subnet: 198.51.100.0/24 is not inside the address space the cluster admin allows NADs (nadSubnets in the CNI config: ")
+		e.sameAs(before, p)
+	}
+	l := e.multiConf(v4, `"nadSubnets":["198.51.100.0/24"]`)
 	r := e.mustAdd(l, rt("web"))
 	if len(r.Interfaces) < 2 || r.Interfaces[1].Name != "net1" || nicAddr(t, r, "net1", true).String() != "198.51.100.70" {
 		t.Fatalf("NAD network: interfaces %v, IPs %v", r.Interfaces, r.IPs)
@@ -375,18 +382,30 @@ func TestNADDelegatedIPAM(t *testing.T) {
 		"ipam":{"type":"host-local","subnet":"198.51.100.0/24","rangeStart":"198.51.100.80","rangeEnd":"198.51.100.89","gateway":"198.51.100.1",
 		"routes":[{"dst":"198.18.0.0/24"}],"dataDir":%q}}`, hlData))
 	appendFile(t, filepath.Join(e.dir, "node.yaml"), fmt.Sprintf("kubeconfig: %s\n", a.Kubeconfig))
-	l := e.multiConf(v4, "")
 	p, _ := e.topo.NewPod()
 	before := e.snapshot(p)
 	rt := rtConf("c1", p)
 	rt.Args = [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", ns}, {"K8S_POD_NAME", "web"}}
 	held := func() []string { return hostLocalHeld(hlData, "macvlan-conf") }
+	// another IPAM plugin in a NAD hands out what it likes: without the
+	// cluster admin's nadSubnets it is not run; with subnets that do not
+	// hold what it gave, its address is refused and given back
+	_, err := e.add(e.multiConf(v4, ""), rt)
+	wantErr(t, err, cni.ErrBadRequest, "NetworkAttachmentDefinition spin/macvlan-conf: ipam: IPAM plugin host-local hands out addresses of the NAD's own choosing; the cluster admin allows that only inside nadSubnets (CNI config), which lists none")
+	_, err = e.add(e.multiConf(v4, `"nadSubnets":["198.51.100.128/25"]`), rt)
+	wantErr(t, err, cni.ErrBadRequest, "net1: IPAM plugin host-local gave 198.51.100.80, outside the address space the cluster admin allows NADs (nadSubnets in the CNI config: 198.51.100.128/25)")
+	e.sameAs(before, p)
+	if h := held(); len(h) != 0 {
+		t.Fatalf("host-local still holds %v after its address was refused", h)
+	}
+	l := e.multiConf(v4, `"nadSubnets":["198.51.100.0/24"]`)
 	r := e.mustAdd(l, rt)
-	if got := nicAddr(t, r, "net1", true).String(); got != "198.51.100.80" || fmt.Sprint(held()) != "[198.51.100.80]" {
+	// (.81: host-local goes on from the .80 it gave the refused ADD)
+	if got := nicAddr(t, r, "net1", true).String(); got != "198.51.100.81" || fmt.Sprint(held()) != "[198.51.100.81]" {
 		t.Fatalf("net1 %s, host-local holds %v", got, held())
 	}
 	// host-local's route, via its gateway, in net1's table
-	if err := p.PingFrom(netip.MustParseAddr("198.51.100.80"), e.topo.Nets[1].Remote4, 5*time.Second); err != nil {
+	if err := p.PingFrom(netip.MustParseAddr("198.51.100.81"), e.topo.Nets[1].Remote4, 5*time.Second); err != nil {
 		t.Errorf("via host-local's route: %v", err)
 	}
 	e.mustDel(l, rt)
@@ -412,7 +431,7 @@ func TestNADDelegatedIPAM(t *testing.T) {
 	// a failed ADD (its first plan step fails, after host-local ran) gives
 	// the address back to host-local
 	t.Setenv("SPINNERET_TEST_FAIL_STEP", "0")
-	_, err := e.add(l, rt)
+	_, err = e.add(l, rt)
 	os.Unsetenv("SPINNERET_TEST_FAIL_STEP")
 	wantErr(t, err, cni.ErrStepFailed, "injected fault")
 	e.sameAs(before, p)
@@ -493,7 +512,7 @@ func TestNADDelegatedDelConverges(t *testing.T) {
 	ns := "spin"
 	hlData := filepath.Join(e.dir, "host-local")
 	appendFile(t, filepath.Join(e.dir, "node.yaml"), fmt.Sprintf("kubeconfig: %s\n", a.Kubeconfig))
-	l := e.multiConf(v4, "")
+	l := e.multiConf(v4, `"nadSubnets":["198.51.100.0/24"]`)
 	p, _ := e.topo.NewPod()
 	before := e.snapshot(p)
 	rt := func(id, pod string) *libcni.RuntimeConf {

@@ -33,7 +33,7 @@ func TestLedgerCrashMatrix(t *testing.T) {
 	createNAD(t, k.a, ns, "hl-nad", fmt.Sprintf(`{"cniVersion":"0.3.1","name":"hl-nad","type":"macvlan","master":%q,"mode":"bridge",
 		"ipam":{"type":"host-local","subnet":%q,"rangeStart":%q,"rangeEnd":%q,"gateway":%q,"dataDir":%q}}`,
 		n[2].Uplink, n[2].Subnet4.String(), nth(n[2].Subnet4, 80).String(), nth(n[2].Subnet4, 89).String(), n[2].GW4.String(), hlData))
-	l := k.confListRaw(fmt.Sprintf(`{"cniVersion":"1.1.0","name":"mixed","plugins":[{"type":"spinneret","nodeConf":"%s/node.yaml","networks":[
+	l := k.confListRaw(fmt.Sprintf(`{"cniVersion":"1.1.0","name":"mixed","plugins":[{"type":"spinneret","nodeConf":"%s/node.yaml","nadSubnets":["any"],"networks":[
 		{"name":"red","master":%q,"ipam":{"pools":[{"name":"red-v4","subnet":%q,"gateway":%q,"ranges":[{"start":%q,"end":%q}]}]}},
 		{"name":"blue","master":%q,"ipam":{"ippools":["blue-v4"]}}]}]}`,
 		k.dir, n[0].Uplink, n[0].Subnet4.String(), n[0].GW4.String(), nth(n[0].Subnet4, 10).String(), nth(n[0].Subnet4, 20).String(), n[1].Uplink))
