@@ -620,3 +620,16 @@ func TestLoadNodeForDel(t *testing.T) {
 		t.Fatalf("no stateDir named: the default: %+v, %v, %v", n, known, err)
 	}
 }
+
+// TestRangesSorted: a pool's ranges are kept in address order whatever
+// the config's order (the allocators walk them as one ascending
+// sequence; listed high then low, the walk of a small IPPool never ended).
+func TestRangesSorted(t *testing.T) {
+	p, err := PoolFromSpec("p", []byte(`{"subnet":"10.0.0.0/24","ranges":[{"start":"10.0.0.200","end":"10.0.0.210"},{"start":"10.0.0.10","end":"10.0.0.20"},{"start":"10.0.0.100","end":"10.0.0.100"}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := fmt.Sprint(p.Ranges); got != "[{10.0.0.10 10.0.0.20} {10.0.0.100 10.0.0.100} {10.0.0.200 10.0.0.210}]" {
+		t.Fatalf("ranges %s", got)
+	}
+}

@@ -830,6 +830,11 @@ func (rp *rawPool) validate(path string) (*Pool, error) {
 		}
 		p.Ranges = append(p.Ranges, Range{s, e})
 	}
+	// in address order, whatever the config's: the allocators walk them
+	// as one ascending sequence (unsorted, a walk from one range's end to
+	// the next range's start went backwards, and listing a small IPPool
+	// never ended)
+	slices.SortFunc(p.Ranges, func(a, b Range) int { return a.Start.Compare(b.Start) })
 	if len(p.Ranges) == 0 {
 		p.Ranges = []Range{DefaultRange(sub)}
 	}

@@ -305,7 +305,7 @@ func TestBadRequests(t *testing.T) {
 		msg   string
 	}{
 		{"unknown network", map[string]string{request.AnnotNetworks: "purple"}, "", cni.ErrBadRequest, `k8s.v1.cni.cncf.io/networks[0]: network "purple" is not defined (networks: red, blue, green)`},
-		{"other namespace", map[string]string{request.AnnotNetworks: "kube-system/blue"}, "", cni.ErrBadRequest, "network kube-system/blue is not in the pod's namespace default"},
+		{"other namespace", map[string]string{request.AnnotNetworks: "kube-system/blue"}, "", cni.ErrBadRequest, `network "kube-system/blue" is not in the pod's namespace default`},
 		{"too many NICs", map[string]string{request.AnnotNetworks: "blue, green"}, `"maxNICs":2`, cni.ErrBadRequest, "3 NICs requested, at most 2 (maxNICs)"},
 		{"master not allowed", map[string]string{request.AnnotNetworks: "blue"}, "", cni.ErrBadRequest, `network blue: master: "uplink1" (interface uplink1) is not in the node's allowedMasters [uplink0 uplink2]`},
 		{"route gw off every NIC", map[string]string{request.AnnotRoutes: `[{"dst":"10.10.0.0/16","gw":"10.6.0.1"}]`}, "", cni.ErrBadRequest, "spinneret.io/routes[0].gw: 10.6.0.1 is in the subnet of none of the pod's NICs"},

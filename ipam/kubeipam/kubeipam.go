@@ -5,10 +5,12 @@ package kubeipam
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"math/bits"
 	"math/rand/v2"
 	"net/http"
 	"net/netip"
@@ -767,19 +769,37 @@ func (k *Backend) free(p *conf.Pool, items []*Alloc, now time.Time) ([]netip.Add
 	return out, expired
 }
 
-// rangeSize is how many addresses a range holds, capped at 1<<62.
+// maxRangeSize caps rangeSize: a range (or a pool) at least this large is
+// sampled at random offsets below it, all inside the range.
+const maxRangeSize = 1 << 62
+
+// rangeSize is how many addresses a range holds, capped at maxRangeSize:
+// end - start + 1 in 128 bits (a range may cross a 64-bit boundary and
+// still be small).
 func rangeSize(r conf.Range) uint64 {
-	const maxSize = 1 << 62
 	s, e := r.Start.As16(), r.End.As16()
-	var hiS, hiE, loS, loE uint64
-	for i := 0; i < 8; i++ {
-		hiS, hiE = hiS<<8|uint64(s[i]), hiE<<8|uint64(e[i])
-		loS, loE = loS<<8|uint64(s[i+8]), loE<<8|uint64(e[i+8])
+	hiS, loS := binary.BigEndian.Uint64(s[:8]), binary.BigEndian.Uint64(s[8:])
+	hiE, loE := binary.BigEndian.Uint64(e[:8]), binary.BigEndian.Uint64(e[8:])
+	lo, borrow := bits.Sub64(loE, loS, 0)
+	hi, _ := bits.Sub64(hiE, hiS, borrow)
+	if hi != 0 || lo >= maxRangeSize-1 {
+		return maxRangeSize
 	}
-	if hiS != hiE || loE-loS >= maxSize {
-		return maxSize
+	return lo + 1
+}
+
+// poolSize is how many addresses a pool's ranges hold, capped at
+// maxRangeSize (a sum that cannot wrap: four ranges of 2^62 once summed
+// to 0 and made a huge pool look small enough to list).
+func poolSize(rs []conf.Range) uint64 {
+	var total uint64
+	for _, r := range rs {
+		total += rangeSize(r)
+		if total >= maxRangeSize {
+			return maxRangeSize
+		}
 	}
-	return loE - loS + 1
+	return total
 }
 
 // addrAdd returns a + off.
@@ -1113,11 +1133,7 @@ func (k *Backend) candidates(p *conf.Pool) (all []netip.Addr, small bool) {
 	if c, ok := k.cands[p.Name]; ok {
 		return c.addrs, c.small
 	}
-	var total uint64
-	for _, r := range p.Ranges {
-		total += rangeSize(r)
-	}
-	small = total <= smallPool
+	small = poolSize(p.Ranges) <= smallPool
 	if small {
 		for _, r := range p.Ranges {
 			for a := r.Start; a.IsValid() && !r.End.Less(a); a = ipam.NextCandidate(p, a) {

@@ -2,8 +2,12 @@ package kubeipam
 
 import (
 	"encoding/json"
+	"fmt"
+	"math/big"
+	"math/rand/v2"
 	"net/netip"
 	"reflect"
+	"slices"
 	"sort"
 	"testing"
 	"time"
@@ -146,5 +150,100 @@ func TestFree(t *testing.T) {
 		if !big.Subnet.Contains(a) {
 			t.Errorf("%s outside %s", a, big.Subnet)
 		}
+	}
+}
+
+// TestPoolArithmetic is a property test of the pool arithmetic over random
+// IPv4 and IPv6 ranges, many of them huge or crossing a 64-bit boundary:
+// rangeSize is end - start + 1 (exact, by math/big) capped at 2^62,
+// poolSize never wraps, a pool is listed only when it really is small,
+// and every address free() gives is inside one of the pool's ranges.
+func TestPoolArithmetic(t *testing.T) {
+	rnd := rand.New(rand.NewPCG(1, 2))
+	k := New(t.Context(), nil, t.TempDir(), "n", 0, Pod{})
+	exact := func(r conf.Range) *big.Int {
+		s, e := r.Start.As16(), r.End.As16()
+		n := new(big.Int).Sub(new(big.Int).SetBytes(e[:]), new(big.Int).SetBytes(s[:]))
+		return n.Add(n, big.NewInt(1))
+	}
+	capped := func(n *big.Int) uint64 {
+		if n.Cmp(big.NewInt(maxRangeSize)) >= 0 {
+			return maxRangeSize
+		}
+		return n.Uint64()
+	}
+	randAddr6 := func(base [16]byte) [16]byte {
+		// vary the low 72 bits: ranges of every size, across bit 64
+		for i := 7; i < 16; i++ {
+			base[i] = byte(rnd.UintN(256))
+		}
+		return base
+	}
+	for iter := 0; iter < 2000; iter++ {
+		v4 := iter%4 == 0
+		var rs []conf.Range
+		var subnet netip.Prefix
+		for n, tries := 1+rnd.IntN(4), 0; len(rs) < n && tries < 100; tries++ {
+			var s, e netip.Addr
+			if v4 {
+				subnet = netip.MustParsePrefix("10.0.0.0/8")
+				a, b := rnd.Uint32N(1<<24), rnd.Uint32N(1<<24)
+				if iter%8 == 0 {
+					b = a + rnd.Uint32N(64) // small ones too
+					b = min(b, 1<<24-1)
+				}
+				s, e = netip.AddrFrom4([4]byte{10, byte(a >> 16), byte(a >> 8), byte(a)}), netip.AddrFrom4([4]byte{10, byte(b >> 16), byte(b >> 8), byte(b)})
+			} else {
+				subnet = netip.MustParsePrefix("fd00::/56")
+				base := netip.MustParseAddr("fd00::").As16()
+				s, e = netip.AddrFrom16(randAddr6(base)), netip.AddrFrom16(randAddr6(base))
+				if iter%3 == 0 {
+					e = addrAdd(s, rnd.Uint64N(1<<10)) // small, maybe across bit 64
+				}
+			}
+			if e.Less(s) {
+				s, e = e, s
+			}
+			r := conf.Range{Start: s, End: e}
+			if slices.ContainsFunc(rs, func(o conf.Range) bool { return !(e.Less(o.Start) || o.End.Less(s)) }) {
+				continue
+			}
+			if got, want := rangeSize(r), capped(exact(r)); got != want {
+				t.Fatalf("rangeSize(%s-%s) = %d, want %d", s, e, got, want)
+			}
+			rs = append(rs, r)
+		}
+		sum := new(big.Int)
+		for _, r := range rs {
+			sum.Add(sum, exact(r))
+		}
+		if got, want := poolSize(rs), capped(sum); got != want {
+			t.Fatalf("poolSize(%v) = %d, want %d (exact %s)", rs, got, want, sum)
+		}
+		slices.SortFunc(rs, func(a, b conf.Range) int { return a.Start.Compare(b.Start) }) // as conf orders them
+		p := &conf.Pool{Name: fmt.Sprintf("p%d", iter), Subnet: subnet, Ranges: rs}
+		if _, small := k.candidates(p); small != (sum.Cmp(big.NewInt(smallPool)) <= 0) {
+			t.Fatalf("pool of %s addresses listed: %v", sum, small)
+		}
+		if sum.Cmp(big.NewInt(smallPool)) > 0 {
+			free, _ := k.free(p, nil, time.Now())
+			for _, a := range free {
+				if !slices.ContainsFunc(rs, func(r conf.Range) bool { return !a.Less(r.Start) && !r.End.Less(a) }) {
+					t.Fatalf("free gave %s, in none of %v", a, rs)
+				}
+			}
+		}
+	}
+	// the case that wrapped: four ranges of 2^62 and more
+	var huge []conf.Range
+	for i := 0; i < 4; i++ {
+		s := netip.AddrFrom16([16]byte{0xfd, 0, 0, byte(i), 15: 0})
+		huge = append(huge, conf.Range{Start: s, End: addrAdd(s, 1<<63)})
+	}
+	if n := poolSize(huge); n != maxRangeSize {
+		t.Fatalf("four ranges of 2^63: poolSize %d", n)
+	}
+	if _, small := k.candidates(&conf.Pool{Name: "huge", Subnet: netip.MustParsePrefix("fd00::/16"), Ranges: huge}); small {
+		t.Fatal("four ranges of 2^63 would be listed address by address")
 	}
 }
