@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
@@ -78,10 +80,10 @@ func (p *plugin) add(args *skel.CmdArgs) error {
 	if err != nil {
 		return types.NewError(types.ErrInternal, err.Error(), "")
 	}
-	if err := facts.NodeAddrRule(host, nics, p.node.NodeIPs); err != nil {
+	cluster := p.clusterCIDRs()
+	if err := facts.NodeAddrRule(host, nics, p.node.NodeIPs, p.serviceCIDRs(cluster)); err != nil {
 		return types.NewError(ErrBadRequest, err.Error(), "")
 	}
-	cluster := p.clusterCIDRs()
 	p.phase("check")
 
 	// from here on, what is taken is in the journal
@@ -105,6 +107,13 @@ func (p *plugin) add(args *skel.CmdArgs) error {
 		return p.abort(env, j, alloc, &codedError{ErrStepFailed, fmt.Errorf("after the last step: %w", err)})
 	}
 	return types.PrintResult(forVersion(res, p.cfg.CNIVersion), p.cfg.CNIVersion)
+}
+
+// serviceCIDRs are the cluster's service CIDRs as the coordinator has
+// them (configured, or learnt from the cluster): no pod address may be
+// inside one.
+func (p *plugin) serviceCIDRs(cluster plan.ClusterCIDRs) []netip.Prefix {
+	return slices.Concat(p.cfg.Network.Coordinator.ServiceCIDR, cluster.Service)
 }
 
 // requestError is the CNI error of a request the pod or runtime got wrong.
@@ -170,7 +179,7 @@ func (p *plugin) planInput(env *txn.Env, containerID string, nics []plan.NIC, cl
 		return in, &codedError{types.ErrInternal, fmt.Errorf("learn node addresses: %w", err)}
 	}
 	routes := coordinator.RouteAddrs(host, facts.AllocatedAddrs(nics))
-	if err := facts.CheckAllocated(nics, routes); err != nil {
+	if err := facts.CheckAllocated(nics, routes, p.serviceCIDRs(cluster)); err != nil {
 		return in, err
 	}
 	if p.cfg.Network.Coordinator.Underlay() {

@@ -549,6 +549,44 @@ func TestNADAddressSpace(t *testing.T) {
 	}
 }
 
+// TestNADEntries: every entry of a NAD's conflist is honoured or refused:
+// tuning's sysctl, mac and mtu natively (IFNAME kept for the NIC's name),
+// its promisc and allmulti refused, and any kind spinneret does not run
+// (sbr, portmap, bandwidth, vrf, ...) refused naming it.
+func TestNADEntries(t *testing.T) {
+	c, err := Parse([]byte(`{"cniVersion":"1.1.0","name":"n","type":"spinneret","master":"eth1","nadSubnets":["any"],"ipam":{"pools":[{"name":"a","subnet":"10.0.0.0/24"}]}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	list := func(extra string) []byte {
+		return []byte(`{"cniVersion":"0.3.1","name":"x","plugins":[{"type":"macvlan","master":"eth1","mtu":1400,"ipam":{"pools":[{"name":"p","subnet":"10.8.0.0/24"}]}}` + extra + `]}`)
+	}
+	n, err := c.NADNetwork("ns", "x", list(`,{"type":"tuning","mac":"0a:00:00:00:00:07","mtu":1300,"sysctl":{"net.ipv4.conf.IFNAME.arp_filter":"1","net.core.somaxconn":"500"}}`), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n.MAC != "0a:00:00:00:00:07" || n.MTU != 1300 || fmt.Sprint(n.Sysctls) != "[{net.core.somaxconn 500} {net.ipv4.conf.IFNAME.arp_filter 1}]" {
+		t.Fatalf("tuning: mac %s mtu %d sysctls %v", n.MAC, n.MTU, n.Sysctls)
+	}
+	if p := n.Sysctls[1].Path("eth0.100"); p != "net/ipv4/conf/eth0.100/arp_filter" {
+		t.Fatalf("path %s", p)
+	}
+	for _, bad := range []struct{ extra, want string }{
+		{`,{"type":"sbr"}`, `plugins[1]: plugin "sbr" is not run by spinneret`},
+		{`,{"type":"tuning"},{"type":"portmap","capabilities":{"portMappings":true}}`, `plugins[2]: plugin "portmap" is not run by spinneret`},
+		{`,{"type":"bandwidth"}`, `plugin "bandwidth" is not run`},
+		{`,{"type":"tuning","promisc":true}`, "tuning's promisc and allmulti are not implemented"},
+		{`,{"type":"tuning","sysctl":{"kernel.core_pattern":"|/evil"}}`, `tuning sysctl "kernel.core_pattern" is not a net.* sysctl`},
+		{`,{"type":"tuning","sysctl":{"net.ipv4.conf.IFNAME/../../../kernel.x":"1"}}`, "is not a net.* sysctl"},
+		{`,{"type":"tuning","sysctl":{"net.core.somaxconn":"1\n2"}}`, "is not one line"},
+		{`,{"type":"tuning"},{"type":"tuning"}`, "plugins[2]: a second tuning entry"},
+	} {
+		if _, err := c.NADNetwork("ns", "x", list(bad.extra), ""); err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("NAD entries %s: %v, want %q", bad.extra, err, bad.want)
+		}
+	}
+}
+
 // TestNADLongName: a NAD's name may be as long as Kubernetes allows (253);
 // its pools' local names stay short and distinct.
 func TestNADLongName(t *testing.T) {
@@ -584,6 +622,8 @@ func TestPoolRefusal(t *testing.T) {
 	}
 	p4.NodeAddrs = []netip.Addr{netip.MustParseAddr("10.0.0.5")}
 	p6, _ := (&rawPool{Name: "q", Subnet: "fd00::/64"}).validate("q")
+	p6.ServiceCIDRs = []netip.Prefix{netip.MustParsePrefix("fd00::100/120")}
+	pr, _ := (&rawPool{Name: "r", Subnet: "10.1.0.0/24", Ranges: []rawRange{{"10.1.0.10", "10.1.0.20"}, {"10.1.0.100", "10.1.0.110"}}}).validate("r")
 	for _, c := range []struct {
 		p    *Pool
 		a, w string
@@ -596,11 +636,17 @@ func TestPoolRefusal(t *testing.T) {
 		{p4, "10.0.0.6", ""},
 		{p6, "fd00::", "is the subnet-router anycast address of subnet fd00::/64"},
 		{p6, "fd00::ffff:ffff:ffff:ffff", ""},
+		{p6, "fd00::1a0", "is inside the cluster's service CIDR fd00::100/120"},
+		{pr, "10.1.0.50", "is outside the ranges of pool r (10.1.0.10-10.1.0.20, 10.1.0.100-10.1.0.110)"},
+		{pr, "10.1.0.105", ""},
 	} {
 		a := netip.MustParseAddr(c.a)
 		if got := c.p.Refusal(a); got != c.w || c.p.Excluded(a) != (c.w != "") {
 			t.Errorf("%s: Refusal %q (excluded %v), want %q", c.a, got, c.p.Excluded(a), c.w)
 		}
+	}
+	if end, ok := p6.ExcludedBlock(netip.MustParseAddr("fd00::150")); !ok || end.String() != "fd00::1ff" {
+		t.Errorf("a scan does not jump the service CIDR: %s %v", end, ok)
 	}
 }
 

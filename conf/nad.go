@@ -71,6 +71,8 @@ func (c *Config) NADNetwork(namespace, name string, config []byte, resourceName 
 		meta.Name = name
 	}
 	coord := c.Coordinator
+	var tuning *nadTuning
+	var unknown error // the first entry of a kind spinneret does not run
 	for i, e := range entries {
 		var pl nadPlugin
 		if err := json.Unmarshal(e, &pl); err != nil {
@@ -99,16 +101,44 @@ func (c *Config) NADNetwork(namespace, name string, config []byte, resourceName 
 			if coord, err = coord.merge(fmt.Sprintf("%s: plugins[%d]", field, i), &rc); err != nil {
 				return nil, err
 			}
+		case "tuning":
+			// what users rely on, done natively: sysctls, MAC, MTU
+			if tuning != nil {
+				return nil, fmt.Errorf("%s: plugins[%d]: a second tuning entry", field, i)
+			}
+			tuning = &nadTuning{}
+			if err := json.Unmarshal(e, tuning); err != nil {
+				return nil, fmt.Errorf("%s: plugins[%d]: %w", field, i, err)
+			}
+			if tuning.Promisc || tuning.Allmulti {
+				return nil, fmt.Errorf("%s: plugins[%d]: tuning's promisc and allmulti are not implemented by spinneret (only sysctl, mac and mtu)", field, i)
+			}
+		default:
+			if unknown == nil {
+				unknown = fmt.Errorf("%s: plugins[%d]: plugin %s is not run by spinneret, which interprets macvlan, ipvlan, sriov, coordinator and tuning entries (sysctl, mac, mtu); remove it from the NAD, or ask for it natively", field, i, Excerpt(pl.Type))
+			}
 		}
 	}
 	if main == nil {
 		return nil, fmt.Errorf("%s: no macvlan, ipvlan or sriov entry (the kinds spinneret interprets)", field)
+	}
+	if unknown != nil {
+		return nil, unknown // never skipped silently
 	}
 	if main.IPAM == nil || main.IPAM.Type == "" && len(main.IPAM.Pools) == 0 && len(main.IPAM.IPPools) == 0 && main.IPAM.Backend == "" {
 		return nil, fmt.Errorf("%s: no ipam", field)
 	}
 	rn := rawNetwork{Name: nadKey(namespace, name)}
 	rn.Master, rn.Mode, rn.MTU, rn.MAC = main.Master, main.Mode, main.MTU, main.MAC
+	if tuning != nil {
+		// tuning runs after the main plugin: its MAC and MTU win
+		if tuning.MAC != "" {
+			rn.MAC = tuning.MAC
+		}
+		if tuning.MTU != 0 {
+			rn.MTU = tuning.MTU
+		}
+	}
 	switch main.Type {
 	case vocab.Ipvlan:
 		rn.Driver = vocab.Ipvlan
@@ -135,6 +165,11 @@ func (c *Config) NADNetwork(namespace, name string, config []byte, resourceName 
 		return nil, err
 	}
 	n.Name = namespace + "/" + name
+	if tuning != nil {
+		if n.Sysctls, err = nadSysctls(field, tuning.Sysctl); err != nil {
+			return nil, err
+		}
+	}
 	if delegate != nil {
 		n.Pools, n.DelegateIPAM = nil, delegate
 		if !c.NADAnySubnet {
@@ -152,6 +187,35 @@ func (c *Config) NADNetwork(namespace, name string, config []byte, resourceName 
 		n.Pools[i].Name = rn.Name + "." + n.Pools[i].Name
 	}
 	return n, nil
+}
+
+// nadTuning is what spinneret does of a NAD's tuning entry.
+type nadTuning struct {
+	MAC      string            `json:"mac"`
+	MTU      int               `json:"mtu"`
+	Sysctl   map[string]string `json:"sysctl"`
+	Promisc  bool              `json:"promisc"`
+	Allmulti bool              `json:"allmulti"`
+}
+
+// sysctlKeyRE is a tuning sysctl key: under net., dot-separated names
+// (IFNAME is the NIC's name), nothing that could leave /proc/sys/net.
+var sysctlKeyRE = regexp.MustCompile(`^net(\.[A-Za-z0-9_-]+)+$`)
+
+// nadSysctls validates a tuning entry's sysctls, in key order.
+func nadSysctls(field string, m map[string]string) ([]Sysctl, error) {
+	var out []Sysctl
+	for k, v := range m {
+		if !sysctlKeyRE.MatchString(k) || len(k) > 256 {
+			return nil, fmt.Errorf("%s: tuning sysctl %s is not a net.* sysctl (dot-separated names; IFNAME for the NIC)", field, Excerpt(k))
+		}
+		if len(v) > 256 || strings.ContainsAny(v, "\n\x00") {
+			return nil, fmt.Errorf("%s: tuning sysctl %s: value %s is not one line of at most 256 bytes", field, k, Excerpt(v))
+		}
+		out = append(out, Sysctl{Key: k, Value: v})
+	}
+	slices.SortFunc(out, func(a, b Sysctl) int { return strings.Compare(a.Key, b.Key) })
+	return out, nil
 }
 
 // nadSubnetsHint says how a cluster admin allows a NAD's own addresses.

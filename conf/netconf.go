@@ -198,6 +198,23 @@ type Network struct {
 	// (the config's nadSubnets); nil: any (nadSubnets ["any"]), or the
 	// network is no NAD's.
 	AddressSpace []netip.Prefix
+	// Sysctls are a NAD's tuning sysctls, set in the pod for each NIC of
+	// the network (IFNAME in a key is the NIC's name).
+	Sysctls []Sysctl
+}
+
+// Sysctl is one sysctl as tuning names it (net.ipv4.conf.IFNAME.arp_filter).
+type Sysctl struct{ Key, Value string }
+
+// Path is the sysctl's path under /proc/sys for NIC ifname.
+func (s Sysctl) Path(ifname string) string {
+	parts := strings.Split(s.Key, ".")
+	for i, p := range parts {
+		if p == "IFNAME" {
+			parts[i] = ifname
+		}
+	}
+	return strings.Join(parts, "/")
 }
 
 // DelegateIPAM is an IPAM plugin binary spinneret runs for a network.
@@ -229,6 +246,11 @@ type Pool struct {
 	// NodeAddrs are the node's own addresses inside Subnet, never handed
 	// out: not config, set for each ADD from what the node has.
 	NodeAddrs []netip.Addr
+	// ServiceCIDRs are the cluster's service CIDRs overlapping Subnet,
+	// never handed out (a pod address there would shadow a service):
+	// not config, set for each ADD from the coordinator's and the
+	// cluster's.
+	ServiceCIDRs []netip.Prefix
 }
 
 // SRIOV is how an sriov network finds and sets up its VFs. Settings left
@@ -920,7 +942,7 @@ func (p *Pool) Is4() bool { return p.Subnet.Addr().Is4() }
 // ExcludedBlock returns the last address of the exclude prefix holding a, so
 // a scan can jump over the whole block.
 func (p *Pool) ExcludedBlock(a netip.Addr) (netip.Addr, bool) {
-	for _, x := range p.Exclude {
+	for _, x := range slices.Concat(p.Exclude, p.ServiceCIDRs) {
 		if x.Contains(a) {
 			return LastAddr(x), true
 		}
@@ -935,7 +957,7 @@ func (p *Pool) Excluded(a netip.Addr) bool {
 	if a == p.Gateway || a == p.Subnet.Addr() || p.Is4() && a == LastAddr(p.Subnet) || slices.Contains(p.NodeAddrs, a) {
 		return true
 	}
-	for _, x := range p.Exclude {
+	for _, x := range slices.Concat(p.Exclude, p.ServiceCIDRs) {
 		if x.Contains(a) {
 			return true
 		}
@@ -969,7 +991,24 @@ func (p *Pool) Refusal(a netip.Addr) string {
 			return "is excluded from pool " + p.Name + " (" + x.String() + ")"
 		}
 	}
+	for _, x := range p.ServiceCIDRs {
+		if x.Contains(a) {
+			return "is inside the cluster's service CIDR " + x.String()
+		}
+	}
+	if !p.InRanges(a) {
+		var rs []string
+		for _, r := range p.Ranges {
+			rs = append(rs, r.Start.String()+"-"+r.End.String())
+		}
+		return "is outside the ranges of pool " + p.Name + " (" + strings.Join(rs, ", ") + ")"
+	}
 	return ""
+}
+
+// InRanges reports whether a is inside one of p's ranges.
+func (p *Pool) InRanges(a netip.Addr) bool {
+	return slices.ContainsFunc(p.Ranges, func(r Range) bool { return !a.Less(r.Start) && !r.End.Less(a) })
 }
 
 // PoolFromSpec validates an IPPool object's spec (subnet, ranges, exclude,

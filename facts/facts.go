@@ -43,7 +43,7 @@ func (e *RefusedError) Unwrap() error { return e.Err }
 // inside their subnets (never handed out), and a static address that is
 // the node's, the gateway, a network or broadcast address, or excluded is
 // refused, naming the annotation entry.
-func NodeAddrRule(host *netlink.Handle, nics []plan.NIC, nodeIPs []netip.Addr) error {
+func NodeAddrRule(host *netlink.Handle, nics []plan.NIC, nodeIPs []netip.Addr, serviceCIDRs []netip.Prefix) error {
 	var subnets []netip.Prefix
 	for _, n := range nics {
 		for _, pl := range n.Network.Pools {
@@ -57,6 +57,12 @@ func NodeAddrRule(host *netlink.Handle, nics []plan.NIC, nodeIPs []netip.Addr) e
 	for i := range nics {
 		pools := slices.Clone(nics[i].Network.Pools) // the catalogue's own stay as configured
 		for k := range pools {
+			pools[k].ServiceCIDRs = nil
+			for _, sc := range serviceCIDRs {
+				if sc.Overlaps(pools[k].Subnet) {
+					pools[k].ServiceCIDRs = append(pools[k].ServiceCIDRs, sc)
+				}
+			}
 			pools[k].NodeAddrs = nil
 			for _, a := range addrs {
 				if pools[k].Subnet.Contains(a) && !slices.Contains(pools[k].NodeAddrs, a) {
@@ -96,7 +102,7 @@ func AllocatedAddrs(nics []plan.NIC) []netip.Addr {
 // and, from a delegated IPAM plugin (whose pools spinneret does not know),
 // one that is its own gateway or its subnet's IPv4 network or broadcast
 // address.
-func CheckAllocated(nics []plan.NIC, routes []coordinator.AddrRoute) error {
+func CheckAllocated(nics []plan.NIC, routes []coordinator.AddrRoute, serviceCIDRs []netip.Prefix) error {
 	i := 0
 	for _, n := range nics {
 		for _, al := range n.Addrs {
@@ -112,11 +118,15 @@ func CheckAllocated(nics []plan.NIC, routes []coordinator.AddrRoute) error {
 				why, hint = "outside the address space the cluster admin allows NADs (nadSubnets in the CNI config: "+prefixes(n.Network.AddressSpace)+")", ""
 			case local:
 				why = "an address of the node"
+			case slices.ContainsFunc(serviceCIDRs, func(p netip.Prefix) bool { return p.Contains(a) }):
+				why = "inside the cluster's service CIDR"
 			case n.Network.DelegateIPAM == nil:
 			case a == al.Gateway:
 				why = "its own gateway"
 			case a.Is4() && sub.Bits() <= 30 && (a == sub.Addr() || a == conf.LastAddr(sub)):
 				why = "the network or broadcast address of " + sub.String()
+			case a.Is6() && sub.Bits() <= 126 && a == sub.Addr():
+				why = "the subnet-router anycast address of " + sub.String()
 			}
 			if why != "" {
 				return &RefusedError{fmt.Errorf("%s: %s gave %s, %s%s", n.IfName, from, a, why, hint)}

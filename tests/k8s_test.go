@@ -357,6 +357,36 @@ func TestNADs(t *testing.T) {
 	wantErr(t, err, cni.ErrBadRequest, "k8s.v1.cni.cncf.io/networks[0].ips: net1: static address 198.51.100.1 is the gateway of pool spin.storage-nad.v4")
 	e.sameAs(before, p)
 
+	// a tuning entry is done natively (sysctl with IFNAME, mtu); an entry
+	// of a kind spinneret does not run is refused, never skipped
+	createNAD(t, a, ns, "tuned-nad", `{"cniVersion":"0.3.1","name":"tuned","plugins":[
+		{"type":"macvlan","master":"uplink1","mode":"bridge","ipam":{"type":"spinneret","pools":[{"name":"v4","subnet":"198.51.100.0/24","ranges":[{"start":"198.51.100.90","end":"198.51.100.99"}],"gateway":"198.51.100.1"}]}},
+		{"type":"tuning","mtu":1400,"sysctl":{"net.ipv4.conf.IFNAME.arp_filter":"1","net.ipv4.conf.IFNAME.arp_announce":"2"}}]}`)
+	createNAD(t, a, ns, "sbr-nad", `{"cniVersion":"0.3.1","name":"sbr","plugins":[
+		{"type":"macvlan","master":"uplink1","ipam":{"type":"spinneret","pools":[{"name":"v4","subnet":"198.51.100.0/24"}]}},{"type":"sbr"}]}`)
+	createPod(t, a, ns, "tuned", map[string]string{"k8s.v1.cni.cncf.io/networks": "tuned-nad@data"})
+	e.mustAdd(l, rt("tuned"))
+	if ln, err := p.NL().LinkByName("data"); err != nil || ln.Attrs().MTU != 1400 {
+		t.Errorf("tuning's mtu 1400 on data: %v %v", ln, err)
+	}
+	for k, want := range map[string]string{"arp_filter": "1", "arp_announce": "2"} {
+		var got []byte
+		p.Do(func() error {
+			var err error
+			got, err = os.ReadFile("/proc/sys/net/ipv4/conf/data/" + k)
+			return err
+		})
+		if strings.TrimSpace(string(got)) != want {
+			t.Errorf("tuning's sysctl %s on data: %q, want %s", k, got, want)
+		}
+	}
+	e.mustDel(l, rt("tuned"))
+	e.sameAs(before, p)
+	createPod(t, a, ns, "sbr", map[string]string{"k8s.v1.cni.cncf.io/networks": "sbr-nad"})
+	_, err = e.add(l, rt("sbr"))
+	wantErr(t, err, cni.ErrBadRequest, `NetworkAttachmentDefinition spin/sbr-nad: plugins[1]: plugin "sbr" is not run by spinneret`)
+	e.sameAs(before, p)
+
 	createPod(t, a, ns, "br", map[string]string{"k8s.v1.cni.cncf.io/networks": "bridge-nad"})
 	_, err = e.add(l, rt("br"))
 	wantErr(t, err, cni.ErrBadRequest, "NetworkAttachmentDefinition spin/bridge-nad: no macvlan, ipvlan or sriov entry")

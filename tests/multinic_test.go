@@ -243,6 +243,60 @@ func TestRefusedAfterRequest(t *testing.T) {
 	}
 }
 
+// TestAddressRule: one rule for every address a pod gets: a static
+// outside its pool's ranges, or inside the cluster's service CIDR, is
+// refused with 104 before anything is allocated; and the service CIDR is
+// skipped by dynamic allocation too (pods fill the range around it).
+func TestAddressRule(t *testing.T) {
+	e := multiEnv(t)
+	red := e.topo.Nets[0]
+	svc := netip.PrefixFrom(nth(red.Subnet4, 16), 28)                // .16-.31, inside red's range .10-.60
+	svcBlue := netip.PrefixFrom(nth(e.topo.Nets[1].Subnet4, 48), 28) // .48-.63 of blue's
+	l := e.multiConf(v4, fmt.Sprintf(`"coordinator":{"serviceCIDR":[%q,%q]}`, svc, svcBlue))
+	p, _ := e.topo.NewPod()
+	before := e.snapshot(p)
+	for _, c := range []struct{ ips, msg string }{
+		{nth(e.topo.Nets[1].Subnet4, 100).String(), "static address " + nth(e.topo.Nets[1].Subnet4, 100).String() + " is outside the ranges of pool blue-v4"},
+		{nth(e.topo.Nets[1].Subnet4, 50).String(), "static address " + nth(e.topo.Nets[1].Subnet4, 50).String() + " is inside the cluster's service CIDR " + svcBlue.String()},
+		{nth(e.topo.Nets[1].Subnet4, 20).String(), ""},
+	} {
+		_, err := e.add(l, podRT("c1", p, map[string]string{request.AnnotNetworks: `[{"name":"blue","ips":["` + c.ips + `"]}]`}))
+		if c.msg == "" {
+			if err != nil {
+				t.Fatalf("static %s inside the range: %v", c.ips, err)
+			}
+			e.mustDel(l, podRT("c1", p, nil))
+			continue
+		}
+		wantErr(t, err, cni.ErrBadRequest, c.msg)
+		e.sameAs(before, p)
+	}
+	// dynamic allocation from red (eth0) fills up to .15, then jumps to .32
+	var got []string
+	var rts []*libcni.RuntimeConf
+	for i := 0; i < 8; i++ {
+		q, _ := e.topo.NewPod()
+		rt := podRT(fmt.Sprintf("p%d", i), q, nil)
+		r := e.mustAdd(l, rt)
+		rts = append(rts, rt)
+		a := nicAddr(t, r, "eth0", true)
+		if svc.Contains(a) {
+			t.Errorf("pod %d got %s, inside the service CIDR %s", i, a, svc)
+		}
+		got = append(got, a.String())
+	}
+	var want []string // (.10 went to the static case's eth0 above, and is not reused at once)
+	for _, i := range []int{11, 12, 13, 14, 15, 32, 33, 34} {
+		want = append(want, nth(red.Subnet4, i).String())
+	}
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Errorf("addresses %v, want %v", got, want)
+	}
+	for _, rt := range rts {
+		e.mustDel(l, rt)
+	}
+}
+
 // TestAnnotationPoolsRoutesStatic: spinneret.io/ippools picks the pool of a
 // NIC, spinneret.io/routes adds a route on the NIC whose subnet holds its
 // gateway, and the networks annotation's ips and mac are honoured.
