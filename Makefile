@@ -10,7 +10,7 @@ CONTROLLER_GEN_VERSION := v0.23.0
 VERSION     ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS     := -X main.version=$(VERSION)
 
-.PHONY: all build demo test unit lint bench bench-baseline bench-ipam bench-vm tools k8s-bins generate clean
+.PHONY: all build demo test unit lint fuzz fuzz-short bench bench-baseline bench-ipam bench-vm tools k8s-bins generate clean
 
 all: build
 
@@ -23,9 +23,26 @@ demo: build
 	./bin/spinneret demo
 
 ## test: formatting, vet, staticcheck, unit tests, the netns suite and the
-## Kubernetes suite (a real kube-apiserver: built once per version, cached)
+## Kubernetes suite (a real kube-apiserver: built once per version, cached),
+## then each fuzz target for FUZZTIME
 test: lint k8s-bins
 	$(GO) test -count=1 -timeout 30m ./...
+	$(MAKE) -s fuzz-short
+
+## fuzz targets (package:function): every input a user or the runtime gives
+FUZZ_TARGETS := request:FuzzNetworksAnnotation request:FuzzRoutesAnnotation request:FuzzResolve \
+  conf:FuzzParse conf:FuzzNADNetwork conf:FuzzLoadNode cni:FuzzLoadJournal
+FUZZTIME ?= 60s
+
+## fuzz-short: each fuzz target for FUZZTIME (60s; make test runs it)
+fuzz-short:
+	@for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; fn=$${t##*:}; \
+	  echo "fuzz ./$$pkg $$fn for $(FUZZTIME)"; \
+	  $(GO) test -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) ./$$pkg/ || exit 1; done
+
+## fuzz: each fuzz target for 10 minutes
+fuzz:
+	$(MAKE) fuzz-short FUZZTIME=10m
 
 ## k8s-bins: build kube-apiserver from the Go module proxy (cached by version)
 k8s-bins:

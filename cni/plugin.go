@@ -326,6 +326,22 @@ func cmdDel(args *skel.CmdArgs) (err error) {
 	}
 	defer lk.Unlock()
 	j, err := txn.LoadJournal(p.journalPath(args.ContainerID, args.IfName))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		// a journal no retry can read as a whole (not a line torn by a
+		// crash, which reads): DEL must still converge. A copy is kept
+		// for the operator, and DEL undoes the sound prefix; what the
+		// rest recorded is left, and said so
+		path := p.journalPath(args.ContainerID, args.IfName)
+		if b, rerr := os.ReadFile(path); rerr == nil {
+			os.WriteFile(path+".unreadable", b, 0o600)
+		}
+		pj, damage, perr := txn.LoadJournalPrefix(path)
+		if perr != nil {
+			return types.NewError(types.ErrIOFailure, err.Error(), "")
+		}
+		p.log.Error("journal damaged: undoing what it records up to the damage; a copy is kept", "container", args.ContainerID, "ifname", args.IfName, "journal", path+".unreadable", "err", damage)
+		j, err = pj, nil // (its ledger comes first: the prefix holds it)
+	}
 	switch {
 	case errors.Is(err, os.ErrNotExist):
 		// never added, or added and deleted; or, by a binary before

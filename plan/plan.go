@@ -316,14 +316,18 @@ func planNICs(nics []NIC, routes []Routing) []txn.Op {
 		} else {
 			ops = append(ops, &drivers.Macvlan{Name: n.IfName, Master: n.LinkMaster(), Mode: n.Network.Mode, MTU: n.Network.MTU, MAC: mac, TxQLen: c.TxQueueLen})
 		}
-		if len(n.Network.Sysctls) > 0 {
-			// a NAD's tuning sysctls, before the NIC has addresses or is up
-			op := &netops.Sysctls{NS: txn.Pod}
-			for _, sc := range n.Network.Sysctls {
-				op.Values = append(op.Values, netops.Sysctl{Key: sc.Path(n.IfName), Value: sc.Value})
-			}
-			ops = append(ops, op)
+		// before the NIC is up: router advertisements on the underlay add
+		// no SLAAC address and no default route to it (its addresses and
+		// routes are the plan's); then a NAD's tuning sysctls, which may
+		// say otherwise
+		op := &netops.Sysctls{NS: txn.Pod, Values: []netops.Sysctl{
+			{Key: "net/ipv6/conf/" + n.IfName + "/accept_ra", Value: "0", IfPresent: true},
+			{Key: "net/ipv6/conf/" + n.IfName + "/autoconf", Value: "0", IfPresent: true},
+		}}
+		for _, sc := range n.Network.Sysctls {
+			op.Values = append(op.Values, netops.Sysctl{Key: sc.Path(n.IfName), Value: sc.Value})
 		}
+		ops = append(ops, op)
 		for _, a := range n.Addrs {
 			ops = append(ops, &netops.AddrAdd{NS: txn.Pod, Link: n.IfName, Addr: a.Address, NoPrefixRoute: rt.Table != 0})
 		}

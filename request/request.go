@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"regexp"
 	"slices"
 	"strings"
 
@@ -375,6 +376,9 @@ func parseNetworks(s string) ([]selection, error) {
 			if sel.Name == "" {
 				return nil, fmt.Errorf("%s[%d].name: missing", AnnotNetworks, i)
 			}
+			if err := checkNames(fmt.Sprintf("%s[%d]", AnnotNetworks, i), sel); err != nil {
+				return nil, err
+			}
 		}
 		return out, nil
 	}
@@ -391,9 +395,37 @@ func parseNetworks(s string) ([]selection, error) {
 		if sel.Name == "" || strings.ContainsAny(sel.Name, "/@ ") || (hasIf && sel.Interface == "") || (strings.Contains(item, "/") && sel.Namespace == "") {
 			return nil, fmt.Errorf("%s: entry %d %s is not name, namespace/name or name@interface", AnnotNetworks, i, conf.Excerpt(item))
 		}
+		if err := checkNames(fmt.Sprintf("%s[%d]", AnnotNetworks, i), sel); err != nil {
+			return nil, err
+		}
 		out = append(out, sel)
 	}
 	return out, nil
+}
+
+// A network's name is a catalogue network's or a NAD's (a Kubernetes
+// object name: lower case, digits, '.', '-', and '_' for the catalogue's),
+// its namespace a Kubernetes namespace's (a DNS label).
+var (
+	selNameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$`)
+	nsRE      = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]*[a-z0-9])?$`)
+)
+
+// checkNames refuses a selection whose name, namespace or interface no
+// network, namespace or pod NIC can have, before it is looked up.
+func checkNames(field string, sel selection) error {
+	if len(sel.Name) > 253 || !selNameRE.MatchString(sel.Name) {
+		return fmt.Errorf("%s: network name %s is not a network or NetworkAttachmentDefinition name (lower case letters, digits, '.', '-', '_'; at most 253)", field, conf.Excerpt(sel.Name))
+	}
+	if sel.Namespace != "" && (len(sel.Namespace) > 63 || !nsRE.MatchString(sel.Namespace)) {
+		return fmt.Errorf("%s: namespace %s is not a namespace name", field, conf.Excerpt(sel.Namespace))
+	}
+	if sel.Interface != "" {
+		if err := conf.PodIfNameError(sel.Interface, false); err != nil {
+			return fmt.Errorf("%s.interface: %w", field, err)
+		}
+	}
+	return nil
 }
 
 func ifnames(nics []NIC) string {

@@ -51,7 +51,7 @@ func (f *fakeNADs) Network(ns, name string) (*conf.Network, error) {
 	return nil, ErrNoNAD
 }
 
-func setup(t *testing.T, nodeYAML string) (*conf.Config, *conf.Node) {
+func setup(t testing.TB, nodeYAML string) (*conf.Config, *conf.Node) {
 	t.Helper()
 	cfg, err := conf.Parse([]byte(catalogue))
 	if err != nil {

@@ -45,6 +45,25 @@ func TestDelEdgeCases(t *testing.T) {
 	if _, err := os.Stat(path); err == nil {
 		t.Fatal("pod netns still exists")
 	}
+
+	// a journal no retry can read (a step without an operation, as a
+	// fuzzer found): DEL sets it aside, releases the sandbox's addresses
+	// and succeeds, every time
+	p3, _ := e.topo.NewPod()
+	e.mustAdd(l, rtConf("c3", p3))
+	jp, _ := filepath.Glob(filepath.Join(e.stateDir(), "journal", "*", "c3:eth0.journal"))
+	if len(jp) != 1 {
+		t.Fatalf("journal of c3: %v", jp)
+	}
+	b, _ := os.ReadFile(jp[0])
+	os.WriteFile(jp[0], append(b, []byte(`{"amend":{"index":0,"step":{}}}`+"\n")...), 0o600)
+	e.topo.RemovePod(p3)
+	e.mustDel(l, rtConf("c3", nil))
+	e.mustDel(l, rtConf("c3", nil))
+	if _, err := os.Stat(jp[0] + ".unreadable"); err != nil {
+		t.Fatalf("the unreadable journal was not set aside: %v", err)
+	}
+	os.Remove(jp[0] + ".unreadable")
 	e.sameAs(before)
 }
 

@@ -442,6 +442,9 @@ func (o *NeighAdd) Check(env *txn.Env) error {
 type Sysctl struct {
 	Key   string `json:"key"`
 	Value string `json:"value"`
+	// IfPresent skips a key the kernel does not have (IPv6 settings on a
+	// kernel booted with ipv6.disable=1).
+	IfPresent bool `json:"ifPresent,omitempty"`
 }
 
 // Sysctls sets /proc/sys keys in a namespace, entering it once. In the
@@ -465,7 +468,11 @@ func (o *Sysctls) String() string {
 func (o *Sysctls) Do(env *txn.Env) error {
 	return env.In(o.NS, func() error {
 		for _, v := range o.Values {
-			if err := os.WriteFile(filepath.Join("/proc/sys", v.Key), []byte(v.Value), 0o644); err != nil {
+			err := os.WriteFile(filepath.Join("/proc/sys", v.Key), []byte(v.Value), 0o644)
+			if v.IfPresent && errors.Is(err, os.ErrNotExist) {
+				continue
+			}
+			if err != nil {
 				return err
 			}
 		}
@@ -483,6 +490,9 @@ func (o *Sysctls) Check(env *txn.Env) error {
 	err := env.In(o.NS, func() error {
 		for _, v := range o.Values {
 			got, err := os.ReadFile(filepath.Join("/proc/sys", v.Key))
+			if v.IfPresent && errors.Is(err, os.ErrNotExist) {
+				continue
+			}
 			if err != nil {
 				return err
 			}

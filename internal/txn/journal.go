@@ -123,47 +123,72 @@ func NewJournal(stateDir, network, containerID, ifname, netnsPath string, ino ui
 // LoadJournal reads a journal file. A missing file gives an error matching
 // os.ErrNotExist.
 func LoadJournal(path string) (*Journal, error) {
+	j, _, err := loadJournal(path, false)
+	return j, err
+}
+
+// LoadJournalPrefix reads a journal LoadJournal refuses as far as it is
+// sound: up to its first record that is no record (as a line torn by a
+// crash is read), which damage says. It is for DEL, which must converge:
+// undoing the sound prefix leaves less behind than undoing nothing.
+func LoadJournalPrefix(path string) (j *Journal, damage error, err error) {
+	return loadJournal(path, true)
+}
+
+func loadJournal(path string, lenient bool) (*Journal, error, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	j := &Journal{path: path, State: StateApplying, created: true}
+	var damage error
 	sc := bufio.NewScanner(bytes.NewReader(b))
 	sc.Buffer(make([]byte, 64*1024), 16*1024*1024)
-	for sc.Scan() {
+	for line := 1; sc.Scan() && damage == nil; line++ {
 		var r record
 		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
 			var syn *json.SyntaxError
 			if errors.As(err, &syn) || errors.Is(err, bufio.ErrTooLong) {
 				break // a line torn by a crash: its step never ran
 			}
-			return nil, fmt.Errorf("journal %s: %w", path, err)
+			damage = fmt.Errorf("journal %s: line %d: %w", path, line, err)
+			break
 		}
 		switch {
 		case r.Header != nil:
 			r.Header.path, r.Header.State, r.Header.created = path, StateApplying, true
 			*j = *r.Header
 		case r.Step != nil:
+			if r.Step.Op == nil {
+				damage = fmt.Errorf("journal %s: line %d: step %d has no operation", path, line, len(j.Steps))
+				break
+			}
 			j.Steps = append(j.Steps, *r.Step)
 		case r.Amend != nil:
 			if r.Amend.Index < 0 || r.Amend.Index >= len(j.Steps) {
-				return nil, fmt.Errorf("journal %s: amend of step %d of %d", path, r.Amend.Index, len(j.Steps))
+				damage = fmt.Errorf("journal %s: line %d: amend of step %d of %d", path, line, r.Amend.Index, len(j.Steps))
+			} else if r.Amend.Step.Op == nil {
+				damage = fmt.Errorf("journal %s: line %d: amend of step %d has no operation", path, line, r.Amend.Index)
+			} else {
+				j.Steps[r.Amend.Index] = r.Amend.Step
 			}
-			j.Steps[r.Amend.Index] = r.Amend.Step
 		case r.Commit != nil:
 			j.State, j.Result = StateCommitted, r.Commit
 		}
 	}
+	if damage != nil && !lenient {
+		return nil, nil, damage
+	}
 	if j.Format == 0 {
 		if err := j.upgradeV0(); err != nil {
-			return nil, fmt.Errorf("journal %s (format 0): %w", path, err)
+			return nil, nil, fmt.Errorf("journal %s (format 0): %w", path, err)
 		}
 	}
 	if j.Format > Format {
-		return nil, fmt.Errorf("journal %s: format %d is newer than this binary's %d", path, j.Format, Format)
+		return nil, nil, fmt.Errorf("journal %s: format %d is newer than this binary's %d", path, j.Format, Format)
 	}
 	j.written = len(j.Steps)
-	return j, nil
+	return j, damage, nil
 }
 
 // upgradeV0 reads a format 0 journal as format 1: its ADD allocated
