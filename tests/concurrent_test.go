@@ -120,3 +120,92 @@ func TestRepeatedAdd(t *testing.T) {
 	e.mustDel(l, rtConf("c1", p))
 	e.sameAs(before, p)
 }
+
+// TestConcurrentAddDelPairs: 200 pods at once, each an ADD (a process of
+// its own, as a runtime runs them), half of them followed at once by
+// their DEL, all racing: no address is given twice (no immediate reuse:
+// the pool has never-used addresses left), the node's shared host rule
+// exists once per family while any pod is up, and the concurrent DELs of
+// the rest leave the node and every pod as before.
+func TestConcurrentAddDelPairs(t *testing.T) {
+	const n = 200
+	e := newEnv(t)
+	l := e.confListRaw(fmt.Sprintf(`{"cniVersion":"1.1.0","name":"underlay","plugins":[{"type":"spinneret","nodeConf":"%s/node.yaml","master":"uplink","ipam":{"pools":[
+		{"name":"c-v4","subnet":"192.0.2.0/24","ranges":[{"start":"192.0.2.10","end":"192.0.2.250"}],"gateway":"192.0.2.1"},
+		{"name":"c-v6","subnet":"2001:db8:0:1::/64","ranges":[{"start":"2001:db8:0:1::10","end":"2001:db8:0:1::ff"}],"gateway":"2001:db8:0:1::1"}]}}]}`, e.dir))
+	pods := make([]*netlab.NS, n)
+	for i := range pods {
+		pods[i], _ = e.topo.NewPod()
+	}
+	before := e.snapshot(pods...)
+	addrs := make([][]netip.Addr, n)
+	var wg sync.WaitGroup
+	errs := make(chan error, 2*n)
+	for i := range pods {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			rt := rtConf(fmt.Sprintf("c%d", i), pods[i])
+			res, err := e.add(l, rt)
+			if err != nil {
+				errs <- fmt.Errorf("ADD c%d: %w", i, err)
+				return
+			}
+			r, _ := currentResult(res)
+			for _, ip := range r.IPs {
+				a, _ := netip.AddrFromSlice(ip.Address.IP)
+				addrs[i] = append(addrs[i], a.Unmap())
+			}
+			if i%2 == 0 {
+				if err := e.del(l, rt); err != nil {
+					errs <- fmt.Errorf("DEL c%d: %w", i, err)
+				}
+			}
+		}(i)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	seen := map[netip.Addr]int{}
+	for i, as := range addrs {
+		if len(as) != 2 {
+			t.Fatalf("pod %d got %v", i, as)
+		}
+		for _, a := range as {
+			if j, dup := seen[a]; dup {
+				t.Fatalf("%s given to pods %d and %d", a, j, i)
+			}
+			seen[a] = i
+		}
+	}
+	for _, fam := range []int{2, 10} {
+		rules, _ := e.topo.Node.NL().RuleList(fam)
+		count := 0
+		for _, r := range rules {
+			if r.Table == 500 {
+				count++
+			}
+		}
+		if count != 1 {
+			t.Errorf("family %d: %d host rules with %d pods up, want 1", fam, count, n/2)
+		}
+	}
+	errs = make(chan error, n)
+	for i := 1; i < n; i += 2 {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			if err := e.del(l, rtConf(fmt.Sprintf("c%d", i), pods[i])); err != nil {
+				errs <- err
+			}
+		}(i)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	e.sameAs(before, pods...)
+}
