@@ -89,6 +89,12 @@ func newFaultProxy(t *testing.T, k *kubeEnv) *faultProxy {
 	return f
 }
 
+func (f *faultProxy) hitCount() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.hits
+}
+
 func (f *faultProxy) set(r faultRule) {
 	f.mu.Lock()
 	f.rule, f.hits = r, 0
@@ -146,7 +152,7 @@ func TestKubeAPIAnswers(t *testing.T) {
 			if d > 3*time.Second {
 				t.Errorf("ADD took %s, want at most apiTimeout (2s) + 1s", d.Round(time.Millisecond))
 			}
-			if c.rule.method != "" && proxy.hits == 0 {
+			if c.rule.method != "" && proxy.hitCount() == 0 {
 				t.Fatalf("the fault was never hit")
 			}
 			k.sameAs(before, p)
@@ -161,4 +167,35 @@ func TestKubeAPIAnswers(t *testing.T) {
 	k.mustAdd(l, kubeRT("c1", p, "spin", "web", uid))
 	k.mustDel(l, kubeRT("c1", p, "spin", "web", uid))
 	k.sameAs(before, p)
+
+	// DEL while the API server fails its IPAllocation deletes (or is too
+	// slow) still succeeds, within apiTimeout + 1 s, and leaves the
+	// node clean: the objects wait for the controller's GC
+	for _, rule := range []faultRule{
+		{method: "DELETE", path: "/ipallocations", code: 503, retryAfter: "5"},
+		{method: "DELETE", path: "/ipallocations", code: 429},
+		{method: "DELETE", path: "/ipallocations", code: 500},
+		{method: "DELETE", path: "/ipallocations", delay: 10 * time.Second},
+	} {
+		proxy.set(faultRule{})
+		k.mustAdd(l, kubeRT("c1", p, "spin", "web", uid))
+		held := len(k.allocations())
+		proxy.set(rule)
+		start := time.Now()
+		k.mustDel(l, kubeRT("c1", p, "spin", "web", uid))
+		if d := time.Since(start); d > 3*time.Second {
+			t.Errorf("DEL with %d/%s on IPAllocation deletes took %s", rule.code, rule.delay, d.Round(time.Millisecond))
+		}
+		if proxy.hitCount() == 0 {
+			t.Fatalf("DEL with %d/%s: the fault was never hit", rule.code, rule.delay)
+		}
+		k.sameAs(before, p)
+		if got := len(k.allocations()); got != held {
+			t.Logf("DEL with %d/%s: %d of %d IPAllocations left for GC", rule.code, rule.delay, got, held)
+		}
+		// (GC's release of them is the controller's: TestKubeIPAMAPIDown)
+		for _, a := range k.allocations() {
+			apiRequest(t, k.a, http.MethodDelete, "/apis/spinneret.io/v1alpha1/ipallocations/"+a.Metadata.Name, nil, nil)
+		}
+	}
 }
