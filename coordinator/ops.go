@@ -145,7 +145,9 @@ func (o *HostRoute) lock(env *txn.Env) (*fileutil.Lock, error) {
 }
 
 func (o *HostRoute) hasRule(h *netlink.Handle) (bool, error) {
-	rules, err := h.RuleListFiltered(o.family(), o.rule(), netlink.RT_FILTER_TABLE|netlink.RT_FILTER_PRIORITY)
+	rules, err := netops.Dump(func() ([]netlink.Rule, error) {
+		return h.RuleListFiltered(o.family(), o.rule(), netlink.RT_FILTER_TABLE|netlink.RT_FILTER_PRIORITY)
+	})
 	if err != nil {
 		return false, err
 	}
@@ -203,7 +205,9 @@ func (o *HostRoute) Undo(env *txn.Env) error {
 			return err
 		}
 	}
-	left, err := h.RouteListFiltered(o.family(), &netlink.Route{Table: o.Table}, netlink.RT_FILTER_TABLE)
+	left, err := netops.Dump(func() ([]netlink.Route, error) {
+		return h.RouteListFiltered(o.family(), &netlink.Route{Table: o.Table}, netlink.RT_FILTER_TABLE)
+	})
 	if err != nil {
 		return err
 	}
@@ -222,8 +226,10 @@ func (o *HostRoute) Check(env *txn.Env) error {
 	if err != nil {
 		return err
 	}
-	rs, err := h.RouteListFiltered(o.family(), &netlink.Route{Table: o.Table, Dst: netops.IPNet(o.Dst), LinkIndex: l.Attrs().Index},
-		netlink.RT_FILTER_TABLE|netlink.RT_FILTER_DST|netlink.RT_FILTER_OIF)
+	rs, err := netops.Dump(func() ([]netlink.Route, error) {
+		return h.RouteListFiltered(o.family(), &netlink.Route{Table: o.Table, Dst: netops.IPNet(o.Dst), LinkIndex: l.Attrs().Index},
+			netlink.RT_FILTER_TABLE|netlink.RT_FILTER_DST|netlink.RT_FILTER_OIF)
+	})
 	if err != nil {
 		return err
 	}

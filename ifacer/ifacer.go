@@ -190,7 +190,7 @@ func (o *Bond) differs(h *netlink.Handle, l netlink.Link) (string, error) {
 	if got := b.Mode.String(); got != o.Mode {
 		diffs = append(diffs, fmt.Sprintf("mode %s, config %s", got, o.Mode))
 	}
-	links, err := h.LinkList()
+	links, err := netops.LinkList(h)
 	if err != nil {
 		return "", err
 	}
@@ -425,7 +425,7 @@ func (o *VLAN) Do(env *txn.Env) error {
 		if err != nil {
 			return nil, nil, fmt.Errorf("VLAN %d: parent %s: %w", o.ID, o.Parent, err)
 		}
-		links, err := h.LinkList()
+		links, err := netops.LinkList(h)
 		if err != nil {
 			return nil, nil, err
 		}

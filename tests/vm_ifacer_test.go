@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -207,6 +208,73 @@ func TestInVMIfacerRollback(t *testing.T) {
 	}
 	e.mustDel(l, rtConf("c2", p2))
 	e.sameAs(before, p)
+	if r := e.ifacerRecords(); len(r) != 0 {
+		t.Errorf("ifacer records left: %v", r)
+	}
+}
+
+// TestInVMIfacerConcurrent (in the VM): 50 pods at once (a process each)
+// on a network whose master is a bond + VLAN the ifacer ensures: one bond
+// and one VLAN link are created, every pod is attached on them, and the
+// 50 concurrent DELs remove both with the last, the slaves as they were.
+func TestInVMIfacerConcurrent(t *testing.T) {
+	const n = 50
+	e := ifacerEnv(t)
+	l := e.confListRaw(fmt.Sprintf(`{"cniVersion":"1.1.0","name":"ifc","plugins":[{"type":"spinneret","nodeConf":"%s/node.yaml",
+		"networks":[{"name":"ifc",%s,"ipam":{"pools":[{"name":"c100-4","subnet":"203.0.113.0/24","ranges":[{"start":"203.0.113.10","end":"203.0.113.200"}],"gateway":"203.0.113.1"}]}}]}]}`, e.dir, bondNet))
+	pods := make([]*netlab.NS, n)
+	for i := range pods {
+		pods[i], _ = e.topo.NewPod()
+	}
+	before := e.snapshot(pods...)
+	run := func(verb string) {
+		t.Helper()
+		var wg sync.WaitGroup
+		errs := make(chan error, n)
+		for i := range pods {
+			wg.Add(1)
+			go func(i int) {
+				defer wg.Done()
+				rt := rtConf(fmt.Sprintf("c%d", i), pods[i])
+				var err error
+				if verb == "ADD" {
+					_, err = e.add(l, rt)
+				} else {
+					err = e.del(l, rt)
+				}
+				if err != nil {
+					errs <- fmt.Errorf("%s c%d: %w", verb, i, err)
+				}
+			}(i)
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Fatal(err)
+		}
+	}
+	run("ADD")
+	node := e.topo.Node.NL()
+	links, _ := node.LinkList()
+	bonds, vlans := 0, 0
+	for _, ln := range links {
+		switch ln.Type() {
+		case "bond":
+			bonds++
+		case "vlan":
+			vlans++
+		}
+	}
+	if bonds != 1 || vlans != 1 {
+		t.Fatalf("%d bonds and %d VLAN links on the node after %d concurrent ADDs, want 1 and 1", bonds, vlans, n)
+	}
+	for _, p := range []*netlab.NS{pods[0], pods[n-1]} {
+		if err := p.Ping(vlanGW4, 10*time.Second); err != nil {
+			t.Errorf("a pod -> VLAN gateway over the bond: %v", err)
+		}
+	}
+	run("DEL")
+	e.sameAs(before, pods...)
 	if r := e.ifacerRecords(); len(r) != 0 {
 		t.Errorf("ifacer records left: %v", r)
 	}

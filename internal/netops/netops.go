@@ -552,3 +552,26 @@ func (o *LinkSweep) Undo(env *txn.Env) error {
 
 // Check does nothing: the links' own steps report them.
 func (o *LinkSweep) Check(*txn.Env) error { return nil }
+
+// dumpAttempts is how often a netlink dump the kernel interrupted (a link
+// changed under it: NLM_F_DUMP_INTR) is retried before its error stands.
+const dumpAttempts = 10
+
+// Dump runs a netlink dump, again when the kernel interrupted it: while
+// other pods' ADDs create and delete links, routes and rules on the node,
+// a dump is often interrupted (seen with 50 concurrent ADDs on one bond +
+// VLAN parent, each one failing its ensure step), and its partial result
+// must not be taken for the node's state.
+func Dump[T any](f func() ([]T, error)) ([]T, error) {
+	var out []T
+	var err error
+	for range dumpAttempts {
+		if out, err = f(); !errors.Is(err, netlink.ErrDumpInterrupted) {
+			return out, err
+		}
+	}
+	return nil, err
+}
+
+// LinkList lists h's links (Dump).
+func LinkList(h *netlink.Handle) ([]netlink.Link, error) { return Dump(h.LinkList) }
