@@ -942,12 +942,27 @@ func (p *Pool) Is4() bool { return p.Subnet.Addr().Is4() }
 // ExcludedBlock returns the last address of the exclude prefix holding a, so
 // a scan can jump over the whole block.
 func (p *Pool) ExcludedBlock(a netip.Addr) (netip.Addr, bool) {
-	for _, x := range slices.Concat(p.Exclude, p.ServiceCIDRs) {
-		if x.Contains(a) {
-			return LastAddr(x), true
-		}
+	if x, ok := p.excludedBy(a); ok {
+		return LastAddr(x), true
 	}
 	return netip.Addr{}, false
+}
+
+// excludedBy is the exclude prefix or service CIDR holding a. (Two loops,
+// not one over a concatenation: walks call it for every address of a pool
+// of up to 65536, and a concatenation allocates each time.)
+func (p *Pool) excludedBy(a netip.Addr) (netip.Prefix, bool) {
+	for _, x := range p.Exclude {
+		if x.Contains(a) {
+			return x, true
+		}
+	}
+	for _, x := range p.ServiceCIDRs {
+		if x.Contains(a) {
+			return x, true
+		}
+	}
+	return netip.Prefix{}, false
 }
 
 // Excluded reports whether a is never to be handed out: excluded by config,
@@ -957,17 +972,10 @@ func (p *Pool) Excluded(a netip.Addr) bool {
 	if a == p.Gateway || a == p.Subnet.Addr() || p.Is4() && a == LastAddr(p.Subnet) || slices.Contains(p.NodeAddrs, a) {
 		return true
 	}
-	for _, x := range slices.Concat(p.Exclude, p.ServiceCIDRs) {
-		if x.Contains(a) {
-			return true
-		}
+	if _, ok := p.excludedBy(a); ok {
+		return true
 	}
-	for _, r := range p.Ranges {
-		if !a.Less(r.Start) && !r.End.Less(a) {
-			return false
-		}
-	}
-	return true
+	return !p.InRanges(a)
 }
 
 // Refusal says why a, inside p's subnet, may not be a pod's static address
