@@ -78,16 +78,17 @@ func FuzzRoutesAnnotation(f *testing.F) {
 // and node: resolved or refused, never a panic; resolving again gives the
 // same request.
 func FuzzResolve(f *testing.F) {
-	for _, k := range []string{AnnotNetworks, AnnotIPPools, AnnotRoutes} {
-		b, _ := os.ReadFile("testdata/bad-requests.json")
-		var table struct{ Cases []badRequest }
-		json.Unmarshal(b, &table)
-		for _, c := range table.Cases {
-			if v, ok := c.Annotations[k]; ok {
-				f.Add(c.Annotations[AnnotNetworks], c.Annotations[AnnotIPPools], c.Annotations[AnnotRoutes], c.Annotations[AnnotDefaultRouteNIC])
-				_ = v
-			}
-		}
+	b, err := os.ReadFile("testdata/bad-requests.json")
+	if err != nil {
+		f.Fatal(err)
+	}
+	var table struct{ Cases []badRequest }
+	if err := json.Unmarshal(b, &table); err != nil {
+		f.Fatal(err)
+	}
+	for _, c := range table.Cases {
+		a := c.Annotations
+		f.Add(a[AnnotNetworks], a[AnnotIPPools], a[AnnotRoutes], a[AnnotDefaultRouteNIC])
 	}
 	f.Add("blue@net5, green", `[{"interface":"eth0","ipv4":["red-v4"]}]`, `[{"dst":"198.18.0.0/24","gw":"198.51.100.1"}]`, "net5")
 	cfg, node := setup(f, "masters: {logical-green: uplink2}\n")

@@ -6,6 +6,8 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/containernetworking/cni/pkg/types"
+
 	"github.com/spinneret-cni/spinneret/internal/netlab"
 )
 
@@ -33,11 +35,7 @@ func TestConcurrentAdds(t *testing.T) {
 				errs <- fmt.Errorf("ADD c%d: %w", i, err)
 				return
 			}
-			r, _ := currentResult(res)
-			for _, ip := range r.IPs {
-				a, _ := netip.AddrFromSlice(ip.Address.IP)
-				addrs[i] = append(addrs[i], a.Unmap())
-			}
+			addrs[i] = resultAddrs(res)
 		}(i)
 	}
 	wg.Wait()
@@ -45,32 +43,10 @@ func TestConcurrentAdds(t *testing.T) {
 	for err := range errs {
 		t.Fatal(err)
 	}
-	seen := map[netip.Addr]int{}
-	for i, as := range addrs {
-		if len(as) != 2 {
-			t.Fatalf("pod %d got %v", i, as)
-		}
-		for _, a := range as {
-			if j, dup := seen[a]; dup {
-				t.Fatalf("%s given to pods %d and %d", a, j, i)
-			}
-			seen[a] = i
-		}
-	}
+	distinctAddrs(t, addrs)
 	// the node's "from all lookup 500" rule exists once per family, however
 	// many ADDs raced to create it
-	for _, fam := range []int{2, 10} {
-		rules, _ := e.topo.Node.NL().RuleList(fam)
-		count := 0
-		for _, r := range rules {
-			if r.Table == 500 {
-				count++
-			}
-		}
-		if count != 1 {
-			t.Errorf("family %d: %d host rules after %d concurrent ADDs, want 1", fam, count, n)
-		}
-	}
+	oneHostRule(t, e, fmt.Sprintf("after %d concurrent ADDs", n))
 	for _, p := range []*netlab.NS{pods[0], pods[n-1]} {
 		for _, gw := range []netip.Addr{netlab.Gateway4, netlab.Gateway6} {
 			if err := p.Ping(gw, 5e9); err != nil {
@@ -94,6 +70,53 @@ func TestConcurrentAdds(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.sameAs(before, pods...)
+}
+
+// resultAddrs are the addresses of an ADD's result.
+func resultAddrs(res types.Result) []netip.Addr {
+	r, _ := currentResult(res)
+	var out []netip.Addr
+	for _, ip := range r.IPs {
+		a, _ := netip.AddrFromSlice(ip.Address.IP)
+		out = append(out, a.Unmap())
+	}
+	return out
+}
+
+// distinctAddrs fails unless every pod got two addresses (IPv4 and IPv6)
+// and no address went to two pods.
+func distinctAddrs(t *testing.T, addrs [][]netip.Addr) {
+	t.Helper()
+	seen := map[netip.Addr]int{}
+	for i, as := range addrs {
+		if len(as) != 2 {
+			t.Fatalf("pod %d got %v", i, as)
+		}
+		for _, a := range as {
+			if j, dup := seen[a]; dup {
+				t.Fatalf("%s given to pods %d and %d", a, j, i)
+			}
+			seen[a] = i
+		}
+	}
+}
+
+// oneHostRule fails unless the node's "from all lookup 500" rule exists
+// exactly once per family (when: what the test just did).
+func oneHostRule(t *testing.T, e *env, when string) {
+	t.Helper()
+	for _, fam := range []int{2, 10} {
+		rules, _ := e.topo.Node.NL().RuleList(fam)
+		count := 0
+		for _, r := range rules {
+			if r.Table == 500 {
+				count++
+			}
+		}
+		if count != 1 {
+			t.Errorf("family %d: %d host rules %s, want 1", fam, count, when)
+		}
+	}
 }
 
 // TestRepeatedAdd: an ADD for an attachment that already exists (no DEL in
@@ -151,11 +174,7 @@ func TestConcurrentAddDelPairs(t *testing.T) {
 				errs <- fmt.Errorf("ADD c%d: %w", i, err)
 				return
 			}
-			r, _ := currentResult(res)
-			for _, ip := range r.IPs {
-				a, _ := netip.AddrFromSlice(ip.Address.IP)
-				addrs[i] = append(addrs[i], a.Unmap())
-			}
+			addrs[i] = resultAddrs(res)
 			if i%2 == 0 {
 				if err := e.del(l, rt); err != nil {
 					errs <- fmt.Errorf("DEL c%d: %w", i, err)
@@ -168,30 +187,8 @@ func TestConcurrentAddDelPairs(t *testing.T) {
 	for err := range errs {
 		t.Fatal(err)
 	}
-	seen := map[netip.Addr]int{}
-	for i, as := range addrs {
-		if len(as) != 2 {
-			t.Fatalf("pod %d got %v", i, as)
-		}
-		for _, a := range as {
-			if j, dup := seen[a]; dup {
-				t.Fatalf("%s given to pods %d and %d", a, j, i)
-			}
-			seen[a] = i
-		}
-	}
-	for _, fam := range []int{2, 10} {
-		rules, _ := e.topo.Node.NL().RuleList(fam)
-		count := 0
-		for _, r := range rules {
-			if r.Table == 500 {
-				count++
-			}
-		}
-		if count != 1 {
-			t.Errorf("family %d: %d host rules with %d pods up, want 1", fam, count, n/2)
-		}
-	}
+	distinctAddrs(t, addrs)
+	oneHostRule(t, e, fmt.Sprintf("with %d pods up", n/2))
 	errs = make(chan error, n)
 	for i := 1; i < n; i += 2 {
 		wg.Add(1)
