@@ -36,9 +36,7 @@ FUZZTIME ?= 60s
 
 ## fuzz-short: each fuzz target for FUZZTIME (60s; make test runs it)
 fuzz-short:
-	@for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; fn=$${t##*:}; \
-	  echo "fuzz ./$$pkg $$fn for $(FUZZTIME)"; \
-	  $(GO) test -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) ./$$pkg/ || exit 1; done
+	GO=$(GO) FUZZTIME=$(FUZZTIME) tests/fuzz.sh $(FUZZ_TARGETS)
 
 ## fuzz: each fuzz target for 10 minutes
 fuzz:
