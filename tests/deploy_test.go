@@ -27,6 +27,9 @@ var kindPaths = map[string]string{
 	"RoleBinding":        "/apis/rbac.authorization.k8s.io/v1/namespaces/%s/rolebindings",
 	"Deployment":         "/apis/apps/v1/namespaces/%s/deployments",
 	"DaemonSet":          "/apis/apps/v1/namespaces/%s/daemonsets",
+
+	"ValidatingAdmissionPolicy":        "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies",
+	"ValidatingAdmissionPolicyBinding": "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicybindings",
 }
 
 // applyFile creates every object of a multi-document YAML file; with
@@ -78,37 +81,75 @@ func applyFile(t *testing.T, a *k8senv.APIServer, file string, dryRun bool) {
 // tokenKubeconfig writes a kubeconfig with a ServiceAccount's token.
 func tokenKubeconfig(t *testing.T, a *k8senv.APIServer, ns, sa string) string {
 	t.Helper()
+	return writeKubeconfig(t, a, sa, saToken(t, a, ns, sa, nil))
+}
+
+// saToken asks the API server for a ServiceAccount's token, bound to an
+// object (a pod, whose node the API server then puts in the token) when
+// bound is not nil.
+func saToken(t *testing.T, a *k8senv.APIServer, ns, sa string, bound map[string]any) string {
+	t.Helper()
 	var tr struct {
 		Status struct{ Token string } `json:"status"`
 	}
-	req := map[string]any{"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": map[string]any{"expirationSeconds": 3600}}
+	spec := map[string]any{"expirationSeconds": 3600}
+	if bound != nil {
+		spec["boundObjectRef"] = bound
+	}
+	req := map[string]any{"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec}
 	if code := apiRequest(t, a, http.MethodPost, "/api/v1/namespaces/"+ns+"/serviceaccounts/"+sa+"/token", req, &tr); code != http.StatusCreated {
 		t.Fatalf("token for %s/%s: %d", ns, sa, code)
 	}
-	path := filepath.Join(t.TempDir(), sa+".kubeconfig")
+	return tr.Status.Token
+}
+
+// writeKubeconfig writes a kubeconfig for the API server with a token.
+func writeKubeconfig(t *testing.T, a *k8senv.APIServer, name, token string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), name+".kubeconfig")
 	kc := fmt.Sprintf("apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: %q, insecure-skip-tls-verify: true}}]\n"+
-		"users: [{name: u, user: {token: %q}}]\ncontexts: [{name: c, context: {cluster: c, user: u}}]\ncurrent-context: c\n", a.URL, tr.Status.Token)
+		"users: [{name: u, user: {token: %q}}]\ncontexts: [{name: c, context: {cluster: c, user: u}}]\ncurrent-context: c\n", a.URL, token)
 	if err := os.WriteFile(path, []byte(kc), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	return path
 }
 
+// nodeToken is the token the DaemonSet's pod on a node has: the
+// spinneret-node ServiceAccount's, bound to a pod of that ServiceAccount
+// bound to the node (both created here, the Node too if missing).
+func (k *kubeEnv) nodeToken(node string) string {
+	k.t.Helper()
+	if apiRequest(k.t, k.a, http.MethodGet, "/api/v1/nodes/"+node, nil, nil) == http.StatusNotFound {
+		k.node(node, true)
+	}
+	name := "spinneret-" + node
+	pod := map[string]any{"apiVersion": "v1", "kind": "Pod", "metadata": map[string]any{"name": name},
+		"spec": map[string]any{"nodeName": node, "serviceAccountName": "spinneret-node", "containers": []map[string]any{{"name": "c", "image": "spinneret"}}}}
+	var got struct {
+		Metadata struct{ UID string } `json:"metadata"`
+	}
+	if code := apiRequest(k.t, k.a, http.MethodPost, "/api/v1/namespaces/kube-system/pods", pod, &got); code != http.StatusCreated {
+		k.t.Fatalf("create pod kube-system/%s: %d", name, code)
+	}
+	return saToken(k.t, k.a, "kube-system", "spinneret-node", map[string]any{"apiVersion": "v1", "kind": "Pod", "name": name, "uid": got.Metadata.UID})
+}
+
 // TestDeployRBAC: deploy/k8s's RBAC is enough, and its workloads are valid.
 // The objects are created in a real API server (RBAC authorization on);
 // the controller Deployment and the node DaemonSet pass server-side
-// validation; the plugin, with the spinneret-node ServiceAccount's token,
-// reads the pod, lists pools, allocates, writes network-status and
+// validation; the plugin, with the spinneret-node ServiceAccount's token
+// bound to its pod on node-a (as the DaemonSet's), reads the pod, lists pools, allocates, writes network-status and
 // releases; the controller, with spinneret-controller's, leads, publishes
 // the cluster CIDRs, keeps pool status and frees a deleted pod's address.
 func TestDeployRBAC(t *testing.T) {
 	k := newKubeEnv(t)
 	k.pools()
-	applyFile(t, k.a, "../deploy/k8s/rbac.yaml", false)
+	k.applyRBAC()
 	applyFile(t, k.a, "../deploy/k8s/controller.yaml", true)
 	applyFile(t, k.a, "../deploy/k8s/daemonset.yaml", true)
 
-	nodeKC := tokenKubeconfig(t, k.a, "kube-system", "spinneret-node")
+	nodeKC := writeKubeconfig(t, k.a, "node-a", k.nodeToken("node-a"))
 	ctlKC := tokenKubeconfig(t, k.a, "kube-system", "spinneret-controller")
 	nodeConf := filepath.Join(k.dir, "node.yaml")
 	b, _ := os.ReadFile(nodeConf)
@@ -124,7 +165,7 @@ func TestDeployRBAC(t *testing.T) {
 
 	l := k.kubeConf()
 	p, _ := k.topo.NewPod()
-	uid := k.pod("spin", "web", nil, map[string]string{"k8s.v1.cni.cncf.io/networks": "blue@net1"}, "")
+	uid := k.podWith("spin", "web", nil, map[string]string{"k8s.v1.cni.cncf.io/networks": "blue@net1"}, "", "node-a")
 	rt := kubeRT("c1", p, "spin", "web", uid)
 	k.mustAdd(l, rt)
 	var pod struct {
@@ -141,7 +182,7 @@ func TestDeployRBAC(t *testing.T) {
 	if n := k.podAllocCount(uid); n != 0 {
 		t.Fatalf("DEL with the node's identity left %d allocations", n)
 	}
-	uid2 := k.pod("spin", "web2", nil, nil, "")
+	uid2 := k.podWith("spin", "web2", nil, nil, "", "node-a")
 	p2, _ := k.topo.NewPod()
 	k.mustAdd(l, kubeRT("c2", p2, "spin", "web2", uid2))
 	eventually(t, 10*time.Second, "pool status by the controller's identity", func() (bool, string) {

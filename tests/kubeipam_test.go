@@ -61,8 +61,14 @@ func allocSummary(al []kubeipam.Alloc) string {
 	return strings.Join(out, "; ")
 }
 
-// podUID creates a pod (labels, annotations, owner) and returns its UID.
+// pod creates a pod (labels, annotations, owner) and returns its UID.
 func (k *kubeEnv) pod(ns, name string, labels, annotations map[string]string, owner string) string {
+	k.t.Helper()
+	return k.podWith(ns, name, labels, annotations, owner, "")
+}
+
+// podWith is pod, bound to a node unless node is "".
+func (k *kubeEnv) podWith(ns, name string, labels, annotations map[string]string, owner, node string) string {
 	k.t.Helper()
 	if apiRequest(k.t, k.a, http.MethodGet, "/api/v1/namespaces/"+ns, nil, nil) == http.StatusNotFound {
 		apiRequest(k.t, k.a, http.MethodPost, "/api/v1/namespaces", map[string]any{"apiVersion": "v1", "kind": "Namespace", "metadata": map[string]any{"name": ns}}, nil)
@@ -74,8 +80,11 @@ func (k *kubeEnv) pod(ns, name string, labels, annotations map[string]string, ow
 	if owner != "" {
 		meta["ownerReferences"] = []map[string]any{{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": owner, "uid": "0d6f0000-0000-0000-0000-00000000000" + name[len(name)-1:], "controller": true}}
 	}
-	pod := map[string]any{"apiVersion": "v1", "kind": "Pod", "metadata": meta,
-		"spec": map[string]any{"containers": []map[string]any{{"name": "c", "image": "pause"}}}}
+	spec := map[string]any{"containers": []map[string]any{{"name": "c", "image": "pause"}}}
+	if node != "" {
+		spec["nodeName"] = node
+	}
+	pod := map[string]any{"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}
 	var got struct {
 		Metadata struct{ UID string } `json:"metadata"`
 	}

@@ -737,13 +737,17 @@ const smallPool = 1 << 16
 
 // free returns free addresses of p given its allocations: all of them for a
 // small pool, a random sample for a large one. expired are allocation
-// objects whose quarantine ran out (free, but their object must go first).
+// objects of this node whose quarantine ran out (free, but their object
+// must go first).
 func (k *Backend) free(p *conf.Pool, items []*Alloc, now time.Time) ([]netip.Addr, map[netip.Addr]*Alloc) {
 	used := make(map[netip.Addr]bool, len(items))
 	expired := map[netip.Addr]*Alloc{}
 	for _, it := range items {
 		a := it.Addr()
-		if it.Spec.QuarantinedUntil != nil && !it.Quarantined(now) {
+		if it.Spec.QuarantinedUntil != nil && !it.Quarantined(now) && it.Spec.Node == k.node {
+			// another node's expired quarantine stays taken until the
+			// controller deletes it: the API server lets a node delete
+			// only its own node's objects (deploy/k8s/rbac.yaml)
 			expired[a] = it
 			continue
 		}

@@ -115,7 +115,8 @@ func TestAddrArithmetic(t *testing.T) {
 }
 
 // free lists a small pool's free addresses (minus used, excluded, gateway,
-// reserved, quarantined) and samples a large one.
+// reserved, quarantined, another node's quarantine that ran out) and
+// samples a large one.
 func TestFree(t *testing.T) {
 	p, err := conf.PoolFromSpec("p", []byte(`{"subnet":"10.0.0.0/24","gateway":"10.0.0.1","ranges":[{"start":"10.0.0.1","end":"10.0.0.8"}],"exclude":["10.0.0.2/31"]}`))
 	if err != nil {
@@ -128,7 +129,9 @@ func TestFree(t *testing.T) {
 	items := []*Alloc{
 		{Spec: AllocSpec{Address: "10.0.0.4"}},
 		{Spec: AllocSpec{Address: "10.0.0.6", QuarantinedUntil: &future}},
-		{Spec: AllocSpec{Address: "10.0.0.7", QuarantinedUntil: &past}},
+		{Spec: AllocSpec{Address: "10.0.0.7", QuarantinedUntil: &past, Node: "n"}},
+		// another node's: the API server would refuse this node its delete
+		{Spec: AllocSpec{Address: "10.0.0.3", QuarantinedUntil: &past, Node: "m"}},
 	}
 	free, expired := k.free(p, items, time.Now())
 	var got []string

@@ -32,10 +32,13 @@ type APIServer struct {
 	// NobodyToken authenticates a user with no role at all: every
 	// request it makes is forbidden (403).
 	NobodyToken string
-	Kubeconfig  string
-	dir         string
-	procs       []*exec.Cmd
-	in          InNS
+	// NodeTokens authenticate the per-node users spinneret:node:<node>
+	// (group spinneret:nodes) of the nodes node-a and node-b
+	NodeTokens map[string]string
+	Kubeconfig string
+	dir        string
+	procs      []*exec.Cmd
+	in         InNS
 	// apiserver is how kube-apiserver was started (for Restart)
 	apiserver []string
 }
@@ -103,7 +106,14 @@ func StartAPIServer(dir, apiserverBin string, in InNS) (a *APIServer, err error)
 	a.Token = hex.EncodeToString(tok[:])
 	rand.Read(tok[:])
 	a.NobodyToken = hex.EncodeToString(tok[:])
-	if err = os.WriteFile(filepath.Join(pki, "tokens.csv"), []byte(a.Token+",test-admin,test-admin,\"system:masters\"\n"+a.NobodyToken+",nobody,nobody\n"), 0o600); err != nil {
+	users := a.Token + ",test-admin,test-admin,\"system:masters\"\n" + a.NobodyToken + ",nobody,nobody\n"
+	a.NodeTokens = map[string]string{}
+	for _, node := range []string{"node-a", "node-b"} {
+		rand.Read(tok[:])
+		a.NodeTokens[node] = hex.EncodeToString(tok[:])
+		users += a.NodeTokens[node] + ",spinneret:node:" + node + ",spinneret:node:" + node + ",spinneret:nodes\n"
+	}
+	if err = os.WriteFile(filepath.Join(pki, "tokens.csv"), []byte(users), 0o600); err != nil {
 		return
 	}
 	etcdURL := "http://127.0.0.1:" + strconv.Itoa(client)
