@@ -147,6 +147,7 @@ func (p *plugin) replaceEarlier(j *txn.Journal) error {
 	defer oenv.Close()
 	err = txn.RollbackPlan(oenv, old)
 	p.reportAbandoned(old, nil, oenv.Abandoned)
+	p.reportLeftAlone(old, oenv)
 	if err != nil {
 		return types.NewError(types.ErrTryAgainLater, "undo earlier ADD: "+err.Error(), "")
 	}

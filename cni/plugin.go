@@ -21,6 +21,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -263,6 +264,7 @@ func (p *plugin) teardown(j *txn.Journal, pod *kube.Pod) error {
 	defer env.Close()
 	err := txn.Rollback(env, j)
 	p.reportAbandoned(j, pod, env.Abandoned)
+	p.reportLeftAlone(j, env)
 	if err != nil {
 		if serr := j.Save(); serr != nil {
 			err = errors.Join(err, serr)
@@ -271,6 +273,18 @@ func (p *plugin) teardown(j *txn.Journal, pod *kube.Pod) error {
 	}
 	p.phase("undo")
 	return j.Remove()
+}
+
+// reportLeftAlone logs what the undo of a journal of an earlier boot did
+// not undo: the kernel objects it records went with that boot, and what
+// now bears their names (a VF, a host route, a parent link) is another
+// attachment's or the admin's.
+func (p *plugin) reportLeftAlone(j *txn.Journal, env *txn.Env) {
+	if len(env.LeftAlone) == 0 {
+		return
+	}
+	p.log.Warn("attachment of an earlier boot: its addresses and records are released; its kernel objects went with that boot, and what now bears their names is left alone",
+		"container", j.ContainerID, "ifname", j.IfName, "journal-boot", j.BootID, "boot", txn.BootID(), "left-alone", strings.Join(env.LeftAlone, "; "))
 }
 
 // reportAbandoned records the steps an undo gave up on: each is logged,

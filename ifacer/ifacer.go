@@ -44,7 +44,13 @@ type record struct {
 	Users []string `json:"users"`
 	// SlavesUp are the slaves that were up before they were enslaved.
 	SlavesUp []string `json:"slavesUp,omitempty"`
+	// Boot is the boot the parent was created in ("": written before
+	// records had one, taken as this boot's).
+	Boot string `json:"boot,omitempty"`
 }
+
+// stale reports whether the record is of an earlier boot.
+func (r *record) stale() bool { return r.Boot != "" && txn.BootID() != "" && r.Boot != txn.BootID() }
 
 func dir(env *txn.Env) string { return statedir.Ifacer(env.StateDir) }
 
@@ -71,6 +77,9 @@ func readRecord(env *txn.Env, name string) (*record, error) {
 }
 
 func writeRecord(env *txn.Env, name string, r *record) error {
+	if r.Boot == "" {
+		r.Boot = txn.BootID()
+	}
 	b, _ := json.Marshal(r)
 	if err := fileutil.WriteAtomic(filepath.Join(dir(env), name+".json"), b); err != nil {
 		return fmt.Errorf("ifacer: record of %s: %w", name, err)
@@ -108,6 +117,10 @@ func release(env *txn.Env, name, user string, remove func(*record) error) error 
 	if len(r.Users) > 0 {
 		return writeRecord(env, name, r)
 	}
+	if r.stale() || remove == nil {
+		// the parent it records went with its boot
+		return removeRecord(env, name)
+	}
 	if err := remove(r); err != nil {
 		return err
 	}
@@ -136,7 +149,18 @@ func ensure(env *txn.Env, name, user string, differs func(*netlink.Handle, netli
 	if err != nil {
 		return err
 	}
-	if link, err := h.LinkByName(name); err == nil {
+	link, lerr := h.LinkByName(name)
+	if r != nil && r.stale() {
+		// made in an earlier boot: a link there now is not spinneret's
+		// (its record would be of this boot), and none means a new one
+		if lerr == nil {
+			if err := removeRecord(env, name); err != nil {
+				return err
+			}
+		}
+		r = nil
+	}
+	if err := lerr; err == nil {
 		why, err := differs(h, link)
 		if err != nil {
 			return err
@@ -451,6 +475,14 @@ func (o *VLAN) Do(env *txn.Env) error {
 		}, nil
 	})
 }
+
+// UndoEarlierBoot takes an attachment of an earlier boot off the bond's
+// record; no link is touched (txn.Durable).
+func (o *Bond) UndoEarlierBoot(env *txn.Env) error { return release(env, o.Name, o.User, nil) }
+
+// UndoEarlierBoot takes an attachment of an earlier boot off the VLAN's
+// record; no link is touched (txn.Durable).
+func (o *VLAN) UndoEarlierBoot(env *txn.Env) error { return release(env, o.Name, o.User, nil) }
 
 // Undo takes the attachment off the VLAN's users; the last one removes the
 // VLAN link spinneret created.

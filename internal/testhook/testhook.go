@@ -10,6 +10,10 @@ package testhook
 // Point is a named crash point.
 func Point(name string) {}
 
+// BootID is the node's boot identity: real, read from the kernel. A test
+// build may name another boot, to test what a DEL does after a reboot.
+func BootID(real string) string { return real }
+
 // Step is called before plan step i runs (i = the plan's length after the
 // last); an error fails that step.
 func Step(i int) error { return nil }

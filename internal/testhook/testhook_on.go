@@ -9,8 +9,10 @@ import (
 	"syscall"
 )
 
-// Test builds read three variables:
+// Test builds read four variables:
 //
+//	SPINNERET_TEST_BOOT_ID=ID    the node's boot ID is ID (a "reboot" is a
+//	                             call with another ID)
 //	SPINNERET_TEST_KILL_AT=NAME  the process SIGKILLs itself at Point(NAME)
 //	SPINNERET_TEST_FAIL_STEP=N   step N (0-based) fails after it is journaled
 //	SPINNERET_TEST_KILL_STEP=N   the process SIGKILLs itself after journaling
@@ -20,6 +22,14 @@ var (
 	failStep, failSet = envInt("SPINNERET_TEST_FAIL_STEP")
 	killStep, killSet = envInt("SPINNERET_TEST_KILL_STEP")
 )
+
+// BootID is SPINNERET_TEST_BOOT_ID when set, else real.
+func BootID(real string) string {
+	if id := os.Getenv("SPINNERET_TEST_BOOT_ID"); id != "" {
+		return id
+	}
+	return real
+}
 
 // Point SIGKILLs the process when SPINNERET_TEST_KILL_AT names it.
 func Point(name string) {

@@ -66,6 +66,9 @@ func Rollback(env *Env, j *Journal) error { return rollback(env, j, false) }
 func RollbackPlan(env *Env, j *Journal) error { return rollback(env, j, true) }
 
 func rollback(env *Env, j *Journal, keepLedger bool) error {
+	if j.EarlierBoot() {
+		return rollbackEarlierBoot(env, j, keepLedger)
+	}
 	created := map[string]bool{}
 	var sweepers []Sweeper
 	for _, s := range j.Steps {
@@ -154,6 +157,49 @@ func rollback(env *Env, j *Journal, keepLedger bool) error {
 		j.Steps = append(ledger, left...)
 		return errors.Join(errs...)
 	}
+	return release(env, j, ledger)
+}
+
+// rollbackEarlierBoot rolls back a journal of an earlier boot. Every kernel
+// object its steps made went with that boot: a link, route, rule or VF
+// setting now bearing the same names was made in this boot, by another
+// attachment or the admin, and is left alone (env.LeftAlone lists the
+// steps). What the journal holds on disk is released: its ledger (the
+// addresses), and each Durable step's state.
+func rollbackEarlierBoot(env *Env, j *Journal, keepLedger bool) error {
+	var errs []error
+	var ledger, left []Step
+	for i := len(j.Steps) - 1; i >= 0; i-- {
+		step := j.Steps[i]
+		if _, ok := step.Op.(Held); ok {
+			ledger = append([]Step{step}, ledger...)
+			continue
+		}
+		d, ok := step.Op.(Durable)
+		if !ok {
+			env.LeftAlone = append(env.LeftAlone, fmt.Sprintf("step %d (%s)", i+1, step.Op))
+			continue
+		}
+		start := time.Now()
+		err := d.UndoEarlierBoot(env)
+		env.logStep("undo (earlier boot)", i, step.Op, start, err)
+		if err != nil && !errors.Is(err, ErrGone) {
+			errs = append(errs, fmt.Errorf("undo step %d (%s): %w", i+1, step.Op, err))
+			left = append([]Step{step}, left...)
+		}
+	}
+	if keepLedger || len(errs) > 0 {
+		j.Steps = append(ledger, left...)
+		return errors.Join(errs...)
+	}
+	return release(env, j, ledger)
+}
+
+// release releases a journal's ledger, last entry first, once its plan is
+// undone; what could not be released stays in the journal.
+func release(env *Env, j *Journal, ledger []Step) error {
+	var errs []error
+	var left []Step
 	for i := len(ledger) - 1; i >= 0; i-- {
 		step := ledger[i]
 		start := time.Now()

@@ -38,6 +38,10 @@ type Env struct {
 	// Abandoned lists the steps a Rollback gave up on (ErrAbandoned): what
 	// the caller must report as not undone.
 	Abandoned []error
+	// LeftAlone lists the steps a Rollback of a journal of an earlier boot
+	// did not undo (their objects went with that boot): what the caller
+	// reports.
+	LeftAlone []string
 
 	podNS    netns.NsHandle
 	podCNINS ns.NetNS // the same namespace, for ns.Do

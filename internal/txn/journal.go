@@ -13,6 +13,7 @@ import (
 
 	"github.com/spinneret-cni/spinneret/internal/fileutil"
 	"github.com/spinneret-cni/spinneret/internal/statedir"
+	"github.com/spinneret-cni/spinneret/internal/testhook"
 )
 
 // Journal states.
@@ -90,11 +91,17 @@ type amend struct {
 // bootID is this boot's identity, read once per process.
 var bootID = func() string {
 	b, _ := os.ReadFile("/proc/sys/kernel/random/boot_id")
-	return string(bytes.TrimSpace(b))
+	return testhook.BootID(string(bytes.TrimSpace(b)))
 }()
 
 // BootID is the node's current boot ID ("" if the kernel gives none).
 func BootID() string { return bootID }
+
+// EarlierBoot reports whether the journal was written in an earlier boot
+// of the node: the kernel objects its steps created went with that boot,
+// and any object now bearing their names is another attachment's (or the
+// admin's). A journal without a boot ID (format 0) is taken as this boot's.
+func (j *Journal) EarlierBoot() bool { return j.BootID != "" && bootID != "" && j.BootID != bootID }
 
 // JournalDir is where the journals of one network live.
 func JournalDir(stateDir, network string) string {

@@ -141,3 +141,77 @@ func TestJournalFormat0(t *testing.T) {
 		t.Fatalf("format 99: %v", err)
 	}
 }
+
+// fakeDurable is a step with state on disk besides its kernel objects.
+type fakeDurable struct {
+	fakeOp
+	earlier *[]string
+}
+
+func (o *fakeDurable) UndoEarlierBoot(*Env) error {
+	*o.earlier = append(*o.earlier, o.Name)
+	return nil
+}
+
+// TestRollbackEarlierBoot: a journal of an earlier boot is rolled back without undoing a single kernel step: each is
+// listed in env.LeftAlone. Durable steps release their disk state
+// (UndoEarlierBoot, not Undo) and the ledger is released, last entry
+// first; RollbackPlan keeps the ledger. The same journal of this boot
+// undoes everything.
+func TestRollbackEarlierBoot(t *testing.T) {
+	for _, c := range []struct {
+		name       string
+		boot       string
+		keepLedger bool
+	}{{"earlier boot", "an-earlier-boot", false}, {"earlier boot, plan only", "an-earlier-boot", true}, {"this boot", BootID(), false}} {
+		t.Run(c.name, func(t *testing.T) {
+			var log, earlier []string
+			released = nil
+			j := NewJournal(t.TempDir(), "net", "c1", "eth0", "/run/netns/gone", 7)
+			j.BootID = c.boot
+			j.Hold(&fakeHeld{Key: "a"})
+			j.Hold(&fakeHeld{Key: "b"})
+			plan := ops(&log, "link", "route")
+			plan = append(plan, &fakeDurable{fakeOp: fakeOp{Name: "parent", log: &log}, earlier: &earlier})
+			if err := Apply(NewEnv("", 0), j, plan); err != nil {
+				t.Fatal(err)
+			}
+			log = nil
+			env := NewEnv("", 0)
+			var err error
+			if c.keepLedger {
+				err = RollbackPlan(env, j)
+			} else {
+				err = Rollback(env, j)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			wantReleased := []string{"b:", "a:"}
+			if c.keepLedger {
+				wantReleased = nil
+			}
+			if !slices.Equal(released, wantReleased) {
+				t.Errorf("released %q, want %q", released, wantReleased)
+			}
+			if c.boot == BootID() {
+				if want := []string{"undo parent", "undo route", "undo link"}; !slices.Equal(log, want) || len(earlier) != 0 || len(env.LeftAlone) != 0 {
+					t.Errorf("this boot: undo %q, earlier-boot undo %q, left alone %q", log, earlier, env.LeftAlone)
+				}
+				return
+			}
+			if len(log) != 0 {
+				t.Errorf("kernel steps of an earlier boot undone: %q", log)
+			}
+			if !slices.Equal(earlier, []string{"parent"}) {
+				t.Errorf("durable steps released %q, want parent", earlier)
+			}
+			if want := []string{"step 4 (fake route)", "step 3 (fake link)"}; !slices.Equal(env.LeftAlone, want) {
+				t.Errorf("left alone %q, want %q", env.LeftAlone, want)
+			}
+			if c.keepLedger && (len(j.Ledger()) != 2 || len(j.Plan()) != 0) || !c.keepLedger && len(j.Steps) != 0 {
+				t.Errorf("journal after rollback: %d ledger, %d plan steps", len(j.Ledger()), len(j.Plan()))
+			}
+		})
+	}
+}

@@ -52,6 +52,17 @@ type Held interface {
 	HeldKey() string
 }
 
+// Durable is an Op that keeps state on disk besides the kernel objects it
+// makes (the ifacer's record of a parent's users). A reboot clears the
+// kernel but not the disk: rolling back a journal of an earlier boot, which
+// leaves its kernel objects alone (any now bearing their names are
+// another's), runs UndoEarlierBoot, which must release the state on disk
+// and touch no kernel object.
+type Durable interface {
+	Op
+	UndoEarlierBoot(env *Env) error
+}
+
 var registry = map[string]func() Op{}
 
 // Register makes an operation kind decodable from a journal. Packages call it
