@@ -3,6 +3,7 @@
 package tests
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"os"
@@ -277,5 +278,91 @@ func TestInVMIfacerConcurrent(t *testing.T) {
 	e.sameAs(before, pods...)
 	if r := e.ifacerRecords(); len(r) != 0 {
 		t.Errorf("ifacer records left: %v", r)
+	}
+}
+
+// ifacerUsers reads the users of the ifacer's record of a parent (nil:
+// no record).
+func (e *env) ifacerUsers(name string) []string {
+	b, err := os.ReadFile(filepath.Join(e.stateDir(), "ifacer", name+".json"))
+	if err != nil {
+		return nil
+	}
+	var r struct{ Users []string }
+	json.Unmarshal(b, &r)
+	return r.Users
+}
+
+// TestInVMIfacerReboot (in the VM): the ifacer's records survive a reboot,
+// the parents they record do not. In the next boot: a VLAN link of the
+// same name the admin made is reused but never removed (the earlier
+// boot's record makes it no more spinneret's); one spinneret makes again
+// gets a record of its new users only, stays up through the earlier
+// boot's late DEL and goes with its last user of this boot.
+func TestInVMIfacerReboot(t *testing.T) {
+	e := ifacerEnv(t)
+	l := e.network(`"master":"uplink","vlan":100`)
+	node := e.topo.Node.NL()
+	const vlan = "uplink0.100"
+	// reboot: a pod of the earlier boot made the VLAN; the reboot took
+	// it (and the pod), not the record
+	reboot := func(from, to, cid string) {
+		boot(t, from)
+		p, _ := e.topo.NewPod()
+		e.mustAdd(l, rtConf(cid, p))
+		if u := e.ifacerUsers(vlan); len(u) != 1 || !strings.Contains(u[0], cid+":") {
+			t.Fatalf("record of %s in %s: users %v", vlan, from, u)
+		}
+		restore := e.keepState()
+		e.mustDel(l, rtConf(cid, p))
+		p.Close()
+		restore()
+		if _, err := node.LinkByName(vlan); err == nil {
+			t.Fatalf("%s survived the \"reboot\"", vlan)
+		}
+		boot(t, to)
+	}
+
+	reboot("boot-1", "boot-2", "old")
+	up, _ := node.LinkByName(netlab.Uplink)
+	admin := &netlink.Vlan{LinkAttrs: netlink.LinkAttrs{Name: vlan, ParentIndex: up.Attrs().Index}, VlanId: 100}
+	if err := node.LinkAdd(admin); err != nil {
+		t.Fatal(err)
+	}
+	p, _ := e.topo.NewPod()
+	r := e.mustAdd(l, rtConf("new", p))
+	if err := p.PingFrom(nicAddr(t, r, "eth0", true), vlanGW4, 10*time.Second); err != nil {
+		t.Errorf("pod on the admin's VLAN: %v", err)
+	}
+	if u := e.ifacerUsers(vlan); u != nil {
+		t.Errorf("the admin's %s has a record: users %v", vlan, u)
+	}
+	e.mustDel(l, rtConf("old", nil))
+	e.mustDel(l, rtConf("new", p))
+	if _, err := node.LinkByName(vlan); err != nil {
+		t.Fatalf("the admin's %s was removed: %v", vlan, err)
+	}
+	if err := node.LinkDel(admin); err != nil {
+		t.Fatal(err)
+	}
+
+	reboot("boot-3", "boot-4", "old2")
+	r = e.mustAdd(l, rtConf("new2", p))
+	if u := e.ifacerUsers(vlan); len(u) != 1 || !strings.Contains(u[0], "new2:") {
+		t.Errorf("record of %s made again: users %v, want new2's only", vlan, u)
+	}
+	e.mustDel(l, rtConf("old2", nil))
+	if _, err := node.LinkByName(vlan); err != nil {
+		t.Fatalf("the earlier boot's late DEL removed %s, which new2 uses: %v", vlan, err)
+	}
+	if err := p.PingFrom(nicAddr(t, r, "eth0", true), vlanGW4, 10*time.Second); err != nil {
+		t.Errorf("new2 after the late DEL: %v", err)
+	}
+	e.mustDel(l, rtConf("new2", p))
+	if _, err := node.LinkByName(vlan); err == nil {
+		t.Errorf("%s left after its last user's DEL", vlan)
+	}
+	if rs := e.ifacerRecords(); len(rs) != 0 {
+		t.Errorf("ifacer records left: %v", rs)
 	}
 }

@@ -22,6 +22,7 @@ import (
 
 	"github.com/spinneret-cni/spinneret/drivers"
 	"github.com/spinneret-cni/spinneret/internal/netlab"
+	"github.com/spinneret-cni/spinneret/ipam"
 )
 
 // The SR-IOV tests run in the VM's own namespace, where the emulated igb
@@ -327,5 +328,72 @@ func TestInVMSriov(t *testing.T) {
 	}
 	if after := vfSnapshot(t, vfs[2:]); after != dpdkBefore {
 		t.Fatalf("DPDK VF after DEL:\n%s", netlab.Diff(dpdkBefore, after))
+	}
+}
+
+// TestInVMSriovReboot (in the VM): after a reboot (the VF back to its
+// defaults, the state dir kept), another pod takes the same VF with another
+// VLAN; the earlier boot's late DEL of the first pod then releases its
+// addresses and journal and leaves the VF alone: its VLAN, MAC and netdev
+// stay the new pod's. The new pod's DEL then restores the VF.
+func TestInVMSriovReboot(t *testing.T) {
+	e := newEnv(t)
+	pf, vfs := sriovPF(t, 1)
+	conf := func(vlan int, mac string) *libcni.NetworkConfigList {
+		if mac != "" {
+			mac = fmt.Sprintf(`,"mac":%q`, mac)
+		}
+		return e.confListRaw(fmt.Sprintf(`{"cniVersion":"1.1.0","name":"sr","plugins":[{"type":"spinneret","nodeConf":"%s/node.yaml",
+			"coordinator":{"mode":"disable"},"networks":[{"name":"fast","driver":"sriov","deviceID":%q,"vlan":%d%s,
+			"ipam":{"pools":[{"name":"f4","subnet":"10.10.0.0/24","ranges":[{"start":"10.10.0.10","end":"10.10.0.20"}]}]}}]}]}`, e.dir, vfs[0], vlan, mac))
+	}
+	before := vfSnapshot(t, vfs)
+	boot(t, "boot-1")
+	pA, _ := e.topo.NewPod()
+	rtA := &libcni.RuntimeConf{ContainerID: "old", NetNS: pA.Path(), IfName: "eth0"}
+	if _, err := e.rootAdd(conf(100, "0a:00:00:00:0c:01"), rtA); err != nil {
+		t.Fatalf("ADD in boot-1: %v", err)
+	}
+	restore := e.keepState()
+	if err := e.rootDel(conf(100, "0a:00:00:00:0c:01"), rtA); err != nil {
+		t.Fatal(err)
+	}
+	pA.Close()
+	restore()
+	if got := vfSnapshot(t, vfs); got != before {
+		t.Fatalf("the \"reboot\" left the VF as\n%s\nwant\n%s", got, before)
+	}
+
+	boot(t, "boot-2")
+	pB, _ := e.topo.NewPod()
+	rtB := &libcni.RuntimeConf{ContainerID: "new", NetNS: pB.Path(), IfName: "eth0"}
+	if _, err := e.rootAdd(conf(300, ""), rtB); err != nil {
+		t.Fatalf("ADD in boot-2 on the same VF: %v", err)
+	}
+	want, _ := drivers.ReadVFState(rootHandle(t), &drivers.VF{PF: pf, Index: 0})
+	if want.VLAN != 300 {
+		t.Fatalf("VF 0 of the new pod: %+v", want)
+	}
+	if err := e.rootDel(conf(100, "0a:00:00:00:0c:01"), rtA); err != nil {
+		t.Fatalf("late DEL of the earlier boot's sandbox: %v", err)
+	}
+	got, _ := drivers.ReadVFState(rootHandle(t), &drivers.VF{PF: pf, Index: 0})
+	if got != want {
+		t.Errorf("the earlier boot's DEL changed the new pod's VF: %+v, was %+v", got, want)
+	}
+	if l, err := pB.NL().LinkByName("eth0"); err != nil || l.Type() != "device" {
+		t.Errorf("the new pod's VF netdev after the late DEL: %v", err)
+	}
+	if err := e.rootDel(conf(300, ""), rtB); err != nil {
+		t.Fatal(err)
+	}
+	if got := vfSnapshot(t, vfs); got != before {
+		t.Errorf("after the new pod's DEL the VF is\n%s\nwant\n%s", got, before)
+	}
+	if journals, _ := filepath.Glob(filepath.Join(e.stateDir(), "journal", "*", "*.journal")); len(journals) != 0 {
+		t.Errorf("journals left: %v", journals)
+	}
+	if o, _ := ipam.NewLocal(e.stateDir()).Owners(); len(o) != 0 {
+		t.Errorf("addresses left: %v", o)
 	}
 }

@@ -177,7 +177,7 @@ func rollbackEarlierBoot(env *Env, j *Journal, keepLedger bool) error {
 		}
 		d, ok := step.Op.(Durable)
 		if !ok {
-			env.LeftAlone = append(env.LeftAlone, fmt.Sprintf("step %d (%s)", i+1, step.Op))
+			env.LeftAlone = append([]string{fmt.Sprintf("step %d (%s)", i+1, step.Op)}, env.LeftAlone...)
 			continue
 		}
 		start := time.Now()

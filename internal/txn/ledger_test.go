@@ -206,7 +206,7 @@ func TestRollbackEarlierBoot(t *testing.T) {
 			if !slices.Equal(earlier, []string{"parent"}) {
 				t.Errorf("durable steps released %q, want parent", earlier)
 			}
-			if want := []string{"step 4 (fake route)", "step 3 (fake link)"}; !slices.Equal(env.LeftAlone, want) {
+			if want := []string{"step 3 (fake link)", "step 4 (fake route)"}; !slices.Equal(env.LeftAlone, want) {
 				t.Errorf("left alone %q, want %q", env.LeftAlone, want)
 			}
 			if c.keepLedger && (len(j.Ledger()) != 2 || len(j.Plan()) != 0) || !c.keepLedger && len(j.Steps) != 0 {
