@@ -38,6 +38,18 @@ type loaderResult struct {
 	Conflicts int       `json:"conflicts"`
 	// Kinds: per kind of request, how many and their total milliseconds
 	Kinds map[string][2]float64 `json:"kinds"`
+	// Holds (storm): every address a pod held, and when (Unix ns, from
+	// the allocation's return to the release's call; To 0: still held)
+	Holds []hold `json:"holds,omitempty"`
+	// Fresh (storm): new sandboxes that got an address of their own, not
+	// the pod's (the API server's cache did not show it yet)
+	Fresh int `json:"fresh,omitempty"`
+}
+
+// hold is one address held by one sandbox of a pod.
+type hold struct {
+	Addr, Pod, Sandbox string
+	From, To           int64
 }
 
 // requestKind names a request for the per-kind numbers.
@@ -93,6 +105,24 @@ func runLoader(mode string) {
 		b, _ := os.ReadFile(refsPath)
 		json.Unmarshal(b, &refs)
 	}
+	if mode == "storm" {
+		rounds, _ := strconv.Atoi(os.Getenv("LOADER_ROUNDS"))
+		for i := range count {
+			wg.Go(func() {
+				holds, conflicts, fresh, failures := stormPod(ctx, c, stateDir, node, pool, i, rounds)
+				mu.Lock()
+				defer mu.Unlock()
+				res.Holds = append(res.Holds, holds...)
+				res.Fresh += fresh
+				res.Conflicts += conflicts
+				res.Failures = append(res.Failures, failures...)
+			})
+		}
+		wg.Wait()
+		res.Requests = kube.Requests.Load()
+		json.NewEncoder(os.Stdout).Encode(&res)
+		os.Exit(0)
+	}
 	for i := range count {
 		wg.Go(func() {
 			uid, cid := scaleUID(node, i), fmt.Sprintf("%s-c%d", node, i)
@@ -140,6 +170,83 @@ func runLoader(mode string) {
 	os.Exit(0)
 }
 
+// stormPod is one pod of a storm: ADD, then rounds of a new sandbox. An
+// even pod's old sandbox is deleted first, then the new one added (it may
+// get any address); an odd pod's new sandbox is added first (it takes the
+// pod's address over), then the old one's late DEL comes, which must
+// free nothing. It returns every address the pod held, and when.
+func stormPod(ctx context.Context, c *kube.Client, stateDir, node, pool string, i, rounds int) ([]hold, int, int, []string) {
+	uid := scaleUID(node, i)
+	name := fmt.Sprintf("%s-%d", node, i)
+	var holds []hold
+	var failures []string
+	conflicts, fresh := 0, 0
+	add := func(cid string) (*ipam.KubeRef, bool) {
+		k := kubeipam.New(ctx, c, stateDir, node, 5*time.Second, kubeipam.Pod{PodRef: kubeipam.PodRef{Namespace: "scale", Name: name, UID: uid}})
+		defer func() { conflicts += k.Conflicts }()
+		pools, err := k.Select(kubeipam.Selection{IfName: "eth0", Network: []string{pool}})
+		if err != nil {
+			failures = append(failures, fmt.Sprintf("pod %d select: %v", i, err))
+			return nil, false
+		}
+		al, err := k.Allocate(ipam.Owner{ContainerID: cid, IfName: "eth0"}, []ipam.Request{{IfName: "eth0", Pools: pools}})
+		if err != nil {
+			failures = append(failures, fmt.Sprintf("pod %d ADD %s: %v", i, cid, err))
+			return nil, false
+		}
+		holds = append(holds, hold{Addr: al[0].Address.Addr().String(), Pod: name, Sandbox: cid, From: time.Now().UnixNano()})
+		return al[0].Object, true
+	}
+	// del releases the sandbox's allocations as DEL does (from its journal's
+	// record) and ends its hold; want is how many it must free
+	del := func(cid string, ref *ipam.KubeRef, want int) {
+		at := time.Now().UnixNano()
+		n, err := kubeipam.ReleaseRefs(ctx, c, []ipam.KubeRef{*ref})
+		if err == nil && n != want {
+			err = fmt.Errorf("released %d allocations, want %d", n, want)
+		}
+		if err != nil {
+			failures = append(failures, fmt.Sprintf("pod %d DEL %s: %v", i, cid, err))
+		}
+		for h := range holds {
+			if holds[h].Sandbox == cid && holds[h].To == 0 && want > 0 {
+				holds[h].To = at
+			}
+		}
+	}
+	cid := fmt.Sprintf("%s-c%d-0", node, i)
+	ref, ok := add(cid)
+	for r := 1; ok && r <= rounds; r++ {
+		next := fmt.Sprintf("%s-c%d-%d", node, i, r)
+		if i%2 == 0 {
+			del(cid, ref, 1)
+			ref, ok = add(next)
+		} else {
+			var nref *ipam.KubeRef
+			if nref, ok = add(next); ok {
+				// the take-over changed the object: the old sandbox's
+				// late DEL (its recorded version) frees nothing; unless
+				// the API server's cache did not show the pod's object
+				// yet, and the new sandbox got an address of its own
+				want := 0
+				if nref.Name != ref.Name {
+					want = 1
+					fresh++
+				}
+				del(cid, ref, want)
+				for h := range holds {
+					if holds[h].Sandbox == cid && holds[h].To == 0 {
+						holds[h].To = holds[len(holds)-1].From // the new sandbox's, same pod
+					}
+				}
+				ref = nref
+			}
+		}
+		cid = next
+	}
+	return holds, conflicts, fresh, failures
+}
+
 // runNodes runs the simulated nodes as processes at once and gathers their
 // reports.
 func runNodes(t *testing.T, mode, kubeconfig, pool string, nodes, perNode int, stateRoot string) ([]loaderResult, time.Duration) {
@@ -155,7 +262,7 @@ func runNodes(t *testing.T, mode, kubeconfig, pool string, nodes, perNode int, s
 	for n := range nodes {
 		wg.Go(func() {
 			cmd := exec.Command(self)
-			cmd.Env = append(os.Environ(), "SPINNERET_IPAM_LOADER="+mode, "LOADER_NODE="+fmt.Sprintf("node-%d", n), "LOADER_POOL="+pool,
+			cmd.Env = append(os.Environ(), "SPINNERET_IPAM_LOADER="+mode, "LOADER_ROUNDS="+strconv.Itoa(stormRounds), "LOADER_NODE="+fmt.Sprintf("node-%d", n), "LOADER_POOL="+pool,
 				"LOADER_COUNT="+strconv.Itoa(perNode), "LOADER_KUBECONFIG="+kubeconfig, "LOADER_STATE="+filepath.Join(stateRoot, fmt.Sprintf("node-%d", n)))
 			var stdout, stderr bytes.Buffer
 			cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -173,6 +280,9 @@ func runNodes(t *testing.T, mode, kubeconfig, pool string, nodes, perNode int, s
 	}
 	return out, d
 }
+
+// stormRounds is how many new sandboxes each pod of a storm gets.
+const stormRounds = 3
 
 func pct(v []float64, p float64) float64 {
 	s := slices.Clone(v)
@@ -266,4 +376,94 @@ func TestKubeIPAMScale(t *testing.T) {
 		t.Fatalf("%d IPAllocations left after release", len(list.Items))
 	}
 	t.Logf("release %d x %d: total %.2fs, per release p50 %.1f ms p99 %.1f ms", nodes, perNode, total.Seconds(), pct(lat, 0.5), pct(lat, 0.99))
+}
+
+// TestKubeIPAMStorm: 1000 pods from 10 simulated nodes (separate
+// processes, 100 at once each) into a pool of 1022 addresses, then each
+// pod's sandbox replaced three times at once everywhere: half the pods'
+// DEL before their re-ADD (which competes for the freed addresses: a
+// conflict storm), half re-ADD first (the new sandbox takes the pod's
+// address over) and then the old sandbox's late DEL, which frees nothing
+// (or, when the API server's cache did not show the pod's address to the
+// new sandbox yet, which then got another, the old one's).
+// No address is ever held by two pods at the same time (every hold, from
+// the allocation's return to the release's call, is compared across all
+// nodes), nothing fails, and at the end the API server holds exactly one
+// IPAllocation per pod, each the last sandbox's.
+func TestKubeIPAMStorm(t *testing.T) {
+	a := startAPI(t, nil)
+	applyCRDs(t, a)
+	pool := map[string]any{"apiVersion": "spinneret.io/v1alpha1", "kind": "IPPool", "metadata": map[string]any{"name": "storm"},
+		"spec": map[string]any{"subnet": "10.30.0.0/22", "ranges": []map[string]string{{"start": "10.30.0.1", "end": "10.30.3.254"}}}}
+	if code := apiRequest(t, a, http.MethodPost, "/apis/spinneret.io/v1alpha1/ippools", pool, nil); code != http.StatusCreated {
+		t.Fatalf("create pool: %d", code)
+	}
+	nodes, perNode := 10, 100
+	start := time.Now()
+	res, total := runNodes(t, "storm", a.Kubeconfig, "storm", nodes, perNode, t.TempDir())
+	byAddr := map[string][]hold{}
+	last := map[string]hold{}
+	conflicts, fresh, requests := 0, 0, int64(0)
+	for _, r := range res {
+		for _, f := range r.Failures {
+			t.Errorf("%s: %s", r.Node, f)
+		}
+		conflicts += r.Conflicts
+		fresh += r.Fresh
+		requests += r.Requests
+		for _, h := range r.Holds {
+			byAddr[h.Addr] = append(byAddr[h.Addr], h)
+			if h.To == 0 {
+				if prev, dup := last[h.Pod]; dup {
+					t.Errorf("pod %s holds %s (%s) and %s (%s) at the end", h.Pod, prev.Addr, prev.Sandbox, h.Addr, h.Sandbox)
+				}
+				last[h.Pod] = h
+			}
+		}
+	}
+	end := time.Now().UnixNano()
+	overlaps := 0
+	for addr, hs := range byAddr {
+		for i := range hs {
+			for j := i + 1; j < len(hs); j++ {
+				x, y := hs[i], hs[j]
+				if x.Pod == y.Pod {
+					continue // a take-over by the pod's own new sandbox
+				}
+				xTo, yTo := x.To, y.To
+				if xTo == 0 {
+					xTo = end
+				}
+				if yTo == 0 {
+					yTo = end
+				}
+				if x.From < yTo && y.From < xTo {
+					overlaps++
+					if overlaps <= 10 {
+						t.Errorf("%s held by %s (%s) and %s (%s) at once", addr, x.Pod, x.Sandbox, y.Pod, y.Sandbox)
+					}
+				}
+			}
+		}
+	}
+	if len(last) != nodes*perNode {
+		t.Errorf("%d pods hold an address at the end, want %d", len(last), nodes*perNode)
+	}
+	var list struct{ Items []kubeipam.Alloc }
+	apiRequest(t, a, http.MethodGet, "/apis/spinneret.io/v1alpha1/ipallocations", nil, &list)
+	if len(list.Items) != nodes*perNode {
+		t.Errorf("%d IPAllocations after the storm, want %d", len(list.Items), nodes*perNode)
+	}
+	for _, it := range list.Items {
+		h, ok := last[it.Spec.Pod.Name]
+		if !ok || h.Addr != it.Spec.Address || h.Sandbox != it.Spec.ContainerID {
+			t.Errorf("IPAllocation %s: pod %s sandbox %s; the pod's last sandbox holds %+v", it.Metadata.Name, it.Spec.Pod.Name, it.Spec.ContainerID, h)
+		}
+	}
+	holds := 0
+	for _, hs := range byAddr {
+		holds += len(hs)
+	}
+	t.Logf("storm: %d pods x %d sandboxes from %d nodes: %d holds of %d addresses in %.1fs (%.1fs with set-up), %d create conflicts, %.1f API requests per sandbox, %d re-ADDs before DEL not shown the pod's address by the cache, %d overlaps",
+		nodes*perNode, stormRounds+1, nodes, holds, len(byAddr), total.Seconds(), time.Since(start).Seconds(), conflicts, float64(requests)/float64(holds), fresh, overlaps)
 }

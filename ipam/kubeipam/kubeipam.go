@@ -604,22 +604,32 @@ func (k *Backend) allocateOne(o ipam.Owner, r ipam.Request, fam []conf.Pool) (ip
 	for i := range fam {
 		p := &fam[i]
 		for _, it := range mine {
-			if it.Spec.Pool != p.Name || it.Spec.Interface != r.IfName || it.Spec.QuarantinedUntil != nil {
+			if !k.podHolds(it, p, r.IfName, static) {
 				continue
 			}
-			heir := k.pod.OwnerKind == OwnerKindSTS && it.Spec.OwnerKind == OwnerKindSTS
-			if it.Spec.Pod.UID != k.pod.UID && !heir {
-				continue // a stateless pod of the same name: not ours
-			}
-			a := it.Addr()
-			if !p.Subnet.Contains(a) || static.IsValid() && a != static {
-				continue // the pool or the request changed: allocate anew
-			}
 			obj, err := k.adopt(o, r.IfName, it)
+			if kube.IsStatus(err, http.StatusNotFound) || kube.IsStatus(err, http.StatusConflict) {
+				// the list came from the API server's cache, and the
+				// object was deleted since (a DEL of the pod's last
+				// sandbox just before this ADD: 44% of such re-ADDs
+				// failed in TestKubeIPAMStorm) or changed: read it from
+				// etcd, one object, and take it over only if it still
+				// is the pod's
+				var fresh Alloc
+				if gerr := k.c.Get(k.ctx, allocPath(it.Metadata.Name), &fresh); kube.IsStatus(gerr, http.StatusNotFound) {
+					continue
+				} else if gerr != nil {
+					return ipam.Allocation{}, fmt.Errorf("ipam: %s: read %s: %w", r.IfName, it.Metadata.Name, gerr)
+				}
+				if !k.podHolds(&fresh, p, r.IfName, static) {
+					continue
+				}
+				obj, err = k.adopt(o, r.IfName, &fresh)
+			}
 			if err != nil {
 				return ipam.Allocation{}, err
 			}
-			k.held[a] = obj
+			k.held[obj.Addr()] = obj
 			return allocation(r.IfName, p, obj), nil
 		}
 	}
@@ -684,6 +694,23 @@ func (k *Backend) allocateOne(o ipam.Owner, r ipam.Request, fam []conf.Pool) (ip
 		}
 	}
 	return ipam.Allocation{}, fmt.Errorf("ipam: %s: %w", r.IfName, ipam.Exhausted(ipam.PoolNames(fam)))
+}
+
+// podHolds reports whether allocation it is the pod's (or, for a
+// StatefulSet pod, its predecessor's) address of pool p on ifname, as a
+// new sandbox of the pod takes over: not quarantined, still inside the
+// pool, and the static address if one is asked for.
+func (k *Backend) podHolds(it *Alloc, p *conf.Pool, ifname string, static netip.Addr) bool {
+	if it.Spec.Pool != p.Name || it.Spec.Interface != ifname || it.Spec.QuarantinedUntil != nil {
+		return false
+	}
+	heir := k.pod.OwnerKind == OwnerKindSTS && it.Spec.OwnerKind == OwnerKindSTS
+	if it.Spec.Pod.UID != k.pod.UID && !heir {
+		return false // a stateless pod of the same name: not ours
+	}
+	a := it.Addr()
+	// the pool or the request changed: allocate anew
+	return p.Subnet.Contains(a) && (!static.IsValid() || a == static)
 }
 
 // adopt records this sandbox (and node, and pod UID for a StatefulSet
