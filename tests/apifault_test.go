@@ -25,6 +25,9 @@ type faultProxy struct {
 	mu   sync.Mutex
 	rule faultRule
 	hits int
+	// expired: an expireAfter rule's request went through; every request
+	// since is answered with its code
+	expired bool
 }
 
 type faultRule struct {
@@ -32,6 +35,9 @@ type faultRule struct {
 	code         int
 	retryAfter   string
 	delay        time.Duration
+	// expireAfter: the matching request goes through, and from then on
+	// every request is answered with code (a token that expires mid-run)
+	expireAfter bool
 }
 
 func newFaultProxy(t *testing.T, k *kubeEnv) *faultProxy {
@@ -44,6 +50,9 @@ func newFaultProxy(t *testing.T, k *kubeEnv) *faultProxy {
 		match := rule.method != "" && r.Method == rule.method && strings.Contains(r.URL.Path, rule.path)
 		if match {
 			f.hits++
+		}
+		if rule.expireAfter {
+			match, f.expired = f.expired, f.expired || match
 		}
 		f.mu.Unlock()
 		if match && rule.delay > 0 {
@@ -97,7 +106,7 @@ func (f *faultProxy) hitCount() int {
 
 func (f *faultProxy) set(r faultRule) {
 	f.mu.Lock()
-	f.rule, f.hits = r, 0
+	f.rule, f.hits, f.expired = r, 0, false
 	f.mu.Unlock()
 }
 
@@ -198,4 +207,83 @@ func TestKubeAPIAnswers(t *testing.T) {
 			apiRequest(t, k.a, http.MethodDelete, "/apis/spinneret.io/v1alpha1/ipallocations/"+a.Metadata.Name, nil, nil)
 		}
 	}
+}
+
+// TestKubeTokenExpires: the node's token stops being accepted in the
+// middle of an ADD, right after its first IPAllocation is created. The
+// ADD fails with 107 within apiTimeout + 1 s and leaves nothing on the
+// node; the one object it could not delete any more is the pod's, and the
+// runtime's retry (a new sandbox, the token renewed) takes it over and
+// gets the pod's addresses, leaking none. With the token refused for all
+// of a DEL, the DEL succeeds and leaves the node clean; the controller's
+// GC deletes the objects once the pod is gone.
+func TestKubeTokenExpires(t *testing.T) {
+	k := newKubeEnv(t)
+	k.pools()
+	l := k.kubeConf()
+	p, _ := k.topo.NewPod()
+	before := k.snapshot(p)
+	uid := k.pod("spin", "web", nil, map[string]string{"k8s.v1.cni.cncf.io/networks": "blue@net1"}, "")
+	proxy := newFaultProxy(t, k)
+	orig, err := os.ReadFile(k.a.Kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.WriteFile(k.a.Kubeconfig, orig, 0o600)
+	if err := os.WriteFile(k.a.Kubeconfig, []byte(strings.Replace(string(orig), k.a.URL, proxy.srv.URL, 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	proxy.set(faultRule{method: "POST", path: "/ipallocations", code: 401, expireAfter: true})
+	start := time.Now()
+	_, err = k.add(l, kubeRT("c1", p, "spin", "web", uid))
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("ADD took %s, want at most apiTimeout (2s) + 1s", d.Round(time.Millisecond))
+	}
+	wantErr(t, err, cni.ErrAPIUnauthorized, "API server: 401")
+	k.sameAs(before, p)
+	left := k.allocations()
+	if len(left) != 1 || left[0].Spec.Pod.UID != uid || left[0].Spec.ContainerID != "c1" {
+		t.Fatalf("after the token expired mid-ADD: %s, want the one object created before", allocSummary(left))
+	}
+
+	proxy.set(faultRule{})
+	r := k.mustAdd(l, kubeRT("c2", p, "spin", "web", uid))
+	al := k.allocations()
+	if len(al) != 3 {
+		t.Fatalf("after the retry: %s", allocSummary(al))
+	}
+	for _, a := range al {
+		if a.Spec.ContainerID != "c2" {
+			t.Errorf("IPAllocation %s not the retry's: %s", a.Metadata.Name, a.Spec.ContainerID)
+		}
+	}
+	took := false
+	for _, ip := range r.IPs {
+		took = took || ip.Address.IP.String() == left[0].Spec.Address
+	}
+	if !took {
+		t.Errorf("the retry did not take over %s: %v", left[0].Spec.Address, r.IPs)
+	}
+
+	proxy.set(faultRule{method: "GET", code: 401, expireAfter: true})
+	proxy.mu.Lock()
+	proxy.expired = true // refused from the first request on
+	proxy.mu.Unlock()
+	start = time.Now()
+	k.mustDel(l, kubeRT("c2", p, "spin", "web", uid))
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("DEL with the token refused took %s", d.Round(time.Millisecond))
+	}
+	k.sameAs(before, p)
+	if got := len(k.allocations()); got != 3 {
+		t.Fatalf("DEL with the token refused deleted %d objects", 3-got)
+	}
+	// the controller has its own credential (the admin's kubeconfig here)
+	if err := os.WriteFile(k.a.Kubeconfig, orig, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	startController(t, k.a, k.topo.Node.Do, "gc")
+	k.deletePod("spin", "web")
+	eventually(t, 15*time.Second, "the controller's GC of the pod's objects", k.gone(uid))
 }
