@@ -62,6 +62,7 @@ func errorCode(err error) uint {
 		te       *types.Error
 		refused  *facts.RefusedError
 	)
+	api, isAPI := apiCode(err)
 	switch {
 	case errors.As(err, &conflict):
 		return ErrIPConflict
@@ -71,9 +72,8 @@ func errorCode(err error) uint {
 		return coded.code
 	case errors.As(err, &refused):
 		return ErrBadRequest
-	case isAPI(err):
-		c, _ := apiCode(err)
-		return c
+	case isAPI:
+		return api
 	case errors.As(err, &step), errors.As(err, &plugin):
 		return ErrStepFailed
 	case errors.As(err, &te):
@@ -88,4 +88,3 @@ func errorCode(err error) uint {
 	return types.ErrIOFailure
 }
 
-func isAPI(err error) bool { _, ok := apiCode(err); return ok }

@@ -98,6 +98,24 @@ func newFaultProxy(t *testing.T, k *kubeEnv) *faultProxy {
 	return f
 }
 
+// kubeconfigSwitch returns a function that points the kubeconfig the
+// node conf names (the admin's) at a server, with a token; the original is
+// put back when the test ends.
+func (k *kubeEnv) kubeconfigSwitch() func(server, token string) {
+	k.t.Helper()
+	orig, err := os.ReadFile(k.a.Kubeconfig)
+	if err != nil {
+		k.t.Fatal(err)
+	}
+	k.t.Cleanup(func() { os.WriteFile(k.a.Kubeconfig, orig, 0o600) })
+	return func(server, token string) {
+		kc := strings.Replace(strings.Replace(string(orig), k.a.URL, server, 1), k.a.Token, token, 1)
+		if err := os.WriteFile(k.a.Kubeconfig, []byte(kc), 0o600); err != nil {
+			k.t.Fatal(err)
+		}
+	}
+}
+
 func (f *faultProxy) hitCount() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -125,17 +143,7 @@ func TestKubeAPIAnswers(t *testing.T) {
 	before := k.snapshot(p)
 	uid := k.pod("spin", "web", nil, nil, "")
 	proxy := newFaultProxy(t, k)
-	orig, err := os.ReadFile(k.a.Kubeconfig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kubeconfig := func(server, token string) {
-		kc := strings.Replace(strings.Replace(string(orig), k.a.URL, server, 1), k.a.Token, token, 1)
-		if err := os.WriteFile(k.a.Kubeconfig, []byte(kc), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	defer os.WriteFile(k.a.Kubeconfig, orig, 0o600)
+	kubeconfig := k.kubeconfigSwitch()
 	for _, c := range []struct {
 		name          string
 		server, token string
@@ -225,18 +233,12 @@ func TestKubeTokenExpires(t *testing.T) {
 	before := k.snapshot(p)
 	uid := k.pod("spin", "web", nil, map[string]string{"k8s.v1.cni.cncf.io/networks": "blue@net1"}, "")
 	proxy := newFaultProxy(t, k)
-	orig, err := os.ReadFile(k.a.Kubeconfig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.WriteFile(k.a.Kubeconfig, orig, 0o600)
-	if err := os.WriteFile(k.a.Kubeconfig, []byte(strings.Replace(string(orig), k.a.URL, proxy.srv.URL, 1)), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	kubeconfig := k.kubeconfigSwitch()
+	kubeconfig(proxy.srv.URL, k.a.Token)
 
 	proxy.set(faultRule{method: "POST", path: "/ipallocations", code: 401, expireAfter: true})
 	start := time.Now()
-	_, err = k.add(l, kubeRT("c1", p, "spin", "web", uid))
+	_, err := k.add(l, kubeRT("c1", p, "spin", "web", uid))
 	if d := time.Since(start); d > 3*time.Second {
 		t.Errorf("ADD took %s, want at most apiTimeout (2s) + 1s", d.Round(time.Millisecond))
 	}
@@ -280,9 +282,7 @@ func TestKubeTokenExpires(t *testing.T) {
 		t.Fatalf("DEL with the token refused deleted %d objects", 3-got)
 	}
 	// the controller has its own credential (the admin's kubeconfig here)
-	if err := os.WriteFile(k.a.Kubeconfig, orig, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	kubeconfig(k.a.URL, k.a.Token)
 	startController(t, k.a, k.topo.Node.Do, "gc")
 	k.deletePod("spin", "web")
 	eventually(t, 15*time.Second, "the controller's GC of the pod's objects", k.gone(uid))

@@ -130,7 +130,7 @@ func (o *AddrAdd) Check(env *txn.Env) error {
 	if o.Addr.Addr().Is6() {
 		family = netlink.FAMILY_V6
 	}
-	addrs, err := h.AddrList(l, family)
+	addrs, err := Dump(func() ([]netlink.Addr, error) { return h.AddrList(l, family) })
 	if err != nil {
 		return err
 	}
@@ -267,7 +267,7 @@ func (o *RouteAdd) Check(env *txn.Env) error {
 	if o.Dst.Bits() == 0 {
 		want.Dst = nil // the kernel reports a default route without RTA_DST
 	}
-	rs, err := h.RouteListFiltered(family, want, filter)
+	rs, err := Dump(func() ([]netlink.Route, error) { return h.RouteListFiltered(family, want, filter) })
 	if err != nil {
 		return err
 	}
@@ -426,7 +426,7 @@ func (o *NeighAdd) Check(env *txn.Env) error {
 	if err != nil {
 		return err
 	}
-	ns, err := h.NeighList(l.Attrs().Index, want.Family)
+	ns, err := Dump(func() ([]netlink.Neigh, error) { return h.NeighList(l.Attrs().Index, want.Family) })
 	if err != nil {
 		return err
 	}
