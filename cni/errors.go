@@ -87,4 +87,3 @@ func errorCode(err error) uint {
 	}
 	return types.ErrIOFailure
 }
-
