@@ -60,15 +60,21 @@ func buildResult(env *txn.Env, netnsPath string, in plan.Input, routes []plan.Ro
 		if k < 0 {
 			continue
 		}
-		for _, r := range routes[k].Routes {
+		add := func(r plan.Route, table int) {
 			rt := &types.Route{Dst: *netops.IPNet(r.Dst)}
 			if r.GW.IsValid() {
 				rt.GW = net.IP(r.GW.AsSlice())
 			}
-			if t := routes[k].Table; t != 0 {
-				rt.Table = &t
+			if table != 0 {
+				rt.Table = &table
 			}
 			res.Routes = append(res.Routes, rt)
+		}
+		for _, r := range routes[k].Routes {
+			add(r, routes[k].Table)
+		}
+		for _, r := range routes[k].Main { // the same routes, in main too
+			add(r, 0)
 		}
 	}
 	// the coordinator's veth: the node end, then the pod end

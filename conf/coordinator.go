@@ -15,6 +15,12 @@ type Coordinator struct {
 	Mode string
 	// TunePodRoutes gives each NIC but the default-route one its own table.
 	TunePodRoutes bool
+	// StrictRouteTables keeps every route of a NIC but the default-route
+	// one in its table alone (spinneret before 2026-12: a peer on net1's
+	// subnet was reached through eth0 unless the socket was bound to
+	// net1). Off, a NIC's subnet and the routes no other NIC claims are in
+	// main too.
+	StrictRouteTables bool
 	// PodDefaultRouteNIC is the NIC holding the default route; "" = eth0.
 	PodDefaultRouteNIC string
 	// HijackCIDR, ServiceCIDR and PodCIDR are routed through the node
@@ -61,6 +67,7 @@ func DefaultCoordinator() Coordinator {
 type rawCoordinator struct {
 	Mode               *string           `json:"mode,omitempty"`
 	TunePodRoutes      *bool             `json:"tunePodRoutes,omitempty"`
+	StrictRouteTables  *bool             `json:"strictRouteTables,omitempty"`
 	PodDefaultRouteNIC *string           `json:"podDefaultRouteNic,omitempty"`
 	HijackCIDR         []string          `json:"hijackCIDR,omitempty"`
 	ServiceCIDR        []string          `json:"serviceCIDR,omitempty"`
@@ -102,6 +109,9 @@ func (c Coordinator) merge(path string, r *rawCoordinator) (Coordinator, error) 
 	}
 	if r.TunePodRoutes != nil {
 		c.TunePodRoutes = *r.TunePodRoutes
+	}
+	if r.StrictRouteTables != nil {
+		c.StrictRouteTables = *r.StrictRouteTables
 	}
 	if r.PodDefaultRouteNIC != nil {
 		if *r.PodDefaultRouteNIC != "" && !ValidIfName(*r.PodDefaultRouteNIC) {

@@ -170,29 +170,71 @@ func RulePriority(i int) int { return 30000 + i }
 type Routing struct {
 	Table  int
 	Routes []Route
+	// Main are the routes of Routes (of a NIC with its own table) that are
+	// in main as well, and MainSubnets the NIC's subnets whose connected
+	// route stays in main: those no other NIC of the pod claims.
+	Main        []Route
+	MainSubnets []netip.Prefix
 }
 
 // layout decides each NIC's table and routes. With route tuning on (the
 // primary network's coordinator.tunePodRoutes) and several NICs, the NIC
 // holding the default route keeps its routes in main and every other NIC
-// gets its own table, with its subnet, default and other routes moved
-// there (not copied: main holds only the default NIC's), and "from <its
-// addresses>" rules, so replies leave by the NIC the request came in on.
-// With tuning off all routes go to main, and only the default NIC gets a
-// default route.
+// gets its own table, with its subnet, default and other routes there, and
+// "from <its addresses>" rules, so replies leave by the NIC the request
+// came in on. A NIC's subnet and its other routes that no other NIC of the
+// pod claims are in main as well, so a socket not bound to a NIC reaches a
+// peer on net1's subnet out of net1, as with Multus; default routes, and a
+// destination two NICs claim, are in the NICs' tables alone, as is a route
+// whose gateway is on a subnet that is not in main (unless
+// coordinator.strictRouteTables, which keeps all of a NIC's routes in its
+// table alone). With tuning off all routes go to main, and only the
+// default NIC gets a default route.
 func layout(nics []NIC) []Routing {
 	tune := len(nics) > 1 && nics[0].Network.Coordinator.TunePodRoutes
+	strict := nics != nil && nics[0].Network.Coordinator.StrictRouteTables
 	def := max(0, slices.IndexFunc(nics, func(n NIC) bool { return n.DefaultRoute })) // eth0 unless marked
+	// how many NICs claim each destination (a subnet or a route's)
+	claims := map[netip.Prefix]int{}
+	for _, n := range nics {
+		mine := map[netip.Prefix]bool{}
+		for _, a := range n.Addrs {
+			mine[a.Address.Masked()] = true
+		}
+		for _, r := range n.Routes() {
+			if r.Dst.Bits() != 0 {
+				mine[r.Dst.Masked()] = true
+			}
+		}
+		for d := range mine {
+			claims[d]++
+		}
+	}
 	out := make([]Routing, len(nics))
 	for i, n := range nics {
 		if tune && i != def {
 			out[i].Table = FirstTable + i
+		}
+		if out[i].Table != 0 && !strict {
+			for _, a := range n.Addrs {
+				if sub := a.Address.Masked(); claims[sub] == 1 && !slices.Contains(out[i].MainSubnets, sub) {
+					out[i].MainSubnets = append(out[i].MainSubnets, sub)
+				}
+			}
+		}
+		// a route in main needs its gateway on a subnet main reaches
+		// through the NIC
+		gwInMain := func(gw netip.Addr) bool {
+			return !gw.IsValid() || slices.ContainsFunc(out[i].MainSubnets, func(p netip.Prefix) bool { return p.Contains(gw) })
 		}
 		for _, r := range n.Routes() {
 			if !tune && i != def && r.Dst.Bits() == 0 {
 				continue
 			}
 			out[i].Routes = append(out[i].Routes, r)
+			if out[i].Table != 0 && !strict && r.Dst.Bits() != 0 && claims[r.Dst.Masked()] == 1 && gwInMain(r.GW) {
+				out[i].Main = append(out[i].Main, r)
+			}
 		}
 	}
 	return out
@@ -329,7 +371,9 @@ func planNICs(nics []NIC, routes []Routing) []txn.Op {
 		}
 		ops = append(ops, op)
 		for _, a := range n.Addrs {
-			ops = append(ops, &netops.AddrAdd{NS: txn.Pod, Link: n.IfName, Addr: a.Address, NoPrefixRoute: rt.Table != 0})
+			// the kernel's connected route, in main, only where the
+			// layout keeps the subnet there
+			ops = append(ops, &netops.AddrAdd{NS: txn.Pod, Link: n.IfName, Addr: a.Address, NoPrefixRoute: rt.Table != 0 && !slices.Contains(rt.MainSubnets, a.Address.Masked())})
 		}
 		ops = append(ops, &netops.LinkUp{NS: txn.Pod, Link: n.IfName})
 		detect := c.Underlay() && (c.DetectIPConflict || c.DetectGateway)
@@ -352,6 +396,9 @@ func planNICs(nics []NIC, routes []Routing) []txn.Op {
 		}
 		for _, r := range rt.Routes {
 			ops = append(ops, &netops.RouteAdd{NS: txn.Pod, Link: n.IfName, Dst: r.Dst, GW: r.GW, Table: rt.Table})
+		}
+		for _, r := range rt.Main {
+			ops = append(ops, &netops.RouteAdd{NS: txn.Pod, Link: n.IfName, Dst: r.Dst, GW: r.GW})
 		}
 		if rt.Table != 0 {
 			for _, a := range n.Addrs {

@@ -3,9 +3,11 @@ package plan
 import (
 	"encoding/json"
 	"flag"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/spinneret-cni/spinneret/conf"
@@ -40,6 +42,18 @@ func TestPlanGolden(t *testing.T) {
 				{"name":"ongw","subnet":"192.0.2.0/24","gateway":"192.0.2.1","routes":[{"dst":"0.0.0.0/0","gw":"192.0.2.254"}]},
 				{"name":"onlink","subnet":"fd00:7::/64","routes":[{"dst":"fd00:8::/64"}]}]}}`,
 			"", []string{"ongw=192.0.2.9/24", "onlink=fd00:7::9/64"}},
+		// three NICs: the subnets of net1 and net2 and net1's storage route
+		// are in main too; the route both claim is in their tables alone
+		{"three-nics", `{"cniVersion":"1.1.0","name":"n","type":"spinneret","networks":[
+			{"name":"front","master":"ens192","ipam":{"pools":[{"name":"f","subnet":"10.6.0.0/16","gateway":"10.6.0.1"}]}},
+			{"name":"storage","master":"ens224","ipam":{"pools":[{"name":"s","subnet":"172.20.0.0/24","gateway":"172.20.0.1","routes":[{"dst":"172.30.0.0/16"},{"dst":"10.99.0.0/16"}]}]}},
+			{"name":"backup","master":"ens256","ipam":{"pools":[{"name":"b","subnet":"172.21.0.0/24","gateway":"172.21.0.1","routes":[{"dst":"10.99.0.0/16"}]},
+				{"name":"b6","subnet":"fd00:21::/64","gateway":"fd00:21::1"}]}}]}`,
+			"", []string{"f=10.6.0.5/16", "s=172.20.0.5/24", "b=172.21.0.6/24", "b6=fd00:21::5/64"}},
+		{"three-nics-strict", `{"cniVersion":"1.1.0","name":"n","type":"spinneret","coordinator":{"strictRouteTables":true},"networks":[
+			{"name":"front","master":"ens192","ipam":{"pools":[{"name":"f","subnet":"10.6.0.0/16","gateway":"10.6.0.1"}]}},
+			{"name":"storage","master":"ens224","ipam":{"pools":[{"name":"s","subnet":"172.20.0.0/24","gateway":"172.20.0.1","routes":[{"dst":"172.30.0.0/16"}]}]}}]}`,
+			"", []string{"f=10.6.0.5/16", "s=172.20.0.5/24"}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -47,21 +61,28 @@ func TestPlanGolden(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			nic := NIC{NIC: request.NIC{IfName: "eth0", Network: cfg.Network, MAC: c.mac}}
-			for _, a := range c.addrs {
-				var pool, addr string
-				for i := range a {
-					if a[i] == '=' {
-						pool, addr = a[:i], a[i+1:]
+			// one NIC per network of the catalogue that has an address
+			var nics []NIC
+			for i, nw := range cfg.Networks {
+				nic := NIC{NIC: request.NIC{IfName: "eth0", Network: nw}}
+				if i == 0 {
+					nic.MAC = c.mac
+				} else {
+					nic.IfName = fmt.Sprintf("net%d", i)
+				}
+				for _, a := range c.addrs {
+					pool, addr, _ := strings.Cut(a, "=")
+					p := nic.pool(pool)
+					if p == nil {
+						continue
 					}
+					nic.Addrs = append(nic.Addrs, ipam.Allocation{Pool: pool, Address: netip.MustParsePrefix(addr), Gateway: p.Gateway})
 				}
-				al := ipam.Allocation{Pool: pool, Address: netip.MustParsePrefix(addr)}
-				if p := nic.pool(pool); p != nil {
-					al.Gateway = p.Gateway
+				if len(nic.Addrs) > 0 {
+					nics = append(nics, nic)
 				}
-				nic.Addrs = append(nic.Addrs, al)
 			}
-			in := Input{ContainerID: "0123456789abcdef", NICs: []NIC{nic},
+			in := Input{ContainerID: "0123456789abcdef", NICs: nics,
 				NodeIPs: []netip.Addr{netip.MustParseAddr("10.6.212.101"), netip.MustParseAddr("fd00:6::101")}}
 			got, err := json.MarshalIndent(txn.Steps(New(in).Ops), "", "  ")
 			if err != nil {
@@ -89,5 +110,55 @@ func TestPlanGolden(t *testing.T) {
 				t.Fatalf("plan does not round-trip through JSON:\n%s", again)
 			}
 		})
+	}
+}
+
+// TestLayoutClaims: a subnet two NICs share, a route both claim, and a
+// route whose gateway is on such a subnet stay in the NICs' tables alone;
+// a NIC's own subnet and routes are in main too.
+func TestLayoutClaims(t *testing.T) {
+	cfg, err := conf.Parse([]byte(`{"cniVersion":"1.1.0","name":"n","type":"spinneret","networks":[
+		{"name":"a","master":"m0","ipam":{"pools":[{"name":"a","subnet":"10.0.0.0/24","gateway":"10.0.0.1"}]}},
+		{"name":"b","master":"m1","ipam":{"pools":[{"name":"b","subnet":"10.1.0.0/24","gateway":"10.1.0.1","routes":[{"dst":"10.9.0.0/16"},{"dst":"10.8.0.0/16"}]}]}},
+		{"name":"c","master":"m2","ipam":{"pools":[{"name":"c","subnet":"10.1.0.0/24","gateway":"10.1.0.1","routes":[{"dst":"10.9.0.0/16"}]},
+			{"name":"c6","subnet":"fd00:1::/64","gateway":"fd00:1::1","routes":[{"dst":"fd00:9::/48"}]}]}}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	addrs := [][]string{{"a=10.0.0.5/24"}, {"b=10.1.0.5/24"}, {"c=10.1.0.6/24", "c6=fd00:1::6/64"}}
+	var nics []NIC
+	for i, nw := range cfg.Networks {
+		n := NIC{NIC: request.NIC{IfName: fmt.Sprintf("net%d", i), Network: nw}}
+		for _, a := range addrs[i] {
+			pool, addr, _ := strings.Cut(a, "=")
+			n.Addrs = append(n.Addrs, ipam.Allocation{Pool: pool, Address: netip.MustParsePrefix(addr), Gateway: n.pool(pool).Gateway})
+		}
+		nics = append(nics, n)
+	}
+	l := layout(nics)
+	str := func(rs []Route) string {
+		var out []string
+		for _, r := range rs {
+			out = append(out, r.Dst.String())
+		}
+		return strings.Join(out, " ")
+	}
+	for i, want := range []struct {
+		table         int
+		main, subnets string
+	}{{0, "", ""}, {FirstTable + 1, "", ""}, {FirstTable + 2, "fd00:9::/48", "fd00:1::/64"}} {
+		var subs []string
+		for _, p := range l[i].MainSubnets {
+			subs = append(subs, p.String())
+		}
+		if l[i].Table != want.table {
+			t.Errorf("NIC %d table %d", i, l[i].Table)
+		}
+		if got := str(l[i].Main); got != want.main {
+			t.Errorf("NIC %d routes in main too: %q, want %q", i, got, want.main)
+		}
+		if got := strings.Join(subs, " "); got != want.subnets {
+			t.Errorf("NIC %d subnets in main: %q, want %q", i, got, want.subnets)
+		}
 	}
 }

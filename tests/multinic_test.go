@@ -380,3 +380,50 @@ func TestBadRequests(t *testing.T) {
 		})
 	}
 }
+
+// TestSubnetRouteInMain: a socket bound to no NIC reaches a peer on net1's
+// subnet (its gateway's address stands in for a storage target) out of
+// net1, as with Multus: net1's subnet route is in main as well as in its
+// table. With coordinator.strictRouteTables the same packets leave by
+// eth0's default route (the control). IPv4 and IPv6.
+func TestSubnetRouteInMain(t *testing.T) {
+	for _, strict := range []bool{false, true} {
+		t.Run(fmt.Sprintf("strict=%v", strict), func(t *testing.T) {
+			e := multiEnv(t)
+			l := e.multiConf(dual, fmt.Sprintf(`"coordinator":{"strictRouteTables":%v}`, strict))
+			p, _ := e.topo.NewPod()
+			before := e.snapshot(p)
+			rt := podRT("c1", p, map[string]string{request.AnnotNetworks: "blue"})
+			e.mustAdd(l, rt)
+			n := e.topo.Nets[1]
+			for _, peer := range []netip.Addr{n.GW4, n.GW6} {
+				out, other := "net1", "eth0"
+				if strict {
+					out, other = "eth0", "net1"
+				}
+				// ten echo requests (each answered, or a timeout's worth
+				// when strict); the NIC they leave by sends them all, the
+				// other at most a link's own noise (IPv6 DAD, MLD)
+				outBefore, _ := p.TxPackets(out)
+				otherBefore, _ := p.TxPackets(other)
+				for range 10 {
+					err := p.Ping(peer, 350*time.Millisecond)
+					if err != nil && !strict {
+						t.Errorf("unbound ping of %s (on net1's subnet): %v", peer, err)
+						break
+					}
+				}
+				outAfter, _ := p.TxPackets(out)
+				otherAfter, _ := p.TxPackets(other)
+				if sent, noise := outAfter-outBefore, otherAfter-otherBefore; sent < 10 || noise > sent/2 {
+					t.Errorf("unbound pings of %s: %s sent %d packets, %s %d; want them out of %s", peer, out, sent, other, noise, out)
+				}
+			}
+			if err := e.check(l, rt); err != nil {
+				t.Errorf("CHECK: %v", err)
+			}
+			e.mustDel(l, rt)
+			e.sameAs(before, p)
+		})
+	}
+}
