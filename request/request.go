@@ -32,6 +32,10 @@ const (
 	AnnotDefaultRouteNIC = "spinneret.io/default-route-nic"
 	AnnotIPPools         = "spinneret.io/ippools"
 	AnnotRoutes          = "spinneret.io/routes"
+	// AnnotDefaultNetwork is Multus' choice of a pod's eth0 network: a
+	// catalogue network or a NAD of the pod's namespace, instead of the
+	// primary network.
+	AnnotDefaultNetwork = "v1.multus-cni.io/default-network"
 )
 
 // Args is CNI_ARGS as spinneret reads it: the Kubernetes pod it names, and
@@ -179,7 +183,7 @@ var ErrCapability = errors.New("invalid runtime argument")
 // then every network the annotations select, in order.
 func Resolve(in Input) (*Request, error) {
 	cfg, ann := in.Config, in.Annotations
-	for _, k := range []string{AnnotNetworks, AnnotDefaultRouteNIC, AnnotIPPools, AnnotRoutes} {
+	for _, k := range []string{AnnotNetworks, AnnotDefaultNetwork, AnnotDefaultRouteNIC, AnnotIPPools, AnnotRoutes} {
 		if n := len(ann[k]); n > MaxAnnotationBytes {
 			return nil, fmt.Errorf("%s: %d bytes, at most %d", k, n, MaxAnnotationBytes)
 		}
@@ -190,6 +194,27 @@ func Resolve(in Input) (*Request, error) {
 	eth0 := NIC{IfName: in.IfName, Network: primary, MAC: primary.MAC, DeviceID: cfg.RuntimeDeviceID}
 	if primary.SRIOV != nil && primary.SRIOV.DeviceID != "" {
 		eth0.DeviceID = primary.SRIOV.DeviceID
+	}
+	if v, ok := ann[AnnotDefaultNetwork]; ok {
+		sels, err := parseSelections(AnnotDefaultNetwork, v)
+		if err != nil {
+			return nil, err
+		}
+		if len(sels) != 1 {
+			return nil, fmt.Errorf("%s: names %d networks; it names the one network of the pod's %s", AnnotDefaultNetwork, len(sels), in.IfName)
+		}
+		if sels[0].Interface != "" && sels[0].Interface != in.IfName {
+			return nil, fmt.Errorf("%s: interface %s: the default network is the pod's %s", AnnotDefaultNetwork, conf.Excerpt(sels[0].Interface), in.IfName)
+		}
+		sels[0].Interface = in.IfName
+		n, err := selected(in, podNS, AnnotDefaultNetwork, sels[0], true)
+		if err != nil {
+			return nil, err
+		}
+		if n.DeviceID == "" {
+			n.DeviceID = cfg.RuntimeDeviceID
+		}
+		primary, eth0 = n.Network, n
 	}
 	if m := string(in.Args.MAC); m != "" {
 		hw, err := net.ParseMAC(m)
@@ -202,70 +227,28 @@ func Resolve(in Input) (*Request, error) {
 		eth0.MAC, eth0.PodMAC = cfg.RuntimeMAC, true
 	}
 	nics := []NIC{eth0}
-	sels, err := parseNetworks(ann[AnnotNetworks])
+	defaultNIC := -1
+	if len(eth0.DefaultRouteGWs) > 0 {
+		defaultNIC = 0
+	}
+	sels, err := parseSelections(AnnotNetworks, ann[AnnotNetworks])
 	if err != nil {
 		return nil, err
 	}
-	defaultNIC := -1
 	for i, sel := range sels {
 		field := fmt.Sprintf("%s[%d]", AnnotNetworks, i)
-		if sel.Namespace != "" && podNS == "" {
-			return nil, fmt.Errorf("%s: network %s names a namespace, and the runtime gave no K8S_POD_NAMESPACE to check it against", field, conf.Excerpt(sel.Namespace+"/"+sel.Name))
+		if sel.Interface == "" {
+			sel.Interface = fmt.Sprintf("net%d", i+1)
 		}
-		if sel.Namespace != "" && sel.Namespace != podNS {
-			return nil, fmt.Errorf("%s: network %s is not in the pod's namespace %s", field, conf.Excerpt(sel.Namespace+"/"+sel.Name), podNS)
+		n, err := selected(in, podNS, field, sel, false)
+		if err != nil {
+			return nil, err
 		}
-		nw, ok := cfg.Lookup(sel.Name)
-		if !ok {
-			if nw, err = nadNetwork(in, podNS, sel.Name); err != nil {
-				return nil, fmt.Errorf("%s: %w", field, err)
-			}
-		}
-		n := NIC{IfName: sel.Interface, Network: *nw, MAC: nw.MAC}
-		if nw.SRIOV != nil {
-			n.DeviceID = nw.SRIOV.DeviceID
-		}
-		if sel.Namespace != "" {
-			n.StatusName = sel.Namespace + "/" + sel.Name
-		}
-		if n.IfName == "" {
-			n.IfName = fmt.Sprintf("net%d", i+1)
-		}
-		if err := conf.PodIfNameError(n.IfName, false); err != nil {
-			return nil, fmt.Errorf("%s.interface: %w", field, err)
-		}
-		for j, s := range sel.IPs {
-			a, err := parseAddr(s)
-			if err != nil {
-				return nil, fmt.Errorf("%s.ips[%d]: %s is not an address", field, j, conf.Excerpt(s))
-			}
-			if k := slices.IndexFunc(n.Static, func(b netip.Addr) bool { return b.Is4() == a.Is4() }); k >= 0 {
-				return nil, fmt.Errorf("%s.ips[%d]: %s: the NIC already has %s, and a NIC gets one address per family", field, j, a, n.Static[k])
-			}
-			n.Static = append(n.Static, a)
-		}
-		if sel.MAC != "" {
-			hw, err := net.ParseMAC(sel.MAC)
-			if err != nil || len(hw) != 6 || hw[0]&1 == 1 {
-				return nil, fmt.Errorf("%s.mac: %s is not a unicast MAC address", field, conf.Excerpt(sel.MAC))
-			}
-			n.MAC, n.PodMAC = hw.String(), true
-		}
-		if len(sel.DefaultRoute) > 0 {
+		if len(n.DefaultRouteGWs) > 0 {
 			if defaultNIC >= 0 {
 				return nil, fmt.Errorf("%s.default-route: %s already has the default route", field, nics[defaultNIC].IfName)
 			}
 			defaultNIC = len(nics)
-			for j, s := range sel.DefaultRoute {
-				gw, err := netip.ParseAddr(s)
-				if err != nil {
-					return nil, fmt.Errorf("%s.default-route[%d]: %s is not an address", field, j, conf.Excerpt(s))
-				}
-				if slices.ContainsFunc(n.DefaultRouteGWs, func(b netip.Addr) bool { return b.Is4() == gw.Is4() }) {
-					return nil, fmt.Errorf("%s.default-route[%d]: a second %s gateway", field, j, family(gw))
-				}
-				n.DefaultRouteGWs = append(n.DefaultRouteGWs, gw)
-			}
 		}
 		nics = append(nics, n)
 	}
@@ -301,6 +284,67 @@ func Resolve(in Input) (*Request, error) {
 	nics[max(defaultNIC, 0)].DefaultRoute = true
 	req.NICs = nics
 	return req, nil
+}
+
+// selected is the NIC one entry of a networks annotation (or of the
+// default-network one, primary: the interface is CNI_IFNAME, checked
+// already) selects: its network (the catalogue's, or a NAD of the pod's
+// own namespace), statics, MAC and default-route gateways; field names the
+// entry in errors.
+func selected(in Input, podNS, field string, sel selection, primary bool) (NIC, error) {
+	if sel.Namespace != "" && podNS == "" {
+		return NIC{}, fmt.Errorf("%s: network %s names a namespace, and the runtime gave no K8S_POD_NAMESPACE to check it against", field, conf.Excerpt(sel.Namespace+"/"+sel.Name))
+	}
+	if sel.Namespace != "" && sel.Namespace != podNS {
+		return NIC{}, fmt.Errorf("%s: network %s is not in the pod's namespace %s", field, conf.Excerpt(sel.Namespace+"/"+sel.Name), podNS)
+	}
+	nw, ok := in.Config.Lookup(sel.Name)
+	if !ok {
+		var err error
+		if nw, err = nadNetwork(in, podNS, sel.Name); err != nil {
+			return NIC{}, fmt.Errorf("%s: %w", field, err)
+		}
+	}
+	n := NIC{IfName: sel.Interface, Network: *nw, MAC: nw.MAC}
+	if nw.SRIOV != nil {
+		n.DeviceID = nw.SRIOV.DeviceID
+	}
+	if sel.Namespace != "" {
+		n.StatusName = sel.Namespace + "/" + sel.Name
+	}
+	if !primary {
+		if err := conf.PodIfNameError(n.IfName, false); err != nil {
+			return NIC{}, fmt.Errorf("%s.interface: %w", field, err)
+		}
+	}
+	for j, s := range sel.IPs {
+		a, err := parseAddr(s)
+		if err != nil {
+			return NIC{}, fmt.Errorf("%s.ips[%d]: %s is not an address", field, j, conf.Excerpt(s))
+		}
+		if k := slices.IndexFunc(n.Static, func(b netip.Addr) bool { return b.Is4() == a.Is4() }); k >= 0 {
+			return NIC{}, fmt.Errorf("%s.ips[%d]: %s: the NIC already has %s, and a NIC gets one address per family", field, j, a, n.Static[k])
+		}
+		n.Static = append(n.Static, a)
+	}
+	if sel.MAC != "" {
+		hw, err := net.ParseMAC(sel.MAC)
+		if err != nil || len(hw) != 6 || hw[0]&1 == 1 {
+			return NIC{}, fmt.Errorf("%s.mac: %s is not a unicast MAC address", field, conf.Excerpt(sel.MAC))
+		}
+		n.MAC, n.PodMAC = hw.String(), true
+	}
+	for j, s := range sel.DefaultRoute {
+		gw, err := netip.ParseAddr(s)
+		if err != nil {
+			return NIC{}, fmt.Errorf("%s.default-route[%d]: %s is not an address", field, j, conf.Excerpt(s))
+		}
+		if slices.ContainsFunc(n.DefaultRouteGWs, func(b netip.Addr) bool { return b.Is4() == gw.Is4() }) {
+			return NIC{}, fmt.Errorf("%s.default-route[%d]: a second %s gateway", field, j, family(gw))
+		}
+		n.DefaultRouteGWs = append(n.DefaultRouteGWs, gw)
+	}
+	return n, nil
 }
 
 func family(a netip.Addr) string {
@@ -360,23 +404,27 @@ func mapMasters(node *conf.Node, nw *conf.Network) error {
 	return nil
 }
 
-// parseNetworks reads the networks annotation: a JSON list, or the short
-// form "name, ns/name, name@ifname, ns/name@ifname".
-func parseNetworks(s string) ([]selection, error) {
+// parseNetworks reads the networks annotation.
+func parseNetworks(s string) ([]selection, error) { return parseSelections(AnnotNetworks, s) }
+
+// parseSelections reads annotation key in the networks annotation's
+// format: a JSON list, or the short form "name, ns/name, name@ifname,
+// ns/name@ifname".
+func parseSelections(key, s string) ([]selection, error) {
 	s = strings.TrimSpace(s)
 	if s == "" {
 		return nil, nil
 	}
 	if strings.HasPrefix(s, "[") {
 		var out []selection
-		if err := conf.DecodeStrict(AnnotNetworks, []byte(s), &out); err != nil {
+		if err := conf.DecodeStrict(key, []byte(s), &out); err != nil {
 			return nil, err
 		}
 		for i, sel := range out {
 			if sel.Name == "" {
-				return nil, fmt.Errorf("%s[%d].name: missing", AnnotNetworks, i)
+				return nil, fmt.Errorf("%s[%d].name: missing", key, i)
 			}
-			if err := checkNames(fmt.Sprintf("%s[%d]", AnnotNetworks, i), sel); err != nil {
+			if err := checkNames(fmt.Sprintf("%s[%d]", key, i), sel, key == AnnotDefaultNetwork); err != nil {
 				return nil, err
 			}
 		}
@@ -393,9 +441,9 @@ func parseNetworks(s string) ([]selection, error) {
 		}
 		sel.Name = name
 		if sel.Name == "" || strings.ContainsAny(sel.Name, "/@ ") || (hasIf && sel.Interface == "") || (strings.Contains(item, "/") && sel.Namespace == "") {
-			return nil, fmt.Errorf("%s: entry %d %s is not name, namespace/name or name@interface", AnnotNetworks, i, conf.Excerpt(item))
+			return nil, fmt.Errorf("%s: entry %d %s is not name, namespace/name or name@interface", key, i, conf.Excerpt(item))
 		}
-		if err := checkNames(fmt.Sprintf("%s[%d]", AnnotNetworks, i), sel); err != nil {
+		if err := checkNames(fmt.Sprintf("%s[%d]", key, i), sel, key == AnnotDefaultNetwork); err != nil {
 			return nil, err
 		}
 		out = append(out, sel)
@@ -413,7 +461,7 @@ var (
 
 // checkNames refuses a selection whose name, namespace or interface no
 // network, namespace or pod NIC can have, before it is looked up.
-func checkNames(field string, sel selection) error {
+func checkNames(field string, sel selection, primary bool) error {
 	if len(sel.Name) > 253 || !selNameRE.MatchString(sel.Name) {
 		return fmt.Errorf("%s: network name %s is not a network or NetworkAttachmentDefinition name (lower case letters, digits, '.', '-', '_'; at most 253)", field, conf.Excerpt(sel.Name))
 	}
@@ -421,7 +469,7 @@ func checkNames(field string, sel selection) error {
 		return fmt.Errorf("%s: namespace %s is not a namespace name", field, conf.Excerpt(sel.Namespace))
 	}
 	if sel.Interface != "" {
-		if err := conf.PodIfNameError(sel.Interface, false); err != nil {
+		if err := conf.PodIfNameError(sel.Interface, primary); err != nil {
 			return fmt.Errorf("%s.interface: %w", field, err)
 		}
 	}

@@ -217,3 +217,35 @@ func TestAnnotationBound(t *testing.T) {
 		t.Errorf("an annotation of exactly %d bytes: %v", MaxAnnotationBytes, err)
 	}
 }
+
+// TestDefaultNetwork: Multus' v1.multus-cni.io/default-network replaces
+// the primary network for the pod's eth0, with a catalogue network or a
+// NAD of the pod's namespace, in the short or the JSON form (with its ips,
+// mac and default-route); the networks annotation's NICs follow.
+func TestDefaultNetwork(t *testing.T) {
+	cfg, node := setup(t, "masters: {logical-green: uplink2}\n")
+	for _, c := range []struct {
+		ann, network, status, static, mac string
+	}{
+		{"blue", "blue", "", "", ""},
+		{"spin/nad1", "spin/nad1", "spin/nad1", "", ""},
+		{`[{"name":"blue","interface":"eth0","ips":["198.51.100.9"],"mac":"0a:00:00:00:00:09","default-route":["198.51.100.1"]}]`, "blue", "", "198.51.100.9", "0a:00:00:00:00:09"},
+	} {
+		t.Run(c.ann, func(t *testing.T) {
+			req, err := Resolve(input(cfg, node, map[string]string{AnnotDefaultNetwork: c.ann, AnnotNetworks: "red"}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			eth0 := req.NICs[0]
+			if eth0.IfName != "eth0" || eth0.Network.Name != c.network || eth0.StatusName != c.status || !eth0.DefaultRoute {
+				t.Errorf("eth0 %+v", eth0)
+			}
+			if got := fmt.Sprint(eth0.Static); c.static != "" && got != "["+c.static+"]" || eth0.MAC != c.mac {
+				t.Errorf("eth0 statics %v, MAC %q", eth0.Static, eth0.MAC)
+			}
+			if len(req.NICs) != 2 || req.NICs[1].IfName != "net1" || req.NICs[1].Network.Name != "red" || req.NICs[1].DefaultRoute {
+				t.Errorf("net1 %+v", req.NICs[1:])
+			}
+		})
+	}
+}

@@ -10,6 +10,8 @@ import (
 
 	"github.com/containernetworking/cni/libcni"
 	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/spinneret-cni/spinneret/cni"
 	"github.com/spinneret-cni/spinneret/internal/netlab"
@@ -426,4 +428,57 @@ func TestSubnetRouteInMain(t *testing.T) {
 			e.sameAs(before, p)
 		})
 	}
+}
+
+// TestDefaultNetworkAnnotation: v1.multus-cni.io/default-network gives one
+// pod's eth0 another network of the catalogue (blue instead of the primary
+// red), beside a pod of the same config on the primary network; the
+// pod's networks annotation adds red as net1. Traffic flows on each, and
+// DEL leaves both pods and the node as before.
+func TestDefaultNetworkAnnotation(t *testing.T) {
+	e := multiEnv(t)
+	l := e.multiConf(dual, "")
+	n := e.topo.Nets
+	pa, _ := e.topo.NewPod()
+	pb, _ := e.topo.NewPod()
+	before := e.snapshot(pa, pb)
+	rtA := podRT("a", pa, map[string]string{request.AnnotDefaultNetwork: "blue", request.AnnotNetworks: "red"})
+	rtB := podRT("b", pb, nil)
+	ra, rb := e.mustAdd(l, rtA), e.mustAdd(l, rtB)
+	for _, v4 := range []bool{true, false} {
+		sub := map[bool]func(netlab.Net) netip.Prefix{true: func(x netlab.Net) netip.Prefix { return x.Subnet4 }, false: func(x netlab.Net) netip.Prefix { return x.Subnet6 }}[v4]
+		gw := map[bool]func(netlab.Net) netip.Addr{true: func(x netlab.Net) netip.Addr { return x.GW4 }, false: func(x netlab.Net) netip.Addr { return x.GW6 }}[v4]
+		for _, c := range []struct {
+			pod *netlab.NS
+			r   *current.Result
+			nic string
+			net int
+		}{{pa, ra, "eth0", 1}, {pa, ra, "net1", 0}, {pb, rb, "eth0", 0}} {
+			a := nicAddr(t, c.r, c.nic, v4)
+			if !sub(*n[c.net]).Contains(a) {
+				t.Errorf("%s's %s: %s, want one of %s", c.pod.Name, c.nic, a, sub(*n[c.net]))
+			}
+			if err := c.pod.PingFrom(a, gw(*n[c.net]), 5*time.Second); err != nil {
+				t.Errorf("%s's %s -> its gateway: %v", c.pod.Name, c.nic, err)
+			}
+		}
+		// pod a's default route (main) is eth0's, via blue's gateway
+		fam := map[bool]int{true: netlink.FAMILY_V4, false: netlink.FAMILY_V6}[v4]
+		rs, _ := pa.NL().RouteListFiltered(fam, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+		found := false
+		for _, r := range rs {
+			isDefault := r.Dst == nil
+			if r.Dst != nil {
+				ones, _ := r.Dst.Mask.Size()
+				isDefault = ones == 0
+			}
+			found = found || isDefault && r.Gw.Equal(gw(*n[1]).AsSlice())
+		}
+		if !found {
+			t.Errorf("pod a's main table has no default route via blue's gateway %s: %v", gw(*n[1]), rs)
+		}
+	}
+	e.mustDel(l, rtA)
+	e.mustDel(l, rtB)
+	e.sameAs(before, pa, pb)
 }
