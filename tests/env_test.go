@@ -56,13 +56,16 @@ func TestMain(m *testing.M) {
 			fmt.Fprintln(os.Stderr, "tests: building spinneret:", err)
 			os.Exit(1)
 		}
-		// the reference host-local IPAM plugin, which NADs written for
-		// Multus name and spinneret runs for them
-		install := exec.Command("go", "install", "github.com/containernetworking/plugins/plugins/ipam/host-local@v1.9.1")
+		// the reference plugins (the version go.mod pins): host-local,
+		// which NADs written for Multus name and spinneret runs for them;
+		// ptp and portmap, the stand-in for a cluster's existing CNI
+		// that a delegate network runs
+		install := exec.Command("go", "install", "github.com/containernetworking/plugins/plugins/ipam/host-local@v1.9.1",
+			"github.com/containernetworking/plugins/plugins/main/ptp@v1.9.1", "github.com/containernetworking/plugins/plugins/meta/portmap@v1.9.1")
 		install.Env = append(os.Environ(), "GOBIN="+bin)
 		install.Stdout, install.Stderr = os.Stderr, os.Stderr
 		if err := install.Run(); err != nil {
-			fmt.Fprintln(os.Stderr, "tests: building host-local:", err)
+			fmt.Fprintln(os.Stderr, "tests: building the reference plugins:", err)
 			os.Exit(1)
 		}
 	}
