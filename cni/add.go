@@ -88,9 +88,19 @@ func (p *plugin) add(args *skel.CmdArgs) error {
 
 	// from here on, what is taken is in the journal
 	alloc := p.allocator(j, args)
+	var delegated *current.Result
+	if nics[0].Network.Delegate != nil {
+		// eth0 first, made by its network's CNI
+		if delegated, err = p.runDelegate(j, args, nics[0]); err != nil {
+			return p.abort(env, j, alloc, err)
+		}
+	}
 	got, err := alloc.Allocate(ipamNeeds(nics))
 	if err != nil {
 		return p.abort(env, j, alloc, err)
+	}
+	if delegated != nil {
+		got.Delegated[nics[0].IfName] = delegated
 	}
 	in, err := p.planInput(env, args.ContainerID, withAddrs(nics, got), cluster)
 	if err != nil {

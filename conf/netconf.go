@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -96,6 +97,14 @@ type rawNetwork struct {
 	Name string `json:"name"`
 	rawLink
 	Coordinator *rawCoordinator `json:"coordinator,omitempty"`
+	// Delegate makes the network another CNI's (Calico, Cilium): its
+	// conflist runs for eth0
+	Delegate *rawDelegate `json:"delegate,omitempty"`
+}
+
+type rawDelegate struct {
+	Conflist               string `json:"conflist"`
+	ReadinessIndicatorFile string `json:"readinessIndicatorFile,omitempty"`
 }
 
 type rawIPAM struct {
@@ -201,6 +210,18 @@ type Network struct {
 	// Sysctls are a NAD's tuning sysctls, set in the pod for each NIC of
 	// the network (IFNAME in a key is the NIC's name).
 	Sysctls []Sysctl
+	// Delegate, when set, makes the network another CNI's: its conflist
+	// makes the NIC (eth0 only), spinneret neither creates a link nor
+	// allocates for it.
+	Delegate *Delegate
+}
+
+// Delegate is another CNI a network runs: the conflist its installer
+// keeps writing (read on every call, so its upgrades are picked up), and
+// a file whose presence says it is ready (Multus' readinessindicatorfile).
+type Delegate struct {
+	Conflist               string
+	ReadinessIndicatorFile string
 }
 
 // Sysctl is one sysctl as tuning names it (net.ipv4.conf.IFNAME.arp_filter).
@@ -500,6 +521,33 @@ func (r *raw) validate() (*Config, error) {
 	return c, nil
 }
 
+// delegate validates a network of another CNI: a conflist and an optional
+// readiness file, absolute paths; nothing of a link or of addresses (its
+// CNI makes both).
+func (rn *rawNetwork) delegate(f func(string) string, n *Network) (*Network, error) {
+	d := rn.Delegate
+	if rn.rawLink != (rawLink{}) {
+		return nil, fmt.Errorf("%s: a delegate network is its CNI's: it has no driver, master, VLAN, bond, MTU, MAC or ipam of spinneret's", f("delegate"))
+	}
+	for _, p := range []struct{ field, v string }{{"conflist", d.Conflist}, {"readinessIndicatorFile", d.ReadinessIndicatorFile}} {
+		if p.v == "" && p.field == "readinessIndicatorFile" {
+			continue
+		}
+		if !filepath.IsAbs(p.v) || filepath.Clean(p.v) != p.v {
+			return nil, fmt.Errorf("%s: %s is not a clean absolute path", f("delegate."+p.field), Excerpt(p.v))
+		}
+	}
+	if n.Coordinator.Mode != "disable" {
+		// the overlay mode (eth0 the delegate's, underlay NICs beside
+		// it) is not built yet; the underlay mode's veth and routes
+		// would fight the delegate's
+		return nil, fmt.Errorf("%s: a delegate network needs coordinator mode overlay, which spinneret does not drive yet; set mode disable", f("coordinator.mode"))
+	}
+	n.Driver, n.Mode = "delegate", ""
+	n.Delegate = &Delegate{Conflist: d.Conflist, ReadinessIndicatorFile: d.ReadinessIndicatorFile}
+	return n, nil
+}
+
 // networks validates the catalogue: either "networks", or the single
 // network written at the top level (named after the config).
 func (c *Config) networks(r *raw, coord Coordinator) error {
@@ -554,6 +602,9 @@ func (rn *rawNetwork) validate(path string, coord Coordinator) (*Network, error)
 	var err error
 	if n.Coordinator, err = coord.merge(f("coordinator"), rn.Coordinator); err != nil {
 		return nil, err
+	}
+	if d := rn.Delegate; d != nil {
+		return rn.delegate(f, n)
 	}
 	if n.Driver == "" {
 		n.Driver = vocab.Drivers[0]

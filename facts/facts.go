@@ -219,6 +219,9 @@ func Precheck(env *txn.Env, nics []plan.NIC) error {
 	kinds := map[string]string{} // master -> the driver of the pod's first NIC on it
 	for i := range nics {
 		n := nics[i]
+		if n.Network.Delegate != nil {
+			continue // its CNI makes it, and checks what it needs
+		}
 		if n.VF != nil {
 			// the VF's settings before this ADD: journaled with the plan
 			st, err := drivers.ReadVFState(host, n.VF)

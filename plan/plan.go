@@ -127,7 +127,7 @@ func (n *NIC) UseDelegated(res *current.Result) {
 	for _, ip := range res.IPs {
 		a, _ := netip.AddrFromSlice(ip.Address.IP)
 		ones, _ := ip.Address.Mask.Size()
-		al := ipam.Allocation{IfName: n.IfName, Pool: "ipam:" + n.Network.DelegateIPAM.Type, Address: netip.PrefixFrom(a.Unmap(), ones)}
+		al := ipam.Allocation{IfName: n.IfName, Pool: n.delegatedPool(), Address: netip.PrefixFrom(a.Unmap(), ones)}
 		if g, ok := netip.AddrFromSlice(ip.Gateway); ok {
 			al.Gateway = g.Unmap()
 			gw[al.Gateway.Is4()] = al.Gateway
@@ -145,6 +145,15 @@ func (n *NIC) UseDelegated(res *current.Result) {
 		}
 		n.ExtraRoutes = append(n.ExtraRoutes, rt)
 	}
+}
+
+// delegatedPool names where a delegated NIC's addresses come from: its
+// NAD's IPAM plugin, or its delegate network's CNI.
+func (n *NIC) delegatedPool() string {
+	if n.Network.Delegate != nil {
+		return "delegate:" + n.Network.Name
+	}
+	return "ipam:" + n.Network.DelegateIPAM.Type
 }
 
 func (n *NIC) pool(name string) *conf.Pool {
@@ -341,6 +350,9 @@ func planNICs(nics []NIC, routes []Routing) []txn.Op {
 	for i, n := range nics {
 		rt := routes[i]
 		c := n.Network.Coordinator
+		if n.Network.Delegate != nil {
+			continue // its CNI made it, with its addresses and routes
+		}
 		mac := n.MAC
 		if c.Underlay() && c.HasMACPrefix && !n.PodMAC {
 			var addrs []netip.Prefix

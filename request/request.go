@@ -305,6 +305,12 @@ func selected(in Input, podNS, field string, sel selection, primary bool) (NIC, 
 			return NIC{}, fmt.Errorf("%s: %w", field, err)
 		}
 	}
+	if nw.Delegate != nil && !primary {
+		return NIC{}, fmt.Errorf("%s: network %s is another CNI's (its conflist %s): it makes eth0 only (the primary network, or %s)", field, nw.Name, nw.Delegate.Conflist, AnnotDefaultNetwork)
+	}
+	if nw.Delegate != nil && (len(sel.IPs) > 0 || sel.MAC != "") {
+		return NIC{}, fmt.Errorf("%s: network %s is another CNI's: its addresses and MAC are its own (no ips or mac)", field, nw.Name)
+	}
 	n := NIC{IfName: sel.Interface, Network: *nw, MAC: nw.MAC}
 	if nw.SRIOV != nil {
 		n.DeviceID = nw.SRIOV.DeviceID
@@ -393,7 +399,7 @@ func mapMasters(node *conf.Node, nw *conf.Network) error {
 		nw.Bond = &nb
 		return nil
 	}
-	if nw.SRIOV != nil {
+	if nw.SRIOV != nil || nw.Delegate != nil {
 		return nil
 	}
 	real, err := node.ResolveMaster(nw.Master)

@@ -10,9 +10,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/types"
+
 	"github.com/spinneret-cni/spinneret/drivers"
 	"github.com/spinneret-cni/spinneret/internal/netlab"
 	"github.com/spinneret-cni/spinneret/internal/txn"
+	"github.com/spinneret-cni/spinneret/request"
 )
 
 // ptpConflist is a stand-in for a cluster's existing CNI (Calico's shape:
@@ -97,10 +101,118 @@ func TestDelegateNetOp(t *testing.T) {
 	if after := kernel(t, e.topo.Node, p); after != before {
 		t.Errorf("after the delegate's DEL:\n%s", netlab.Diff(before, after))
 	}
-	ents, _ := os.ReadDir(filepath.Join(e.dir, "host-local", "k8s-pod-network"))
-	for _, x := range ents {
-		if !strings.HasPrefix(x.Name(), "last_reserved_ip") && x.Name() != "lock" {
-			t.Errorf("host-local still holds %s", x.Name())
+	if h := hostLocalHeld(filepath.Join(e.dir, "host-local"), "k8s-pod-network"); len(h) != 0 {
+		t.Errorf("host-local still holds %v", h)
+	}
+}
+
+// delegateConf is a config whose primary network is a delegate (the ptp
+// conflist at file, ready once ready exists if ready is set) and whose
+// catalogue has an underlay network, under, for net1.
+func (e *env) delegateConf(file, ready string) *libcni.NetworkConfigList {
+	rd := ""
+	if ready != "" {
+		rd = fmt.Sprintf(`,"readinessIndicatorFile":%q`, ready)
+	}
+	return e.confListRaw(fmt.Sprintf(`{"cniVersion":"1.1.0","name":"ovl","plugins":[{"type":"spinneret","nodeConf":"%s/node.yaml",
+		"capabilities":{"io.kubernetes.cri.pod-annotations":true},"coordinator":{"mode":"disable"},"networks":[
+		{"name":"pods","delegate":{"conflist":%q%s}},
+		{"name":"under","master":"uplink","ipam":{"pools":[%s]}}]}]}`, e.dir, file, rd, strings.Join(poolJSON[dual], ",")))
+}
+
+// sameLearnt is sameAs but for the neighbours the node learnt (dynamic
+// entries: a forwarding node answers the pod NICs' neighbour discovery,
+// as a node running a CNI does).
+func sameLearnt(t *testing.T, before, after string) {
+	t.Helper()
+	strip := func(s string) string {
+		var keep []string
+		for _, l := range strings.Split(s, "\n") {
+			if !(strings.HasPrefix(l, "neigh ") && strings.HasSuffix(l, " dynamic")) {
+				keep = append(keep, l)
+			}
 		}
+		return strings.Join(keep, "\n")
+	}
+	if b, a := strip(before), strip(after); a != b {
+		t.Fatalf("state differs from before:\n%s", netlab.Diff(b, a))
+	}
+}
+
+// TestDelegatePrimary: eth0 from the delegate network's CNI (the ptp
+// conflist, read when the ADD runs), net1 on an underlay network beside
+// it. Until the delegate is ready (no conflist yet, no readiness file)
+// ADD fails with 11 and takes nothing; then the pod gets both NICs, the
+// node reaches it over the delegate's veth and net1 reaches its gateway,
+// CHECK passes (the delegate's CHECK too), and DEL leaves the node, the
+// pod and the delegate's address store as before. A failure after the
+// delegate's ADD (net1's static address outside its pool) rolls the
+// delegate back with its DEL.
+func TestDelegatePrimary(t *testing.T) {
+	e := newEnv(t)
+	if err := e.topo.Node.Do(func() error {
+		for _, f := range []string{"/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding"} {
+			if err := os.WriteFile(f, []byte("1"), 0o644); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	file, ready := filepath.Join(e.dir, "10-ptp.conflist"), filepath.Join(e.dir, "ptp-ready")
+	l := e.delegateConf(file, ready)
+	p, _ := e.topo.NewPod()
+	before := e.snapshot(p)
+	ann := map[string]string{request.AnnotNetworks: "under"}
+	rt := podRT("c1", p, ann)
+
+	_, err := e.add(l, rt)
+	wantErr(t, err, types.ErrTryAgainLater, "its CNI is not ready: readiness indicator file")
+	if err := os.WriteFile(ready, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err = e.add(l, rt)
+	wantErr(t, err, types.ErrTryAgainLater, "its CNI is not ready: no conflist "+file+" yet")
+	e.sameAs(before, p)
+	if err := os.WriteFile(file, []byte(ptpConflist(e.dir)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	r := e.mustAdd(l, rt)
+	eth0, net1 := nicAddr(t, r, "eth0", true), nicAddr(t, r, "net1", true)
+	if !netip.MustParsePrefix("10.244.1.0/24").Contains(eth0) || !netip.MustParsePrefix("192.0.2.0/24").Contains(net1) {
+		t.Fatalf("eth0 %s (want the delegate's 10.244.1.0/24), net1 %s", eth0, net1)
+	}
+	if l, err := p.NL().LinkByName("eth0"); err != nil || l.Type() != "veth" {
+		t.Fatalf("eth0 is not the delegate's veth: %v", err)
+	}
+	if err := e.topo.Node.Ping(eth0, 5*time.Second); err != nil {
+		t.Errorf("node -> pod over the delegate's eth0: %v", err)
+	}
+	if err := p.PingFrom(net1, netlab.Gateway4, 5*time.Second); err != nil {
+		t.Errorf("net1 -> its gateway: %v", err)
+	}
+	if err := e.check(l, rt); err != nil {
+		t.Errorf("CHECK: %v", err)
+	}
+	if len(hostLocalHeld(filepath.Join(e.dir, "host-local"), "k8s-pod-network")) != 2 {
+		t.Errorf("the delegate holds %v", hostLocalHeld(filepath.Join(e.dir, "host-local"), "k8s-pod-network"))
+	}
+	e.mustDel(l, rt)
+	sameLearnt(t, before, e.snapshot(p))
+	if h := hostLocalHeld(filepath.Join(e.dir, "host-local"), "k8s-pod-network"); len(h) != 0 {
+		t.Errorf("after DEL the delegate still holds %v", h)
+	}
+
+	// net1 fails after the delegate made eth0: all of it is undone
+	bad := podRT("c2", p, map[string]string{request.AnnotNetworks: `[{"name":"under","ips":["198.51.100.7"]}]`})
+	_, err = e.add(l, bad)
+	if err == nil {
+		t.Fatal("ADD with a static address outside net1's pools succeeded")
+	}
+	sameLearnt(t, before, e.snapshot(p))
+	if h := hostLocalHeld(filepath.Join(e.dir, "host-local"), "k8s-pod-network"); len(h) != 0 {
+		t.Errorf("after the failed ADD the delegate still holds %v", h)
 	}
 }

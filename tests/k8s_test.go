@@ -504,7 +504,7 @@ func hostLocalHeld(dataDir, network string) []string {
 	ents, _ := os.ReadDir(filepath.Join(dataDir, network))
 	var out []string
 	for _, e := range ents {
-		if strings.HasPrefix(e.Name(), "198.") {
+		if _, err := netip.ParseAddr(e.Name()); err == nil {
 			out = append(out, e.Name())
 		}
 	}

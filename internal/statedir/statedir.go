@@ -37,3 +37,7 @@ func SRIOV(stateDir string) string { return filepath.Join(stateDir, "sriov") }
 // Ifacer holds the records of the bonds and VLAN links the ifacer created
 // and the attachments using each.
 func Ifacer(stateDir string) string { return filepath.Join(stateDir, "ifacer") }
+
+// Delegate is libcni's result cache of delegate networks (their DEL and
+// CHECK get the ADD's result from it).
+func Delegate(stateDir string) string { return filepath.Join(stateDir, "delegate") }

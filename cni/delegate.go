@@ -1,0 +1,79 @@
+package cni
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+
+	"github.com/spinneret-cni/spinneret/drivers"
+	"github.com/spinneret-cni/spinneret/internal/statedir"
+	"github.com/spinneret-cni/spinneret/internal/testhook"
+	"github.com/spinneret-cni/spinneret/internal/txn"
+	"github.com/spinneret-cni/spinneret/ipam"
+	"github.com/spinneret-cni/spinneret/plan"
+)
+
+// maxDelegateConflist bounds the delegate's conflist as spinneret's own
+// config is bounded.
+const maxDelegateConflist = 1 << 20
+
+// runDelegate makes eth0 with its delegate network's CNI: once the
+// delegate is ready (its conflist there, its readiness file if it names
+// one: else a retryable error, nothing taken), its conflist is read (now:
+// its installer may have upgraded it), journaled with the runtime's
+// arguments (the ledger entry whose release is the delegate's DEL), and
+// its ADD run through libcni. Its result is eth0's addresses and routes.
+func (p *plugin) runDelegate(j *txn.Journal, args *skel.CmdArgs, n plan.NIC) (*current.Result, error) {
+	d := n.Network.Delegate
+	notReady := func(why string) error {
+		return types.NewError(types.ErrTryAgainLater, fmt.Sprintf("network %s for %s: its CNI is not ready: %s", n.Network.Name, n.IfName, why), "")
+	}
+	if f := d.ReadinessIndicatorFile; f != "" {
+		if _, err := os.Stat(f); err != nil {
+			return nil, notReady(fmt.Sprintf("readiness indicator file %s: %v", f, errors.Unwrap(err)))
+		}
+	}
+	b, err := os.ReadFile(d.Conflist)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, notReady(fmt.Sprintf("no conflist %s yet", d.Conflist))
+	}
+	if err != nil {
+		return nil, types.NewError(types.ErrIOFailure, fmt.Sprintf("network %s: conflist %s: %v", n.Network.Name, d.Conflist, err), "")
+	}
+	if len(b) > maxDelegateConflist {
+		return nil, types.NewError(types.ErrInvalidNetworkConfig, fmt.Sprintf("network %s: conflist %s: %d bytes, at most %d", n.Network.Name, d.Conflist, len(b), maxDelegateConflist), "")
+	}
+	if _, err := libcni.ConfListFromBytes(b); err != nil {
+		return nil, types.NewError(types.ErrInvalidNetworkConfig, fmt.Sprintf("network %s: conflist %s: %v", n.Network.Name, d.Conflist, err), "")
+	}
+	op := &drivers.DelegateNet{File: d.Conflist, Conflist: b, CNIPath: args.Path, CacheDir: statedir.Delegate(p.node.StateDir),
+		ContainerID: args.ContainerID, NetNS: args.Netns, IfName: n.IfName, Args: argPairs(args.Args)}
+	if err := j.Hold(op); err != nil {
+		return nil, err
+	}
+	testhook.Point("ledger-delegate")
+	res, err := op.Add(context.Background())
+	if err != nil {
+		return nil, &ipam.DelegateError{Err: err}
+	}
+	p.phase("delegate")
+	return res, nil
+}
+
+// argPairs is CNI_ARGS as libcni passes it on: "K=V;K2=V2" as pairs.
+func argPairs(s string) [][2]string {
+	var out [][2]string
+	for _, kv := range strings.Split(s, ";") {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			out = append(out, [2]string{k, v})
+		}
+	}
+	return out
+}
