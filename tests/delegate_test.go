@@ -216,3 +216,47 @@ func TestDelegatePrimary(t *testing.T) {
 		t.Errorf("after the failed ADD the delegate still holds %v", h)
 	}
 }
+
+// TestDelegateCrash: an ADD with a delegate eth0 killed after its ledger
+// entry (before the delegate ran) or after any step of the plan leaves
+// nothing once DEL ran: not the delegate's veth or addresses, not net1.
+func TestDelegateCrash(t *testing.T) {
+	e := newEnv(t)
+	if err := e.topo.Node.Do(func() error {
+		for _, f := range []string{"/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding"} {
+			if err := os.WriteFile(f, []byte("1"), 0o644); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(e.dir, "10-ptp.conflist")
+	if err := os.WriteFile(file, []byte(ptpConflist(e.dir)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	l := e.delegateConf(file, "")
+	p, _ := e.topo.NewPod()
+	before := e.snapshot(p)
+	kills := [][2]string{{"SPINNERET_TEST_KILL_AT", "ledger-delegate"}}
+	for i := range 40 {
+		kills = append(kills, [2]string{"SPINNERET_TEST_KILL_STEP", fmt.Sprint(i)})
+	}
+	for _, kill := range kills {
+		rt := podRT("c1", p, map[string]string{request.AnnotNetworks: "under"})
+		t.Setenv(kill[0], kill[1])
+		_, err := e.add(l, rt)
+		os.Unsetenv(kill[0])
+		done := err == nil
+		e.mustDel(l, rt)
+		sameLearnt(t, before, e.snapshot(p))
+		if h := hostLocalHeld(filepath.Join(e.dir, "host-local"), "k8s-pod-network"); len(h) != 0 {
+			t.Fatalf("killed at %s=%s: after DEL the delegate still holds %v", kill[0], kill[1], h)
+		}
+		if done {
+			t.Logf("killed at every step up to %s", kill[1])
+			break // past the plan's last step: nothing killed it
+		}
+	}
+}
