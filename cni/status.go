@@ -2,19 +2,24 @@ package cni
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 
+	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 
+	"github.com/spinneret-cni/spinneret/conf"
 	"github.com/spinneret-cni/spinneret/ipam"
 )
 
 // cmdStatus reports whether ADDs can be served: the state dir is writable,
 // each address family of the network has a pool with a free address, and,
 // when the primary network's addresses come from the kubernetes backend,
-// the API server answers.
+// the API server answers, and when it is a delegate network, its CNI is
+// ready (conflist, readiness file) and its own STATUS passes.
 func cmdStatus(args *skel.CmdArgs) error {
 	p, err := load(args.StdinData)
 	if err != nil {
@@ -42,6 +47,11 @@ func cmdStatus(args *skel.CmdArgs) error {
 			return types.NewError(types.ErrPluginNotAvailable, fmt.Sprintf("network %s takes its addresses from the kubernetes backend: %v", p.cfg.Network.Name, err), "")
 		}
 	}
+	if d := p.cfg.Network.Delegate; d != nil {
+		if err := delegateStatus(p.cfg.Network.Name, d, args.Path); err != nil {
+			return err
+		}
+	}
 	for _, fam := range ipam.Families(p.cfg.Network.Pools) {
 		var names []string
 		for _, pool := range fam {
@@ -58,6 +68,28 @@ func cmdStatus(args *skel.CmdArgs) error {
 		if names != nil {
 			return types.NewError(types.ErrPluginNotAvailable, fmt.Sprintf("network %s: pools %v are exhausted", p.cfg.Name, names), "")
 		}
+	}
+	return nil
+}
+
+// delegateStatus is a delegate network's readiness and its CNI's STATUS
+// (for a conflist of CNI 1.1 or later; libcni skips older ones).
+func delegateStatus(name string, d *conf.Delegate, cniPath string) error {
+	if f := d.ReadinessIndicatorFile; f != "" {
+		if _, err := os.Stat(f); err != nil {
+			return types.NewError(types.ErrPluginNotAvailable, fmt.Sprintf("network %s: its CNI is not ready: readiness indicator file %s: %v", name, f, errors.Unwrap(err)), "")
+		}
+	}
+	b, err := os.ReadFile(d.Conflist)
+	if err != nil {
+		return types.NewError(types.ErrPluginNotAvailable, fmt.Sprintf("network %s: its CNI is not ready: conflist %s: %v", name, d.Conflist, errors.Unwrap(err)), "")
+	}
+	l, err := libcni.ConfListFromBytes(b)
+	if err != nil {
+		return types.NewError(types.ErrPluginNotAvailable, fmt.Sprintf("network %s: conflist %s: %v", name, d.Conflist, err), "")
+	}
+	if err := libcni.NewCNIConfig(filepath.SplitList(cniPath), nil).GetStatusNetworkList(context.Background(), l); err != nil {
+		return types.NewError(types.ErrPluginNotAvailable, fmt.Sprintf("network %s: its CNI (%s) reports: %v", name, d.Conflist, err), "")
 	}
 	return nil
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
+	"github.com/vishvananda/netlink"
 
 	"github.com/spinneret-cni/spinneret/drivers"
 	"github.com/spinneret-cni/spinneret/internal/netlab"
@@ -144,7 +145,8 @@ func sameLearnt(t *testing.T, before, after string) {
 // it. Until the delegate is ready (no conflist yet, no readiness file)
 // ADD fails with 11 and takes nothing; then the pod gets both NICs, the
 // node reaches it over the delegate's veth and net1 reaches its gateway,
-// CHECK passes (the delegate's CHECK too), and DEL leaves the node, the
+// CHECK passes (the delegate's CHECK too, which finds drift in eth0),
+// STATUS follows the delegate's readiness, and DEL leaves the node, the
 // pod and the delegate's address store as before. A failure after the
 // delegate's ADD (net1's static address outside its pool) rolls the
 // delegate back with its DEL.
@@ -167,6 +169,7 @@ func TestDelegatePrimary(t *testing.T) {
 	ann := map[string]string{request.AnnotNetworks: "under"}
 	rt := podRT("c1", p, ann)
 
+	wantErr(t, e.status(l), types.ErrPluginNotAvailable, "network pods: its CNI is not ready: readiness indicator file")
 	_, err := e.add(l, rt)
 	wantErr(t, err, types.ErrTryAgainLater, "its CNI is not ready: readiness indicator file")
 	if err := os.WriteFile(ready, nil, 0o600); err != nil {
@@ -175,8 +178,12 @@ func TestDelegatePrimary(t *testing.T) {
 	_, err = e.add(l, rt)
 	wantErr(t, err, types.ErrTryAgainLater, "its CNI is not ready: no conflist "+file+" yet")
 	e.sameAs(before, p)
+	wantErr(t, e.status(l), types.ErrPluginNotAvailable, "its CNI is not ready: conflist "+file)
 	if err := os.WriteFile(file, []byte(ptpConflist(e.dir)), 0o600); err != nil {
 		t.Fatal(err)
+	}
+	if err := e.status(l); err != nil {
+		t.Errorf("STATUS with the delegate ready: %v", err)
 	}
 
 	r := e.mustAdd(l, rt)
@@ -195,6 +202,16 @@ func TestDelegatePrimary(t *testing.T) {
 	}
 	if err := e.check(l, rt); err != nil {
 		t.Errorf("CHECK: %v", err)
+	}
+	// drift in the delegate's eth0 is the delegate's CHECK's to find
+	if pl, err := p.NL().LinkByName("eth0"); err == nil {
+		addrs, _ := p.NL().AddrList(pl, netlink.FAMILY_V4)
+		for _, a := range addrs {
+			p.NL().AddrDel(pl, &a)
+		}
+	}
+	if err := e.check(l, rt); err == nil || !strings.Contains(err.Error(), "delegate k8s-pod-network") {
+		t.Errorf("CHECK after eth0 lost its IPv4 address: %v, want the delegate's CHECK failing", err)
 	}
 	if len(hostLocalHeld(filepath.Join(e.dir, "host-local"), "k8s-pod-network")) != 2 {
 		t.Errorf("the delegate holds %v", hostLocalHeld(filepath.Join(e.dir, "host-local"), "k8s-pod-network"))
