@@ -679,3 +679,32 @@ func TestRangesSorted(t *testing.T) {
 		t.Fatalf("ranges %s", got)
 	}
 }
+
+// TestDelegateNetworkConf: a delegate network names absolute clean paths,
+// has nothing of a link or of addresses, and (until overlay mode) needs
+// coordinator mode disable.
+func TestDelegateNetworkConf(t *testing.T) {
+	conf := func(net, coord string) string {
+		return `{"cniVersion":"1.1.0","name":"n","type":"spinneret","coordinator":{"mode":"` + coord + `"},"networks":[` + net +
+			`,{"name":"under","master":"eth1","ipam":{"pools":[{"name":"p","subnet":"10.1.0.0/24"}]}}]}`
+	}
+	good := `{"name":"pods","delegate":{"conflist":"/etc/cni/net.d/10-calico.conflist","readinessIndicatorFile":"/run/calico/ready"}}`
+	c, err := Parse([]byte(conf(good, "disable")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := c.Network.Delegate; d == nil || d.Conflist != "/etc/cni/net.d/10-calico.conflist" || d.ReadinessIndicatorFile != "/run/calico/ready" || c.Network.Driver != "delegate" {
+		t.Errorf("primary %+v", c.Network)
+	}
+	for _, tc := range []struct{ net, coord, want string }{
+		{`{"name":"pods","delegate":{"conflist":"10-calico.conflist"}}`, "disable", `networks[0].delegate.conflist: "10-calico.conflist" is not a clean absolute path`},
+		{`{"name":"pods","delegate":{"conflist":"/etc/cni/../x"}}`, "disable", `is not a clean absolute path`},
+		{`{"name":"pods","delegate":{"conflist":"/etc/cni/net.d/c","readinessIndicatorFile":"ready"}}`, "disable", `networks[0].delegate.readinessIndicatorFile: "ready" is not a clean absolute path`},
+		{`{"name":"pods","master":"eth0","delegate":{"conflist":"/etc/cni/net.d/c"}}`, "disable", `networks[0].delegate: a delegate network is its CNI's`},
+		{`{"name":"pods","delegate":{"conflist":"/etc/cni/net.d/c"}}`, "underlay", `networks[0].coordinator.mode: a delegate network needs coordinator mode overlay`},
+	} {
+		if _, err := Parse([]byte(conf(tc.net, tc.coord))); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want %q", tc.net, err, tc.want)
+		}
+	}
+}
