@@ -201,7 +201,7 @@ type Routing struct {
 // default NIC gets a default route.
 func layout(nics []NIC) []Routing {
 	tune := len(nics) > 1 && nics[0].Network.Coordinator.TunePodRoutes
-	strict := nics != nil && nics[0].Network.Coordinator.StrictRouteTables
+	strict := len(nics) > 0 && nics[0].Network.Coordinator.StrictRouteTables
 	def := max(0, slices.IndexFunc(nics, func(n NIC) bool { return n.DefaultRoute })) // eth0 unless marked
 	// how many NICs claim each destination (a subnet or a route's)
 	claims := map[netip.Prefix]int{}

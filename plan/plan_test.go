@@ -135,6 +135,10 @@ func TestLayoutClaims(t *testing.T) {
 		}
 		nics = append(nics, n)
 	}
+	// a pod whose NICs are all userspace VFs has no netdev NICs to lay out
+	if l := layout([]NIC{}); len(l) != 0 {
+		t.Errorf("layout of no NICs: %v", l)
+	}
 	l := layout(nics)
 	str := func(rs []Route) string {
 		var out []string

@@ -20,6 +20,24 @@ import (
 	"github.com/spinneret-cni/spinneret/request"
 )
 
+// forwarding turns forwarding on in the node's namespace, as on a node
+// running a CNI (ptp turns it on: IPv6 forwarding adds subnet-router
+// anycast routes to every link of the node, which would otherwise show
+// as the delegate's leftovers).
+func (e *env) forwarding() {
+	e.t.Helper()
+	if err := e.topo.Node.Do(func() error {
+		for _, f := range []string{"/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding"} {
+			if err := os.WriteFile(f, []byte("1"), 0o644); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
 // ptpConflist is a stand-in for a cluster's existing CNI (Calico's shape:
 // a point-to-point veth to the node, host-local addresses, portmap) with
 // its host-local state under dir.
@@ -40,18 +58,7 @@ func ptpConflist(dir string) string {
 func TestDelegateNetOp(t *testing.T) {
 	e := newEnv(t)
 	p, _ := e.topo.NewPod()
-	// a node running a CNI forwards (ptp turns it on: IPv6 forwarding
-	// adds subnet-router anycast routes to every link of the node)
-	if err := e.topo.Node.Do(func() error {
-		for _, f := range []string{"/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding"} {
-			if err := os.WriteFile(f, []byte("1"), 0o644); err != nil {
-				return err
-			}
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+	e.forwarding()
 	before := kernel(t, e.topo.Node, p)
 	file := filepath.Join(e.dir, "10-ptp.conflist")
 	if err := os.WriteFile(file, []byte(ptpConflist(e.dir)), 0o600); err != nil {
@@ -152,16 +159,7 @@ func sameLearnt(t *testing.T, before, after string) {
 // delegate back with its DEL.
 func TestDelegatePrimary(t *testing.T) {
 	e := newEnv(t)
-	if err := e.topo.Node.Do(func() error {
-		for _, f := range []string{"/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding"} {
-			if err := os.WriteFile(f, []byte("1"), 0o644); err != nil {
-				return err
-			}
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+	e.forwarding()
 	file, ready := filepath.Join(e.dir, "10-ptp.conflist"), filepath.Join(e.dir, "ptp-ready")
 	l := e.delegateConf(file, ready)
 	p, _ := e.topo.NewPod()
@@ -239,16 +237,7 @@ func TestDelegatePrimary(t *testing.T) {
 // nothing once DEL ran: not the delegate's veth or addresses, not net1.
 func TestDelegateCrash(t *testing.T) {
 	e := newEnv(t)
-	if err := e.topo.Node.Do(func() error {
-		for _, f := range []string{"/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding"} {
-			if err := os.WriteFile(f, []byte("1"), 0o644); err != nil {
-				return err
-			}
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+	e.forwarding()
 	file := filepath.Join(e.dir, "10-ptp.conflist")
 	if err := os.WriteFile(file, []byte(ptpConflist(e.dir)), 0o600); err != nil {
 		t.Fatal(err)
