@@ -3,13 +3,10 @@ package drivers
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"path/filepath"
-	"slices"
 
 	"github.com/containernetworking/cni/libcni"
-	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 
 	"github.com/spinneret-cni/spinneret/internal/txn"
@@ -44,15 +41,10 @@ type DelegateNet struct {
 	Args           [][2]string    `json:"args,omitempty"`
 	CapabilityArgs map[string]any `json:"capabilityArgs,omitempty"`
 	// Failures counts the DELs the delegate failed; after
-	// delegateDelAttempts, Undo gives up (txn.ErrAbandoned), as for a
+	// txn.PluginDelAttempts, Undo gives up (txn.ErrAbandoned), as for a
 	// delegated IPAM plugin.
 	Failures int `json:"failures,omitempty"`
 }
-
-// delegateDelAttempts is how many DELs the delegate may fail before
-// spinneret stops asking (the pod must not stay Terminating forever
-// because another CNI cannot release).
-const delegateDelAttempts = 3
 
 func (o *DelegateNet) Kind() string    { return "delegate.net" }
 func (o *DelegateNet) HeldKey() string { return "delegate.net/" + o.IfName }
@@ -106,16 +98,7 @@ func (o *DelegateNet) Undo(*txn.Env) error {
 	if err == nil {
 		return nil
 	}
-	o.Failures++
-	err = fmt.Errorf("delegate %s (%s) DEL for %s: %w", l.Name, o.File, o.IfName, err)
-	var te *types.Error
-	if errors.As(err, &te) && slices.Contains([]uint{types.ErrIncompatibleCNIVersion, types.ErrUnsupportedField, types.ErrDecodingFailure, types.ErrInvalidNetworkConfig}, te.Code) {
-		return txn.Abandon(err)
-	}
-	if o.Failures >= delegateDelAttempts {
-		return txn.Abandon(fmt.Errorf("%w (failed %d times)", err, o.Failures))
-	}
-	return err
+	return txn.PluginDelFailed(fmt.Errorf("delegate %s (%s) DEL for %s: %w", l.Name, o.File, o.IfName, err), &o.Failures)
 }
 
 // Check runs the delegate's CHECK: its own view of its NIC.

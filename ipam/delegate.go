@@ -7,10 +7,8 @@ import (
 	"fmt"
 	"hash/fnv"
 	"path/filepath"
-	"slices"
 
 	"github.com/containernetworking/cni/pkg/invoke"
-	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/utils"
 
@@ -35,21 +33,9 @@ type Delegated struct {
 	IfName      string          `json:"ifname"`
 	Args        string          `json:"args,omitempty"` // CNI_ARGS
 	// Failures counts the DELs the plugin failed; after
-	// delegateDelAttempts, Undo gives up (txn.ErrAbandoned).
+	// txn.PluginDelAttempts, Undo gives up (txn.ErrAbandoned).
 	Failures int `json:"failures,omitempty"`
 }
-
-// delegateDelAttempts is how many DELs a delegated IPAM plugin may fail,
-// for a reason that is not plainly permanent, before spinneret stops
-// asking: a pod must not stay Terminating forever because another plugin
-// cannot release (a kubelet retries DEL within seconds; an API server a
-// plugin needs that is down for longer leaves the address to that
-// plugin's own cleanup, as whereabouts' reconciler does).
-const delegateDelAttempts = 3
-
-// permanentCodes are the CNI error codes a retry with the same journaled
-// config and environment cannot change.
-var permanentCodes = []uint{types.ErrIncompatibleCNIVersion, types.ErrUnsupportedField, types.ErrInvalidEnvironmentVariables, types.ErrDecodingFailure, types.ErrInvalidNetworkConfig}
 
 func (o *Delegated) Kind() string { return "ipam.delegate" }
 
@@ -93,7 +79,7 @@ func (o *Delegated) Do(*txn.Env) error { return nil }
 // NIC (and succeeds when it allocated nothing). It gives up (ErrAbandoned)
 // when no retry can help: the journaled config is not a valid CNI config
 // (a journal written before NADs without a name got the NAD's), the plugin
-// answers with a permanent error code, or it failed delegateDelAttempts
+// answers with a permanent error code, or it failed txn.PluginDelAttempts
 // times.
 func (o *Delegated) Undo(*txn.Env) error {
 	if err := o.confError(); err != nil {
@@ -106,16 +92,7 @@ func (o *Delegated) Undo(*txn.Env) error {
 	if err == nil {
 		return nil
 	}
-	o.Failures++
-	err = fmt.Errorf("IPAM plugin %s DEL for %s: %w", o.Type, o.IfName, err)
-	var te *types.Error
-	if errors.As(err, &te) && slices.Contains(permanentCodes, te.Code) {
-		return txn.Abandon(err)
-	}
-	if o.Failures >= delegateDelAttempts {
-		return txn.Abandon(fmt.Errorf("%w (failed %d times)", err, o.Failures))
-	}
-	return err
+	return txn.PluginDelFailed(fmt.Errorf("IPAM plugin %s DEL for %s: %w", o.Type, o.IfName, err), &o.Failures)
 }
 
 // confError checks the journaled config as the CNI spec asks of any: a

@@ -9,6 +9,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
+
+	"github.com/containernetworking/cni/pkg/types"
 )
 
 // Op is one typed, JSON-serialisable operation of a plan.
@@ -141,6 +144,35 @@ var ErrAbandoned = errors.New("abandoned")
 
 // Abandon wraps err as ErrAbandoned.
 func Abandon(err error) error { return fmt.Errorf("%w: %w", ErrAbandoned, err) }
+
+// PluginDelAttempts is how many DELs another CNI's plugin (a NAD's IPAM
+// plugin, a delegate network's conflist) may fail, for a reason that is not
+// plainly permanent, before spinneret stops asking: a pod must not stay
+// Terminating forever because another plugin cannot release (a kubelet
+// retries DEL within seconds; an API server a plugin needs that is down for
+// longer leaves the address to that plugin's own cleanup, as whereabouts'
+// reconciler does).
+const PluginDelAttempts = 3
+
+// permanentCodes are the CNI error codes a retry with the same journaled
+// config and environment cannot change.
+var permanentCodes = []uint{types.ErrIncompatibleCNIVersion, types.ErrUnsupportedField, types.ErrInvalidEnvironmentVariables, types.ErrDecodingFailure, types.ErrInvalidNetworkConfig}
+
+// PluginDelFailed is the Undo error of another plugin's failed DEL, the
+// failures before it counted in *failures (journaled with the step): given
+// up on (ErrAbandoned) at once for a permanent CNI error code, or once it
+// failed PluginDelAttempts times; else err, for the next DEL to retry.
+func PluginDelFailed(err error, failures *int) error {
+	*failures++
+	var te *types.Error
+	if errors.As(err, &te) && slices.Contains(permanentCodes, te.Code) {
+		return Abandon(err)
+	}
+	if *failures >= PluginDelAttempts {
+		return Abandon(fmt.Errorf("%w (failed %d times)", err, *failures))
+	}
+	return err
+}
 
 // StepError is the error of a failed ADD: which step failed, why, and whether
 // the rollback left anything behind.
