@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"strings"
 
@@ -12,6 +13,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 
+	"github.com/spinneret-cni/spinneret/conf"
 	"github.com/spinneret-cni/spinneret/drivers"
 	"github.com/spinneret-cni/spinneret/internal/statedir"
 	"github.com/spinneret-cni/spinneret/internal/testhook"
@@ -32,26 +34,14 @@ const maxDelegateConflist = 1 << 20
 // its ADD run through libcni. Its result is eth0's addresses and routes.
 func (p *plugin) runDelegate(j *txn.Journal, args *skel.CmdArgs, n plan.NIC) (*current.Result, error) {
 	d := n.Network.Delegate
-	notReady := func(why string) error {
-		return types.NewError(types.ErrTryAgainLater, fmt.Sprintf("network %s for %s: its CNI is not ready: %s", n.Network.Name, n.IfName, why), "")
-	}
-	if f := d.ReadinessIndicatorFile; f != "" {
-		if _, err := os.Stat(f); err != nil {
-			return nil, notReady(fmt.Sprintf("readiness indicator file %s: %v", f, errors.Unwrap(err)))
-		}
-	}
-	b, err := os.ReadFile(d.Conflist)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, notReady(fmt.Sprintf("no conflist %s yet", d.Conflist))
-	}
-	if err != nil {
-		return nil, types.NewError(types.ErrIOFailure, fmt.Sprintf("network %s: conflist %s: %v", n.Network.Name, d.Conflist, err), "")
-	}
-	if len(b) > maxDelegateConflist {
-		return nil, types.NewError(types.ErrInvalidNetworkConfig, fmt.Sprintf("network %s: conflist %s: %d bytes, at most %d", n.Network.Name, d.Conflist, len(b), maxDelegateConflist), "")
-	}
-	if _, err := libcni.ConfListFromBytes(b); err != nil {
-		return nil, types.NewError(types.ErrInvalidNetworkConfig, fmt.Sprintf("network %s: conflist %s: %v", n.Network.Name, d.Conflist, err), "")
+	b, _, notReady, err := delegateConflist(d)
+	switch {
+	case notReady != "":
+		return nil, types.NewError(types.ErrTryAgainLater, fmt.Sprintf("network %s for %s: its CNI is not ready: %s", n.Network.Name, n.IfName, notReady), "")
+	case errors.As(err, new(*fs.PathError)): // there, but not readable
+		return nil, types.NewError(types.ErrIOFailure, fmt.Sprintf("network %s: %v", n.Network.Name, err), "")
+	case err != nil:
+		return nil, types.NewError(types.ErrInvalidNetworkConfig, fmt.Sprintf("network %s: %v", n.Network.Name, err), "")
 	}
 	op := &drivers.DelegateNet{File: d.Conflist, Conflist: b, CNIPath: args.Path, CacheDir: statedir.Delegate(p.node.StateDir),
 		ContainerID: args.ContainerID, NetNS: args.Netns, IfName: n.IfName, Args: argPairs(args.Args)}
@@ -65,6 +55,31 @@ func (p *plugin) runDelegate(j *txn.Journal, args *skel.CmdArgs, n plan.NIC) (*c
 	}
 	p.phase("delegate")
 	return res, nil
+}
+
+// delegateConflist reads a delegate network's conflist once its CNI is
+// ready, as bytes (to journal) and parsed: notReady says why it is not (its readiness file or its conflist
+// not there yet: its installer has not run); err is a conflist that is
+// there but cannot be read, is too large, or is no conflist.
+func delegateConflist(d *conf.Delegate) (b []byte, l *libcni.NetworkConfigList, notReady string, err error) {
+	if f := d.ReadinessIndicatorFile; f != "" {
+		if _, err := os.Stat(f); err != nil {
+			return nil, nil, fmt.Sprintf("readiness indicator file %s: %v", f, errors.Unwrap(err)), nil
+		}
+	}
+	b, err = os.ReadFile(d.Conflist)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return nil, nil, fmt.Sprintf("no conflist %s yet", d.Conflist), nil
+	case err != nil:
+		return nil, nil, "", fmt.Errorf("conflist %s: %w", d.Conflist, err)
+	case len(b) > maxDelegateConflist:
+		return nil, nil, "", fmt.Errorf("conflist %s: %d bytes, at most %d", d.Conflist, len(b), maxDelegateConflist)
+	}
+	if l, err = libcni.ConfListFromBytes(b); err != nil {
+		return nil, nil, "", fmt.Errorf("conflist %s: %w", d.Conflist, err)
+	}
+	return b, l, "", nil
 }
 
 // argPairs is CNI_ARGS as libcni passes it on: "K=V;K2=V2" as pairs.

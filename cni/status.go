@@ -2,7 +2,6 @@ package cni
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -75,18 +74,12 @@ func cmdStatus(args *skel.CmdArgs) error {
 // delegateStatus is a delegate network's readiness and its CNI's STATUS
 // (for a conflist of CNI 1.1 or later; libcni skips older ones).
 func delegateStatus(name string, d *conf.Delegate, cniPath string) error {
-	if f := d.ReadinessIndicatorFile; f != "" {
-		if _, err := os.Stat(f); err != nil {
-			return types.NewError(types.ErrPluginNotAvailable, fmt.Sprintf("network %s: its CNI is not ready: readiness indicator file %s: %v", name, f, errors.Unwrap(err)), "")
-		}
-	}
-	b, err := os.ReadFile(d.Conflist)
-	if err != nil {
-		return types.NewError(types.ErrPluginNotAvailable, fmt.Sprintf("network %s: its CNI is not ready: conflist %s: %v", name, d.Conflist, errors.Unwrap(err)), "")
-	}
-	l, err := libcni.ConfListFromBytes(b)
-	if err != nil {
-		return types.NewError(types.ErrPluginNotAvailable, fmt.Sprintf("network %s: conflist %s: %v", name, d.Conflist, err), "")
+	_, l, notReady, err := delegateConflist(d)
+	switch {
+	case notReady != "":
+		return types.NewError(types.ErrPluginNotAvailable, fmt.Sprintf("network %s: its CNI is not ready: %s", name, notReady), "")
+	case err != nil:
+		return types.NewError(types.ErrPluginNotAvailable, fmt.Sprintf("network %s: %v", name, err), "")
 	}
 	if err := libcni.NewCNIConfig(filepath.SplitList(cniPath), nil).GetStatusNetworkList(context.Background(), l); err != nil {
 		return types.NewError(types.ErrPluginNotAvailable, fmt.Sprintf("network %s: its CNI (%s) reports: %v", name, d.Conflist, err), "")

@@ -176,7 +176,7 @@ func TestDelegatePrimary(t *testing.T) {
 	_, err = e.add(l, rt)
 	wantErr(t, err, types.ErrTryAgainLater, "its CNI is not ready: no conflist "+file+" yet")
 	e.sameAs(before, p)
-	wantErr(t, e.status(l), types.ErrPluginNotAvailable, "its CNI is not ready: conflist "+file)
+	wantErr(t, e.status(l), types.ErrPluginNotAvailable, "network pods: its CNI is not ready: no conflist "+file+" yet")
 	if err := os.WriteFile(file, []byte(ptpConflist(e.dir)), 0o600); err != nil {
 		t.Fatal(err)
 	}
