@@ -2,7 +2,6 @@ package request
 
 import (
 	"encoding/json"
-	"os"
 	"reflect"
 	"testing"
 )
@@ -11,15 +10,7 @@ import (
 // few good ones) to f's corpus, for key.
 func seedAnnotations(f *testing.F, key string) {
 	f.Helper()
-	b, err := os.ReadFile("testdata/bad-requests.json")
-	if err != nil {
-		f.Fatal(err)
-	}
-	var table struct{ Cases []badRequest }
-	if err := json.Unmarshal(b, &table); err != nil {
-		f.Fatal(err)
-	}
-	for _, c := range table.Cases {
+	for _, c := range badRequests(f) {
 		if v, ok := c.Annotations[key]; ok {
 			f.Add(v)
 		}
@@ -78,15 +69,7 @@ func FuzzRoutesAnnotation(f *testing.F) {
 // and node: resolved or refused, never a panic; resolving again gives the
 // same request.
 func FuzzResolve(f *testing.F) {
-	b, err := os.ReadFile("testdata/bad-requests.json")
-	if err != nil {
-		f.Fatal(err)
-	}
-	var table struct{ Cases []badRequest }
-	if err := json.Unmarshal(b, &table); err != nil {
-		f.Fatal(err)
-	}
-	for _, c := range table.Cases {
+	for _, c := range badRequests(f) {
 		a := c.Annotations
 		f.Add(a[AnnotNetworks], a[AnnotIPPools], a[AnnotRoutes], a[AnnotDefaultRouteNIC])
 	}

@@ -73,19 +73,25 @@ func input(cfg *conf.Config, node *conf.Node, ann map[string]string) Input {
 	return Input{Config: cfg, Node: node, IfName: "eth0", Args: args, Annotations: ann, NADs: &fakeNADs{cfg: cfg}}
 }
 
-// Every request error the pod (or the runtime) can cause is found here,
-// with the annotation entry and field, and without a kernel or root.
-func TestResolveErrors(t *testing.T) {
-	cfg, node := setup(t, "masters: {logical-green: uplink2}\n")
+// badRequests reads testdata/bad-requests.json.
+func badRequests(tb testing.TB) []badRequest {
+	tb.Helper()
 	var table struct{ Cases []badRequest }
 	b, err := os.ReadFile("testdata/bad-requests.json")
 	if err == nil {
 		err = json.Unmarshal(b, &table)
 	}
 	if err != nil || len(table.Cases) == 0 {
-		t.Fatalf("testdata/bad-requests.json: %v", err)
+		tb.Fatalf("testdata/bad-requests.json: %v", err)
 	}
-	for _, c := range table.Cases {
+	return table.Cases
+}
+
+// Every request error the pod (or the runtime) can cause is found here,
+// with the annotation entry and field, and without a kernel or root.
+func TestResolveErrors(t *testing.T) {
+	cfg, node := setup(t, "masters: {logical-green: uplink2}\n")
+	for _, c := range badRequests(t) {
 		t.Run(c.Name, func(t *testing.T) {
 			in := input(cfg, node, c.Annotations)
 			if c.Node != "" {
