@@ -160,7 +160,7 @@ func ensure(env *txn.Env, name, user string, differs func(*netlink.Handle, netli
 		}
 		r = nil
 	}
-	if err := lerr; err == nil {
+	if lerr == nil {
 		why, err := differs(h, link)
 		if err != nil {
 			return err
@@ -175,8 +175,8 @@ func ensure(env *txn.Env, name, user string, differs func(*netlink.Handle, netli
 			}
 		}
 		return netops.IgnoreGone(h.LinkSetUp(link))
-	} else if !netops.Gone(err) {
-		return err
+	} else if !netops.Gone(lerr) {
+		return lerr
 	}
 	r, create, err := prepare(h, r)
 	if err != nil {
