@@ -67,6 +67,7 @@ func (p *plugin) add(args *skel.CmdArgs) error {
 	if err != nil {
 		return requestError(err)
 	}
+	p.coord = nics[0].Network.Coordinator
 	env := p.newEnv(args.Netns, ino)
 	defer env.Close()
 	j := txn.NewJournal(p.node.StateDir, p.cfg.Name, args.ContainerID, args.IfName, args.Netns, ino)
@@ -123,7 +124,7 @@ func (p *plugin) add(args *skel.CmdArgs) error {
 // them (configured, or learnt from the cluster): no pod address may be
 // inside one.
 func (p *plugin) serviceCIDRs(cluster plan.ClusterCIDRs) []netip.Prefix {
-	return slices.Concat(p.cfg.Network.Coordinator.ServiceCIDR, cluster.Service)
+	return slices.Concat(p.coord.ServiceCIDR, cluster.Service)
 }
 
 // requestError is the CNI error of a request the pod or runtime got wrong.
@@ -193,10 +194,19 @@ func (p *plugin) planInput(env *txn.Env, containerID string, nics []plan.NIC, cl
 	if err := facts.CheckAllocated(nics, routes, p.serviceCIDRs(cluster)); err != nil {
 		return in, err
 	}
-	if p.cfg.Network.Coordinator.Underlay() {
+	if p.coord.Enabled() {
 		in.NodeIPs = facts.NodeIPs(p.node.NodeIPs, routes)
 		if len(in.NodeIPs) == 0 {
 			p.log.Warn("no node address found towards the pod's networks: the pod will not reach its node through veth0 (set nodeIPs in the node conf)")
+		}
+	}
+	if p.coord.Overlay() && nics[0].Network.Delegate != nil {
+		pod, err := env.Handle(txn.Pod)
+		if err != nil {
+			return in, &codedError{types.ErrInternal, fmt.Errorf("read eth0 from the delegate: %w", err)}
+		}
+		if in.Overlay, err = coordinator.ReadOverlay(pod, host, nics[0].IfName); err != nil {
+			return in, &codedError{types.ErrInvalidNetworkConfig, fmt.Errorf("network %s: coordinator mode overlay: %w", nics[0].Network.Name, err)}
 		}
 	}
 	return in, nil
@@ -239,7 +249,7 @@ func (p *plugin) abort(env *txn.Env, j *txn.Journal, front ipam.Allocator, cause
 	}
 	var conflict *coordinator.ConflictError
 	if errors.As(cause, &conflict) {
-		d := p.cfg.Network.Coordinator.Quarantine
+		d := p.coord.Quarantine
 		if err := front.Quarantine(conflict.Addr, d); err != nil {
 			p.log.Error("quarantine", "address", conflict.Addr, "err", err)
 		} else {

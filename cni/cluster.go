@@ -17,8 +17,8 @@ import (
 // (underlay, and the config names none) and the node conf names a
 // kubeconfig.
 func (p *plugin) clusterCIDRs() plan.ClusterCIDRs {
-	c := p.cfg.Network.Coordinator
-	if p.node.Kubeconfig == "" || !c.Underlay() || len(c.ServiceCIDR) > 0 || len(c.PodCIDR) > 0 {
+	c := p.coord
+	if p.node.Kubeconfig == "" || !c.Enabled() || len(c.ServiceCIDR) > 0 || len(c.PodCIDR) > 0 {
 		return plan.ClusterCIDRs{}
 	}
 	out, warn := facts.ClusterCIDRs(statedir.ClusterNetwork(p.node.StateDir), p.node.PoolCacheTTL, p.fetchClusterNetwork)

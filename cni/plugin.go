@@ -129,10 +129,14 @@ type plugin struct {
 	// phases are "name", milliseconds pairs for the final log line
 	phases []any
 	mark   time.Time
-	args   request.Args      // CNI_ARGS, parsed once
-	kube   *kube.Client      // loaded on first use, with a kubeconfig
-	pod    *kube.Pod         // the pod as the API server has it, once read
-	kipam  *kubeipam.Backend // the kubernetes IPAM backend, once needed
+	args   request.Args // CNI_ARGS, parsed once
+	kube   *kube.Client // loaded on first use, with a kubeconfig
+	pod    *kube.Pod    // the pod as the API server has it, once read
+	// coord is the coordinator of the pod's primary network (the
+	// config's, or the one the pod's default-network annotation names),
+	// once the ADD has the pod's NICs
+	coord conf.Coordinator
+	kipam *kubeipam.Backend // the kubernetes IPAM backend, once needed
 	// nads and newAllocator replace the API server's NADs and the IPAM
 	// front (tests without a cluster or root); nil: the real ones
 	nads         request.NADs

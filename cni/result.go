@@ -77,6 +77,10 @@ func buildResult(env *txn.Env, netnsPath string, in plan.Input, routes []plan.Ro
 			add(r, 0)
 		}
 	}
+	// a delegate's interfaces on the node (its veth's node end)
+	for _, n := range nics {
+		res.Interfaces = append(res.Interfaces, n.HostIfaces...)
+	}
 	// the coordinator's veth: the node end, then the pod end
 	if len(nics) > 0 && nics[0].Network.Coordinator.Underlay() {
 		for _, end := range []struct{ ns, name, sandbox string }{

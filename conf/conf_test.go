@@ -159,8 +159,8 @@ func TestParseErrors(t *testing.T) {
 		{"ipam.pools[0]", `{"name":"a","subnet":"192.0.2.0/24","routes":[{"dst":"x"}]}`, `ipam.pools[0].routes[0].dst: "x" is not a CIDR`},
 		{"dns", `{"nameserver":["1.1.1.1"]}`, `dns.nameserver: unknown field (value ["1.1.1.1"])`},
 		{"colour", `"blue"`, `colour: unknown field (value "blue")`},
-		{"coordinator", `{"mode":"sideways"}`, `coordinator.mode: "sideways" is not one of auto, underlay, disable`},
-		{"coordinator", `{"mode":"overlay"}`, `coordinator.mode: "overlay" needs an overlay primary network`},
+		{"coordinator", `{"mode":"sideways"}`, `coordinator.mode: "sideways" is not one of auto, underlay, overlay, disable`},
+		{"coordinator", `{"mode":"overlay"}`, `coordinator.mode: overlay needs eth0 from the cluster's CNI (a network with delegate)`},
 		{"coordinator", `{"podDefaultRouteNic":"a/b"}`, `coordinator.podDefaultRouteNic: "a/b" is not a valid interface name`},
 		{"coordinator", `{"serviceCIDR":["10.96.0.0/33"]}`, `coordinator.serviceCIDR[0]: "10.96.0.0/33" is not a CIDR or an address`},
 		{"coordinator", `{"podCIDR":["x"]}`, `coordinator.podCIDR[0]: "x" is not a CIDR or an address`},
@@ -401,7 +401,7 @@ func TestNADNetwork(t *testing.T) {
 		{`{"type":"macvlan","master":"eth1","ipam":{"type":"../bin/evil"}}`, `ipam type "../bin/evil" is not a plugin name`},
 		{`{"type":"bridge","bridge":"cni0"}`, "no macvlan, ipvlan or sriov entry"},
 		{`{"type":"macvlan","master":"eth1","mode":"sideways","ipam":{"pools":[{"name":"p","subnet":"10.8.0.0/24"}]}}`, `NetworkAttachmentDefinition ns/bad.mode: "sideways" is not a macvlan mode`},
-		{`{"plugins":[{"type":"macvlan","master":"eth1","ipam":{"pools":[{"name":"p","subnet":"10.8.0.0/24"}]}},{"type":"coordinator","mode":"overlay"}]}`, "needs an overlay primary network"},
+		{`{"plugins":[{"type":"macvlan","master":"eth1","ipam":{"pools":[{"name":"p","subnet":"10.8.0.0/24"}]}},{"type":"coordinator","mode":"overlay"}]}`, "ns/bad.coordinator.mode: overlay needs eth0 from the cluster's CNI"},
 		{`nope`, "config is not JSON"},
 	} {
 		if _, err := c.NADNetwork("ns", "bad", []byte(bad.cfg), ""); err == nil || !strings.Contains(err.Error(), bad.want) {
@@ -681,8 +681,9 @@ func TestRangesSorted(t *testing.T) {
 }
 
 // TestDelegateNetworkConf: a delegate network names absolute clean paths,
-// has nothing of a link or of addresses, and (until overlay mode) needs
-// coordinator mode disable.
+// has nothing of a link or of addresses, and takes coordinator mode
+// overlay (what auto means for it: underlay for the other networks) or
+// disable, never underlay.
 func TestDelegateNetworkConf(t *testing.T) {
 	conf := func(net, coord string) string {
 		return `{"cniVersion":"1.1.0","name":"n","type":"spinneret","coordinator":{"mode":"` + coord + `"},"networks":[` + net +
@@ -696,12 +697,26 @@ func TestDelegateNetworkConf(t *testing.T) {
 	if d := c.Network.Delegate; d == nil || d.Conflist != "/etc/cni/net.d/10-calico.conflist" || d.ReadinessIndicatorFile != "/run/calico/ready" || c.Network.Driver != "delegate" {
 		t.Errorf("primary %+v", c.Network)
 	}
+	for _, mode := range []string{"auto", ""} {
+		cfg := conf(good, mode)
+		if mode == "" {
+			cfg = strings.Replace(cfg, `"coordinator":{"mode":""},`, "", 1)
+		}
+		c, err := Parse([]byte(cfg))
+		if err != nil {
+			t.Fatalf("mode %q: %v", mode, err)
+		}
+		if got, under := c.Network.Coordinator.Mode, c.Networks[1].Coordinator.Mode; got != "overlay" || under != "underlay" {
+			t.Errorf("mode %q: the delegate network's mode is %q (want overlay), the other's %q (want underlay)", mode, got, under)
+		}
+	}
 	for _, tc := range []struct{ net, coord, want string }{
 		{`{"name":"pods","delegate":{"conflist":"10-calico.conflist"}}`, "disable", `networks[0].delegate.conflist: "10-calico.conflist" is not a clean absolute path`},
 		{`{"name":"pods","delegate":{"conflist":"/etc/cni/../x"}}`, "disable", `is not a clean absolute path`},
 		{`{"name":"pods","delegate":{"conflist":"/etc/cni/net.d/c","readinessIndicatorFile":"ready"}}`, "disable", `networks[0].delegate.readinessIndicatorFile: "ready" is not a clean absolute path`},
 		{`{"name":"pods","master":"eth0","delegate":{"conflist":"/etc/cni/net.d/c"}}`, "disable", `networks[0].delegate: a delegate network is its CNI's`},
-		{`{"name":"pods","delegate":{"conflist":"/etc/cni/net.d/c"}}`, "underlay", `networks[0].coordinator.mode: a delegate network needs coordinator mode overlay`},
+		{`{"name":"pods","delegate":{"conflist":"/etc/cni/net.d/c"}}`, "underlay", `networks[0].coordinator.mode: underlay makes its own veth0 beside eth0`},
+		{`{"name":"pods","delegate":{"conflist":"/etc/cni/net.d/c"}}`, "overlay", `networks[1].coordinator.mode: overlay needs eth0 from the cluster's CNI`},
 	} {
 		if _, err := Parse([]byte(conf(tc.net, tc.coord))); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: %v, want %q", tc.net, err, tc.want)

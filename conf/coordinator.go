@@ -10,8 +10,12 @@ import (
 // Coordinator is how a pod's routes are tuned around its NICs: Spiderpool's
 // coordinator settings, built into spinneret.
 type Coordinator struct {
-	// Mode is "underlay" (a veth to the node, policy routing across NICs)
-	// or "disable" (NICs only). "auto" is accepted and means underlay.
+	// Mode is "underlay" (a veth to the node, policy routing across NICs),
+	// "overlay" (eth0 is a delegate network's, the cluster's existing CNI:
+	// the node and the cluster are reached through its veth, the other
+	// NICs get policy routing beside it) or "disable" (NICs only). "auto",
+	// the default, is overlay for a delegate network and underlay for any
+	// other (resolved per network, when the catalogue is read).
 	Mode string
 	// TunePodRoutes gives each NIC but the default-route one its own table.
 	TunePodRoutes bool
@@ -50,13 +54,37 @@ type Coordinator struct {
 	Quarantine time.Duration
 }
 
-// Underlay reports whether the coordinator builds the veth and the routing.
-func (c *Coordinator) Underlay() bool { return c.Mode != "disable" }
+// Enabled reports whether the coordinator tunes the pod at all (underlay
+// or overlay).
+func (c *Coordinator) Enabled() bool { return c.Mode != "disable" }
+
+// Underlay reports the underlay mode: the coordinator's own veth0.
+func (c *Coordinator) Underlay() bool { return c.Mode == "underlay" }
+
+// Overlay reports the overlay mode: eth0 is a delegate's, and no veth0.
+func (c *Coordinator) Overlay() bool { return c.Mode == "overlay" }
+
+// resolve settles mode auto for a network: overlay when its eth0 comes
+// from a delegate, underlay otherwise; and refuses a mode the network
+// cannot have. field names the network's coordinator.mode.
+func (c *Coordinator) resolve(field string, delegate bool) error {
+	switch {
+	case c.Mode == "auto" && delegate:
+		c.Mode = "overlay"
+	case c.Mode == "auto":
+		c.Mode = "underlay"
+	case c.Mode == "overlay" && !delegate:
+		return fmt.Errorf("%s: overlay needs eth0 from the cluster's CNI (a network with delegate); use auto or underlay", field)
+	case c.Mode == "underlay" && delegate:
+		return fmt.Errorf("%s: underlay makes its own veth0 beside eth0, which would fight the delegate's veth; use auto or overlay", field)
+	}
+	return nil
+}
 
 // DefaultCoordinator is the coordinator with Spiderpool's defaults.
 func DefaultCoordinator() Coordinator {
 	return Coordinator{
-		Mode: "underlay", TunePodRoutes: true, HostRuleTable: 500, VethMTU: 1500,
+		Mode: "auto", TunePodRoutes: true, HostRuleTable: 500, VethMTU: 1500,
 		DetectRetries: 3, DetectInterval: 10 * time.Millisecond, DetectTimeout: 100 * time.Millisecond,
 		Quarantine: 10 * time.Minute,
 	}
@@ -97,14 +125,12 @@ func (c Coordinator) merge(path string, r *rawCoordinator) (Coordinator, error) 
 	f := func(field string) string { return path + "." + field }
 	if r.Mode != nil {
 		switch *r.Mode {
-		case "underlay", "auto":
-			c.Mode = "underlay"
+		case "underlay", "overlay", "auto":
+			c.Mode = *r.Mode
 		case "disable", "disabled":
 			c.Mode = "disable"
-		case "overlay":
-			return c, fmt.Errorf("%s: %q needs an overlay primary network, which spinneret does not drive yet", f("mode"), *r.Mode)
 		default:
-			return c, fmt.Errorf("%s: %q is not one of auto, underlay, disable", f("mode"), *r.Mode)
+			return c, fmt.Errorf("%s: %q is not one of auto, underlay, overlay, disable", f("mode"), *r.Mode)
 		}
 	}
 	if r.TunePodRoutes != nil {

@@ -537,12 +537,6 @@ func (rn *rawNetwork) delegate(f func(string) string, n *Network) (*Network, err
 			return nil, fmt.Errorf("%s: %s is not a clean absolute path", f("delegate."+p.field), Excerpt(p.v))
 		}
 	}
-	if n.Coordinator.Mode != "disable" {
-		// the overlay mode (eth0 the delegate's, underlay NICs beside
-		// it) is not built yet; the underlay mode's veth and routes
-		// would fight the delegate's
-		return nil, fmt.Errorf("%s: a delegate network needs coordinator mode overlay, which spinneret does not drive yet; set mode disable", f("coordinator.mode"))
-	}
 	n.Driver, n.Mode = "delegate", ""
 	n.Delegate = &Delegate{Conflist: d.Conflist, ReadinessIndicatorFile: d.ReadinessIndicatorFile}
 	return n, nil
@@ -601,6 +595,9 @@ func (rn *rawNetwork) validate(path string, coord Coordinator) (*Network, error)
 	}
 	var err error
 	if n.Coordinator, err = coord.merge(f("coordinator"), rn.Coordinator); err != nil {
+		return nil, err
+	}
+	if err := n.Coordinator.resolve(f("coordinator.mode"), rn.Delegate != nil); err != nil {
 		return nil, err
 	}
 	if d := rn.Delegate; d != nil {

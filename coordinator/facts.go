@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"fmt"
 	"net/netip"
 	"slices"
 
@@ -8,6 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/spinneret-cni/spinneret/conf"
+	"github.com/spinneret-cni/spinneret/internal/netops"
 )
 
 // AddrRoute is how the node routes one address.
@@ -86,4 +88,75 @@ func NodeAddrsIn(h *netlink.Handle, subnets []netip.Prefix) []netip.Addr {
 		}
 	}
 	return out
+}
+
+// Overlay is what the overlay mode needs of eth0, the NIC the cluster's
+// CNI (the delegate) made, as read after the delegate's ADD: the link and
+// its node end, and the routes the delegate gave it in the pod's main
+// table (copied into eth0's policy table).
+type Overlay struct {
+	// Link is eth0; MAC its address.
+	Link, MAC string
+	// HostVeth is eth0's veth peer on the node; HostMAC its address.
+	HostVeth, HostMAC string
+	// Routes are eth0's routes in the pod's main table, but the IPv6
+	// link-local and multicast ones every link has.
+	Routes []DelegateRoute
+}
+
+// DelegateRoute is a route the delegate made through eth0.
+type DelegateRoute struct {
+	Dst         netip.Prefix
+	GW, Src     netip.Addr
+	OnLink      bool
+	MTU, Metric int
+}
+
+// ReadOverlay reads eth0 after its delegate's ADD: it must be a veth whose
+// peer is on the node (Calico's cali*, Cilium's lxc*, the ptp plugin's
+// veth*); anything else has no node end to route the pod's other
+// addresses through, and the overlay mode cannot be built.
+func ReadOverlay(pod, host *netlink.Handle, ifname string) (*Overlay, error) {
+	l, err := pod.LinkByName(ifname)
+	if err != nil {
+		return nil, fmt.Errorf("%s from the delegate: %w", ifname, err)
+	}
+	if l.Type() != "veth" {
+		return nil, fmt.Errorf("%s from the delegate is a %s link, not a veth to the node: coordinator mode overlay routes the node and the cluster through eth0's node end; set coordinator.mode disable for this delegate", ifname, l.Type())
+	}
+	peer, err := host.LinkByIndex(l.Attrs().ParentIndex)
+	if err != nil || peer.Type() != "veth" || peer.Attrs().ParentIndex != l.Attrs().Index {
+		return nil, fmt.Errorf("%s from the delegate: its veth peer (index %d) is not in the node's namespace", ifname, l.Attrs().ParentIndex)
+	}
+	o := &Overlay{Link: ifname, MAC: l.Attrs().HardwareAddr.String(), HostVeth: peer.Attrs().Name, HostMAC: peer.Attrs().HardwareAddr.String()}
+	filter := &netlink.Route{LinkIndex: l.Attrs().Index, Table: unix.RT_TABLE_MAIN}
+	rs, err := netops.Dump(func() ([]netlink.Route, error) {
+		return pod.RouteListFiltered(netlink.FAMILY_ALL, filter, netlink.RT_FILTER_OIF|netlink.RT_FILTER_TABLE)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%s from the delegate: its routes: %w", ifname, err)
+	}
+	for _, r := range rs {
+		dst := netip.PrefixFrom(netip.IPv4Unspecified(), 0)
+		if r.Family == netlink.FAMILY_V6 {
+			dst = netip.PrefixFrom(netip.IPv6Unspecified(), 0)
+		}
+		if r.Dst != nil {
+			a, _ := netip.AddrFromSlice(r.Dst.IP)
+			ones, _ := r.Dst.Mask.Size()
+			dst = netip.PrefixFrom(a.Unmap(), ones)
+		}
+		if a := dst.Addr(); a.Is6() && (a.IsLinkLocalUnicast() || a.IsMulticast()) {
+			continue
+		}
+		dr := DelegateRoute{Dst: dst, OnLink: r.Flags&int(netlink.FLAG_ONLINK) != 0, MTU: r.MTU, Metric: r.Priority}
+		if gw, ok := netip.AddrFromSlice(r.Gw); ok {
+			dr.GW = gw.Unmap()
+		}
+		if src, ok := netip.AddrFromSlice(r.Src); ok {
+			dr.Src = src.Unmap()
+		}
+		o.Routes = append(o.Routes, dr)
+	}
+	return o, nil
 }

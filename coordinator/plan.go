@@ -1,8 +1,10 @@
-// Package coordinator plans what Spiderpool's coordinator does, in
-// underlay mode, as operations of the pod's one transaction: a veth pair
+// Package coordinator plans what Spiderpool's coordinator does as
+// operations of the pod's one transaction. In underlay mode: a veth pair
 // from the pod to its node, so the pod reaches its node and the cluster's
 // service and pod CIDRs through the node's stack, and host routes so the
-// node reaches the pod. The layout is written up in README.md.
+// node reaches the pod. In overlay mode eth0 is the cluster's CNI's, and
+// its veth does the same for the pod's underlay NICs. The layouts are
+// written up in README.md.
 package coordinator
 
 import (
@@ -30,6 +32,8 @@ type NIC struct {
 	Addrs  []netip.Prefix
 	// Table is the NIC's policy table; 0 means main (the default-route NIC).
 	Table int
+	// RulePriority is the priority of its "from <address>" rules.
+	RulePriority int
 }
 
 // Input is everything the coordinator's plan depends on.
@@ -39,6 +43,8 @@ type Input struct {
 	// NodeIPs are the node's addresses the pod must reach through veth0.
 	NodeIPs []netip.Addr
 	Conf    conf.Coordinator
+	// Overlay is eth0 as its delegate made it, in overlay mode.
+	Overlay *Overlay
 }
 
 // HostVethName is the node end of a pod's veth: "spn" and 12 hex digits of
@@ -60,8 +66,11 @@ func vethMAC(containerID, end string) string {
 // Plan returns the coordinator's operations for a pod, after its NICs'.
 func Plan(in Input) []txn.Op {
 	c := in.Conf
-	if !c.Underlay() || len(in.NICs) == 0 {
+	if !c.Enabled() || len(in.NICs) == 0 {
 		return nil
+	}
+	if c.Overlay() {
+		return overlayPlan(in)
 	}
 	sysctls := podSysctls(in)
 	host := HostVethName(in.ContainerID)

@@ -35,6 +35,9 @@ type NIC struct {
 	// before the ADD (read when planning, journaled with the plan).
 	VF     *drivers.VF
 	VFOrig drivers.VFState
+	// HostIfaces are a delegate network's interfaces on the node (its
+	// veth's node end), as its CNI reported them.
+	HostIfaces []*current.Interface
 }
 
 // Userspace reports a NIC whose VF is bound to a userspace (DPDK) driver:
@@ -123,6 +126,11 @@ func (n *NIC) Routes() []Route {
 // IPAM plugin a NAD named; a route without gateway goes via the gateway of
 // its family.
 func (n *NIC) UseDelegated(res *current.Result) {
+	for _, i := range res.Interfaces {
+		if i != nil && i.Sandbox == "" && n.Network.Delegate != nil {
+			n.HostIfaces = append(n.HostIfaces, i)
+		}
+	}
 	gw := map[bool]netip.Addr{}
 	for _, ip := range res.IPs {
 		a, _ := netip.AddrFromSlice(ip.Address.IP)
@@ -224,6 +232,20 @@ func layout(nics []NIC) []Routing {
 		if tune && i != def {
 			out[i].Table = FirstTable + i
 		}
+		if n.Network.Delegate != nil {
+			// its CNI made its routes in main; the coordinator copies
+			// them into its table and takes only its default routes
+			// out of main
+			out[i].Routes = n.Routes()
+			if out[i].Table != 0 {
+				for _, r := range out[i].Routes {
+					if r.Dst.Bits() != 0 {
+						out[i].Main = append(out[i].Main, r)
+					}
+				}
+			}
+			continue
+		}
 		if out[i].Table != 0 && !strict {
 			for _, a := range n.Addrs {
 				if sub := a.Address.Masked(); claims[sub] == 1 && !slices.Contains(out[i].MainSubnets, sub) {
@@ -258,6 +280,9 @@ type Input struct {
 	// Cluster are the cluster's CIDRs as the controller published them,
 	// for a primary network whose coordinator names none.
 	Cluster ClusterCIDRs
+	// Overlay is eth0 as its delegate made it (read after the delegate's
+	// ADD), for coordinator mode overlay.
+	Overlay *coordinator.Overlay
 }
 
 // ClusterCIDRs are the cluster's service and pod CIDRs, a node fact: the
@@ -288,8 +313,10 @@ func New(in Input) *Plan {
 	}
 	in.NICs = NetdevNICs(in.NICs)
 	routes := layout(in.NICs)
+	ci := coordinatorInput(in, routes)
+	ops = append(ops, coordinator.PlanOverlayEth0(ci)...) // before another NIC's default route
 	ops = append(ops, planNICs(in.NICs, routes)...)
-	ops = append(ops, coordinator.Plan(coordinatorInput(in, routes))...)
+	ops = append(ops, coordinator.Plan(ci)...)
 	return &Plan{Ops: ops, Layout: routes}
 }
 
@@ -327,7 +354,7 @@ func parentOps(in Input) []txn.Op {
 
 // coordinatorInput is what the coordinator needs of the pod.
 func coordinatorInput(in Input, routes []Routing) coordinator.Input {
-	ci := coordinator.Input{ContainerID: in.ContainerID, NodeIPs: in.NodeIPs}
+	ci := coordinator.Input{ContainerID: in.ContainerID, NodeIPs: in.NodeIPs, Overlay: in.Overlay}
 	if len(in.NICs) > 0 {
 		ci.Conf = in.NICs[0].Network.Coordinator
 		if len(ci.Conf.ServiceCIDR) == 0 && len(ci.Conf.PodCIDR) == 0 {
@@ -335,7 +362,7 @@ func coordinatorInput(in Input, routes []Routing) coordinator.Input {
 		}
 	}
 	for i, rt := range routes {
-		n := coordinator.NIC{IfName: in.NICs[i].IfName, Table: rt.Table}
+		n := coordinator.NIC{IfName: in.NICs[i].IfName, Table: rt.Table, RulePriority: RulePriority(i)}
 		for _, a := range in.NICs[i].Addrs {
 			n.Addrs = append(n.Addrs, a.Address)
 		}
@@ -354,7 +381,7 @@ func planNICs(nics []NIC, routes []Routing) []txn.Op {
 			continue // its CNI made it, with its addresses and routes
 		}
 		mac := n.MAC
-		if c.Underlay() && c.HasMACPrefix && !n.PodMAC {
+		if c.Enabled() && c.HasMACPrefix && !n.PodMAC {
 			var addrs []netip.Prefix
 			for _, a := range n.Addrs {
 				addrs = append(addrs, a.Address)
@@ -388,7 +415,7 @@ func planNICs(nics []NIC, routes []Routing) []txn.Op {
 			ops = append(ops, &netops.AddrAdd{NS: txn.Pod, Link: n.IfName, Addr: a.Address, NoPrefixRoute: rt.Table != 0 && !slices.Contains(rt.MainSubnets, a.Address.Masked())})
 		}
 		ops = append(ops, &netops.LinkUp{NS: txn.Pod, Link: n.IfName})
-		detect := c.Underlay() && (c.DetectIPConflict || c.DetectGateway)
+		detect := c.Enabled() && (c.DetectIPConflict || c.DetectGateway)
 		if detect {
 			d := &coordinator.Detect{Link: n.IfName, Retries: c.DetectRetries, Interval: c.DetectInterval, Timeout: c.DetectTimeout}
 			for _, a := range n.Addrs {

@@ -23,6 +23,7 @@ func init() {
 	txn.Register("addr.add", func() txn.Op { return &AddrAdd{} })
 	txn.Register("link.up", func() txn.Op { return &LinkUp{} })
 	txn.Register("route.add", func() txn.Op { return &RouteAdd{} })
+	txn.Register("route.del", func() txn.Op { return &RouteDel{} })
 	txn.Register("rule.add", func() txn.Op { return &RuleAdd{} })
 	txn.Register("neigh.add", func() txn.Op { return &NeighAdd{} })
 	txn.Register("sysctl.set", func() txn.Op { return &Sysctls{} })
@@ -194,6 +195,12 @@ type RouteAdd struct {
 	Table int          `json:"table,omitempty"`
 	// Src is the preferred source address for the route.
 	Src netip.Addr `json:"src,omitzero"`
+	// OnLink, MTU and Metric are kept from a route the coordinator
+	// copies from another CNI's (its gateway on-link, its path MTU, its
+	// priority; 0 is the kernel's default).
+	OnLink bool `json:"onlink,omitempty"`
+	MTU    int  `json:"mtu,omitempty"`
+	Metric int  `json:"metric,omitempty"`
 }
 
 func (o *RouteAdd) Kind() string { return "route.add" }
@@ -209,11 +216,23 @@ func (o *RouteAdd) String() string {
 	if o.Src.IsValid() {
 		s += " src " + o.Src.String()
 	}
+	if o.OnLink {
+		s += " onlink"
+	}
+	if o.Metric != 0 {
+		s += fmt.Sprintf(" metric %d", o.Metric)
+	}
+	if o.MTU != 0 {
+		s += fmt.Sprintf(" mtu %d", o.MTU)
+	}
 	return s
 }
 
 func (o *RouteAdd) route(l netlink.Link) *netlink.Route {
-	r := &netlink.Route{LinkIndex: l.Attrs().Index, Dst: IPNet(o.Dst), Table: o.Table}
+	r := &netlink.Route{LinkIndex: l.Attrs().Index, Dst: IPNet(o.Dst), Table: o.Table, MTU: o.MTU, Priority: o.Metric}
+	if o.OnLink {
+		r.Flags = int(netlink.FLAG_ONLINK)
+	}
 	if o.Src.IsValid() {
 		r.Src = o.Src.AsSlice()
 	}
@@ -273,6 +292,39 @@ func (o *RouteAdd) Check(env *txn.Env) error {
 	}
 	if len(rs) == 0 {
 		return fmt.Errorf("%s: route %s missing", o.Link, o.String()[len("add route "):])
+	}
+	return nil
+}
+
+// RouteDel deletes a route another CNI made (the overlay mode moves the
+// delegate's default route off eth0); its undo puts the route back, as it
+// was, while the link is there.
+type RouteDel struct {
+	RouteAdd
+}
+
+func (o *RouteDel) Kind() string   { return "route.del" }
+func (o *RouteDel) String() string { return "delete route " + o.RouteAdd.String()[len("add route "):] }
+
+// Do deletes the route; one already gone is not an error.
+func (o *RouteDel) Do(env *txn.Env) error { return IgnoreGone(o.RouteAdd.Undo(env)) }
+
+// Undo adds the route back.
+func (o *RouteDel) Undo(env *txn.Env) error {
+	h, l, err := Link(env, o.NS, o.Link)
+	if err != nil {
+		return IgnoreGone(err)
+	}
+	if err := h.RouteAdd(o.route(l)); err != nil && !errors.Is(err, unix.EEXIST) {
+		return err
+	}
+	return nil
+}
+
+// Check reports the route back.
+func (o *RouteDel) Check(env *txn.Env) error {
+	if err := o.RouteAdd.Check(env); err == nil {
+		return fmt.Errorf("%s: route %s is back", o.Link, o.RouteAdd.String()[len("add route "):])
 	}
 	return nil
 }
