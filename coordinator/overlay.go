@@ -74,9 +74,10 @@ func delegateRoute(ov *Overlay, r DelegateRoute, table int) *netops.RouteAdd {
 // overlayPlan is the overlay mode's part after the NICs: the node reaches
 // the underlay NICs' addresses through eth0's node end (table 500, as in
 // underlay mode, and permanent neighbours for eth0's MAC); each underlay
-// NIC's table reaches the node and the cluster's CIDRs through eth0; and
-// when an underlay NIC holds the default route, main does too, from
-// eth0's address. Nothing for a pod with eth0 alone.
+// NIC's table reaches the node and the cluster's CIDRs through eth0; main
+// reaches the node through eth0, and the cluster's CIDRs too when an
+// underlay NIC holds the default route (from eth0's address). Nothing for
+// a pod with eth0 alone.
 func overlayPlan(in Input) []txn.Op {
 	ov, c := in.Overlay, in.Conf
 	if ov == nil || len(in.NICs) < 2 {
@@ -107,20 +108,24 @@ func overlayPlan(in Input) []txn.Op {
 			ops = append(ops, &netops.NeighAdd{NS: txn.Pod, Link: ov.Link, IP: ip, MAC: ov.HostMAC})
 		}
 	}
-	// main, when eth0 no longer holds the default route, and every
-	// underlay NIC's table: the node and the cluster's CIDRs via eth0
+	// every underlay NIC's table: the node and the cluster's CIDRs via
+	// eth0; main: the node's addresses always (a node address on an
+	// underlay subnet would otherwise go out of that NIC, where a macvlan
+	// cannot reach its own node), the cluster's CIDRs when eth0 no longer
+	// holds the default route
 	hijack := slices.Concat(c.ServiceCIDR, c.PodCIDR, c.HijackCIDR)
 	type target struct {
 		table int
 		src   NIC // whose address the routes prefer
+		cidrs []netip.Prefix
 	}
-	var targets []target
+	targets := []target{{0, eth0, nil}}
 	if eth0.Table != 0 {
-		targets = append(targets, target{0, eth0})
+		targets[0].cidrs = hijack
 	}
 	for _, n := range under {
 		if n.Table != 0 {
-			targets = append(targets, target{n.Table, n})
+			targets = append(targets, target{n.Table, n, hijack})
 		}
 	}
 	for _, t := range targets {
@@ -131,7 +136,7 @@ func overlayPlan(in Input) []txn.Op {
 				ops = append(ops, &netops.RouteAdd{NS: txn.Pod, Link: ov.Link, Dst: dst, Table: t.table, Src: src})
 			}
 		}
-		for _, cidr := range hijack {
+		for _, cidr := range t.cidrs {
 			gw, src := firstOf(in.NodeIPs, cidr.Addr().Is4()), addrOf(t.src, cidr.Addr().Is4())
 			if gw.IsValid() && src.IsValid() && !skip(cidr) {
 				ops = append(ops, &netops.RouteAdd{NS: txn.Pod, Link: ov.Link, Dst: cidr, GW: gw, Table: t.table, Src: src})

@@ -41,11 +41,21 @@ func (e *env) forwarding() {
 // ptpConflist is a stand-in for a cluster's existing CNI (Calico's shape:
 // a point-to-point veth to the node, host-local addresses, portmap) with
 // its host-local state under dir.
-func ptpConflist(dir string) string {
+func ptpConflist(dir string) string { return ptpConflistFam(dir, dual) }
+
+// ptpConflistFam is ptpConflist with eth0's addresses of a family.
+func ptpConflistFam(dir string, fam family) string {
+	var ranges, routes []string
+	if fam.has4() {
+		ranges, routes = append(ranges, `[{"subnet":"10.244.1.0/24"}]`), append(routes, `{"dst":"0.0.0.0/0"}`)
+	}
+	if fam.has6() {
+		ranges, routes = append(ranges, `[{"subnet":"fd00:244:1::/64"}]`), append(routes, `{"dst":"::/0"}`)
+	}
 	return fmt.Sprintf(`{"cniVersion":"1.0.0","name":"k8s-pod-network","plugins":[
 		{"type":"ptp","ipMasq":false,"mtu":1400,"ipam":{"type":"host-local","dataDir":%q,
-			"ranges":[[{"subnet":"10.244.1.0/24"}],[{"subnet":"fd00:244:1::/64"}]],"routes":[{"dst":"0.0.0.0/0"},{"dst":"::/0"}]}},
-		{"type":"portmap","capabilities":{"portMappings":true},"snat":false}]}`, filepath.Join(dir, "host-local"))
+			"ranges":[%s],"routes":[%s]}},
+		{"type":"portmap","capabilities":{"portMappings":true},"snat":false}]}`, filepath.Join(dir, "host-local"), strings.Join(ranges, ","), strings.Join(routes, ","))
 }
 
 // TestDelegateNetOp: the delegate step runs a conflist of the reference

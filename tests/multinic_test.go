@@ -36,7 +36,17 @@ var colours = []string{"red", "blue", "green"}
 // network, with pools of the family; extra is spliced into the plugin entry.
 func (e *env) multiConf(fam family, extra string) *libcni.NetworkConfigList {
 	e.t.Helper()
+	return e.multiConfWith(fam, "", extra)
+}
+
+// multiConfWith is multiConf with another network, first, ahead of the
+// topology's (the primary network).
+func (e *env) multiConfWith(fam family, first, extra string) *libcni.NetworkConfigList {
+	e.t.Helper()
 	var nets []string
+	if first != "" {
+		nets = append(nets, first)
+	}
 	for i, n := range e.topo.Nets {
 		var pools []string
 		if fam.has4() {

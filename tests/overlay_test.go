@@ -1,0 +1,162 @@
+package tests
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+	"github.com/vishvananda/netlink"
+
+	"github.com/spinneret-cni/spinneret/internal/netlab"
+	"github.com/spinneret-cni/spinneret/internal/netops"
+	"github.com/spinneret-cni/spinneret/request"
+)
+
+// The cluster's CIDRs in the overlay tests: the ptp delegate's pod
+// subnets are inside podCIDR; the service stand-ins the node serves are
+// netlab's.
+var (
+	podCIDR4 = netip.MustParsePrefix("10.244.0.0/16")
+	podCIDR6 = netip.MustParsePrefix("fd00:244::/32")
+)
+
+// overlayEnv is a node running a stand-in for the cluster's CNI (the ptp
+// conflist, of a family) and three networks; its config has the delegate
+// as the primary network (coordinator mode auto: overlay) and the
+// topology's networks as red, blue, green.
+func overlayEnv(t *testing.T, fam family, extra string) (*env, *libcni.NetworkConfigList) {
+	e := multiEnv(t)
+	e.forwarding()
+	file := filepath.Join(e.dir, "10-ptp.conflist")
+	if err := os.WriteFile(file, []byte(ptpConflistFam(e.dir, fam)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	coord := fmt.Sprintf(`"coordinator":{"serviceCIDR":["%s","%s"],"podCIDR":["%s","%s"]%s}`,
+		netlab.ServiceCIDR4, netlab.ServiceCIDR6, podCIDR4, podCIDR6, extra)
+	return e, e.multiConfWith(fam, fmt.Sprintf(`{"name":"pods","delegate":{"conflist":%q}}`, file), coord)
+}
+
+// TestOverlay: eth0 from the delegate, net1 (red) and net2 (blue) from
+// spinneret, in coordinator mode overlay, for every family. The node
+// reaches every address of the pod through eth0's veth (the underlay
+// NICs' too, by table 500), and the replies leave by eth0; the pod
+// reaches the node, a service stand-in and another pod over eth0, from
+// eth0's address and from net1's; net1 reaches its gateway, and a peer on
+// its subnet from an unbound socket; a request arriving on net1 is
+// answered on net1, and one arriving on eth0 from an address on net1's
+// subnet is answered on eth0 (not without the from-eth0 rule: the control).
+// CHECK passes, and finds spinneret's rule gone; DEL leaves the node, the
+// pods and the delegate's address store as before.
+func TestOverlay(t *testing.T) {
+	for _, fam := range families {
+		t.Run(string(fam), func(t *testing.T) {
+			e, l := overlayEnv(t, fam, "")
+			// a node address on net1's subnet that is not a node IP of
+			// the conf (those have /32 routes via eth0 in main): main
+			// routes it out of net1, so only the from-eth0 rule sends the
+			// reply to a request from it to eth0 back by eth0
+			onRed := map[bool]netip.Addr{true: nth(e.topo.Nets[0].Subnet4, 200), false: nth(e.topo.Nets[0].Subnet6, 200)}
+			if err := e.topo.Node.AddAddrs("lo", netip.PrefixFrom(onRed[true], 32), netip.PrefixFrom(onRed[false], 128)); err != nil {
+				t.Fatal(err)
+			}
+			p, _ := e.topo.NewPod()
+			peer, _ := e.topo.NewPod()
+			before := e.snapshot(p, peer)
+			rt := podRT("c1", p, map[string]string{request.AnnotNetworks: "red, blue"})
+			peerRT := podRT("c2", peer, nil)
+			r := e.mustAdd(l, rt)
+			rp := e.mustAdd(l, peerRT)
+			red, blue := e.topo.Nets[0], e.topo.Nets[1]
+			for _, v4 := range fam.versions() {
+				pick := func(a, b netip.Addr) netip.Addr {
+					if v4 {
+						return a
+					}
+					return b
+				}
+				eth0, net1, net2 := nicAddr(t, r, "eth0", v4), nicAddr(t, r, "net1", v4), nicAddr(t, r, "net2", v4)
+				node, svc := pick(netlab.NodeIP4, netlab.NodeIP6), pick(netlab.ServiceIP4, netlab.ServiceIP6)
+				if !podCIDR4.Contains(eth0) && !podCIDR6.Contains(eth0) {
+					t.Fatalf("eth0 %s is not the delegate's", eth0)
+				}
+				// the node reaches each address through eth0's veth
+				for _, a := range []netip.Addr{eth0, net1, net2} {
+					if err := sentBy(t, p, "eth0", 3, func() error {
+						for range 3 {
+							if err := e.topo.Node.Ping(a, 5*time.Second); err != nil {
+								return err
+							}
+						}
+						return nil
+					}); err != nil {
+						t.Errorf("node -> %s, answered over eth0: %v", a, err)
+					}
+				}
+				// the pod reaches the node, a service and a pod over eth0,
+				// from eth0's address (unbound) and from net1's
+				other := nicAddr(t, rp, "eth0", v4)
+				for _, dst := range []netip.Addr{node, svc, other} {
+					for _, src := range []netip.Addr{{}, net1} {
+						if err := sentBy(t, p, "eth0", 1, func() error { return p.PingFrom(src, dst, 5*time.Second) }); err != nil {
+							t.Errorf("pod (from %v) -> %s over eth0: %v", src, dst, err)
+						}
+					}
+				}
+				// net1 to its gateway, and unbound to a peer on its subnet
+				gw := pick(red.GW4, red.GW6)
+				if err := p.PingFrom(net1, gw, 5*time.Second); err != nil {
+					t.Errorf("net1 -> its gateway: %v", err)
+				}
+				if err := sentBy(t, p, "net1", 3, func() error {
+					for range 3 {
+						if err := p.Ping(gw, 5*time.Second); err != nil {
+							return err
+						}
+					}
+					return nil
+				}); err != nil {
+					t.Errorf("unbound -> %s (net1's subnet) out of net1: %v", gw, err)
+				}
+				// replies leave by the NIC the request came in on
+				replyLeavesBy(t, p, red.Gateway, pick(red.Remote4, red.Remote6), net1, "net1", "eth0")
+				replyLeavesBy(t, p, blue.Gateway, pick(blue.Remote4, blue.Remote6), net2, "net2", "eth0")
+				replyLeavesBy(t, p, e.topo.Node, onRed[v4], eth0, "eth0", "net1")
+			}
+			if err := e.check(l, rt); err != nil {
+				t.Errorf("CHECK: %v", err)
+			}
+			// the control: without the from-eth0 rule, the reply to an
+			// address on net1's subnet leaves by net1
+			v4 := fam.has4()
+			eth0 := nicAddr(t, r, "eth0", v4)
+			rule := netlink.NewRule()
+			rule.Priority, rule.Table, rule.Src = 30000, 100, netops.IPNet(netip.PrefixFrom(eth0, eth0.BitLen()))
+			rule.Family = map[bool]int{true: netlink.FAMILY_V4, false: netlink.FAMILY_V6}[v4]
+			if err := p.NL().RuleDel(rule); err != nil {
+				t.Fatalf("delete the from-eth0 rule: %v", err)
+			}
+			if err := sentBy(t, p, "net1", 3, func() error {
+				for range 5 {
+					e.topo.Node.PingFrom(onRed[v4], eth0, 500*time.Millisecond) // answered or not
+				}
+				return nil
+			}); err != nil {
+				t.Errorf("without the from-eth0 rule, replies to %s should leave by net1: %v", onRed[v4], err)
+			}
+			if err := e.check(l, rt); err == nil || !strings.Contains(err.Error(), "rule 30000") {
+				t.Errorf("CHECK without the from-eth0 rule: %v, want it missing", err)
+			}
+			e.mustDel(l, rt)
+			e.mustDel(l, peerRT)
+			sameLearnt(t, before, e.snapshot(p, peer))
+			if h := hostLocalHeld(filepath.Join(e.dir, "host-local"), "k8s-pod-network"); len(h) != 0 {
+				t.Errorf("after DEL the delegate still holds %v", h)
+			}
+		})
+	}
+}
