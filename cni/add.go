@@ -14,6 +14,7 @@ import (
 
 	"github.com/spinneret-cni/spinneret/conf"
 	"github.com/spinneret-cni/spinneret/coordinator"
+	"github.com/spinneret-cni/spinneret/drivers"
 	"github.com/spinneret-cni/spinneret/facts"
 	"github.com/spinneret-cni/spinneret/internal/kube"
 	"github.com/spinneret-cni/spinneret/internal/txn"
@@ -148,7 +149,9 @@ func requestError(err error) error {
 // replaceEarlier readies j to replace the journal of an ADD for the same
 // attachment without DEL: what that ADD did is undone, and its ledger is
 // carried into j, whose allocation the idempotent backends answer with
-// the same addresses.
+// the same addresses. A delegate's eth0 is the exception: the delegate's
+// DEL runs now (its ADD would fail on the eth0 it made before), and eth0
+// is made afresh.
 func (p *plugin) replaceEarlier(j *txn.Journal) error {
 	old, err := txn.LoadJournal(j.Path())
 	if err != nil {
@@ -162,7 +165,20 @@ func (p *plugin) replaceEarlier(j *txn.Journal) error {
 	if err != nil {
 		return types.NewError(types.ErrTryAgainLater, "undo earlier ADD: "+err.Error(), "")
 	}
-	j.Carry(old.Ledger())
+	var carry []txn.Step
+	for _, s := range old.Ledger() {
+		d, ok := s.Op.(*drivers.DelegateNet)
+		if !ok {
+			carry = append(carry, s)
+			continue
+		}
+		// a crash from here on leaves old's entry: the DEL or GC that
+		// finds it runs the delegate's DEL again, which it allows
+		if err := d.Undo(oenv); err != nil {
+			return types.NewError(types.ErrTryAgainLater, "undo earlier ADD: "+err.Error(), "")
+		}
+	}
+	j.Carry(carry)
 	return nil
 }
 

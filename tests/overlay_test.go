@@ -160,3 +160,95 @@ func TestOverlay(t *testing.T) {
 		})
 	}
 }
+
+// TestOverlayDefaultNet1: the default route moved to net1 by annotation in
+// overlay mode, for every family. Unbound traffic off every subnet leaves
+// by net1; the node, a service stand-in and another pod are still reached
+// over eth0; a request arriving on eth0 from an address main would send
+// out of net1 is answered on eth0 (eth0's own table), one arriving on net1
+// on net1. CHECK passes; DEL leaves nothing, the delegate's store too.
+func TestOverlayDefaultNet1(t *testing.T) {
+	for _, fam := range families {
+		t.Run(string(fam), func(t *testing.T) {
+			e, l := overlayEnv(t, fam, "")
+			// a node address off every subnet and CIDR: main's default
+			// (net1's) would carry the reply to it
+			far := map[bool]netip.Addr{true: netip.MustParseAddr("198.18.99.1"), false: netip.MustParseAddr("2001:db8:ff:99::1")}
+			if err := e.topo.Node.AddAddrs("lo", netip.PrefixFrom(far[true], 32), netip.PrefixFrom(far[false], 128)); err != nil {
+				t.Fatal(err)
+			}
+			p, _ := e.topo.NewPod()
+			peer, _ := e.topo.NewPod()
+			before := e.snapshot(p, peer)
+			rt := podRT("c1", p, map[string]string{request.AnnotNetworks: "red", request.AnnotDefaultRouteNIC: "net1"})
+			peerRT := podRT("c2", peer, nil)
+			r := e.mustAdd(l, rt)
+			rp := e.mustAdd(l, peerRT)
+			red := e.topo.Nets[0]
+			for _, v4 := range fam.versions() {
+				pick := func(a, b netip.Addr) netip.Addr {
+					if v4 {
+						return a
+					}
+					return b
+				}
+				eth0, net1 := nicAddr(t, r, "eth0", v4), nicAddr(t, r, "net1", v4)
+				remote := pick(red.Remote4, red.Remote6)
+				if err := sentBy(t, p, "net1", 1, func() error { return p.Ping(remote, 5*time.Second) }); err != nil {
+					t.Errorf("unbound -> %s by net1's default route: %v", remote, err)
+				}
+				for _, dst := range []netip.Addr{pick(netlab.NodeIP4, netlab.NodeIP6), pick(netlab.ServiceIP4, netlab.ServiceIP6), nicAddr(t, rp, "eth0", v4)} {
+					if err := sentBy(t, p, "eth0", 1, func() error { return p.Ping(dst, 5*time.Second) }); err != nil {
+						t.Errorf("unbound -> %s over eth0: %v", dst, err)
+					}
+				}
+				replyLeavesBy(t, p, e.topo.Node, far[v4], eth0, "eth0", "net1")
+				replyLeavesBy(t, p, red.Gateway, remote, net1, "net1", "eth0")
+			}
+			if err := e.check(l, rt); err != nil {
+				t.Errorf("CHECK: %v", err)
+			}
+			e.mustDel(l, rt)
+			e.mustDel(l, peerRT)
+			sameLearnt(t, before, e.snapshot(p, peer))
+			if h := hostLocalHeld(filepath.Join(e.dir, "host-local"), "k8s-pod-network"); len(h) != 0 {
+				t.Errorf("after DEL the delegate still holds %v", h)
+			}
+		})
+	}
+}
+
+// TestOverlayRepeatedAdd: an ADD repeated without DEL (a runtime retrying
+// after losing the first one's answer) replaces the first: the delegate's
+// DEL runs and its ADD makes eth0 afresh, net1 keeps its address; the pod
+// works, the delegate holds one address, CHECK passes, DEL leaves nothing.
+func TestOverlayRepeatedAdd(t *testing.T) {
+	e, l := overlayEnv(t, dual, "")
+	p, _ := e.topo.NewPod()
+	before := e.snapshot(p)
+	rt := podRT("c1", p, map[string]string{request.AnnotNetworks: "red"})
+	first := e.mustAdd(l, rt)
+	r := e.mustAdd(l, rt)
+	if a, b := nicAddr(t, first, "net1", true), nicAddr(t, r, "net1", true); a != b {
+		t.Errorf("net1 %s, then %s: the ledger was not carried", a, b)
+	}
+	if h := hostLocalHeld(filepath.Join(e.dir, "host-local"), "k8s-pod-network"); len(h) != 2 {
+		t.Errorf("the delegate holds %v, want one address of each family", h)
+	}
+	for _, v4 := range []bool{true, false} {
+		if err := e.topo.Node.Ping(nicAddr(t, r, "eth0", v4), 5*time.Second); err != nil {
+			t.Errorf("node -> eth0: %v", err)
+		}
+		if err := e.topo.Node.Ping(nicAddr(t, r, "net1", v4), 5*time.Second); err != nil {
+			t.Errorf("node -> net1: %v", err)
+		}
+	}
+	if err := e.check(l, rt); err != nil {
+		t.Errorf("CHECK: %v", err)
+	}
+	e.mustDel(l, rt)
+	sameLearnt(t, before, e.snapshot(p))
+	if h := hostLocalHeld(filepath.Join(e.dir, "host-local"), "k8s-pod-network"); len(h) != 0 {
+		t.Errorf("after DEL the delegate still holds %v", h)
+	}
+}
