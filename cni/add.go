@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
@@ -69,6 +70,10 @@ func (p *plugin) add(args *skel.CmdArgs) error {
 		return requestError(err)
 	}
 	p.coord = nics[0].Network.Coordinator
+	if ign := ignoredCapabilities(p.cfg.DelegateArgs); len(ign) > 0 && nics[0].Network.Delegate == nil {
+		p.log.Warn("the runtime's "+strings.Join(ign, ", ")+" ignored: only a delegate primary network's CNI acts on them, and this pod's "+args.IfName+" is network "+nics[0].Network.Name+"'s",
+			"container", args.ContainerID, "pod", req.Pod.String())
+	}
 	env := p.newEnv(args.Netns, ino)
 	defer env.Close()
 	j := txn.NewJournal(p.node.StateDir, p.cfg.Name, args.ContainerID, args.IfName, args.Netns, ino)

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -123,5 +124,20 @@ func TestBadRequestsAllocateNothing(t *testing.T) {
 				t.Fatalf("%d journal(s) written", len(js))
 			}
 		})
+	}
+}
+
+// TestIgnoredCapabilities: the runtime's delegate-only arguments with a
+// value are named (for the log) when eth0 is not a delegate's; empty ones
+// (containerd passes portMappings [] for every pod) and spinneret's own
+// are not.
+func TestIgnoredCapabilities(t *testing.T) {
+	args := map[string]json.RawMessage{"portMappings": json.RawMessage(`[{"hostPort":80,"containerPort":80}]`),
+		"bandwidth": json.RawMessage(`{}`), "dns": json.RawMessage(`null`), "mac": json.RawMessage(`"0a:00:00:00:00:01"`), "ips": json.RawMessage(`[]`)}
+	if got := ignoredCapabilities(args); !slices.Equal(got, []string{"portMappings"}) {
+		t.Errorf("ignored %v, want [portMappings]", got)
+	}
+	if got := ignoredCapabilities(nil); got != nil {
+		t.Errorf("ignored %v of none", got)
 	}
 }

@@ -2,6 +2,7 @@ package cni
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -44,7 +45,7 @@ func (p *plugin) runDelegate(j *txn.Journal, args *skel.CmdArgs, n plan.NIC) (*c
 		return nil, types.NewError(types.ErrInvalidNetworkConfig, fmt.Sprintf("network %s: %v", n.Network.Name, err), "")
 	}
 	op := &drivers.DelegateNet{File: d.Conflist, Conflist: b, CNIPath: args.Path, CacheDir: statedir.Delegate(p.node.StateDir),
-		ContainerID: args.ContainerID, NetNS: args.Netns, IfName: n.IfName, Args: argPairs(args.Args)}
+		ContainerID: args.ContainerID, NetNS: args.Netns, IfName: n.IfName, Args: argPairs(args.Args), CapabilityArgs: capabilityArgs(p.cfg.DelegateArgs)}
 	if err := j.Hold(op); err != nil {
 		return nil, err
 	}
@@ -80,6 +81,36 @@ func delegateConflist(d *conf.Delegate) (b []byte, l *libcni.NetworkConfigList, 
 		return nil, nil, "", fmt.Errorf("conflist %s: %w", d.Conflist, err)
 	}
 	return b, l, "", nil
+}
+
+// capabilityArgs is the runtime's capability arguments as libcni takes
+// them; the delegate's plugins get those they declare.
+func capabilityArgs(args map[string]json.RawMessage) map[string]any {
+	if len(args) == 0 {
+		return nil
+	}
+	out := make(map[string]any, len(args))
+	for k, v := range args {
+		out[k] = v
+	}
+	return out
+}
+
+// ignoredCapabilities names the runtime's capability arguments with a
+// value that nothing of the pod acts on: those only a delegate would take
+// (portMappings, bandwidth, ...) when eth0 is not a delegate's. As with
+// Multus and a delegate that does not declare them, the pod is made
+// without them; the log says so.
+func ignoredCapabilities(args map[string]json.RawMessage) []string {
+	var out []string
+	for _, k := range conf.DelegateCapabilities {
+		switch v := strings.TrimSpace(string(args[k])); v {
+		case "", "null", "[]", "{}", `""`:
+		default:
+			out = append(out, k)
+		}
+	}
+	return out
 }
 
 // argPairs is CNI_ARGS as libcni passes it on: "K=V;K2=V2" as pairs.

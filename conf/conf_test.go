@@ -3,9 +3,11 @@ package conf
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -108,7 +110,7 @@ func TestParseErrors(t *testing.T) {
 		{"name", `"Bad Name"`, `name: "Bad Name" is not a valid network name`},
 		{"name", `"-net"`, `name: "-net" is not a valid network name`},
 		{"type", `"macvlan"`, `type: "macvlan", want "spinneret"`},
-		{"capabilities", `{"portMappings":true}`, `capabilities.portMappings: unknown capability`},
+		{"capabilities", `{"hostPorts":true}`, `capabilities.hostPorts: unknown capability`},
 		{"nodeConf", `"etc/node.yaml"`, `nodeConf: "etc/node.yaml" is not an absolute path`},
 		{"driver", `"bridge"`, `driver: "bridge" is not supported (supported: macvlan, ipvlan, sriov)`},
 		{"flag", `"bridge"`, `flag: "bridge": flags are ipvlan's`},
@@ -121,7 +123,8 @@ func TestParseErrors(t *testing.T) {
 		{"mac", `"zz:zz"`, `mac: "zz:zz" is not a MAC address`},
 		{"mac", `"01:00:5e:00:00:01"`, `mac: "01:00:5e:00:00:01" is a multicast MAC address`},
 		{"runtimeConfig", `{"mac":"0a:00:00:00:00:01"}`, `runtimeConfig.mac: the mac capability is not declared in capabilities`},
-		{"runtimeConfig", `{"portMappings":[]}`, `runtimeConfig.portMappings: unknown field (value [])`},
+		{"runtimeConfig", `{"portMappings":[]}`, `runtimeConfig.portMappings: the portMappings capability is not declared in capabilities`},
+		{"runtimeConfig", `{"hostPorts":[]}`, `runtimeConfig.hostPorts: unknown capability`},
 		{"runtimeConfig", `{"deviceID":"0000:01:10.0"}`, `runtimeConfig.deviceID: the deviceID capability is not declared in capabilities`},
 		{"runtimeConfig", `{"io.kubernetes.cri.pod-annotations":{}}`, `runtimeConfig.io.kubernetes.cri.pod-annotations: the io.kubernetes.cri.pod-annotations capability is not declared`},
 		{"ipam.type", `"host-local"`, `ipam.type: "host-local" is not supported`},
@@ -721,5 +724,31 @@ func TestDelegateNetworkConf(t *testing.T) {
 		if _, err := Parse([]byte(conf(tc.net, tc.coord))); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: %v, want %q", tc.net, err, tc.want)
 		}
+	}
+}
+
+// TestRuntimeConfig: the runtime's capability arguments, declared: mac and
+// deviceID are spinneret's (and a delegate's), the pod annotations
+// spinneret's alone, the conventions' others (portMappings, bandwidth, ...)
+// kept as given for a delegate; a value of the wrong type names the field.
+func TestRuntimeConfig(t *testing.T) {
+	in := strings.Replace(base, `"master": "uplink",`, `"master": "uplink",
+	  "capabilities": {"mac": true, "portMappings": true, "bandwidth": true, "io.kubernetes.cri.pod-annotations": true},
+	  "runtimeConfig": {"mac": "0a:00:00:00:00:01", "portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}],
+	    "bandwidth": {"ingressRate": 1000000, "ingressBurst": 1000000}, "io.kubernetes.cri.pod-annotations": {"a": "b"}},`, 1)
+	c, err := Parse([]byte(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.RuntimeMAC != "0a:00:00:00:00:01" || c.PodAnnotations["a"] != "b" {
+		t.Errorf("mac %q, annotations %v", c.RuntimeMAC, c.PodAnnotations)
+	}
+	keys := slices.Sorted(maps.Keys(c.DelegateArgs))
+	if !slices.Equal(keys, []string{"bandwidth", "mac", "portMappings"}) || string(c.DelegateArgs["portMappings"]) != `[{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]` {
+		t.Errorf("delegate args %v: %s", keys, c.DelegateArgs["portMappings"])
+	}
+	bad := strings.Replace(in, `"mac": "0a:00:00:00:00:01"`, `"mac": 5`, 1)
+	if _, err := Parse([]byte(bad)); err == nil || !strings.Contains(err.Error(), "runtimeConfig.mac: value of type number where string is expected") {
+		t.Errorf("mac 5: %v", err)
 	}
 }

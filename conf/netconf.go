@@ -5,7 +5,9 @@ package conf
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"path/filepath"
@@ -30,37 +32,41 @@ var SupportedVersions = []string{"0.3.1", "0.4.0", "1.0.0", "1.1.0"}
 // passes every pod annotation.
 const PodAnnotationsCapability = "io.kubernetes.cri.pod-annotations"
 
-// Capabilities spinneret understands in "capabilities" / "runtimeConfig".
-var Capabilities = []string{"mac", "deviceID", PodAnnotationsCapability}
+// Capabilities spinneret understands in "capabilities" / "runtimeConfig":
+// its own, and DelegateCapabilities.
+var Capabilities = append([]string{"mac", "deviceID", PodAnnotationsCapability}, DelegateCapabilities...)
+
+// DelegateCapabilities are the CNI conventions' capabilities spinneret
+// does not act on itself but passes, as the runtime gave them, to a
+// delegate primary network's CNI (which gets those its own plugins
+// declare: libcni filters them), as Multus passes them to its delegates:
+// a hostPort reaches the delegate's portmap, a bandwidth limit its
+// bandwidth plugin. "mac" and "deviceID" go to the delegate too when eth0
+// is its.
+var DelegateCapabilities = []string{"portMappings", "bandwidth", "ipRanges", "ips", "dns", "aliases", "cgroupPath", "infinibandGUID"}
 
 // DefaultMaxNICs is how many NICs a pod may have unless maxNICs says otherwise.
 const DefaultMaxNICs = 8
 
 // raw is the CNI config as written on disk and passed on stdin.
 type raw struct {
-	CNIVersion       string               `json:"cniVersion"`
-	Name             string               `json:"name"`
-	Type             string               `json:"type"`
-	Capabilities     map[string]bool      `json:"capabilities,omitempty"`
-	NodeConf         string               `json:"nodeConf,omitempty"`
-	rawLink                               // a single network, named after the config
-	Networks         []rawNetwork         `json:"networks,omitempty"`
-	Primary          string               `json:"primary,omitempty"`
-	MaxNICs          int                  `json:"maxNICs,omitempty"`
-	NADSubnets       []string             `json:"nadSubnets,omitempty"`
-	Coordinator      *rawCoordinator      `json:"coordinator,omitempty"`
-	DNS              types.DNS            `json:"dns,omitempty"`
-	RuntimeConfig    rawRuntime           `json:"runtimeConfig,omitempty"`
-	Args             json.RawMessage      `json:"args,omitempty"`
-	PrevResult       json.RawMessage      `json:"prevResult,omitempty"`
-	ValidAttachments []types.GCAttachment `json:"cni.dev/valid-attachments,omitempty"`
-	Attachments      []types.GCAttachment `json:"cni.dev/attachments,omitempty"`
-}
-
-type rawRuntime struct {
-	MAC            string            `json:"mac,omitempty"`
-	DeviceID       string            `json:"deviceID,omitempty"`
-	PodAnnotations map[string]string `json:"io.kubernetes.cri.pod-annotations,omitempty"`
+	CNIVersion       string                     `json:"cniVersion"`
+	Name             string                     `json:"name"`
+	Type             string                     `json:"type"`
+	Capabilities     map[string]bool            `json:"capabilities,omitempty"`
+	NodeConf         string                     `json:"nodeConf,omitempty"`
+	rawLink                                     // a single network, named after the config
+	Networks         []rawNetwork               `json:"networks,omitempty"`
+	Primary          string                     `json:"primary,omitempty"`
+	MaxNICs          int                        `json:"maxNICs,omitempty"`
+	NADSubnets       []string                   `json:"nadSubnets,omitempty"`
+	Coordinator      *rawCoordinator            `json:"coordinator,omitempty"`
+	DNS              types.DNS                  `json:"dns,omitempty"`
+	RuntimeConfig    map[string]json.RawMessage `json:"runtimeConfig,omitempty"`
+	Args             json.RawMessage            `json:"args,omitempty"`
+	PrevResult       json.RawMessage            `json:"prevResult,omitempty"`
+	ValidAttachments []types.GCAttachment       `json:"cni.dev/valid-attachments,omitempty"`
+	Attachments      []types.GCAttachment       `json:"cni.dev/attachments,omitempty"`
 }
 
 // rawLink is what makes a network: its driver, master and addresses.
@@ -163,6 +169,9 @@ type Config struct {
 	// RuntimeDeviceID is the "deviceID" capability: the VF (PCI address)
 	// of the primary network, when it is an sriov one.
 	RuntimeDeviceID string
+	// DelegateArgs are the runtime's capability arguments (but the pod
+	// annotations), as it passed them, for a delegate primary network.
+	DelegateArgs map[string]json.RawMessage
 	// PodAnnotations are the pod's annotations as the runtime passed them
 	// (containerd's io.kubernetes.cri.pod-annotations); nil if it did not.
 	PodAnnotations map[string]string
@@ -368,6 +377,54 @@ func Excerpt(s string) string {
 	return fmt.Sprintf("%s... (%d bytes)", strconv.Quote(s[:cut]), len(s))
 }
 
+// runtimeConfig reads the runtime's capability arguments. A runtime
+// passes runtimeConfig only for declared capabilities (libcni does); one
+// the config does not declare, or that spinneret does not know, is not
+// honoured silently: it is refused.
+func (c *Config) runtimeConfig(r *raw) error {
+	keys := slices.Sorted(maps.Keys(r.RuntimeConfig))
+	for _, k := range keys {
+		v := r.RuntimeConfig[k]
+		f := "runtimeConfig." + k
+		switch {
+		case !slices.Contains(Capabilities, k):
+			return fmt.Errorf("%s: unknown capability (known: %s)", f, strings.Join(Capabilities, ", "))
+		case !r.Capabilities[k]:
+			return fmt.Errorf("%s: the %s capability is not declared in capabilities", f, k)
+		case string(v) == "null":
+			continue
+		}
+		if k != PodAnnotationsCapability {
+			if c.DelegateArgs == nil {
+				c.DelegateArgs = map[string]json.RawMessage{}
+			}
+			c.DelegateArgs[k] = v
+		}
+		var err error
+		switch k {
+		case "mac":
+			var m string
+			if err = json.Unmarshal(v, &m); err == nil && m != "" {
+				c.RuntimeMAC, err = parseMAC(f, m)
+			}
+		case "deviceID":
+			if err = json.Unmarshal(v, &c.RuntimeDeviceID); err == nil && c.RuntimeDeviceID != "" && !pciRE.MatchString(c.RuntimeDeviceID) {
+				return fmt.Errorf("%s: %q is not a PCI address (0000:01:10.0)", f, c.RuntimeDeviceID)
+			}
+		case PodAnnotationsCapability:
+			err = json.Unmarshal(v, &c.PodAnnotations)
+		}
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) {
+			return fmt.Errorf("%s: value of type %s where %s is expected", f, te.Value, te.Type)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // Parse reads a single plugin config (what the runtime passes on stdin).
 func Parse(b []byte) (*Config, error) {
 	var r raw
@@ -456,35 +513,13 @@ func (r *raw) validate() (*Config, error) {
 		}
 		c.NodeConfPath = r.NodeConf
 	}
-	// a runtime passes runtimeConfig only for declared capabilities
-	// (libcni does); one the config does not declare is not honoured
-	// silently, it is refused
-	for _, c := range []struct {
-		name string
-		set  bool
-	}{{"mac", r.RuntimeConfig.MAC != ""}, {"deviceID", r.RuntimeConfig.DeviceID != ""}, {PodAnnotationsCapability, r.RuntimeConfig.PodAnnotations != nil}} {
-		if c.set && !r.Capabilities[c.name] {
-			return nil, fmt.Errorf("runtimeConfig.%s: the %s capability is not declared in capabilities", c.name, c.name)
-		}
-	}
-	if r.RuntimeConfig.MAC != "" {
-		mac, err := parseMAC("runtimeConfig.mac", r.RuntimeConfig.MAC)
-		if err != nil {
-			return nil, err
-		}
-		c.RuntimeMAC = mac
-	}
-	if d := r.RuntimeConfig.DeviceID; d != "" {
-		if !pciRE.MatchString(d) {
-			return nil, fmt.Errorf("runtimeConfig.deviceID: %q is not a PCI address (0000:01:10.0)", d)
-		}
-		c.RuntimeDeviceID = d
+	if err := c.runtimeConfig(r); err != nil {
+		return nil, err
 	}
 	c.ValidAttachments = r.ValidAttachments
 	if c.ValidAttachments == nil {
 		c.ValidAttachments = r.Attachments
 	}
-	c.PodAnnotations = r.RuntimeConfig.PodAnnotations
 	for i, s := range r.NADSubnets {
 		f := fmt.Sprintf("nadSubnets[%d]", i)
 		if s == "any" {

@@ -61,6 +61,14 @@ func ParseArgs(s string) (Args, error) {
 // Pod is a Kubernetes pod as CNI_ARGS name it.
 type Pod struct{ Namespace, Name, UID string }
 
+// String is namespace/name; "-" for no pod.
+func (p *Pod) String() string {
+	if p == nil {
+		return "-"
+	}
+	return p.Namespace + "/" + p.Name
+}
+
 // Pod is the pod the args name; nil when they name none.
 func (a Args) Pod() *Pod {
 	if a.K8S_POD_NAMESPACE == "" || a.K8S_POD_NAME == "" {

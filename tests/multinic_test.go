@@ -63,7 +63,7 @@ func (e *env) multiConfWith(fam family, first, extra string) *libcni.NetworkConf
 		extra = "," + extra
 	}
 	return e.confListRaw(fmt.Sprintf(`{"cniVersion":"1.1.0","name":"multi","plugins":[{"type":"spinneret","nodeConf":"%s/node.yaml",
-		"capabilities":{"io.kubernetes.cri.pod-annotations":true},"networks":[%s]%s}]}`, e.dir, strings.Join(nets, ","), extra))
+		"capabilities":{"io.kubernetes.cri.pod-annotations":true,"portMappings":true,"bandwidth":true},"networks":[%s]%s}]}`, e.dir, strings.Join(nets, ","), extra))
 }
 
 func nth(p netip.Prefix, n int) netip.Addr {

@@ -2,8 +2,11 @@ package tests
 
 import (
 	"fmt"
+	"io"
+	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -251,4 +254,84 @@ func TestOverlayRepeatedAdd(t *testing.T) {
 	if h := hostLocalHeld(filepath.Join(e.dir, "host-local"), "k8s-pod-network"); len(h) != 0 {
 		t.Errorf("after DEL the delegate still holds %v", h)
 	}
+}
+
+// TestOverlayHostPort: the runtime's portMappings (a hostPort) reach the
+// delegate's portmap through spinneret: a client on net1's network
+// reaches the pod's port through the node's address, IPv4 and IPv6; after
+// DEL (portmap's DEL, with the journaled arguments) the node's ruleset is
+// as before and the port is closed.
+func TestOverlayHostPort(t *testing.T) {
+	e, l := overlayEnv(t, dual, "")
+	p, _ := e.topo.NewPod()
+	rulesBefore := nftRuleset(t, e.topo.Node)
+	before := e.snapshot(p)
+	rt := podRT("c1", p, map[string]string{request.AnnotNetworks: "red"})
+	rt.CapabilityArgs["portMappings"] = []map[string]any{{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}}
+	e.mustAdd(l, rt)
+	var lns []net.Listener
+	for _, network := range []string{"tcp4", "tcp6"} {
+		var ln net.Listener
+		if err := p.Do(func() (err error) { ln, err = net.Listen(network, ":80"); return }); err != nil {
+			t.Fatal(err)
+		}
+		lns = append(lns, ln)
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				c.Write([]byte("pod\n"))
+				c.Close()
+			}
+		}()
+	}
+	defer func() {
+		for _, ln := range lns {
+			ln.Close()
+		}
+	}()
+	client := e.topo.Nets[0].Gateway // on the node's first network
+	dial := func(node netip.Addr) (string, error) {
+		var got []byte
+		err := client.Do(func() error {
+			c, err := net.DialTimeout("tcp", netip.AddrPortFrom(node, 8080).String(), 3*time.Second)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(3 * time.Second))
+			got, err = io.ReadAll(c)
+			return err
+		})
+		return string(got), err
+	}
+	if rules := nftRuleset(t, e.topo.Node); !strings.Contains(rules, "8080") || !strings.Contains(rules, "dnat") {
+		t.Errorf("portmap's rules are not in the node's ruleset:\n%s", rules)
+	}
+	for _, node := range []netip.Addr{netlab.NodeIP4, netlab.NodeIP6} {
+		if got, err := dial(node); err != nil || got != "pod\n" {
+			t.Errorf("hostPort %s:8080 -> pod:80: %q, %v", node, got, err)
+		}
+	}
+	e.mustDel(l, rt)
+	sameLearnt(t, before, e.snapshot(p))
+	if after := nftRuleset(t, e.topo.Node); strings.Contains(after, "8080") || strings.Contains(after, "dnat") {
+		t.Errorf("after DEL the node's ruleset still maps the port:\n%s", netlab.Diff(rulesBefore, after))
+	}
+	if got, err := dial(netlab.NodeIP4); err == nil {
+		t.Errorf("hostPort after DEL: %q", got)
+	}
+}
+
+// nftRuleset is the namespace's nftables ruleset (portmap's DEL leaves
+// its tables and chains, empty, as it does on every node).
+func nftRuleset(t *testing.T, ns *netlab.NS) string {
+	t.Helper()
+	out, err := exec.Command("ip", "netns", "exec", ns.Name, "nft", "list", "ruleset").CombinedOutput()
+	if err != nil {
+		t.Fatalf("nft list ruleset in %s: %v: %s", ns.Name, err, out)
+	}
+	return string(out)
 }
