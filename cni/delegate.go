@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/containernetworking/cni/libcni"
@@ -16,6 +18,7 @@ import (
 
 	"github.com/spinneret-cni/spinneret/conf"
 	"github.com/spinneret-cni/spinneret/drivers"
+	"github.com/spinneret-cni/spinneret/internal/fileutil"
 	"github.com/spinneret-cni/spinneret/internal/statedir"
 	"github.com/spinneret-cni/spinneret/internal/testhook"
 	"github.com/spinneret-cni/spinneret/internal/txn"
@@ -122,4 +125,81 @@ func argPairs(s string) [][2]string {
 		}
 	}
 	return out
+}
+
+// gcDelegates runs each delegate network's GC through libcni, after
+// spinneret's own (whose journals' teardown ran the delegate's DEL of
+// every attachment it knew): libcni runs the DEL of each attachment of
+// the delegate its cache still has and the runtime does not list (one
+// whose journal was lost), then, for a conflist of CNI 1.1, the plugins'
+// own GC with the valid attachments (host-local releases what no valid
+// attachment holds). An attachment whose lock is held (an ADD or DEL in
+// flight) is valid for this GC; the others' locks are held while it runs,
+// so no ADD of theirs starts under it. A delegate that is not ready is
+// left: nothing of it can be read.
+func (p *plugin) gcDelegates(cniPath string) error {
+	var errs []error
+	done := map[string]bool{}
+	for _, n := range p.cfg.Networks {
+		if d := n.Delegate; d != nil && !done[d.Conflist] {
+			done[d.Conflist] = true
+			if err := p.gcDelegate(n.Name, d, cniPath); err != nil {
+				errs = append(errs, fmt.Errorf("network %s: %w", n.Name, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (p *plugin) gcDelegate(name string, d *conf.Delegate, cniPath string) error {
+	_, l, notReady, err := delegateConflist(d)
+	if notReady != "" {
+		p.log.Info("gc: delegate not ready, left", "network", name, "why", notReady)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	c := libcni.NewCNIConfigWithCacheDir(filepath.SplitList(cniPath), statedir.Delegate(p.node.StateDir), nil)
+	cached, err := c.GetCachedAttachments("")
+	if err != nil {
+		return fmt.Errorf("delegate cache: %w", err)
+	}
+	valid := slices.Clone(p.cfg.ValidAttachments)
+	isValid := func(id, ifname string) bool {
+		return slices.ContainsFunc(valid, func(a types.GCAttachment) bool { return a.ContainerID == id && a.IfName == ifname })
+	}
+	held := map[string]*fileutil.Lock{}
+	defer func() {
+		for _, lk := range held {
+			lk.Unlock()
+		}
+	}()
+	if err := os.MkdirAll(statedir.Locks(p.node.StateDir), 0o700); err != nil {
+		return err
+	}
+	stale := 0
+	for _, a := range cached {
+		if a.Network != l.Name || isValid(a.ContainerID, a.IfName) {
+			continue
+		}
+		path := statedir.AttachmentLock(p.node.StateDir, txn.Key(a.ContainerID, a.IfName))
+		if held[path] == nil {
+			lk, err := fileutil.TryLockFile(path)
+			if errors.Is(err, fileutil.ErrLocked) {
+				valid = append(valid, types.GCAttachment{ContainerID: a.ContainerID, IfName: a.IfName})
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			held[path] = lk
+		}
+		stale++
+	}
+	if err := c.GCNetworkList(context.Background(), l, &libcni.GCArgs{ValidAttachments: valid}); err != nil {
+		return fmt.Errorf("its CNI (%s) GC: %w", d.Conflist, err)
+	}
+	p.log.Info("gc: delegate", "network", name, "conflist", d.Conflist, "stale", stale)
+	return nil
 }

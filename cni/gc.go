@@ -14,8 +14,9 @@ import (
 )
 
 // cmdGC removes every journal and address allocation of this network whose
-// attachment is not in cni.dev/valid-attachments. An attachment whose lock
-// is held (an ADD or DEL in flight) is left for the next GC.
+// attachment is not in cni.dev/valid-attachments, then runs the GC of
+// each delegate network's CNI. An attachment whose lock is held (an ADD or
+// DEL in flight) is left for the next GC.
 func cmdGC(args *skel.CmdArgs) (err error) {
 	p, err := load(args.StdinData)
 	if err != nil {
@@ -65,6 +66,9 @@ func cmdGC(args *skel.CmdArgs) (err error) {
 		} else {
 			removed++
 		}
+	}
+	if err := p.gcDelegates(args.Path); err != nil {
+		errs = append(errs, err)
 	}
 	p.log.Info("gc", "network", p.cfg.Name, "valid", len(valid), "removed", removed)
 	if err := errors.Join(errs...); err != nil {

@@ -16,7 +16,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"io"
 	"log/slog"
 	"os"
@@ -221,22 +220,13 @@ func newLogger(n *conf.Node) (*slog.Logger, func()) {
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: lvl})).With("pid", os.Getpid()), closeFn
 }
 
-// lockStripes is how many lock files attachments hash onto. A file per
-// attachment would cost a file creation per pod; with stripes the files
-// exist after the first few pods, and two attachments share a lock only
-// rarely (they then wait for each other, or GC retries one next time).
-const lockStripes = 64
-
 // attachmentLock serialises ADD, DEL and GC of one attachment; GC does not
 // wait for it (wait false) and skips an attachment whose ADD is in flight.
 func (p *plugin) attachmentLock(containerID, ifname string, wait bool) (*fileutil.Lock, error) {
-	dir := statedir.Locks(p.node.StateDir)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := os.MkdirAll(statedir.Locks(p.node.StateDir), 0o700); err != nil {
 		return nil, err
 	}
-	h := fnv.New32a()
-	h.Write([]byte(txn.Key(containerID, ifname)))
-	path := filepath.Join(dir, fmt.Sprintf("%02d", h.Sum32()%lockStripes))
+	path := statedir.AttachmentLock(p.node.StateDir, txn.Key(containerID, ifname))
 	if wait {
 		return fileutil.LockFile(path)
 	}

@@ -13,10 +13,14 @@ import (
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/types"
 	"github.com/vishvananda/netlink"
 
+	"github.com/spinneret-cni/spinneret/internal/fileutil"
 	"github.com/spinneret-cni/spinneret/internal/netlab"
 	"github.com/spinneret-cni/spinneret/internal/netops"
+	"github.com/spinneret-cni/spinneret/internal/statedir"
+	"github.com/spinneret-cni/spinneret/internal/txn"
 	"github.com/spinneret-cni/spinneret/request"
 )
 
@@ -334,4 +338,72 @@ func nftRuleset(t *testing.T, ns *netlab.NS) string {
 		t.Fatalf("nft list ruleset in %s: %v: %s", ns.Name, err, out)
 	}
 	return string(out)
+}
+
+// TestOverlayGC: GC runs the delegate's GC too. c1's journal is lost (the
+// state of its ADD gone), so spinneret's GC cannot undo it: the delegate's
+// (libcni's DEL of the attachment its cache still has) removes c1's eth0
+// and its address. c3's lock is held (its ADD in flight): GC leaves it, and
+// removes it once the lock is free. c2, valid, keeps everything.
+func TestOverlayGC(t *testing.T) {
+	e, l := overlayEnv(t, v4, "")
+	var pods []*netlab.NS
+	var rts []*libcni.RuntimeConf
+	hostVeth := map[string]string{}
+	for i := range 3 {
+		p, _ := e.topo.NewPod()
+		id := fmt.Sprintf("c%d", i+1)
+		rt := podRT(id, p, map[string]string{request.AnnotNetworks: "red"})
+		r := e.mustAdd(l, rt)
+		for _, ifc := range r.Interfaces {
+			if ifc.Sandbox == "" {
+				hostVeth[id] = ifc.Name
+			}
+		}
+		if hostVeth[id] == "" {
+			t.Fatalf("%s: no node-side interface in the result %v", id, r.Interfaces)
+		}
+		pods, rts = append(pods, p), append(rts, rt)
+	}
+	held := func() int { return len(hostLocalHeld(filepath.Join(e.dir, "host-local"), "k8s-pod-network")) }
+	onNode := func(id string) bool {
+		_, err := e.topo.Node.NL().LinkByName(hostVeth[id])
+		return err == nil
+	}
+	if err := os.Remove(txn.JournalPath(e.stateDir(), "multi", "c1", "eth0")); err != nil {
+		t.Fatal(err)
+	}
+	lk, err := fileutil.TryLockFile(statedir.AttachmentLock(e.stateDir(), txn.Key("c3", "eth0")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	valid := types.GCAttachment{ContainerID: "c2", IfName: "eth0"}
+	// spinneret's GC alone: a runtime's libcni would first run DEL for the
+	// attachments its own cache has (c3's would wait for the lock)
+	gc := func() error {
+		c := libcni.NewCNIConfigWithCacheDir([]string{binDir}, t.TempDir(), nil)
+		return e.topo.Node.Do(func() error {
+			return c.GCNetworkList(e.ctx, l, &libcni.GCArgs{ValidAttachments: []types.GCAttachment{valid}})
+		})
+	}
+	if err := gc(); err != nil {
+		t.Fatalf("GC: %v", err)
+	}
+	if onNode("c1") || !onNode("c2") || !onNode("c3") || held() != 2 {
+		t.Errorf("after GC with c3 in flight: host veths c1 %v c2 %v c3 %v (want false true true), the delegate holds %d addresses (want 2)", onNode("c1"), onNode("c2"), onNode("c3"), held())
+	}
+	lk.Unlock()
+	if err := gc(); err != nil {
+		t.Fatalf("GC: %v", err)
+	}
+	if !onNode("c2") || onNode("c3") || held() != 1 {
+		t.Errorf("after GC: host veths c2 %v c3 %v (want true false), the delegate holds %d addresses (want 1)", onNode("c2"), onNode("c3"), held())
+	}
+	if err := e.check(l, rts[1]); err != nil {
+		t.Errorf("CHECK c2: %v", err)
+	}
+	e.mustDel(l, rts[1])
+	if held() != 0 {
+		t.Errorf("after DEL the delegate holds %d addresses", held())
+	}
 }

@@ -5,7 +5,11 @@
 // under its own path (the local IPAM store its files under IPAM).
 package statedir
 
-import "path/filepath"
+import (
+	"fmt"
+	"hash/fnv"
+	"path/filepath"
+)
 
 // Journal is the directory of one network's journals (internal/txn).
 func Journal(stateDir, network string) string { return filepath.Join(stateDir, "journal", network) }
@@ -23,6 +27,20 @@ func KubeViews(stateDir string) string { return filepath.Join(IPAM(stateDir), "k
 
 // Locks holds the lock files: the attachments' stripes and HostRulesLock.
 func Locks(stateDir string) string { return filepath.Join(stateDir, "locks") }
+
+// lockStripes is how many lock files attachments hash onto. A file per
+// attachment would cost a file creation per pod; with stripes the files
+// exist after the first few pods, and two attachments share a lock only
+// rarely (they then wait for each other, or GC retries one next time).
+const lockStripes = 64
+
+// AttachmentLock is the lock file (a stripe) of the attachment of key
+// (txn.Key): ADD, DEL and GC of one attachment hold it.
+func AttachmentLock(stateDir, key string) string {
+	h := fnv.New32a()
+	h.Write([]byte(key))
+	return filepath.Join(Locks(stateDir), fmt.Sprintf("%02d", h.Sum32()%lockStripes))
+}
 
 // HostRulesLock serialises changes to the node's shared policy rule.
 func HostRulesLock(stateDir string) string { return filepath.Join(Locks(stateDir), "host-rules") }
