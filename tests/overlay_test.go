@@ -347,7 +347,6 @@ func nftRuleset(t *testing.T, ns *netlab.NS) string {
 // removes it once the lock is free. c2, valid, keeps everything.
 func TestOverlayGC(t *testing.T) {
 	e, l := overlayEnv(t, v4, "")
-	var pods []*netlab.NS
 	var rts []*libcni.RuntimeConf
 	hostVeth := map[string]string{}
 	for i := range 3 {
@@ -363,7 +362,7 @@ func TestOverlayGC(t *testing.T) {
 		if hostVeth[id] == "" {
 			t.Fatalf("%s: no node-side interface in the result %v", id, r.Interfaces)
 		}
-		pods, rts = append(pods, p), append(rts, rt)
+		rts = append(rts, rt)
 	}
 	held := func() int { return len(hostLocalHeld(filepath.Join(e.dir, "host-local"), "k8s-pod-network")) }
 	onNode := func(id string) bool {
