@@ -8,6 +8,7 @@ import (
 
 	"github.com/containernetworking/cni/libcni"
 	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
 
 	"github.com/spinneret-cni/spinneret/internal/txn"
 )
@@ -101,11 +102,15 @@ func (o *DelegateNet) Undo(*txn.Env) error {
 	return txn.PluginDelFailed(fmt.Errorf("delegate %s (%s) DEL for %s: %w", l.Name, o.File, o.IfName, err), &o.Failures)
 }
 
-// Check runs the delegate's CHECK: its own view of its NIC.
+// Check runs the delegate's CHECK: its own view of its NIC. A conflist
+// older than CNI 0.4.0 has no CHECK (libcni refuses it): nothing to run.
 func (o *DelegateNet) Check(*txn.Env) error {
 	l, err := o.list()
 	if err != nil {
 		return err
+	}
+	if ok, err := version.GreaterThanOrEqualTo(l.CNIVersion, "0.4.0"); err == nil && !ok {
+		return nil
 	}
 	if err := o.cni().CheckNetworkList(context.Background(), l, o.rt()); err != nil {
 		return fmt.Errorf("delegate %s (%s) CHECK for %s: %w", l.Name, o.File, o.IfName, err)

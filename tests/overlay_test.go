@@ -14,6 +14,7 @@ import (
 
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/vishvananda/netlink"
 
 	"github.com/spinneret-cni/spinneret/internal/fileutil"
@@ -404,5 +405,52 @@ func TestOverlayGC(t *testing.T) {
 	e.mustDel(l, rts[1])
 	if held() != 0 {
 		t.Errorf("after DEL the delegate holds %d addresses", held())
+	}
+}
+
+// TestOverlayVersions: the delegate's result, of its conflist's CNI
+// version, is eth0 in spinneret's, of the version the runtime asked for:
+// a CNI 0.4.0 runtime over a 1.0.0 delegate, a 1.1.0 runtime over a 0.3.1
+// one (which has no CHECK: spinneret's CHECK checks its own part). ADD,
+// CHECK and DEL, and nothing is left.
+func TestOverlayVersions(t *testing.T) {
+	for _, c := range []struct{ runtime, delegate string }{{"0.4.0", "1.0.0"}, {"1.1.0", "0.3.1"}} {
+		t.Run(c.runtime+"/"+c.delegate, func(t *testing.T) {
+			e, l := overlayEnv(t, dual, "")
+			file := filepath.Join(e.dir, "10-ptp.conflist")
+			b := strings.Replace(ptpConflistFam(e.dir, dual), `"cniVersion":"1.0.0"`, fmt.Sprintf(`"cniVersion":%q`, c.delegate), 1)
+			if err := os.WriteFile(file, []byte(b), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			l = e.confListRaw(strings.Replace(string(l.Bytes), `"cniVersion":"1.1.0"`, fmt.Sprintf(`"cniVersion":%q`, c.runtime), 1))
+			p, _ := e.topo.NewPod()
+			before := e.snapshot(p)
+			rt := podRT("c1", p, map[string]string{request.AnnotNetworks: "red"})
+			res, err := e.add(l, rt)
+			if err != nil {
+				t.Fatalf("ADD: %v", err)
+			}
+			if res.Version() != c.runtime {
+				t.Errorf("result version %s, want %s", res.Version(), c.runtime)
+			}
+			r, err := current.NewResultFromResult(res)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, v4 := range []bool{true, false} {
+				if a := nicAddr(t, r, "eth0", v4); !podCIDR4.Contains(a) && !podCIDR6.Contains(a) {
+					t.Errorf("eth0 %s is not the delegate's", a)
+				}
+				nicAddr(t, r, "net1", v4)
+			}
+			if err := e.check(l, rt); err != nil {
+				t.Errorf("CHECK: %v", err)
+			}
+			e.mustDel(l, rt)
+			sameLearnt(t, before, e.snapshot(p))
+			if h := hostLocalHeld(filepath.Join(e.dir, "host-local"), "k8s-pod-network"); len(h) != 0 {
+				t.Errorf("after DEL the delegate still holds %v", h)
+			}
+		})
 	}
 }
