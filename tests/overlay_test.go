@@ -454,3 +454,76 @@ func TestOverlayVersions(t *testing.T) {
 		})
 	}
 }
+
+// TestOverlayFailures: in overlay mode with eth0 from the delegate and
+// net1, net2 from spinneret, an ADD that fails leaves nothing in the node,
+// the pod or the delegate's address store: the delegate failing (ptp
+// refuses its MTU after taking an address), and net2 failing after the
+// delegate made eth0 and net1 was planned (its static address outside its
+// pools).
+func TestOverlayFailures(t *testing.T) {
+	e, l := overlayEnv(t, dual, "")
+	file := filepath.Join(e.dir, "10-ptp.conflist")
+	good, _ := os.ReadFile(file)
+	p, _ := e.topo.NewPod()
+	before := e.snapshot(p)
+	held := func() []string { return hostLocalHeld(filepath.Join(e.dir, "host-local"), "k8s-pod-network") }
+
+	if err := os.WriteFile(file, []byte(strings.Replace(string(good), `"mtu":1400`, `"mtu":70000`, 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rt := podRT("c1", p, map[string]string{request.AnnotNetworks: "red, blue"})
+	if _, err := e.add(l, rt); err == nil || !strings.Contains(err.Error(), "delegate k8s-pod-network") {
+		t.Errorf("ADD with the delegate failing: %v, want its error", err)
+	}
+	sameLearnt(t, before, e.snapshot(p))
+	if h := held(); len(h) != 0 {
+		t.Errorf("after the delegate failed it holds %v", h)
+	}
+
+	if err := os.WriteFile(file, good, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rt = podRT("c2", p, map[string]string{request.AnnotNetworks: `[{"name":"red"},{"name":"blue","ips":["192.0.2.77"]}]`})
+	if _, err := e.add(l, rt); err == nil || !strings.Contains(err.Error(), "192.0.2.77") || !strings.Contains(err.Error(), "rolled back") {
+		t.Errorf("ADD with net2's static address outside its pools: %v, want it rolled back (the delegate ran)", err)
+	}
+	sameLearnt(t, before, e.snapshot(p))
+	if h := held(); len(h) != 0 {
+		t.Errorf("after net2 failed the delegate holds %v", h)
+	}
+}
+
+// TestOverlayCrash: an overlay ADD (eth0 from the delegate, net1, net2)
+// killed after the delegate's ledger entry or after any step of its plan
+// leaves nothing once DEL ran: not the delegate's veth or addresses, not
+// spinneret's NICs, rules, routes and neighbours, in the pod or the node.
+func TestOverlayCrash(t *testing.T) {
+	e, l := overlayEnv(t, dual, "")
+	p, _ := e.topo.NewPod()
+	before := e.snapshot(p)
+	kills := [][2]string{{"SPINNERET_TEST_KILL_AT", "ledger-delegate"}}
+	for i := range 200 {
+		kills = append(kills, [2]string{"SPINNERET_TEST_KILL_STEP", fmt.Sprint(i)})
+	}
+	for _, kill := range kills {
+		rt := podRT("c1", p, map[string]string{request.AnnotNetworks: "red, blue"})
+		t.Setenv(kill[0], kill[1])
+		_, err := e.add(l, rt)
+		os.Unsetenv(kill[0])
+		done := err == nil
+		e.mustDel(l, rt)
+		sameLearnt(t, before, e.snapshot(p))
+		if h := hostLocalHeld(filepath.Join(e.dir, "host-local"), "k8s-pod-network"); len(h) != 0 {
+			t.Fatalf("killed at %s=%s: after DEL the delegate still holds %v", kill[0], kill[1], h)
+		}
+		if done {
+			t.Logf("killed at every step up to %s", kill[1])
+			if kill[1] == "0" || kill[0] != "SPINNERET_TEST_KILL_STEP" {
+				t.Fatalf("the ADD was never killed")
+			}
+			return
+		}
+	}
+	t.Fatal("the ADD was killed at every one of 200 steps")
+}
