@@ -527,3 +527,62 @@ func TestOverlayCrash(t *testing.T) {
 	}
 	t.Fatal("the ADD was killed at every one of 200 steps")
 }
+
+// TestOverlayUnderlayPod: both modes in one cluster. The config's primary
+// network is the delegate (overlay); pod a's v1.multus-cni.io/default-network
+// makes its eth0 red's (underlay: a veth0 to the node), pod b keeps the
+// delegate's. Each reaches the node and a service stand-in by its own
+// path, and its gateway on net1; DEL leaves nothing.
+func TestOverlayUnderlayPod(t *testing.T) {
+	e, l := overlayEnv(t, dual, "")
+	pa, _ := e.topo.NewPod()
+	pb, _ := e.topo.NewPod()
+	before := e.snapshot(pa, pb)
+	rtA := podRT("a", pa, map[string]string{request.AnnotDefaultNetwork: "red", request.AnnotNetworks: "blue"})
+	rtB := podRT("b", pb, map[string]string{request.AnnotNetworks: "blue"})
+	ra, rb := e.mustAdd(l, rtA), e.mustAdd(l, rtB)
+	red, blue := e.topo.Nets[0], e.topo.Nets[1]
+	if _, err := pa.NL().LinkByName("veth0"); err != nil {
+		t.Errorf("pod a (underlay) has no veth0: %v", err)
+	}
+	if _, err := pb.NL().LinkByName("veth0"); err == nil {
+		t.Errorf("pod b (overlay) has a veth0")
+	}
+	for _, v4 := range []bool{true, false} {
+		pick := func(a, b netip.Addr) netip.Addr {
+			if v4 {
+				return a
+			}
+			return b
+		}
+		if a := nicAddr(t, ra, "eth0", v4); !red.Subnet4.Contains(a) && !red.Subnet6.Contains(a) {
+			t.Errorf("pod a's eth0 %s is not red's", a)
+		}
+		if a := nicAddr(t, rb, "eth0", v4); !podCIDR4.Contains(a) && !podCIDR6.Contains(a) {
+			t.Errorf("pod b's eth0 %s is not the delegate's", a)
+		}
+		for _, c := range []struct {
+			pod  *netlab.NS
+			r    *current.Result
+			path string // the NIC that carries node and service traffic
+		}{{pa, ra, "veth0"}, {pb, rb, "eth0"}} {
+			for _, dst := range []netip.Addr{pick(netlab.NodeIP4, netlab.NodeIP6), pick(netlab.ServiceIP4, netlab.ServiceIP6)} {
+				if err := sentBy(t, c.pod, c.path, 1, func() error { return c.pod.Ping(dst, 5*time.Second) }); err != nil {
+					t.Errorf("%s -> %s over %s: %v", c.pod.Name, dst, c.path, err)
+				}
+			}
+			if err := e.topo.Node.Ping(nicAddr(t, c.r, "eth0", v4), 5*time.Second); err != nil {
+				t.Errorf("node -> %s's eth0: %v", c.pod.Name, err)
+			}
+			if err := c.pod.PingFrom(nicAddr(t, c.r, "net1", v4), pick(blue.GW4, blue.GW6), 5*time.Second); err != nil {
+				t.Errorf("%s's net1 -> its gateway: %v", c.pod.Name, err)
+			}
+		}
+	}
+	e.mustDel(l, rtA)
+	e.mustDel(l, rtB)
+	sameLearnt(t, before, e.snapshot(pa, pb))
+	if h := hostLocalHeld(filepath.Join(e.dir, "host-local"), "k8s-pod-network"); len(h) != 0 {
+		t.Errorf("after DEL the delegate still holds %v", h)
+	}
+}
