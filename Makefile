@@ -10,7 +10,7 @@ CONTROLLER_GEN_VERSION := v0.23.0
 VERSION     ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS     := -X main.version=$(VERSION)
 
-.PHONY: all build demo test unit lint fuzz fuzz-short bench bench-baseline bench-ipam bench-vm tools k8s-bins generate clean
+.PHONY: all build demo ref-plugins test unit lint fuzz fuzz-short bench bench-baseline bench-ipam bench-vm tools k8s-bins generate clean
 
 all: build
 
@@ -18,9 +18,19 @@ build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/spinneret .
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/spinneret-controller ./cmd/spinneret-controller
 
-## demo: attach two pods in throwaway namespaces, test traffic, clean up
-demo: build
-	./bin/spinneret demo
+## demo: attach pods in throwaway namespaces (underlay, then overlay over
+## the reference ptp plugin), test traffic, clean up
+demo: build ref-plugins
+	./bin/spinneret demo -plugins bin/cni
+
+## ref-plugins: the reference CNI plugins the demo's overlay scene runs as
+## the cluster's CNI, built once from the Go module proxy (pinned)
+REF_PLUGINS_VERSION := v1.9.1
+ref-plugins: bin/cni/.$(REF_PLUGINS_VERSION)
+bin/cni/.$(REF_PLUGINS_VERSION):
+	GOBIN=$(CURDIR)/bin/cni $(GO) install github.com/containernetworking/plugins/plugins/main/ptp@$(REF_PLUGINS_VERSION) \
+	  github.com/containernetworking/plugins/plugins/ipam/host-local@$(REF_PLUGINS_VERSION)
+	touch $@
 
 ## test: formatting, vet, staticcheck, unit tests, the netns suite and the
 ## Kubernetes suite (a real kube-apiserver: built once per version, cached),
