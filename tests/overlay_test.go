@@ -80,6 +80,16 @@ func TestOverlay(t *testing.T) {
 			r := e.mustAdd(l, rt)
 			rp := e.mustAdd(l, peerRT)
 			red, blue := e.topo.Nets[0], e.topo.Nets[1]
+			// the layout coordinator/README.md shows (go test -v)
+			show, _ := p.Show()
+			node, _ := e.topo.Node.Dump()
+			var hostSide []string
+			for _, line := range strings.Split(node, "\n") {
+				if strings.Contains(line, "table 500") || strings.Contains(line, "lookup 500") || strings.Contains(line, "permanent") {
+					hostSide = append(hostSide, line)
+				}
+			}
+			t.Logf("pod:\n%s\nnode:\n%s", show, strings.Join(hostSide, "\n"))
 			for _, v4 := range fam.versions() {
 				pick := func(a, b netip.Addr) netip.Addr {
 					if v4 {
