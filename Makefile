@@ -91,7 +91,7 @@ tools:
 
 ## bench: ADD and DEL p50/p90/p99 over 200 pods, and IPAM cost vs pods held
 bench:
-	$(GO) test -count=1 -run '^$$' -bench BenchmarkPodLifecycle -benchtime 1x ./tests/
+	$(GO) test -count=1 -run '^$$' -bench 'BenchmarkPodLifecycle$$|BenchmarkOverlay$$' -benchtime 1x ./tests/
 	$(GO) test -count=1 -run '^$$' -bench BenchmarkAllocateRelease -benchtime 200x ./ipam/
 
 ## bench-baseline: the pod lifecycle benchmark with every ADD and DEL

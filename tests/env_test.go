@@ -59,9 +59,11 @@ func TestMain(m *testing.M) {
 		// the reference plugins (the version go.mod pins): host-local,
 		// which NADs written for Multus name and spinneret runs for them;
 		// ptp and portmap, the stand-in for a cluster's existing CNI
-		// that a delegate network runs
+		// that a delegate network runs; macvlan, for the reference
+		// chain BenchmarkOverlay compares with
 		install := exec.Command("go", "install", "github.com/containernetworking/plugins/plugins/ipam/host-local@v1.9.1",
-			"github.com/containernetworking/plugins/plugins/main/ptp@v1.9.1", "github.com/containernetworking/plugins/plugins/meta/portmap@v1.9.1")
+			"github.com/containernetworking/plugins/plugins/main/ptp@v1.9.1", "github.com/containernetworking/plugins/plugins/meta/portmap@v1.9.1",
+			"github.com/containernetworking/plugins/plugins/main/macvlan@v1.9.1")
 		install.Env = append(os.Environ(), "GOBIN="+bin)
 		install.Stdout, install.Stderr = os.Stderr, os.Stderr
 		if err := install.Run(); err != nil {
