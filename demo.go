@@ -218,15 +218,6 @@ func (d *demo) run(ctx context.Context) error {
 		}
 		fmt.Fprintf(d.out, "  %s pod%d -> %-8s %s\n", mark, from+1, what, dst)
 	}
-	nicAddr := func(r *current.Result, ifname string, v4 bool) netip.Addr {
-		for _, ip := range r.IPs {
-			a, _ := netip.AddrFromSlice(ip.Address.IP)
-			if a = a.Unmap(); ip.Interface != nil && r.Interfaces[*ip.Interface].Name == ifname && a.Is4() == v4 {
-				return a
-			}
-		}
-		return netip.Addr{}
-	}
 	for _, v4 := range []bool{true, false} {
 		pick := func(a4, a6 netip.Addr) netip.Addr {
 			if v4 {
@@ -314,6 +305,17 @@ func (d *demo) run(ctx context.Context) error {
 	}
 	fmt.Fprintf(d.out, "\nall checks passed; removing the namespaces\n")
 	return nil
+}
+
+// nicAddr is the result's address of a family on the interface ifname.
+func nicAddr(r *current.Result, ifname string, v4 bool) netip.Addr {
+	for _, ip := range r.IPs {
+		a, _ := netip.AddrFromSlice(ip.Address.IP)
+		if a = a.Unmap(); ip.Interface != nil && r.Interfaces[*ip.Interface].Name == ifname && a.Is4() == v4 {
+			return a
+		}
+	}
+	return netip.Addr{}
 }
 
 func okOr(err error) string {

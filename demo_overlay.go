@@ -105,15 +105,7 @@ func (d *demo) overlay(ctx context.Context, binDir string, storage *netlab.Net) 
 		}
 		return "ok  "
 	}
-	nic := func(ifname string, v4 bool) netip.Addr {
-		for _, ip := range r.IPs {
-			a, _ := netip.AddrFromSlice(ip.Address.IP)
-			if a = a.Unmap(); ip.Interface != nil && r.Interfaces[*ip.Interface].Name == ifname && a.Is4() == v4 {
-				return a
-			}
-		}
-		return netip.Addr{}
-	}
+	nic := func(ifname string, v4 bool) netip.Addr { return nicAddr(r, ifname, v4) }
 	for _, v4 := range []bool{true, false} {
 		pick := func(a4, a6 netip.Addr) netip.Addr {
 			if v4 {

@@ -119,7 +119,7 @@ func TestDelegateNetOp(t *testing.T) {
 	if after := kernel(t, e.topo.Node, p); after != before {
 		t.Errorf("after the delegate's DEL:\n%s", netlab.Diff(before, after))
 	}
-	if h := hostLocalHeld(filepath.Join(e.dir, "host-local"), "k8s-pod-network"); len(h) != 0 {
+	if h := e.delegateHeld(); len(h) != 0 {
 		t.Errorf("host-local still holds %v", h)
 	}
 }
@@ -136,6 +136,49 @@ func (e *env) delegateConf(file, ready string) *libcni.NetworkConfigList {
 		"capabilities":{"io.kubernetes.cri.pod-annotations":true},"coordinator":{"mode":"disable"},"networks":[
 		{"name":"pods","delegate":{"conflist":%q%s}},
 		{"name":"under","master":"uplink","ipam":{"pools":[%s]}}]}]}`, e.dir, file, rd, strings.Join(poolJSON[dual], ",")))
+}
+
+// delegateHeld is the addresses the ptp delegate's host-local store holds.
+func (e *env) delegateHeld() []string {
+	return hostLocalHeld(filepath.Join(e.dir, "host-local"), "k8s-pod-network")
+}
+
+// nothingLeft fails t unless the node and the pods are as before (but the
+// neighbours the node learnt) and the delegate holds no address; when
+// says at what point of the test.
+func (e *env) nothingLeft(t *testing.T, before, when string, pods ...*netlab.NS) {
+	t.Helper()
+	sameLearnt(t, before, e.snapshot(pods...))
+	if h := e.delegateHeld(); len(h) != 0 {
+		t.Fatalf("%s the delegate still holds %v", when, h)
+	}
+}
+
+// killAtEveryStep runs the ADD of rt (eth0 from the delegate) killed after
+// the delegate's ledger entry (before it ran), then after each step of
+// the plan in turn, each followed by DEL, which must leave nothing, until
+// an ADD completes (past the plan's last step).
+func (e *env) killAtEveryStep(t *testing.T, l *libcni.NetworkConfigList, before string, p *netlab.NS, rt *libcni.RuntimeConf) {
+	t.Helper()
+	kills := [][2]string{{"SPINNERET_TEST_KILL_AT", "ledger-delegate"}}
+	for i := range 200 {
+		kills = append(kills, [2]string{"SPINNERET_TEST_KILL_STEP", fmt.Sprint(i)})
+	}
+	for _, kill := range kills {
+		t.Setenv(kill[0], kill[1])
+		_, err := e.add(l, rt)
+		os.Unsetenv(kill[0])
+		e.mustDel(l, rt)
+		e.nothingLeft(t, before, fmt.Sprintf("killed at %s=%s: after DEL", kill[0], kill[1]), p)
+		if err == nil {
+			if kill[0] != "SPINNERET_TEST_KILL_STEP" || kill[1] == "0" {
+				t.Fatalf("the ADD was never killed")
+			}
+			t.Logf("killed at every step up to %s", kill[1])
+			return
+		}
+	}
+	t.Fatal("the ADD was killed at every one of 200 steps")
 }
 
 // sameLearnt is sameAs but for the neighbours the node learnt (dynamic
@@ -221,14 +264,11 @@ func TestDelegatePrimary(t *testing.T) {
 	if err := e.check(l, rt); err == nil || !strings.Contains(err.Error(), "delegate k8s-pod-network") {
 		t.Errorf("CHECK after eth0 lost its IPv4 address: %v, want the delegate's CHECK failing", err)
 	}
-	if len(hostLocalHeld(filepath.Join(e.dir, "host-local"), "k8s-pod-network")) != 2 {
-		t.Errorf("the delegate holds %v", hostLocalHeld(filepath.Join(e.dir, "host-local"), "k8s-pod-network"))
+	if len(e.delegateHeld()) != 2 {
+		t.Errorf("the delegate holds %v", e.delegateHeld())
 	}
 	e.mustDel(l, rt)
-	sameLearnt(t, before, e.snapshot(p))
-	if h := hostLocalHeld(filepath.Join(e.dir, "host-local"), "k8s-pod-network"); len(h) != 0 {
-		t.Errorf("after DEL the delegate still holds %v", h)
-	}
+	e.nothingLeft(t, before, "after DEL", p)
 
 	// net1 fails after the delegate made eth0: all of it is undone
 	bad := podRT("c2", p, map[string]string{request.AnnotNetworks: `[{"name":"under","ips":["198.51.100.7"]}]`})
@@ -236,10 +276,7 @@ func TestDelegatePrimary(t *testing.T) {
 	if err == nil {
 		t.Fatal("ADD with a static address outside net1's pools succeeded")
 	}
-	sameLearnt(t, before, e.snapshot(p))
-	if h := hostLocalHeld(filepath.Join(e.dir, "host-local"), "k8s-pod-network"); len(h) != 0 {
-		t.Errorf("after the failed ADD the delegate still holds %v", h)
-	}
+	e.nothingLeft(t, before, "after the failed ADD", p)
 }
 
 // TestDelegateCrash: an ADD with a delegate eth0 killed after its ledger
@@ -255,24 +292,5 @@ func TestDelegateCrash(t *testing.T) {
 	l := e.delegateConf(file, "")
 	p, _ := e.topo.NewPod()
 	before := e.snapshot(p)
-	kills := [][2]string{{"SPINNERET_TEST_KILL_AT", "ledger-delegate"}}
-	for i := range 40 {
-		kills = append(kills, [2]string{"SPINNERET_TEST_KILL_STEP", fmt.Sprint(i)})
-	}
-	for _, kill := range kills {
-		rt := podRT("c1", p, map[string]string{request.AnnotNetworks: "under"})
-		t.Setenv(kill[0], kill[1])
-		_, err := e.add(l, rt)
-		os.Unsetenv(kill[0])
-		done := err == nil
-		e.mustDel(l, rt)
-		sameLearnt(t, before, e.snapshot(p))
-		if h := hostLocalHeld(filepath.Join(e.dir, "host-local"), "k8s-pod-network"); len(h) != 0 {
-			t.Fatalf("killed at %s=%s: after DEL the delegate still holds %v", kill[0], kill[1], h)
-		}
-		if done {
-			t.Logf("killed at every step up to %s", kill[1])
-			break // past the plan's last step: nothing killed it
-		}
-	}
+	e.killAtEveryStep(t, l, before, p, podRT("c1", p, map[string]string{request.AnnotNetworks: "under"}))
 }

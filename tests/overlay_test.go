@@ -171,10 +171,7 @@ func TestOverlay(t *testing.T) {
 			}
 			e.mustDel(l, rt)
 			e.mustDel(l, peerRT)
-			sameLearnt(t, before, e.snapshot(p, peer))
-			if h := hostLocalHeld(filepath.Join(e.dir, "host-local"), "k8s-pod-network"); len(h) != 0 {
-				t.Errorf("after DEL the delegate still holds %v", h)
-			}
+			e.nothingLeft(t, before, "after DEL", p, peer)
 		})
 	}
 }
@@ -228,10 +225,7 @@ func TestOverlayDefaultNet1(t *testing.T) {
 			}
 			e.mustDel(l, rt)
 			e.mustDel(l, peerRT)
-			sameLearnt(t, before, e.snapshot(p, peer))
-			if h := hostLocalHeld(filepath.Join(e.dir, "host-local"), "k8s-pod-network"); len(h) != 0 {
-				t.Errorf("after DEL the delegate still holds %v", h)
-			}
+			e.nothingLeft(t, before, "after DEL", p, peer)
 		})
 	}
 }
@@ -250,7 +244,7 @@ func TestOverlayRepeatedAdd(t *testing.T) {
 	if a, b := nicAddr(t, first, "net1", true), nicAddr(t, r, "net1", true); a != b {
 		t.Errorf("net1 %s, then %s: the ledger was not carried", a, b)
 	}
-	if h := hostLocalHeld(filepath.Join(e.dir, "host-local"), "k8s-pod-network"); len(h) != 2 {
+	if h := e.delegateHeld(); len(h) != 2 {
 		t.Errorf("the delegate holds %v, want one address of each family", h)
 	}
 	for _, v4 := range []bool{true, false} {
@@ -265,10 +259,7 @@ func TestOverlayRepeatedAdd(t *testing.T) {
 		t.Errorf("CHECK: %v", err)
 	}
 	e.mustDel(l, rt)
-	sameLearnt(t, before, e.snapshot(p))
-	if h := hostLocalHeld(filepath.Join(e.dir, "host-local"), "k8s-pod-network"); len(h) != 0 {
-		t.Errorf("after DEL the delegate still holds %v", h)
-	}
+	e.nothingLeft(t, before, "after DEL", p)
 }
 
 // TestOverlayHostPort: the runtime's portMappings (a hostPort) reach the
@@ -375,7 +366,7 @@ func TestOverlayGC(t *testing.T) {
 		}
 		rts = append(rts, rt)
 	}
-	held := func() int { return len(hostLocalHeld(filepath.Join(e.dir, "host-local"), "k8s-pod-network")) }
+	held := func() int { return len(e.delegateHeld()) }
 	onNode := func(id string) bool {
 		_, err := e.topo.Node.NL().LinkByName(hostVeth[id])
 		return err == nil
@@ -457,10 +448,7 @@ func TestOverlayVersions(t *testing.T) {
 				t.Errorf("CHECK: %v", err)
 			}
 			e.mustDel(l, rt)
-			sameLearnt(t, before, e.snapshot(p))
-			if h := hostLocalHeld(filepath.Join(e.dir, "host-local"), "k8s-pod-network"); len(h) != 0 {
-				t.Errorf("after DEL the delegate still holds %v", h)
-			}
+			e.nothingLeft(t, before, "after DEL", p)
 		})
 	}
 }
@@ -477,7 +465,6 @@ func TestOverlayFailures(t *testing.T) {
 	good, _ := os.ReadFile(file)
 	p, _ := e.topo.NewPod()
 	before := e.snapshot(p)
-	held := func() []string { return hostLocalHeld(filepath.Join(e.dir, "host-local"), "k8s-pod-network") }
 
 	if err := os.WriteFile(file, []byte(strings.Replace(string(good), `"mtu":1400`, `"mtu":70000`, 1)), 0o600); err != nil {
 		t.Fatal(err)
@@ -486,10 +473,7 @@ func TestOverlayFailures(t *testing.T) {
 	if _, err := e.add(l, rt); err == nil || !strings.Contains(err.Error(), "delegate k8s-pod-network") {
 		t.Errorf("ADD with the delegate failing: %v, want its error", err)
 	}
-	sameLearnt(t, before, e.snapshot(p))
-	if h := held(); len(h) != 0 {
-		t.Errorf("after the delegate failed it holds %v", h)
-	}
+	e.nothingLeft(t, before, "after the delegate failed", p)
 
 	if err := os.WriteFile(file, good, 0o600); err != nil {
 		t.Fatal(err)
@@ -498,10 +482,7 @@ func TestOverlayFailures(t *testing.T) {
 	if _, err := e.add(l, rt); err == nil || !strings.Contains(err.Error(), "192.0.2.77") || !strings.Contains(err.Error(), "rolled back") {
 		t.Errorf("ADD with net2's static address outside its pools: %v, want it rolled back (the delegate ran)", err)
 	}
-	sameLearnt(t, before, e.snapshot(p))
-	if h := held(); len(h) != 0 {
-		t.Errorf("after net2 failed the delegate holds %v", h)
-	}
+	e.nothingLeft(t, before, "after net2 failed", p)
 }
 
 // TestOverlayCrash: an overlay ADD (eth0 from the delegate, net1, net2)
@@ -512,30 +493,7 @@ func TestOverlayCrash(t *testing.T) {
 	e, l := overlayEnv(t, dual, "")
 	p, _ := e.topo.NewPod()
 	before := e.snapshot(p)
-	kills := [][2]string{{"SPINNERET_TEST_KILL_AT", "ledger-delegate"}}
-	for i := range 200 {
-		kills = append(kills, [2]string{"SPINNERET_TEST_KILL_STEP", fmt.Sprint(i)})
-	}
-	for _, kill := range kills {
-		rt := podRT("c1", p, map[string]string{request.AnnotNetworks: "red, blue"})
-		t.Setenv(kill[0], kill[1])
-		_, err := e.add(l, rt)
-		os.Unsetenv(kill[0])
-		done := err == nil
-		e.mustDel(l, rt)
-		sameLearnt(t, before, e.snapshot(p))
-		if h := hostLocalHeld(filepath.Join(e.dir, "host-local"), "k8s-pod-network"); len(h) != 0 {
-			t.Fatalf("killed at %s=%s: after DEL the delegate still holds %v", kill[0], kill[1], h)
-		}
-		if done {
-			t.Logf("killed at every step up to %s", kill[1])
-			if kill[1] == "0" || kill[0] != "SPINNERET_TEST_KILL_STEP" {
-				t.Fatalf("the ADD was never killed")
-			}
-			return
-		}
-	}
-	t.Fatal("the ADD was killed at every one of 200 steps")
+	e.killAtEveryStep(t, l, before, p, podRT("c1", p, map[string]string{request.AnnotNetworks: "red, blue"}))
 }
 
 // TestOverlayUnderlayPod: both modes in one cluster. The config's primary
@@ -591,8 +549,5 @@ func TestOverlayUnderlayPod(t *testing.T) {
 	}
 	e.mustDel(l, rtA)
 	e.mustDel(l, rtB)
-	sameLearnt(t, before, e.snapshot(pa, pb))
-	if h := hostLocalHeld(filepath.Join(e.dir, "host-local"), "k8s-pod-network"); len(h) != 0 {
-		t.Errorf("after DEL the delegate still holds %v", h)
-	}
+	e.nothingLeft(t, before, "after DEL", pa, pb)
 }
