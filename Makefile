@@ -10,7 +10,7 @@ CONTROLLER_GEN_VERSION := v0.23.0
 VERSION     ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS     := -X main.version=$(VERSION)
 
-.PHONY: all build demo ref-plugins test unit lint fuzz fuzz-short bench bench-baseline bench-ipam bench-vm tools k8s-bins generate clean
+.PHONY: all build demo ref-plugins test unit lint fuzz fuzz-short bench bench-baseline bench-ipam bench-vm tools k8s-bins calico-bins generate clean
 
 all: build
 
@@ -35,7 +35,7 @@ bin/cni/.$(REF_PLUGINS_VERSION):
 ## test: formatting, vet, staticcheck, unit tests, the netns suite and the
 ## Kubernetes suite (a real kube-apiserver: built once per version, cached),
 ## then each fuzz target for FUZZTIME
-test: lint k8s-bins
+test: lint k8s-bins calico-bins
 	$(GO) test -count=1 -timeout 30m ./...
 	$(MAKE) -s fuzz-short
 
@@ -55,6 +55,11 @@ fuzz:
 ## k8s-bins: build kube-apiserver from the Go module proxy (cached by version)
 k8s-bins:
 	tests/k8s/build-apiserver.sh
+
+## calico-bins: build Calico's CNI plugin and calico-ipam from the Go module
+## proxy (cached by version), for the overlay suite's Calico test
+calico-bins:
+	tests/calico/build.sh
 
 ## unit: the tests that need neither root nor namespaces
 unit:

@@ -75,11 +75,21 @@ func TestAPIServerEnv(t *testing.T) {
 // here to make it) first if needed.
 func createPod(t *testing.T, a *k8senv.APIServer, ns, name string, annotations map[string]string) {
 	t.Helper()
+	createPodOn(t, a, ns, name, "", annotations)
+}
+
+// createPodOn creates the pod as createPod does, bound to node (none when
+// empty), as the scheduler would have bound it.
+func createPodOn(t *testing.T, a *k8senv.APIServer, ns, name, node string, annotations map[string]string) {
+	t.Helper()
 	apiRequest(t, a, http.MethodPost, "/api/v1/namespaces", map[string]any{"apiVersion": "v1", "kind": "Namespace", "metadata": map[string]any{"name": ns}}, nil)
 	apiRequest(t, a, http.MethodPost, "/api/v1/namespaces/"+ns+"/serviceaccounts", map[string]any{"apiVersion": "v1", "kind": "ServiceAccount", "metadata": map[string]any{"name": "default"}}, nil)
 	pod := map[string]any{"apiVersion": "v1", "kind": "Pod",
 		"metadata": map[string]any{"name": name, "annotations": annotations},
 		"spec":     map[string]any{"containers": []map[string]any{{"name": "c", "image": "pause"}}}}
+	if node != "" {
+		pod["spec"].(map[string]any)["nodeName"] = node
+	}
 	if code := apiRequest(t, a, http.MethodPost, "/api/v1/namespaces/"+ns+"/pods", pod, nil); code != http.StatusCreated {
 		t.Fatalf("create pod %s/%s: %d", ns, name, code)
 	}
