@@ -248,6 +248,8 @@ func (p *plugin) commit(env *txn.Env, j *txn.Journal, args *skel.CmdArgs, in pla
 		return nil, err
 	}
 	p.phase("commit")
+	p.sum.fromResult(res)
+	p.sum.steps = len(j.Steps)
 	p.writeNetworkStatus(args, in.NICs, res)
 	for _, n := range in.NICs {
 		for _, a := range n.Addrs {
@@ -278,11 +280,13 @@ func (p *plugin) abort(env *txn.Env, j *txn.Journal, front ipam.Allocator, cause
 		}
 	}
 	front.Failed()
+	p.sum.steps = len(j.Steps) // held or done before the failure
 	undoErr := txn.Rollback(env, j)
 	p.reportAbandoned(j, nil, env.Abandoned)
 	var se *txn.StepError
 	if errors.As(cause, &se) {
-		se.UndoErr = undoErr // Apply's own undo of the plan, retried here
+		p.sum.failed, p.sum.steps = se, se.Index+1 // the plan's, Apply undid them
+		se.UndoErr = undoErr                       // Apply's own undo of the plan, retried here
 	} else if undoErr != nil {
 		cause = fmt.Errorf("%w; rollback incomplete, journal kept for DEL: %v", cause, undoErr)
 	}

@@ -82,7 +82,7 @@ func TestBadRequestsAllocateNothing(t *testing.T) {
 				node = "masters: {logical-green: uplink2}\n"
 			}
 			nodeConf := filepath.Join(dir, "node.yaml")
-			if err := os.WriteFile(nodeConf, []byte(node+"stateDir: "+filepath.Join(dir, "state")+"\n"), 0o600); err != nil {
+			if err := os.WriteFile(nodeConf, []byte(node+"stateDir: "+filepath.Join(dir, "state")+"\nlogFile: "+filepath.Join(dir, "spinneret.log")+"\n"), 0o600); err != nil {
 				t.Fatal(err)
 			}
 			var stdin map[string]any

@@ -15,6 +15,7 @@ import (
 
 	"github.com/spinneret-cni/spinneret/internal/netops"
 	"github.com/spinneret-cni/spinneret/internal/txn"
+	"github.com/spinneret-cni/spinneret/request"
 )
 
 func cmdCheck(args *skel.CmdArgs) (err error) {
@@ -23,6 +24,7 @@ func cmdCheck(args *skel.CmdArgs) (err error) {
 		return err
 	}
 	defer func(t time.Time) { p.done("CHECK", args, t, err) }(time.Now())
+	p.args, _ = request.ParseArgs(args.Args) // for the log line alone
 	j, err := txn.LoadJournal(p.journalPath(args.ContainerID, args.IfName))
 	if errors.Is(err, os.ErrNotExist) {
 		return types.NewError(types.ErrUnknownContainer, fmt.Sprintf("no attachment %s/%s in network %s", args.ContainerID, args.IfName, p.cfg.Name), "")
@@ -33,6 +35,7 @@ func cmdCheck(args *skel.CmdArgs) (err error) {
 	if j.State != txn.StateCommitted {
 		return types.NewError(types.ErrUnknownContainer, fmt.Sprintf("attachment %s/%s: ADD did not complete (state %s)", args.ContainerID, args.IfName, j.State), "")
 	}
+	p.sum.fromJournal(j)
 	env := p.envFor(j)
 	defer env.Close()
 	drift := []error{txn.Check(env, j), checkInterfaces(env, j.Result)}

@@ -71,6 +71,7 @@ func cmdGC(args *skel.CmdArgs) (err error) {
 		errs = append(errs, err)
 	}
 	p.log.Info("gc", "network", p.cfg.Name, "valid", len(valid), "removed", removed)
+	p.sum = summary{removed: removed}
 	if err := errors.Join(errs...); err != nil {
 		return types.NewError(types.ErrTryAgainLater, "GC: "+err.Error(), "")
 	}

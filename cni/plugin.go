@@ -19,7 +19,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -34,6 +33,7 @@ import (
 	"github.com/spinneret-cni/spinneret/conf"
 	"github.com/spinneret-cni/spinneret/internal/fileutil"
 	"github.com/spinneret-cni/spinneret/internal/kube"
+	"github.com/spinneret-cni/spinneret/internal/logfile"
 	"github.com/spinneret-cni/spinneret/internal/statedir"
 	"github.com/spinneret-cni/spinneret/internal/txn"
 	"github.com/spinneret-cni/spinneret/ipam"
@@ -125,8 +125,10 @@ type plugin struct {
 	log   *slog.Logger
 	store *ipam.Local
 	close func()
-	// phases are "name", milliseconds pairs for the final log line
+	// phases are "name", milliseconds pairs for the final log line, and
+	// sum the rest of what it says
 	phases []any
+	sum    summary
 	mark   time.Time
 	args   request.Args // CNI_ARGS, parsed once
 	kube   *kube.Client // loaded on first use, with a kubeconfig
@@ -200,24 +202,27 @@ func loadForDel(stdin []byte, cause error) (*plugin, error) {
 	return p, nil
 }
 
+// newLogger logs to the node conf's log file (rotated by size: see
+// internal/logfile), or to standard error when it says so or the file
+// cannot be opened (the reason is the first line there).
 func newLogger(n *conf.Node) (*slog.Logger, func()) {
 	var lvl slog.Level
 	_ = lvl.UnmarshalText([]byte(n.LogLevel))
 	var w io.Writer = os.Stderr
 	closeFn := func() {}
-	if n.LogFile != "" {
-		// the log names pods, addresses and errors with the pods' own
-		// text: root's alone (a log file made 0644 before is narrowed)
-		if err := os.MkdirAll(filepath.Dir(n.LogFile), 0o700); err == nil {
-			if f, err := os.OpenFile(n.LogFile, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600); err == nil {
-				if fi, err := f.Stat(); err == nil && fi.Mode().Perm()&0o077 != 0 {
-					f.Chmod(0o600)
-				}
-				w, closeFn = f, func() { f.Close() }
-			}
+	var openErr error
+	if !n.LogStderr() {
+		f, err := logfile.Open(n.LogFile, logfile.Options{MaxBytes: int64(n.LogMaxSizeMB) << 20, MaxBackups: n.LogMaxBackups})
+		if err == nil {
+			w, closeFn = f, func() { f.Close() }
 		}
+		openErr = err
 	}
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: lvl})).With("pid", os.Getpid()), closeFn
+	l := slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: lvl})).With("pid", os.Getpid())
+	if openErr != nil {
+		l.Warn("log file not opened; logging to stderr", "logFile", n.LogFile, "err", openErr)
+	}
+	return l, closeFn
 }
 
 // attachmentLock serialises ADD, DEL and GC of one attachment; GC does not
@@ -254,6 +259,7 @@ func (p *plugin) envFor(j *txn.Journal) *txn.Env { return p.newEnv(j.NetNS, j.Ne
 // undo gave up on is reported (log, and an Event on pod when known) and no
 // longer holds DEL back.
 func (p *plugin) teardown(j *txn.Journal, pod *kube.Pod) error {
+	p.sum.fromJournal(j)
 	env := p.envFor(j)
 	defer env.Close()
 	err := txn.Rollback(env, j)
@@ -301,9 +307,17 @@ func (p *plugin) reportAbandoned(j *txn.Journal, pod *kube.Pod, abandoned []erro
 	}
 }
 
+// done writes the one line a call ends with: the verb, the pod and the
+// attachment, what the summary has (NICs, addresses, steps, the failed
+// step), the duration and its phases, and the error.
 func (p *plugin) done(verb string, args *skel.CmdArgs, start time.Time, err error) {
-	attrs := []any{"verb", verb, "network", p.cfg.Name, "container", args.ContainerID, "ifname", args.IfName,
-		"ms", float64(time.Since(start).Microseconds()) / 1000}
+	attrs := []any{"verb", verb, "network", p.cfg.Name}
+	if pod := p.args.Pod(); pod != nil {
+		attrs = append(attrs, "pod", pod.Namespace+"/"+pod.Name)
+	}
+	attrs = append(attrs, "container", args.ContainerID, "ifname", args.IfName)
+	attrs = append(attrs, p.sum.attrs()...)
+	attrs = append(attrs, "ms", float64(time.Since(start).Microseconds())/1000)
 	attrs = append(attrs, p.phases...)
 	if err != nil {
 		p.log.Error("failed", append(attrs, "err", cut(err.Error(), MaxErrorBytes))...)

@@ -241,7 +241,8 @@ func TestNodeDefaultsAndEnv(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n.StateDir != "/var/lib/spinneret" || n.LogLevel != "info" || n.LogFile != "" {
+	if n.StateDir != "/var/lib/spinneret" || n.LogLevel != "info" || n.LogFile != DefaultLogFile || n.LogStderr() ||
+		n.LogMaxSizeMB != 10 || n.LogMaxBackups != 5 {
 		t.Fatalf("defaults = %+v", n)
 	}
 	if _, err := LoadNode(filepath.Join(t.TempDir(), "absent.yaml"), true); err == nil {
@@ -263,6 +264,8 @@ func TestNodeDefaultsAndEnv(t *testing.T) {
 	t.Setenv("SPINNERET_MASTERS", "uplink=ens224, data=ens256")
 	t.Setenv("SPINNERET_ALLOWED_MASTERS", "ens224,ens256")
 	t.Setenv("SPINNERET_NODE_IPS", "fd00::1, 10.6.212.101")
+	t.Setenv("SPINNERET_LOG_FILE", "stderr")
+	t.Setenv("SPINNERET_LOG_MAX_SIZE_MB", "50")
 	n, err = LoadNode(p, true)
 	if err != nil {
 		t.Fatal(err)
@@ -270,7 +273,8 @@ func TestNodeDefaultsAndEnv(t *testing.T) {
 	if fmt.Sprint(n.NodeIPs) != "[10.6.212.101 fd00::1]" {
 		t.Fatalf("nodeIPs %v, want IPv4 first", n.NodeIPs)
 	}
-	if n.StateDir != "/run/spn" || n.LogLevel != "debug" || n.Masters["data"] != "ens256" || len(n.AllowedMasters) != 2 {
+	if n.StateDir != "/run/spn" || n.LogLevel != "debug" || n.Masters["data"] != "ens256" || len(n.AllowedMasters) != 2 ||
+		!n.LogStderr() || n.LogMaxSizeMB != 50 {
 		t.Fatalf("env overrides not applied: %+v", n)
 	}
 }
@@ -278,7 +282,11 @@ func TestNodeDefaultsAndEnv(t *testing.T) {
 func TestNodeErrors(t *testing.T) {
 	cases := []struct{ body, env, want string }{
 		{"stateDir: relative/dir\n", "", `stateDir: "relative/dir" is not an absolute path`},
-		{"logFile: spinneret.log\n", "", `logFile: "spinneret.log" is not an absolute path`},
+		{"logFile: spinneret.log\n", "", `logFile: "spinneret.log" is neither an absolute path nor "stderr"`},
+		{"logMaxSizeMB: 0\n", "", `logMaxSizeMB: 0 is not between 1 and 1024`},
+		{"logMaxBackups: 0\n", "", `logMaxBackups: 0 is not between 1 and 100`},
+		{"logMaxBackups: many\n", "", `logMaxBackups`},
+		{"", "SPINNERET_LOG_MAX_SIZE_MB=big", `SPINNERET_LOG_MAX_SIZE_MB: "big" is not a whole number`},
 		{"logLevel: loud\n", "", `logLevel: "loud" is not one of`},
 		{"masters:\n  uplink: 'has space'\n", "", `masters.uplink: "has space" is not a valid interface name`},
 		{"allowedMasters: ['a/b']\n", "", `allowedMasters[0]: "a/b" is not a valid interface name`},

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -21,8 +22,14 @@ import (
 type Node struct {
 	// StateDir holds journals and the local IPAM store.
 	StateDir string `mapstructure:"stateDir"`
-	// LogFile is where the plugin logs; empty means stderr.
+	// LogFile is where the plugin logs (appended to by every plugin
+	// process, 0600); empty or "stderr": standard error, which the runtime
+	// drops for a call that failed.
 	LogFile string `mapstructure:"logFile"`
+	// LogMaxSizeMB is the size at which the log is rotated, keeping
+	// LogMaxBackups rotated files beside it.
+	LogMaxSizeMB  int `mapstructure:"logMaxSizeMB"`
+	LogMaxBackups int `mapstructure:"logMaxBackups"`
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `mapstructure:"logLevel"`
 	// Masters maps logical master names used in network configs to this
@@ -61,6 +68,8 @@ var nodeKeys = map[string]string{
 	"stateDir":            "SPINNERET_STATE_DIR",
 	"logFile":             "SPINNERET_LOG_FILE",
 	"logLevel":            "SPINNERET_LOG_LEVEL",
+	"logMaxSizeMB":        "SPINNERET_LOG_MAX_SIZE_MB",
+	"logMaxBackups":       "SPINNERET_LOG_MAX_BACKUPS",
 	"masters":             "SPINNERET_MASTERS",
 	"allowedMasters":      "SPINNERET_ALLOWED_MASTERS",
 	"nodeIPs":             "SPINNERET_NODE_IPS",
@@ -113,12 +122,24 @@ func LoadNode(path string, required bool) (*Node, error) {
 // environment sets one.
 var nodeDefaults = map[string]string{
 	"stateDir":            "/var/lib/spinneret",
+	"logFile":             DefaultLogFile,
 	"logLevel":            "info",
+	"logMaxSizeMB":        "10",
+	"logMaxBackups":       "5",
 	"apiTimeout":          "5s",
 	"poolCacheTTL":        "5s",
 	"controllerNamespace": "kube-system",
 	"podResourcesSocket":  "/var/lib/kubelet/pod-resources/kubelet.sock",
 }
+
+// DefaultLogFile is the plugin's log where the node conf names none.
+const DefaultLogFile = "/var/log/spinneret/spinneret.log"
+
+// LogToStderr is the logFile value for standard error.
+const LogToStderr = "stderr"
+
+// LogStderr reports whether the plugin logs to standard error.
+func (n *Node) LogStderr() bool { return n.LogFile == "" || n.LogFile == LogToStderr }
 
 // logLevels are the values of logLevel.
 var logLevels = []string{"debug", "info", "warn", "error"}
@@ -142,6 +163,15 @@ func (n *Node) applyEnv() error {
 	} {
 		if s, ok := os.LookupEnv(nodeKeys[key]); ok {
 			*field = s
+		}
+	}
+	for key, field := range map[string]*int{"logMaxSizeMB": &n.LogMaxSizeMB, "logMaxBackups": &n.LogMaxBackups} {
+		if s, ok := os.LookupEnv(nodeKeys[key]); ok {
+			v, err := strconv.Atoi(strings.TrimSpace(s))
+			if err != nil {
+				return fmt.Errorf("%s: %q is not a whole number", nodeKeys[key], s)
+			}
+			*field = v
 		}
 	}
 	if s, ok := os.LookupEnv(nodeKeys["masters"]); ok {
@@ -177,8 +207,14 @@ func (n *Node) validate() error {
 	if !filepath.IsAbs(n.StateDir) {
 		return fmt.Errorf("stateDir: %q is not an absolute path", n.StateDir)
 	}
-	if n.LogFile != "" && !filepath.IsAbs(n.LogFile) {
-		return fmt.Errorf("logFile: %q is not an absolute path", n.LogFile)
+	if !n.LogStderr() && !filepath.IsAbs(n.LogFile) {
+		return fmt.Errorf("logFile: %q is neither an absolute path nor %q", n.LogFile, LogToStderr)
+	}
+	if n.LogMaxSizeMB < 1 || n.LogMaxSizeMB > 1024 {
+		return fmt.Errorf("logMaxSizeMB: %d is not between 1 and 1024", n.LogMaxSizeMB)
+	}
+	if n.LogMaxBackups < 1 || n.LogMaxBackups > 100 {
+		return fmt.Errorf("logMaxBackups: %d is not between 1 and 100", n.LogMaxBackups)
 	}
 	if !slices.Contains(logLevels, n.LogLevel) {
 		return fmt.Errorf("logLevel: %q is not one of debug, info, warn, error", n.LogLevel)
@@ -281,7 +317,7 @@ func LoadNodeForDel(path string, required bool) (n *Node, known bool, err error)
 	if s, ok := os.LookupEnv(nodeKeys["stateDir"]); ok && filepath.IsAbs(s) {
 		n.StateDir, known = s, true
 	}
-	if s, ok := str("logFile"); ok && filepath.IsAbs(s) {
+	if s, ok := str("logFile"); ok && (filepath.IsAbs(s) || s == "" || s == LogToStderr) {
 		n.LogFile = s
 	}
 	if s, ok := str("kubeconfig"); ok && filepath.IsAbs(s) {

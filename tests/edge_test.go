@@ -144,7 +144,7 @@ func TestStatus(t *testing.T) {
 
 	// a state dir that cannot be created
 	os.WriteFile(filepath.Join(e.dir, "blocker"), nil, 0o644)
-	os.WriteFile(filepath.Join(e.dir, "node.yaml"), []byte("stateDir: "+e.dir+"/blocker/state\n"), 0o644)
+	os.WriteFile(filepath.Join(e.dir, "node.yaml"), []byte("stateDir: "+e.dir+"/blocker/state\nlogFile: "+e.dir+"/spinneret.log\n"), 0o644)
 	wantErr(t, e.status(l), types.ErrPluginNotAvailable, "state dir")
 }
 

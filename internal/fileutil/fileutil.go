@@ -76,13 +76,19 @@ type Lock struct{ f *os.File }
 
 // LockFile takes an exclusive lock on path, creating the file if needed. It
 // blocks until the lock is free; the kernel drops it if the process dies.
-func LockFile(path string) (*Lock, error) {
+func LockFile(path string) (*Lock, error) { return lockFile(path, unix.LOCK_EX) }
+
+// SharedLockFile takes a shared lock on path, as LockFile does: any
+// number of holders at once, none while another holds LockFile's.
+func SharedLockFile(path string) (*Lock, error) { return lockFile(path, unix.LOCK_SH) }
+
+func lockFile(path string, how int) (*Lock, error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("lock %s: %w", path, err)
 	}
 	for {
-		err = unix.Flock(int(f.Fd()), unix.LOCK_EX)
+		err = unix.Flock(int(f.Fd()), how)
 		if err != unix.EINTR {
 			break
 		}
