@@ -17,6 +17,7 @@ all: build
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/spinneret .
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/spinneret-controller ./cmd/spinneret-controller
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/spinneret-node ./cmd/spinneret-node
 
 ## demo: attach pods in throwaway namespaces (underlay, then overlay over
 ## the reference ptp plugin), test traffic, clean up

@@ -13,19 +13,21 @@ import (
 // which links client-go; the plugin does not, to keep its start-up small.
 const controllerBinary = "spinneret-controller"
 
-// runController execs spinneret-controller from this binary's directory (or
-// PATH) with the same arguments.
-func runController(args []string, _ io.Writer) error {
+// runController execs spinneret-controller with the same arguments.
+func runController(args []string, _ io.Writer) error { return execBeside(controllerBinary, args) }
+
+// execBeside execs name from this binary's directory (or PATH) with args.
+func execBeside(name string, args []string) error {
 	path := ""
 	if self, err := os.Executable(); err == nil {
-		if p := filepath.Join(filepath.Dir(self), controllerBinary); fileExists(p) {
+		if p := filepath.Join(filepath.Dir(self), name); fileExists(p) {
 			path = p
 		}
 	}
 	if path == "" {
-		p, err := exec.LookPath(controllerBinary)
+		p, err := exec.LookPath(name)
 		if err != nil {
-			return fmt.Errorf("%s is installed neither beside spinneret nor on PATH (make build puts both in bin/)", controllerBinary)
+			return fmt.Errorf("%s is installed neither beside spinneret nor on PATH (make build puts both in bin/)", name)
 		}
 		path = p
 	}

@@ -187,6 +187,16 @@ func (s *Local) Owners() ([]Owner, error) {
 	return out, nil
 }
 
+// OwnerChanged is when o's record last changed (its addresses taken or
+// released).
+func (s *Local) OwnerChanged(o Owner) (time.Time, error) {
+	fi, err := os.Stat(s.ownerPath(o.key()))
+	if err != nil {
+		return time.Time{}, err
+	}
+	return fi.ModTime(), nil
+}
+
 // Quarantine takes an address of o's out of circulation until until: the
 // claim passes from o to the quarantine (so o's release leaves it), and the
 // address is handed out again only once the time is up. For an address

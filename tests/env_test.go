@@ -60,10 +60,11 @@ func TestMain(m *testing.M) {
 		// which NADs written for Multus name and spinneret runs for them;
 		// ptp and portmap, the stand-in for a cluster's existing CNI
 		// that a delegate network runs; macvlan, for the reference
-		// chain BenchmarkOverlay compares with
+		// chain BenchmarkOverlay compares with; loopback, which the installer
+		// puts where the node has none
 		install := exec.Command("go", "install", "github.com/containernetworking/plugins/plugins/ipam/host-local@v1.9.1",
 			"github.com/containernetworking/plugins/plugins/main/ptp@v1.9.1", "github.com/containernetworking/plugins/plugins/meta/portmap@v1.9.1",
-			"github.com/containernetworking/plugins/plugins/main/macvlan@v1.9.1")
+			"github.com/containernetworking/plugins/plugins/main/macvlan@v1.9.1", "github.com/containernetworking/plugins/plugins/main/loopback@v1.9.1")
 		install.Env = append(os.Environ(), "GOBIN="+bin)
 		install.Stdout, install.Stderr = os.Stderr, os.Stderr
 		if err := install.Run(); err != nil {
@@ -71,11 +72,13 @@ func TestMain(m *testing.M) {
 			os.Exit(1)
 		}
 	}
-	build := exec.Command("go", "build", "-o", filepath.Join(binDir, "spinneret-controller"), "../cmd/spinneret-controller")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "tests: building spinneret-controller:", err)
-		os.Exit(1)
+	for _, cmd := range []string{"spinneret-controller", "spinneret-node"} {
+		build := exec.Command("go", "build", "-o", filepath.Join(binDir, cmd), "../cmd/"+cmd)
+		build.Stdout, build.Stderr = os.Stderr, os.Stderr
+		if err := build.Run(); err != nil {
+			fmt.Fprintln(os.Stderr, "tests: building "+cmd+":", err)
+			os.Exit(1)
+		}
 	}
 	code := m.Run()
 	os.RemoveAll(dir)

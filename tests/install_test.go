@@ -16,7 +16,7 @@ import (
 )
 
 // daemonSet is what deploy/k8s/daemonset.yaml installs with: the
-// ConfigMap's files and the init container's command, env and mounts.
+// ConfigMap's files and the node container's command, env and mounts.
 type daemonSet struct {
 	config  map[string]string
 	command []string
@@ -37,7 +37,7 @@ func readDaemonSet(t *testing.T) daemonSet {
 			Spec struct {
 				Template struct {
 					Spec struct {
-						InitContainers []struct {
+						Containers []struct {
 							Name         string   `json:"name"`
 							Command      []string `json:"command"`
 							Args         []string `json:"args"`
@@ -45,7 +45,7 @@ func readDaemonSet(t *testing.T) daemonSet {
 								Name      string `json:"name"`
 								MountPath string `json:"mountPath"`
 							} `json:"volumeMounts"`
-						} `json:"initContainers"`
+						} `json:"containers"`
 					} `json:"spec"`
 				} `json:"template"`
 			} `json:"spec"`
@@ -57,8 +57,8 @@ func readDaemonSet(t *testing.T) daemonSet {
 		case "ConfigMap":
 			ds.config = obj.Data
 		case "DaemonSet":
-			for _, c := range obj.Spec.Template.Spec.InitContainers {
-				if c.Name != "install" {
+			for _, c := range obj.Spec.Template.Spec.Containers {
+				if c.Name != "node" {
 					continue
 				}
 				ds.command = append(c.Command, c.Args...)
@@ -76,8 +76,8 @@ func readDaemonSet(t *testing.T) daemonSet {
 
 // run runs the DaemonSet's install command with every path it
 // names (its mounts and the ServiceAccount's dir) under root, the image's
-// /spinneret being the binary under test, and NODE_NAME as the downward
-// API sets it.
+// /spinneret and /loopback being the binaries under test, and NODE_NAME
+// as the downward API sets it; --once: the install, not the agent's loop.
 func (ds daemonSet) run(t *testing.T, root, nodeName string) ([]byte, error) {
 	t.Helper()
 	sa := "/var/run/secrets/kubernetes.io/serviceaccount"
@@ -92,12 +92,25 @@ func (ds daemonSet) run(t *testing.T, root, nodeName string) ([]byte, error) {
 		}
 	}
 	if ds.command[0] != "/spinneret" {
-		t.Fatalf("the init container runs %q, not the image's /spinneret", ds.command[0])
+		t.Fatalf("the node container runs %q, not the image's /spinneret", ds.command[0])
 	}
+	image := map[string]string{"/loopback": filepath.Join(binDir, "loopback")}
 	var args []string
 	for _, a := range ds.command[1:] {
-		if k, v, ok := strings.Cut(a, "="); ok && strings.HasPrefix(v, "/") {
-			if _, mounted := ds.mounts[v]; !mounted && v != sa && k != "--host-etc-dir" {
+		k, v, _ := strings.Cut(a, "=")
+		if p, ok := image[v]; ok {
+			args = append(args, k+"="+p)
+			continue
+		}
+		if strings.HasPrefix(v, "unix://") {
+			continue // the CRI socket: the agent's loop, not the install
+		}
+		if strings.HasPrefix(v, "/") {
+			mounted := false
+			for m := range ds.mounts {
+				mounted = mounted || v == m || strings.HasPrefix(v, m+"/")
+			}
+			if !mounted && v != sa && k != "--host-etc-dir" {
 				t.Fatalf("%s names %s, which is not mounted", k, v)
 			}
 			if k != "--host-etc-dir" { // a path as the host sees it
@@ -106,7 +119,7 @@ func (ds daemonSet) run(t *testing.T, root, nodeName string) ([]byte, error) {
 		}
 		args = append(args, a)
 	}
-	cmd := exec.Command(filepath.Join(binDir, "spinneret"), args...)
+	cmd := exec.Command(filepath.Join(binDir, "spinneret"), append(args, "--once")...)
 	cmd.Env = append(os.Environ(), "NODE_NAME="+nodeName, "KUBERNETES_SERVICE_HOST=10.96.0.1", "KUBERNETES_SERVICE_PORT=443")
 	return cmd.CombinedOutput()
 }
@@ -128,28 +141,28 @@ func TestDaemonSetInstall(t *testing.T) {
 			if out, err := d.run(t, root, "node-a"); err != nil {
 				t.Fatalf("install: %v\n%s", err, out)
 			}
-			n, err := conf.LoadNode(filepath.Join(root, "/host/etc/spinneret/node.yaml"), true)
+			n, err := conf.LoadNode(filepath.Join(root, "/etc/spinneret/node.yaml"), true)
 			if err != nil {
 				t.Fatalf("installed node conf: %v", err)
 			}
 			if n.NodeName != "node-a" {
 				t.Fatalf("installed node conf names node %q", n.NodeName)
 			}
-			b, _ := os.ReadFile(filepath.Join(root, "/host/etc/spinneret/node.yaml"))
+			b, _ := os.ReadFile(filepath.Join(root, "/etc/spinneret/node.yaml"))
 			if c := strings.Count(string(b), "nodeName:"); c != 1 {
 				t.Fatalf("nodeName appears %d times:\n%s", c, b)
 			}
-			cl, _ := os.ReadFile(filepath.Join(root, "/host/etc/cni/net.d/00-spinneret.conflist"))
+			cl, _ := os.ReadFile(filepath.Join(root, "/etc/cni/net.d/00-spinneret.conflist"))
 			if _, err := conf.ParseFile(cl); err != nil {
 				t.Fatalf("installed conflist: %v", err)
 			}
-			kc, _ := os.ReadFile(filepath.Join(root, "/host/etc/spinneret/kubeconfig"))
+			kc, _ := os.ReadFile(filepath.Join(root, "/etc/spinneret/kubeconfig"))
 			if !bytes.Contains(kc, []byte(`"https://10.96.0.1:443"`)) || !bytes.Contains(kc, []byte(`"/etc/spinneret/token"`)) {
 				t.Fatalf("kubeconfig:\n%s", kc)
 			}
 			self, _ := os.ReadFile(filepath.Join(binDir, "spinneret"))
-			got, _ := os.ReadFile(filepath.Join(root, "/host/opt/cni/bin/spinneret"))
-			if st, err := os.Stat(filepath.Join(root, "/host/opt/cni/bin/spinneret")); err != nil || st.Mode().Perm() != 0o755 || !bytes.Equal(self, got) {
+			got, _ := os.ReadFile(filepath.Join(root, "/opt/cni/bin/spinneret"))
+			if st, err := os.Stat(filepath.Join(root, "/opt/cni/bin/spinneret")); err != nil || st.Mode().Perm() != 0o755 || !bytes.Equal(self, got) {
 				t.Fatalf("installed binary: %v, %v", st, err)
 			}
 		})
@@ -161,7 +174,7 @@ func TestDaemonSetInstall(t *testing.T) {
 	if out, err := d.run(t, root, "node-a"); err == nil || !strings.Contains(string(out), `nodeName "node-b": the shared node conf must not name a node`) {
 		t.Fatalf("a node conf naming another node: %v\n%s", err, out)
 	}
-	if _, err := os.Stat(filepath.Join(root, "/host/opt/cni/bin/spinneret")); !os.IsNotExist(err) {
+	if _, err := os.Stat(filepath.Join(root, "/opt/cni/bin/spinneret")); !os.IsNotExist(err) {
 		t.Fatalf("a refused install wrote the binary: %v", err)
 	}
 }
@@ -174,7 +187,7 @@ func TestDaemonSetInstall(t *testing.T) {
 func TestInstallReplacesRunningBinary(t *testing.T) {
 	ds := readDaemonSet(t)
 	root := t.TempDir()
-	bin := filepath.Join(root, "/host/opt/cni/bin/spinneret")
+	bin := filepath.Join(root, "/opt/cni/bin/spinneret")
 	os.MkdirAll(filepath.Dir(bin), 0o755)
 	sleep, err := os.ReadFile("/bin/sleep")
 	if err != nil {
@@ -203,18 +216,18 @@ func TestInstallReplacesRunningBinary(t *testing.T) {
 	if after.Ino == before.Ino || !bytes.Equal(got, self) {
 		t.Fatalf("binary not replaced by a rename (inode %d -> %d, new content %v)", before.Ino, after.Ino, bytes.Equal(got, self))
 	}
-	if ents, _ := os.ReadDir(filepath.Dir(bin)); len(ents) != 1 {
+	if ents, _ := os.ReadDir(filepath.Dir(bin)); len(ents) != 2 { // and loopback
 		t.Fatalf("left in the CNI bin dir: %v", ents)
 	}
 
 	// binary first, conflist last
 	root = t.TempDir()
-	os.MkdirAll(filepath.Join(root, "/host/opt/cni"), 0o755)
-	os.WriteFile(filepath.Join(root, "/host/opt/cni/bin"), nil, 0o644) // not a directory
+	os.MkdirAll(filepath.Join(root, "/opt/cni"), 0o755)
+	os.WriteFile(filepath.Join(root, "/opt/cni/bin"), nil, 0o644) // not a directory
 	if out, err := ds.run(t, root, "node-a"); err == nil {
 		t.Fatalf("install into a broken bin dir succeeded:\n%s", out)
 	}
-	if _, err := os.Stat(filepath.Join(root, "/host/etc/cni/net.d/00-spinneret.conflist")); !os.IsNotExist(err) {
+	if _, err := os.Stat(filepath.Join(root, "/etc/cni/net.d/00-spinneret.conflist")); !os.IsNotExist(err) {
 		t.Fatalf("conflist installed although the binary was not: %v", err)
 	}
 }

@@ -43,6 +43,10 @@ type Options struct {
 	// HostEtcDir is EtcDir as the host (and so the plugin) sees it, for the
 	// paths inside the kubeconfig.
 	HostEtcDir string
+	// Loopback, when set, is a loopback CNI plugin installed into
+	// CNIBinDir where the node has none: the runtime runs it for every
+	// sandbox's lo, and a node set up for spinneret alone may lack it.
+	Loopback string
 }
 
 // Run installs spinneret on the node.
@@ -61,6 +65,14 @@ func Run(o Options) error {
 	bin, err := os.ReadFile(o.Binary)
 	if err != nil {
 		return err
+	}
+	var loopback []byte
+	if o.Loopback != "" {
+		if _, err := os.Stat(filepath.Join(o.CNIBinDir, "loopback")); errors.Is(err, os.ErrNotExist) {
+			if loopback, err = os.ReadFile(o.Loopback); err != nil {
+				return err
+			}
+		}
 	}
 	var kubeconfig, ca, token []byte
 	if o.ServiceAccountDir != "" {
@@ -82,6 +94,11 @@ func Run(o Options) error {
 	}
 	if err := fileutil.WriteAtomicMode(filepath.Join(o.CNIBinDir, "spinneret"), bin, 0o755); err != nil {
 		return err
+	}
+	if loopback != nil {
+		if err := fileutil.WriteAtomicMode(filepath.Join(o.CNIBinDir, "loopback"), loopback, 0o755); err != nil {
+			return err
+		}
 	}
 	if err := os.MkdirAll(o.EtcDir, 0o755); err != nil {
 		return err
@@ -186,4 +203,22 @@ users: [{name: u, user: {tokenFile: %q}}]
 contexts: [{name: c, context: {cluster: c, user: u}}]
 current-context: c
 `, server, filepath.Join(etcDir, "ca.crt"), filepath.Join(etcDir, "token"))
+}
+
+// RefreshToken copies the ServiceAccount's token to EtcDir when it
+// changed: the kubelet rotates a projected token at 80% of its life, and
+// the plugin reads the copy on every call. It reports whether it copied.
+func RefreshToken(o Options) (bool, error) {
+	if o.ServiceAccountDir == "" {
+		return false, nil
+	}
+	token, err := os.ReadFile(filepath.Join(o.ServiceAccountDir, "token"))
+	if err != nil {
+		return false, err
+	}
+	dst := filepath.Join(o.EtcDir, "token")
+	if old, err := os.ReadFile(dst); err == nil && bytes.Equal(old, token) {
+		return false, nil
+	}
+	return true, fileutil.WriteAtomicMode(dst, token, 0o600)
 }
