@@ -2,10 +2,15 @@ package tests
 
 import (
 	"bytes"
+	"crypto/tls"
+	"crypto/x509"
+	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -229,5 +234,96 @@ func TestInstallReplacesRunningBinary(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(root, "/etc/cni/net.d/00-spinneret.conflist")); !os.IsNotExist(err) {
 		t.Fatalf("conflist installed although the binary was not: %v", err)
+	}
+}
+
+// TestInstallAPIServerEndpoint: the node's kubeconfig names the API
+// server's own endpoint (the EndpointSlice default/kubernetes, which the
+// spinneret-node ServiceAccount may read under deploy/k8s/rbac.yaml), not
+// the Service's address it asked through: the host network reaches that
+// only once kube-proxy runs. The CA and token installed work (the plugin
+// reads a pod with them). With --api-server, that is named; without an
+// EndpointSlice, the Service's address, with a warning.
+func TestInstallAPIServerEndpoint(t *testing.T) {
+	k := newKubeEnv(t)
+	k.applyRBAC()
+	u, _ := url.Parse(k.a.URL)
+	port, _ := strconv.Atoi(u.Port())
+	service := k.a.URL // as the Service's ClusterIP would be
+	// the API server as its EndpointSlice has it (an EndpointSlice may
+	// not hold a loopback address; this one listens on 127.0.0.1 alone)
+	own := "https://192.0.2.2:" + u.Port()
+	root := t.TempDir()
+	sa := filepath.Join(root, "sa")
+	os.MkdirAll(sa, 0o755)
+	ca, err := os.ReadFile(k.a.CertFile())
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(sa, "ca.crt"), ca, 0o644)
+	os.WriteFile(filepath.Join(sa, "token"), []byte(k.nodeToken("node-a")), 0o644)
+	ds := readDaemonSet(t)
+	cfg := filepath.Join(root, "config")
+	os.MkdirAll(cfg, 0o755)
+	for name, data := range ds.config {
+		os.WriteFile(filepath.Join(cfg, name), []byte(data), 0o644)
+	}
+	install := func(extra ...string) (string, string) {
+		t.Helper()
+		etc := filepath.Join(root, "etc")
+		args := append([]string{"install", "--once", "--config-dir=" + cfg, "--cni-bin-dir=" + filepath.Join(root, "bin"),
+			"--cni-conf-dir=" + filepath.Join(root, "net.d"), "--etc-dir=" + etc, "--host-etc-dir=" + etc,
+			"--service-account-dir=" + sa}, extra...)
+		cmd := exec.Command(filepath.Join(binDir, "spinneret"), args...)
+		cmd.Env = append(os.Environ(), "NODE_NAME=node-a", "KUBERNETES_SERVICE_HOST="+u.Hostname(), "KUBERNETES_SERVICE_PORT="+u.Port())
+		var out []byte
+		err := k.topo.Node.Do(func() error {
+			var err error
+			out, err = cmd.CombinedOutput()
+			return err
+		})
+		if err != nil {
+			t.Fatalf("install: %v\n%s", err, out)
+		}
+		kc, _ := os.ReadFile(filepath.Join(etc, "kubeconfig"))
+		return string(kc), string(out)
+	}
+
+	// no EndpointSlice yet (this API server keeps none): the Service's URL
+	kc, out := install()
+	if !strings.Contains(kc, strconv.Quote(service)) || !strings.Contains(out, "set the chart's apiServer") {
+		t.Fatalf("without an EndpointSlice the kubeconfig should name %s, with a warning:\n%s\n%s", service, kc, out)
+	}
+	slice := map[string]any{"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+		"metadata":  map[string]any{"name": "kubernetes", "namespace": "default", "labels": map[string]string{"kubernetes.io/service-name": "kubernetes"}},
+		"endpoints": []map[string]any{{"addresses": []string{"192.0.2.2"}, "conditions": map[string]any{"ready": true}}},
+		"ports":     []map[string]any{{"name": "https", "port": port, "protocol": "TCP"}}}
+	if code := apiRequest(t, k.a, http.MethodPost, "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices", slice, nil); code != http.StatusCreated {
+		t.Fatalf("create the EndpointSlice: %d", code)
+	}
+	kc, out = install()
+	if !strings.Contains(kc, strconv.Quote(own)) {
+		t.Fatalf("the kubeconfig should name the API server's own endpoint %s:\n%s\n%s", own, kc, out)
+	}
+	// what the kubeconfig names besides the server: the CA verifies the
+	// API server, the token reads a pod
+	pool := x509.NewCertPool()
+	if ca, _ := os.ReadFile(filepath.Join(root, "etc", "ca.crt")); !pool.AppendCertsFromPEM(ca) {
+		t.Fatal("no CA installed")
+	}
+	token, _ := os.ReadFile(filepath.Join(root, "etc", "token"))
+	createPodOn(t, k.a, "default", "probe", "node-a", nil)
+	req, _ := http.NewRequest(http.MethodGet, k.a.URL+"/api/v1/namespaces/default/pods/probe", nil)
+	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(token)))
+	resp, err := k.a.ClientWith(&tls.Config{RootCAs: pool}).Do(req)
+	if err != nil {
+		t.Fatalf("the installed CA: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("the installed token reads the pod: %d", resp.StatusCode)
+	}
+	if kc, _ = install("--api-server=https://api.example:6443"); !strings.Contains(kc, `"https://api.example:6443"`) {
+		t.Fatalf("--api-server not named:\n%s", kc)
 	}
 }

@@ -43,6 +43,10 @@ type APIServer struct {
 	apiserver []string
 }
 
+// CertFile is the API server's serving certificate (self-signed, for
+// 127.0.0.1 and localhost): the CA a client verifies it with.
+func (a *APIServer) CertFile() string { return filepath.Join(a.dir, "pki", "apiserver.crt") }
+
 // InNS runs fn inside a network namespace (such as harness.NS.Do); nil
 // means the caller's own.
 type InNS func(fn func() error) error
@@ -134,6 +138,8 @@ func StartAPIServer(dir, apiserverBin string, in InNS) (a *APIServer, err error)
 		"--service-cluster-ip-range", "10.96.0.0/16",
 		"--token-auth-file", filepath.Join(pki, "tokens.csv"),
 		"--authorization-mode", "RBAC",
+		// as kubeadm and every CNI's DaemonSet need
+		"--allow-privileged=true",
 		"--endpoint-reconciler-type", "none"}
 	if err = a.start(a.apiserver[0], "apiserver.log", a.apiserver[1:]...); err != nil {
 		return
@@ -184,7 +190,10 @@ func (a *APIServer) start(bin, log string, args ...string) error {
 
 // Client is an HTTP client for the API server (the token and the
 // self-signed certificate are handled by Do).
-func (a *APIServer) Client() *http.Client {
+func (a *APIServer) Client() *http.Client { return a.ClientWith(&tls.Config{InsecureSkipVerify: true}) }
+
+// ClientWith is Client with the TLS config given (a CA to verify with).
+func (a *APIServer) ClientWith(tc *tls.Config) *http.Client {
 	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
 		var c net.Conn
 		err := a.run(func() error {
@@ -194,7 +203,7 @@ func (a *APIServer) Client() *http.Client {
 		})
 		return c, err
 	}
-	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, DialContext: dial}}
+	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: tc, DialContext: dial}}
 }
 
 // Do sends a request with the admin token.
