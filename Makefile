@@ -10,7 +10,7 @@ CONTROLLER_GEN_VERSION := v0.23.0
 VERSION     ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS     := -X main.version=$(VERSION)
 
-.PHONY: all build demo ref-plugins test unit lint fuzz fuzz-short bench bench-baseline bench-ipam bench-vm tools k8s-bins calico-bins generate clean
+.PHONY: all build demo ref-plugins test unit lint fuzz fuzz-short bench bench-baseline bench-ipam bench-vm tools k8s-bins calico-bins helm-bin manifests deploy-check generate clean
 
 all: build
 
@@ -36,7 +36,7 @@ bin/cni/.$(REF_PLUGINS_VERSION):
 ## test: formatting, vet, staticcheck, unit tests, the netns suite and the
 ## Kubernetes suite (a real kube-apiserver: built once per version, cached),
 ## then each fuzz target for FUZZTIME
-test: lint k8s-bins calico-bins
+test: lint k8s-bins calico-bins helm-bin
 	$(GO) test -count=1 -timeout 30m ./...
 	$(MAKE) -s fuzz-short
 
@@ -62,6 +62,29 @@ k8s-bins:
 calico-bins:
 	tests/calico/build.sh
 
+## helm-bin: build helm from the Go module proxy (cached by version)
+helm-bin:
+	@tests/helm/build.sh >/dev/null
+
+HELM = $(shell tests/helm/build.sh 2>/dev/null)
+CHART = deploy/helm/spinneret
+MANIFESTS = rbac daemonset controller crds
+
+## manifests: deploy/k8s/*.yaml, the chart rendered with its defaults
+## (namespace kube-system); TestChart fails when they differ
+manifests: helm-bin
+	@for m in $(MANIFESTS); do \
+	  $(HELM) template spinneret $(CHART) --namespace kube-system --show-only templates/$$m.yaml > deploy/k8s/$$m.yaml || exit 1; \
+	done
+
+## deploy-check: helm lint, and the chart against a real API server: every
+## object of its defaults and of other values passes server-side dry run
+## with strict field validation (the Kubernetes and CRD schemas), and
+## deploy/k8s is what it renders
+deploy-check: helm-bin k8s-bins
+	$(HELM) lint --strict $(CHART)
+	$(GO) test -count=1 -run '^TestChart' ./tests/
+
 ## unit: the tests that need neither root nor namespaces
 unit:
 	$(GO) test -count=1 ./conf/... ./request/... ./plan/... ./ipam/... ./cni/... ./internal/...
@@ -81,13 +104,14 @@ lint: tools
 	@! $(GO) list -deps . ./cmd/... | grep -q '^github.com/spinneret-cni/spinneret/tests' || { echo "a shipped binary imports tests/"; exit 1; }
 	@# the CRDs and deepcopy code must be what the Go types generate
 	$(MAKE) -s generate
-	@git diff --quiet -- deploy/crds ipam/apis 2>/dev/null || \
-	  { echo "deploy/crds or ipam/apis is not what 'make generate' produces:"; git diff --stat -- deploy/crds ipam/apis; exit 1; }
+	@git diff --quiet -- deploy/crds ipam/apis $(CHART)/files/crds 2>/dev/null || \
+	  { echo "deploy/crds, the chart's CRDs or ipam/apis is not what 'make generate' produces:"; git diff --stat -- deploy/crds ipam/apis $(CHART)/files/crds; exit 1; }
 
 ## generate: CRDs (deploy/crds) and deepcopy code from the API types
 generate: tools
 	$(CONTROLLER_GEN) object paths=./ipam/apis/...
 	$(CONTROLLER_GEN) crd paths=./ipam/apis/... output:crd:dir=deploy/crds
+	cp deploy/crds/*.yaml $(CHART)/files/crds/
 
 tools:
 	@[ -x $(STATICCHECK) ] && $(STATICCHECK) -version | grep -q '$(STATICCHECK_VERSION:v%=%)' || \

@@ -27,6 +27,10 @@ var kindPaths = map[string]string{
 	"RoleBinding":        "/apis/rbac.authorization.k8s.io/v1/namespaces/%s/rolebindings",
 	"Deployment":         "/apis/apps/v1/namespaces/%s/deployments",
 	"DaemonSet":          "/apis/apps/v1/namespaces/%s/daemonsets",
+	"Namespace":          "/api/v1/namespaces",
+
+	"CustomResourceDefinition": "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+	"ServiceMonitor":           "/apis/monitoring.coreos.com/v1/namespaces/%s/servicemonitors",
 
 	"ValidatingAdmissionPolicy":        "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies",
 	"ValidatingAdmissionPolicyBinding": "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicybindings",
@@ -47,6 +51,9 @@ func applyFile(t *testing.T, a *k8senv.APIServer, file string, dryRun bool) {
 		var obj map[string]any
 		if err := yaml.Unmarshal([]byte(doc), &obj); err != nil {
 			t.Fatalf("%s document %d: %v", file, i, err)
+		}
+		if obj == nil {
+			continue // comments alone (helm's "# Source:" of an empty template)
 		}
 		kind, _ := obj["kind"].(string)
 		meta, _ := obj["metadata"].(map[string]any)
