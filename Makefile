@@ -10,7 +10,7 @@ CONTROLLER_GEN_VERSION := v0.23.0
 VERSION     ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS     := -X main.version=$(VERSION)
 
-.PHONY: all build demo ref-plugins test unit lint fuzz fuzz-short bench bench-baseline bench-ipam bench-vm tools k8s-bins calico-bins helm-bin manifests deploy-check generate clean
+.PHONY: all build demo ref-plugins test unit lint fuzz fuzz-short bench bench-baseline bench-ipam bench-vm tools k8s-bins calico-bins helm-bin manifests deploy-check image generate clean
 
 all: build
 
@@ -84,6 +84,26 @@ manifests: helm-bin
 deploy-check: helm-bin k8s-bins
 	$(HELM) lint --strict $(CHART)
 	$(GO) test -count=1 -run '^TestChart' ./tests/
+
+## image: the node and controller image for PLATFORMS, FROM scratch, static
+## binaries (spinneret, spinneret-controller, spinneret-node, and the
+## reference loopback plugin the installer puts where a node has none), as
+## an OCI archive (IMAGE_OUT), built without a Docker daemon
+## (hack/mkimage, go-containerregistry); `ctr -n k8s.io images import` takes it
+IMAGE     ?= ghcr.io/spinneret-cni/spinneret:$(VERSION)
+IMAGE_OUT ?= bin/spinneret-image.tar
+IMAGE_DIR ?= bin/image
+PLATFORMS ?= linux/amd64 linux/arm64
+image:
+	@set -e; args=; for p in $(PLATFORMS); do \
+	  os=$${p%/*}; arch=$${p#*/}; d=$(IMAGE_DIR)/$$os-$$arch; mkdir -p $$d; \
+	  for b in .:spinneret ./cmd/spinneret-controller:spinneret-controller ./cmd/spinneret-node:spinneret-node \
+	           github.com/containernetworking/plugins/plugins/main/loopback:loopback; do \
+	    CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -trimpath -ldflags "-s -w $(LDFLAGS)" -o $$d/$${b#*:} $${b%%:*}; \
+	  done; \
+	  args="$$args -platform $$p=$$d"; \
+	done; \
+	$(GO) run ./hack/mkimage -o $(IMAGE_OUT) -tag $(IMAGE) -version $(VERSION) $$args
 
 ## unit: the tests that need neither root nor namespaces
 unit:
