@@ -11,3 +11,8 @@ const nodeBinary = "spinneret-node"
 func runInstall(args []string, _ io.Writer) error {
 	return execBeside(nodeBinary, append([]string{"install"}, args...))
 }
+
+// runDoctor execs spinneret-node doctor (it speaks the CRI).
+func runDoctor(args []string, _ io.Writer) error {
+	return execBeside(nodeBinary, append([]string{"doctor"}, args...))
+}

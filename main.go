@@ -26,6 +26,7 @@ var commands = []command{
 	{"demo", "attach two pods in throwaway namespaces, test their traffic, and clean up", runDemo},
 	{"install", "install spinneret on this node (the DaemonSet's init container)", runInstall},
 	{"controller", "run the cluster controller: IPAM garbage collection, pool status, CIDR discovery", runController},
+	{"doctor", "check this node and the cluster for what keeps pods from their NICs, with the fix for each", runDoctor},
 }
 
 func main() {

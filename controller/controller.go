@@ -25,6 +25,8 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/tools/leaderelection"
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
+
+	"github.com/spinneret-cni/spinneret/internal/clusternet"
 )
 
 // Config is the controller's configuration (its command-line flags).
@@ -74,7 +76,7 @@ func (c *Config) Defaults() {
 
 // LeaseName is the Lease the controller's replicas elect a leader with
 // (it also owns the ConfigMap clusternet.ConfigMapName).
-const LeaseName = "spinneret-controller"
+const LeaseName = clusternet.LeaseName
 
 var (
 	allocGVR    = schema.GroupVersionResource{Group: "spinneret.io", Version: "v1alpha1", Resource: "ipallocations"}

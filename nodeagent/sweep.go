@@ -158,7 +158,7 @@ func (s *Sweeper) conflist() (*libcni.NetworkConfigList, *conf.Config, error) {
 // a journal and those holding local addresses, each once, with the time
 // its records last changed.
 func attachments(stateDir, network string) ([]Attachment, error) {
-	journals, err := txn.ListJournals(stateDir, network)
+	journals, err := txn.ListJournalFiles(stateDir, network)
 	if err != nil {
 		return nil, err
 	}
@@ -176,11 +176,7 @@ func attachments(stateDir, network string) ([]Attachment, error) {
 		out = append(out, Attachment{ContainerID: id, IfName: ifname, Changed: changed})
 	}
 	for _, j := range journals {
-		fi, err := os.Stat(j.Path())
-		if err != nil {
-			continue // removed since: a DEL ran
-		}
-		add(j.ContainerID, j.IfName, fi.ModTime())
+		add(j.ContainerID, j.IfName, j.Changed)
 	}
 	store := ipam.NewLocal(stateDir)
 	owners, err := store.Owners()

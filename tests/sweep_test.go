@@ -2,9 +2,11 @@ package tests
 
 import (
 	"context"
+	"encoding/json"
 	"log/slog"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -29,6 +31,24 @@ type criServer struct {
 	runtimeapi.UnimplementedRuntimeServiceServer
 	mu  sync.Mutex
 	ids []string
+	// version and status are what Version and a verbose Status say
+	version *runtimeapi.VersionResponse
+	status  map[string]string
+}
+
+func (s *criServer) Version(context.Context, *runtimeapi.VersionRequest) (*runtimeapi.VersionResponse, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.version == nil {
+		return &runtimeapi.VersionResponse{Version: "0.1.0", RuntimeName: "containerd", RuntimeVersion: "1.6.20", RuntimeApiVersion: "v1"}, nil
+	}
+	return s.version, nil
+}
+
+func (s *criServer) Status(context.Context, *runtimeapi.StatusRequest) (*runtimeapi.StatusResponse, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return &runtimeapi.StatusResponse{Status: &runtimeapi.RuntimeStatus{}, Info: s.status}, nil
 }
 
 func (s *criServer) ListPodSandbox(context.Context, *runtimeapi.ListPodSandboxRequest) (*runtimeapi.ListPodSandboxResponse, error) {
@@ -154,8 +174,17 @@ func TestNodeSweep(t *testing.T) {
 		t.Fatalf("journals after the sweep: %v, want live, young, busy", got)
 	}
 	lk.Unlock()
-	if rep, err = sweep(); err != nil || len(rep.Stale) != 1 || len(rep.Left) != 0 {
-		t.Fatalf("second sweep: %+v, %v: want busy swept", rep, err)
+	// the second by the binary the DaemonSet runs (spinneret-node sweep)
+	var out []byte
+	err = e.topo.Node.Do(func() error {
+		var err error
+		out, err = exec.Command(filepath.Join(binDir, "spinneret-node"), "sweep", "--conflist", conflist, "--runtime-endpoint", endpoint,
+			"--cni-path", binDir, "--cni-cache-dir", filepath.Join(e.dir, "agent-cache")).Output()
+		return err
+	})
+	rep = &nodeagent.Report{}
+	if jerr := json.Unmarshal(out, rep); err != nil || jerr != nil || len(rep.Stale) != 1 || len(rep.Left) != 0 {
+		t.Fatalf("second sweep (spinneret-node sweep): %s, %v: want busy swept", out, err)
 	}
 	// never DEL'd, the swept pods are as before they were added (and the
 	// node too, once live's and young's DELs ran)

@@ -9,6 +9,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -19,12 +20,19 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/spinneret-cni/spinneret/doctor"
 	"github.com/spinneret-cni/spinneret/internal/install"
 	"github.com/spinneret-cni/spinneret/nodeagent"
 )
 
 func main() {
 	args := os.Args[1:]
+	if len(args) > 0 && args[0] == "doctor" {
+		os.Exit(doctorMain(args[1:]))
+	}
+	if len(args) > 0 && args[0] == "sweep" {
+		os.Exit(sweepMain(args[1:]))
+	}
 	if len(args) > 0 && args[0] == "install" {
 		args = args[1:] // as `spinneret install` execs it
 	}
@@ -84,4 +92,74 @@ func main() {
 		fmt.Fprintf(os.Stderr, "spinneret install: %v\n", err)
 		os.Exit(1)
 	}
+}
+
+// doctorMain is `spinneret doctor`: the node's (and the cluster's) checks,
+// a report with the fix for each finding; exit 1 when one failed, 2 for a
+// usage error.
+func doctorMain(args []string) int {
+	fs := flag.NewFlagSet("spinneret doctor", flag.ContinueOnError)
+	var o doctor.Options
+	fs.StringVar(&o.Conflist, "conflist", "/etc/cni/net.d/"+install.ConflistName, "the installed conflist")
+	endpoint := fs.String("runtime-endpoint", "unix:///run/containerd/containerd.sock", "the container runtime's CRI socket (\"\": do not ask it)")
+	fs.StringVar(&o.Kubeconfig, "kubeconfig", "", "for the cluster checks (default: the node conf's, which may read too little)")
+	fs.BoolVar(&o.NoCluster, "no-cluster", false, "node checks only")
+	fs.StringVar(&o.Root, "root", "", "read the node's /etc under this directory (tests)")
+	output := fs.String("output", "text", "text or json")
+	if err := fs.Parse(args); err != nil {
+		if err == flag.ErrHelp {
+			return 0
+		}
+		return 2
+	}
+	if *output != "text" && *output != "json" {
+		fmt.Fprintf(os.Stderr, "spinneret doctor: --output %q: text or json\n", *output)
+		return 2
+	}
+	if *endpoint != "" {
+		o.Sandboxes = nodeagent.CRISandboxes(*endpoint, 10*time.Second)
+		o.Runtime = doctor.CRIRuntime(*endpoint, 10*time.Second)
+	}
+	rep := doctor.Run(context.Background(), o)
+	if *output == "json" {
+		rep.JSON(os.Stdout)
+	} else {
+		rep.Text(os.Stdout)
+	}
+	if rep.Failed() {
+		return 1
+	}
+	return 0
+}
+
+// sweepMain is `spinneret-node sweep`: one sweep now, as the agent runs
+// every --sweep-interval; its report as JSON; exit 1 when it failed.
+func sweepMain(args []string) int {
+	fs := flag.NewFlagSet("spinneret-node sweep", flag.ContinueOnError)
+	var sw nodeagent.Sweeper
+	fs.StringVar(&sw.Conflist, "conflist", "/etc/cni/net.d/"+install.ConflistName, "the installed conflist")
+	endpoint := fs.String("runtime-endpoint", "unix:///run/containerd/containerd.sock", "the container runtime's CRI socket")
+	cniPath := fs.String("cni-path", "/opt/cni/bin", "where GC finds spinneret (and a delegate's plugins)")
+	fs.StringVar(&sw.CacheDir, "cni-cache-dir", "/var/lib/spinneret/node-agent", "libcni's cache for the sweep's own calls")
+	fs.DurationVar(&sw.MinAge, "sweep-min-age", 2*time.Minute, "an attachment changed more recently than this is never swept")
+	if err := fs.Parse(args); err != nil {
+		if err == flag.ErrHelp {
+			return 0
+		}
+		return 2
+	}
+	sw.BinDirs = filepath.SplitList(*cniPath)
+	sw.Sandboxes = nodeagent.CRISandboxes(*endpoint, 10*time.Second)
+	sw.Log = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	rep, err := sw.Sweep(context.Background())
+	if rep != nil {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		enc.Encode(rep)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "spinneret-node sweep: %v\n", err)
+		return 1
+	}
+	return 0
 }

@@ -77,7 +77,7 @@ func build(out, tag, version string, plats []string) error {
 	}
 	_, short, _ := strings.Cut(tag[strings.LastIndex(tag, "/")+1:], ":")
 	if err := lp.AppendIndex(idx, layout.WithAnnotations(map[string]string{
-		"io.containerd.image.name":         tag,
+		"io.containerd.image.name":          tag,
 		"org.opencontainers.image.ref.name": short,
 	})); err != nil {
 		return err

@@ -7,6 +7,9 @@ package clusternet
 // ConfigMapName is the ConfigMap (in the controller's namespace) holding
 // the published document under ConfigMapKey.
 const (
+	// LeaseName is the Lease the controller's replicas elect a leader
+	// with, in the same namespace.
+	LeaseName     = "spinneret-controller"
 	ConfigMapName = "spinneret-cluster-network"
 	ConfigMapKey  = "network.json"
 )

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/spinneret-cni/spinneret/internal/fileutil"
 	"github.com/spinneret-cni/spinneret/internal/statedir"
@@ -247,6 +248,42 @@ func ListJournals(stateDir, network string) ([]*Journal, error) {
 			return nil, err
 		}
 		out = append(out, j)
+	}
+	return out, nil
+}
+
+// JournalFile is an attachment's journal as its file name says it:
+// which attachment, where, when last written.
+type JournalFile struct {
+	ContainerID, IfName, Path string
+	Changed                   time.Time
+}
+
+// ListJournalFiles lists the network's journals by their file names
+// alone, without reading them: for a binary that does not link the
+// operations the steps name (the node agent, the doctor), and for one
+// older than the journals' format.
+func ListJournalFiles(stateDir, network string) ([]JournalFile, error) {
+	dir := JournalDir(stateDir, network)
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []JournalFile
+	for _, e := range ents {
+		key, ok := strings.CutSuffix(e.Name(), journalExt)
+		id, ifname, ok2 := strings.Cut(key, ":")
+		if !ok || !ok2 || strings.HasPrefix(e.Name(), ".") {
+			continue
+		}
+		fi, err := e.Info()
+		if err != nil {
+			continue // removed by a concurrent DEL
+		}
+		out = append(out, JournalFile{ContainerID: id, IfName: ifname, Path: filepath.Join(dir, e.Name()), Changed: fi.ModTime()})
 	}
 	return out, nil
 }
