@@ -27,6 +27,7 @@ var commands = []command{
 	{"install", "install spinneret on this node (the DaemonSet's init container)", runInstall},
 	{"controller", "run the cluster controller: IPAM garbage collection, pool status, CIDR discovery", runController},
 	{"doctor", "check this node and the cluster for what keeps pods from their NICs, with the fix for each", runDoctor},
+	{"inspect", "show one pod's NICs, routes, rules, addresses, allocations and journal on this node", runInspect},
 }
 
 func main() {

@@ -77,6 +77,9 @@ func (p *plugin) add(args *skel.CmdArgs) error {
 	env := p.newEnv(args.Netns, ino)
 	defer env.Close()
 	j := txn.NewJournal(p.node.StateDir, p.cfg.Name, args.ContainerID, args.IfName, args.Netns, ino)
+	if req.Pod != nil {
+		j.Pod, j.PodUID = req.Pod.String(), req.Pod.UID
+	}
 	if err := p.replaceEarlier(j); err != nil {
 		return err
 	}

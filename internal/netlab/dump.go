@@ -105,9 +105,13 @@ func RouteString(r netlink.Route, names map[int]string) string {
 }
 
 // Show is a short, readable listing of a namespace's links with their
-// addresses, its main-table routes and its rules, for the demo.
-func (n *NS) Show() (string, error) {
-	h := n.nl
+// addresses, its routes (every table but local) and its rules, for the
+// demo.
+func (n *NS) Show() (string, error) { return Show(n.nl) }
+
+// Show is NS.Show for any namespace's netlink handle (spinneret inspect
+// shows a pod's).
+func Show(h *netlink.Handle) (string, error) {
 	links, names, err := linkNames(h)
 	if err != nil {
 		return "", err

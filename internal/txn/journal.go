@@ -58,6 +58,10 @@ type Journal struct {
 	IfName      string `json:"ifname"`
 	NetNS       string `json:"netns"`
 	NetNSIno    uint64 `json:"netnsInode,omitempty"`
+	// Pod (namespace/name) and PodUID are the pod the runtime named, for
+	// the operator (spinneret inspect POD); an older binary ignores them.
+	Pod    string `json:"pod,omitempty"`
+	PodUID string `json:"podUID,omitempty"`
 	// BootID is the node's boot the ADD ran in
 	// (/proc/sys/kernel/random/boot_id): a journal of an earlier boot
 	// describes objects that are gone.
