@@ -236,6 +236,7 @@ func (c *ctrl) publish(ctx context.Context, cn *clusternet.Network) {
 		c.log.Warn("publish cluster network", "err", err)
 		return
 	case cur.Data[clusternet.ConfigMapKey] == string(b):
+		c.m.cidrPublished.SetToCurrentTime()
 		return
 	default:
 		cur = cur.DeepCopy()
@@ -248,5 +249,7 @@ func (c *ctrl) publish(ctx context.Context, cn *clusternet.Network) {
 			return
 		}
 	}
+	c.m.cidrPublishes.Inc()
+	c.m.cidrPublished.SetToCurrentTime()
 	c.log.Info("published cluster network", "services", cn.ServiceCIDRs, "serviceSource", cn.ServiceSource, "pods", cn.PodCIDRs, "podSource", cn.PodSource, "nodes", len(cn.NodePodCIDRs))
 }

@@ -45,7 +45,9 @@ type Config struct {
 	// TerminatingDelay is how long after its deletion deadline a pod still
 	// terminating on a NotReady node keeps its addresses.
 	TerminatingDelay time.Duration
-	Log              *slog.Logger
+	// MetricsAddr is where /metrics is served ("": nowhere).
+	MetricsAddr string
+	Log         *slog.Logger
 }
 
 // Defaults fills unset fields.
@@ -89,6 +91,7 @@ type ctrl struct {
 	cs  kubernetes.Interface
 	dyn dynamic.Interface
 	log *slog.Logger
+	m   *metrics
 }
 
 func restConfig(kubeconfig string) (*rest.Config, error) {
@@ -108,7 +111,12 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("kubeconfig: %w", err)
 	}
 	rc.QPS, rc.Burst = 50, 100
-	c := &ctrl{cfg: cfg, log: cfg.Log}
+	c := &ctrl{cfg: cfg, log: cfg.Log, m: newMetrics()}
+	if cfg.MetricsAddr != "" {
+		if err := c.m.serve(ctx, cfg.MetricsAddr, c.log); err != nil {
+			return fmt.Errorf("metrics: %w", err)
+		}
+	}
 	if c.cs, err = kubernetes.NewForConfig(rc); err != nil {
 		return err
 	}
@@ -127,9 +135,13 @@ func Run(ctx context.Context, cfg Config) error {
 			Callbacks: leaderelection.LeaderCallbacks{
 				OnStartedLeading: func(lctx context.Context) {
 					c.log.Info("leading", "identity", cfg.Identity)
+					c.m.leader.Set(1)
 					c.lead(lctx)
 				},
-				OnStoppedLeading: func() { c.log.Info("not leading", "identity", cfg.Identity) },
+				OnStoppedLeading: func() {
+					c.m.leader.Set(0)
+					c.log.Info("not leading", "identity", cfg.Identity)
+				},
 				OnNewLeader: func(id string) {
 					if id != cfg.Identity {
 						c.log.Info("leader", "identity", id)

@@ -158,6 +158,7 @@ func (c *ctrl) gc(ctx context.Context, w *world) (wake time.Time) {
 		err := c.dyn.Resource(allocGVR).Delete(ctx, a.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{ResourceVersion: &rv}})
 		switch {
 		case err == nil:
+			c.m.gcReleases.WithLabelValues(gcReason(why)).Inc()
 			c.log.Info("released", "allocation", a.Name, "address", a.Spec.Address, "pod", a.Spec.Pod.Namespace+"/"+a.Spec.Pod.Name, "uid", a.Spec.Pod.UID, "reason", why)
 		case apierrors.IsNotFound(err), apierrors.IsConflict(err):
 		case errors.Is(err, context.Canceled):

@@ -34,6 +34,21 @@ func (c *ctrl) lead(ctx context.Context) {
 	} {
 		inf.AddEventHandler(poke)
 	}
+	// allocations created and released while this replica leads (not
+	// those it finds at the start)
+	df.ForResource(allocGVR).Informer().AddEventHandler(cache.ResourceEventHandlerDetailedFuncs{
+		AddFunc: func(obj any, initial bool) {
+			if !initial {
+				c.m.allocCreated.WithLabelValues(poolOf(obj)).Inc()
+			}
+		},
+		DeleteFunc: func(obj any) {
+			if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+				obj = t.Obj
+			}
+			c.m.allocReleased.WithLabelValues(poolOf(obj)).Inc()
+		},
+	})
 	f.Start(ctx.Done())
 	df.Start(ctx.Done())
 	defer f.Shutdown()

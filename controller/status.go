@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"math/big"
 	"net/netip"
+	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -18,9 +19,13 @@ import (
 // and how many it can hand out (its ranges without excluded, gateway and
 // reserved addresses).
 func (c *ctrl) poolStatus(ctx context.Context, w *world) {
-	count := map[string]int64{}
+	count, quarantined := map[string]int64{}, map[string]int64{}
+	now := time.Now()
 	for _, a := range w.allocations() {
 		count[a.Spec.Pool]++
+		if q := a.Spec.QuarantinedUntil; q != nil && now.Before(q.Time) {
+			quarantined[a.Spec.Pool]++
+		}
 	}
 	reserved := c.reserved(ctx)
 	objs, _ := w.pools.List(labels.Everything())
@@ -32,8 +37,13 @@ func (c *ctrl) poolStatus(ctx context.Context, w *world) {
 		spec, _ := json.Marshal(u.Object["spec"])
 		total := "0"
 		if p, err := conf.PoolFromSpec(u.GetName(), spec); err == nil {
-			total = poolSize(p, reserved).String()
+			size := poolSize(p, reserved)
+			total = size.String()
+			f, _ := new(big.Float).SetInt(size).Float64()
+			c.m.poolTotal.WithLabelValues(u.GetName()).Set(f)
 		}
+		c.m.poolAllocated.WithLabelValues(u.GetName()).Set(float64(count[u.GetName()]))
+		c.m.poolQuarantined.WithLabelValues(u.GetName()).Set(float64(quarantined[u.GetName()]))
 		st, _ := u.Object["status"].(map[string]any)
 		gotAlloc, _ := st["allocated"].(int64)
 		gotTotal, _ := st["total"].(string)

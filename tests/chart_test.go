@@ -99,6 +99,18 @@ func TestChart(t *testing.T) {
 	helm := helmBin(t)
 	e := newEnv(t)
 	a := startAPI(t, e.topo.Node.Do)
+	// prometheus-operator's ServiceMonitor, its CRD reduced to what the
+	// dry run needs
+	smCRD := map[string]any{"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition", "metadata": map[string]any{"name": "servicemonitors.monitoring.coreos.com"},
+		"spec": map[string]any{"group": "monitoring.coreos.com", "scope": "Namespaced",
+			"names":    map[string]any{"plural": "servicemonitors", "singular": "servicemonitor", "kind": "ServiceMonitor"},
+			"versions": []map[string]any{{"name": "v1", "served": true, "storage": true, "schema": map[string]any{"openAPIV3Schema": map[string]any{"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}}}}
+	if code := apiRequest(t, a, "POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", smCRD, nil); code != 201 {
+		t.Fatalf("create the ServiceMonitor CRD: %d", code)
+	}
+	eventually(t, 30e9, "the ServiceMonitor CRD served", func() (bool, string) {
+		return apiRequest(t, a, "GET", "/apis/monitoring.coreos.com/v1/servicemonitors", nil, nil) == 200, "not yet"
+	})
 	cases := []struct {
 		name, namespace string
 		values          []string
@@ -106,6 +118,7 @@ func TestChart(t *testing.T) {
 		controller      bool
 	}{
 		{"defaults", "kube-system", nil, 4, true},
+		{"ServiceMonitor", "monitoring", []string{"serviceMonitor: {enabled: true, labels: {release: prom}}\n"}, 4, true},
 		{"other values", "spinneret-system", []string{`
 crds: {networkAttachmentDefinition: false}
 controller: {enabled: false}
@@ -124,6 +137,9 @@ node: {masters: {storage: ens224}, allowedMasters: [ens224], logLevel: debug}
 		t.Run(c.name, func(t *testing.T) {
 			rendered := helmTemplate(t, helm, c.namespace, c.values)
 			objs := renderedObjects(t, rendered)
+			if sm := len(objs["ServiceMonitor"]) == 1; sm != (c.name == "ServiceMonitor") {
+				t.Errorf("rendered a ServiceMonitor: %v", sm)
+			}
 			if len(objs["CustomResourceDefinition"]) != c.crds || (len(objs["Deployment"]) == 1) != c.controller || len(objs["DaemonSet"]) != 1 {
 				t.Fatalf("rendered %d CRDs, %d controller Deployments, %d DaemonSets", len(objs["CustomResourceDefinition"]), len(objs["Deployment"]), len(objs["DaemonSet"]))
 			}

@@ -1,13 +1,16 @@
 package tests
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -20,21 +23,21 @@ import (
 
 // startController runs spinneret-controller against the API server (in
 // the namespace of in) with short leader-election and pass timings.
-func startController(t *testing.T, a *k8senv.APIServer, in k8senv.InNS, identity string) *exec.Cmd {
+func startController(t *testing.T, a *k8senv.APIServer, in k8senv.InNS, identity string, extra ...string) *exec.Cmd {
 	t.Helper()
-	return startControllerAs(t, a.Kubeconfig, in, identity)
+	return startControllerAs(t, a.Kubeconfig, in, identity, extra...)
 }
 
 // startControllerAs runs the controller with the given kubeconfig.
-func startControllerAs(t *testing.T, kubeconfig string, in k8senv.InNS, identity string) *exec.Cmd {
+func startControllerAs(t *testing.T, kubeconfig string, in k8senv.InNS, identity string, extra ...string) *exec.Cmd {
 	t.Helper()
 	logPath := filepath.Join(t.TempDir(), identity+".log")
 	f, err := os.Create(logPath)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(filepath.Join(binDir, "spinneret-controller"), "-kubeconfig", kubeconfig, "-identity", identity,
-		"-lease-duration", "3s", "-renew-deadline", "2s", "-retry-period", "500ms", "-interval", "1s", "-terminating-delay", "0s", "-log-level", "debug")
+	cmd := exec.Command(filepath.Join(binDir, "spinneret-controller"), append([]string{"-kubeconfig", kubeconfig, "-identity", identity,
+		"-lease-duration", "3s", "-renew-deadline", "2s", "-retry-period", "500ms", "-interval", "1s", "-terminating-delay", "0s", "-log-level", "debug", "-metrics-addr", ""}, extra...)...)
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	start := cmd.Start
@@ -120,9 +123,16 @@ func TestController(t *testing.T) {
 	k.pools()
 	l := k.kubeConf()
 	in := k.topo.Node.Do
-	ctl := startController(t, k.a, in, "ctl-1")
+	ctl := startController(t, k.a, in, "ctl-1", "-metrics-addr", "127.0.0.1:19472")
 	eventually(t, 15*time.Second, "ctl-1 holds the Lease", func() (bool, string) { h := leaseHolder(t, k.a); return h == "ctl-1", h })
-	startController(t, k.a, in, "ctl-2")
+	startController(t, k.a, in, "ctl-2", "-metrics-addr", "127.0.0.1:19473")
+	metric := func(port, name string) float64 { return scrape(t, k.topo.Node.Do, port)[name] }
+	// the leader's caches synced (its first pool status): what it counts
+	// from here on is what happens while it leads
+	eventually(t, 15*time.Second, "ctl-1's first pass", func() (bool, string) {
+		v := metric("19472", `spinneret_pool_addresses{pool="red-v4"}`)
+		return v == 10, fmt.Sprint(v)
+	})
 
 	add := func(ns, name, uid, cid string) {
 		p, _ := k.topo.NewPod()
@@ -156,6 +166,22 @@ func TestController(t *testing.T) {
 	apiRequest(t, k.a, http.MethodGet, "/apis/spinneret.io/v1alpha1/ippools/blue-v4", nil, &bluePool)
 	if bluePool.Status.Total != "2" {
 		t.Errorf("blue-v4 total %q: 5 in range, .100 excluded, .101-.102 reserved", bluePool.Status.Total)
+	}
+	// the same in the leader's metrics, with what it did; the other
+	// replica does not lead
+	m := scrape(t, k.topo.Node.Do, "19472")
+	for name, want := range map[string]float64{"spinneret_controller_leader": 1, `spinneret_pool_addresses{pool="red-v4"}`: 10,
+		`spinneret_pool_allocated{pool="red-v4"}`: 1, `spinneret_pool_addresses{pool="blue-v4"}`: 2, `spinneret_gc_releases_total{reason="pod_gone"}`: 2,
+		`spinneret_allocations_created_total{pool="red-v4"}`: 2, `spinneret_allocations_released_total{pool="red-v4"}`: 1, "spinneret_cidr_publishes_total": 1} {
+		if got, ok := m[name]; !ok || got != want {
+			t.Errorf("ctl-1's metric %s = %v (present %v), want %v", name, got, ok, want)
+		}
+	}
+	if m["spinneret_cidr_publish_timestamp_seconds"] < float64(time.Now().Add(-time.Minute).Unix()) {
+		t.Errorf("ctl-1 published the CIDRs at %v", m["spinneret_cidr_publish_timestamp_seconds"])
+	}
+	if got := metric("19473", "spinneret_controller_leader"); got != 0 {
+		t.Errorf("ctl-2 leads: %v", got)
 	}
 
 	// a StatefulSet pod keeps its address while its ordinal is valid
@@ -226,6 +252,42 @@ func TestController(t *testing.T) {
 	eventually(t, 15*time.Second, "ctl-2 takes over the Lease", func() (bool, string) { h := leaseHolder(t, k.a); return h == "ctl-2", h })
 	k.deletePod("spin", "live")
 	eventually(t, 10*time.Second, "the new leader collects", k.gone(live))
+	if l, gc := metric("19473", "spinneret_controller_leader"), metric("19473", `spinneret_gc_releases_total{reason="pod_gone"}`); l != 1 || gc != 2 {
+		t.Errorf("ctl-2's metrics after taking over: leader %v, pod_gone releases %v (want 1, 2)", l, gc)
+	}
+}
+
+// scrape reads a controller's /metrics (in the namespace in): each
+// sample by its name and labels as written.
+func scrape(t *testing.T, in k8senv.InNS, port string) map[string]float64 {
+	t.Helper()
+	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var conn net.Conn
+		err := in(func() error {
+			var err error
+			conn, err = (&net.Dialer{}).DialContext(ctx, network, addr)
+			return err
+		})
+		return conn, err
+	}}}
+	resp, err := c.Get("http://127.0.0.1:" + port + "/metrics")
+	if err != nil {
+		t.Fatalf("scrape :%s: %v", port, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	out := map[string]float64{}
+	for _, l := range strings.Split(string(b), "\n") {
+		if l == "" || strings.HasPrefix(l, "#") {
+			continue
+		}
+		i := strings.LastIndexByte(l, ' ')
+		v, err := strconv.ParseFloat(l[i+1:], 64)
+		if err == nil {
+			out[l[:i]] = v
+		}
+	}
+	return out
 }
 
 // node creates a Node with its Ready condition.

@@ -28,6 +28,7 @@ var kindPaths = map[string]string{
 	"Deployment":         "/apis/apps/v1/namespaces/%s/deployments",
 	"DaemonSet":          "/apis/apps/v1/namespaces/%s/daemonsets",
 	"Namespace":          "/api/v1/namespaces",
+	"Service":            "/api/v1/namespaces/%s/services",
 
 	"CustomResourceDefinition": "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
 	"ServiceMonitor":           "/apis/monitoring.coreos.com/v1/namespaces/%s/servicemonitors",

@@ -29,6 +29,7 @@ func main() {
 	fs.DurationVar(&cfg.RetryPeriod, "retry-period", 0, "leader election: retry period (default 2s)")
 	fs.DurationVar(&cfg.Interval, "interval", 0, "full pass interval: GC, pool status, CIDR discovery (default 1m)")
 	fs.DurationVar(&cfg.TerminatingDelay, "terminating-delay", 0, "how long past its deletion deadline a pod terminating on a NotReady node keeps its addresses")
+	fs.StringVar(&cfg.MetricsAddr, "metrics-addr", ":9472", "serve Prometheus metrics at http://ADDR/metrics (\"\": off)")
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		if err == flag.ErrHelp {
