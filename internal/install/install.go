@@ -119,7 +119,32 @@ func Run(o Options) error {
 	if err := os.MkdirAll(o.CNIConfDir, 0o755); err != nil {
 		return err
 	}
-	return fileutil.WriteAtomicMode(filepath.Join(o.CNIConfDir, ConflistName), conflist, 0o644)
+	path := filepath.Join(o.CNIConfDir, ConflistName)
+	if err := fileutil.WriteAtomicMode(path, conflist, 0o644); err != nil {
+		return err
+	}
+	return announce(path, int64(len(conflist)))
+}
+
+// announce makes a runtime watching the conf dir reload it once the
+// conflist is in place. containerd (1.6, 1.7: pkg/cri/server/
+// cni_conf_syncer.go) reloads on a Write, Rename or Remove event and
+// ignores Create and Chmod, "only reload config when receiving
+// write/rename/remove events"; a rename into the directory is a Create,
+// and the Write event of the temporary file comes before the rename, so
+// containerd would reload before the new conflist is there and never
+// after. Truncating the installed file to its own length changes nothing
+// in it and is a Write event (IN_MODIFY) on its name.
+func announce(path string, size int64) error {
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	err = f.Truncate(size)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // NodeConf is the cluster's node conf (path) with this node's name set,
