@@ -56,6 +56,7 @@ fuzz:
 ## k8s-bins: build kube-apiserver from the Go module proxy (cached by version)
 k8s-bins:
 	tests/k8s/build-apiserver.sh
+	tests/k8s/build-apiserver.sh v1.37.2 kubelet
 
 ## calico-bins: build Calico's CNI plugin and calico-ipam from the Go module
 ## proxy (cached by version), for the overlay suite's Calico test

@@ -39,6 +39,7 @@ func main() {
 	out := flag.String("o", "", "the OCI archive to write")
 	tag := flag.String("tag", "", "the image's reference (registry/repository:tag)")
 	version := flag.String("version", "", "org.opencontainers.image.version")
+	entrypoint := flag.String("entrypoint", "/spinneret", "the image's entrypoint")
 	var plats platforms
 	flag.Var(&plats, "platform", "OS/ARCH=DIR: the files of DIR at / for that platform (repeatable)")
 	flag.Parse()
@@ -46,13 +47,13 @@ func main() {
 		flag.Usage()
 		os.Exit(2)
 	}
-	if err := build(*out, *tag, *version, plats); err != nil {
+	if err := build(*out, *tag, *version, *entrypoint, plats); err != nil {
 		fmt.Fprintln(os.Stderr, "mkimage:", err)
 		os.Exit(1)
 	}
 }
 
-func build(out, tag, version string, plats []string) error {
+func build(out, tag, version, entrypoint string, plats []string) error {
 	idx := mutate.IndexMediaType(empty.Index, types.OCIImageIndex)
 	for _, p := range plats {
 		spec, dir, ok := strings.Cut(p, "=")
@@ -60,7 +61,7 @@ func build(out, tag, version string, plats []string) error {
 		if !ok || !ok2 {
 			return fmt.Errorf("-platform %q: want OS/ARCH=DIR", p)
 		}
-		img, err := image(osName, arch, dir, version)
+		img, err := image(osName, arch, dir, version, entrypoint)
 		if err != nil {
 			return fmt.Errorf("%s: %w", spec, err)
 		}
@@ -86,7 +87,7 @@ func build(out, tag, version string, plats []string) error {
 }
 
 // image is one platform's image: its directory's files in one layer.
-func image(osName, arch, dir, version string) (v1.Image, error) {
+func image(osName, arch, dir, version, entrypoint string) (v1.Image, error) {
 	ents, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, err
@@ -134,7 +135,7 @@ func image(osName, arch, dir, version string) (v1.Image, error) {
 	cf = cf.DeepCopy()
 	cf.OS, cf.Architecture = osName, arch
 	cf.Created = v1.Time{Time: time.Unix(0, 0)}
-	cf.Config.Entrypoint = []string{"/spinneret"}
+	cf.Config.Entrypoint = []string{entrypoint}
 	cf.Config.Labels = map[string]string{
 		"org.opencontainers.image.source":  "https://github.com/spinneret-cni/spinneret",
 		"org.opencontainers.image.version": version,

@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver VERSION from the Go module proxy, once: the binary is
-# cached by version in $SPINNERET_K8S_CACHE (default /var/cache/spinneret/k8s)
-# and reused by later runs. Prints the binary's path.
+# Builds kube-apiserver (or another command of k8s.io/kubernetes: kubelet)
+# VERSION from the Go module proxy, once: the binary is cached by version in
+# $SPINNERET_K8S_CACHE (default /var/cache/spinneret/k8s) and reused by later
+# runs. Prints the binary's path.
 #
 # `go install k8s.io/kubernetes/cmd/kube-apiserver@VERSION` refuses: the
 # module replaces its staging modules (k8s.io/api, ...) with local paths. A
 # scratch module that requires k8s.io/kubernetes and pins every staging
 # module to the matching v0.MINOR.PATCH builds it.
 #
-# usage: build-apiserver.sh [VERSION]   (default v1.37.2)
+# usage: build-apiserver.sh [VERSION [COMMAND]]   (default v1.37.2 kube-apiserver)
 set -euo pipefail
 ver=${1:-v1.37.2}
+cmd=${2:-kube-apiserver}
 cache=${SPINNERET_K8S_CACHE:-/var/cache/spinneret/k8s}/$ver
-bin=$cache/kube-apiserver
+bin=$cache/$cmd
 if [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -q "$ver"; then
   echo "$bin"
   exit 0
@@ -42,12 +44,15 @@ cat > tools.go <<'GO'
 
 package tools
 
-import _ "k8s.io/kubernetes/cmd/kube-apiserver"
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kubelet"
+)
 GO
 go mod tidy >&2
 minor=${ver#v1.}; minor=${minor%%.*}
 v=k8s.io/component-base/version
 ld="-s -w -X $v.gitVersion=$ver -X $v.gitMajor=1 -X $v.gitMinor=$minor -X $v.gitTreeState=clean"
-CGO_ENABLED=0 go build -trimpath -ldflags "$ld" -o "$bin.tmp" k8s.io/kubernetes/cmd/kube-apiserver >&2
+CGO_ENABLED=0 go build -trimpath -ldflags "$ld" -o "$bin.tmp" "k8s.io/kubernetes/cmd/$cmd" >&2
 mv "$bin.tmp" "$bin"
 echo "$bin"

@@ -13,6 +13,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "spinneret.plugin" -}}
 {{- $p := dict "type" "spinneret" "capabilities" (dict "io.kubernetes.cri.pod-annotations" true "portMappings" true "bandwidth" true) "networks" .Values.cni.networks -}}
 {{- if .Values.cni.coordinator }}{{ $_ := set $p "coordinator" .Values.cni.coordinator }}{{ end -}}
+{{- if ne .Values.paths.etc "/etc/spinneret" }}{{ $_ := set $p "nodeConf" (printf "%s/node.yaml" .Values.paths.etc) }}{{ end -}}
 {{- $p = merge $p .Values.cni.extra -}}
 {{- dict "cniVersion" .Values.cni.cniVersion "cniVersions" .Values.cni.cniVersions "name" "spinneret" "plugins" (list $p) | toPrettyJson -}}
 {{- end -}}

@@ -1,0 +1,486 @@
+package tests
+
+import (
+	"bytes"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"sigs.k8s.io/yaml"
+
+	"github.com/spinneret-cni/spinneret/internal/netlab"
+	"github.com/spinneret-cni/spinneret/internal/txn"
+	"github.com/spinneret-cni/spinneret/tests/k8senv"
+)
+
+// The full stack, as an operator runs it: kube-apiserver + etcd, Debian's
+// containerd and a kubelet (built from the Go module proxy, cached) in the
+// test's node namespace; spinneret's image imported into containerd; the
+// DaemonSet's and the controller's pods made from the chart's own pod
+// templates with spec.nodeName (no scheduler or controller manager).
+
+const (
+	e2eImage = "ghcr.io/spinneret-cni/spinneret:e2e"
+	e2ePause = "registry.k8s.io/pause:3.10"
+)
+
+// e2eNode is a containerd and a kubelet of the test's node.
+type e2eNode struct {
+	t          *testing.T
+	dir        string // everything of this node: containerd's root and state, the CNI dirs, spinneret's paths
+	sock       string
+	ctrd, kube *exec.Cmd
+}
+
+func (n *e2eNode) path(p string) string { return filepath.Join(n.dir, p) }
+
+// e2eImages builds spinneret's image (make image, amd64) and the pause
+// image, once per test binary.
+func e2eImages(t *testing.T) (spin, pause string) {
+	t.Helper()
+	// beside the test binary's builds, removed with them: each run's image
+	// is its own code's
+	dir := filepath.Join(filepath.Dir(binDir), "e2e-images")
+	spin, pause = filepath.Join(dir, "spinneret.tar"), filepath.Join(dir, "pause.tar")
+	if _, err := os.Stat(pause); err == nil {
+		return
+	}
+	os.MkdirAll(filepath.Join(dir, "pause"), 0o755)
+	for _, c := range [][]string{
+		{"make", "-s", "-C", "..", "image", "IMAGE=" + e2eImage, "IMAGE_OUT=" + spin, "IMAGE_DIR=" + filepath.Join(dir, "build"), "PLATFORMS=linux/amd64"},
+		{"env", "CGO_ENABLED=0", "go", "build", "-trimpath", "-o", filepath.Join(dir, "pause", "pause"), "./e2e/pause"},
+		{"go", "run", "../hack/mkimage", "-o", pause, "-tag", e2ePause, "-entrypoint", "/pause", "-platform", "linux/amd64=" + filepath.Join(dir, "pause")},
+	} {
+		cmd := exec.Command(c[0], c[1:]...)
+		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+		if err := cmd.Run(); err != nil {
+			t.Fatalf("%s: %v", strings.Join(c, " "), err)
+		}
+	}
+	return
+}
+
+// startE2ENode starts containerd in the node's namespace (its own root,
+// state, socket and runc root; pod namespaces under its state dir; the
+// CNI dirs under dir) with both images, then a kubelet registering node
+// against the API server.
+func startE2ENode(t *testing.T, e *env, a *k8senv.APIServer, node string) *e2eNode {
+	t.Helper()
+	kubelet, err := exec.Command("k8s/build-apiserver.sh", k8senv.Version, "kubelet").Output()
+	if err != nil {
+		t.Fatalf("building kubelet: %v", err)
+	}
+	spin, pause := e2eImages(t)
+	n := &e2eNode{t: t, dir: t.TempDir()}
+	n.sock = n.path("containerd.sock")
+	for _, d := range []string{"root", "state/netns", "opt/cni/bin", "etc/cni/net.d", "kubelet/root", "kubelet/pki", "kubelet/logs"} {
+		os.MkdirAll(n.path(d), 0o755)
+	}
+	// a node's mounts are shared (systemd makes them so; this machine
+	// runs none): the DaemonSet mounts the pods' namespaces with
+	// HostToContainer propagation, which a private mount refuses
+	if err := syscall.Mount(n.dir, n.dir, "", syscall.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Unmount(n.dir, syscall.MNT_DETACH) })
+	if err := syscall.Mount("", n.dir, "", syscall.MS_SHARED|syscall.MS_REC, ""); err != nil {
+		t.Fatal(err)
+	}
+	cfg := fmt.Sprintf(`version = 2
+root = %[1]q
+state = %[2]q
+disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper"]
+[grpc]
+  address = %[3]q
+[ttrpc]
+  address = ""
+[plugins]
+  [plugins."io.containerd.internal.v1.opt"]
+    path = %[4]q
+  [plugins."io.containerd.grpc.v1.cri"]
+    sandbox_image = %[5]q
+    stream_server_address = "127.0.0.1"
+    stream_server_port = "0"
+    restrict_oom_score_adj = true
+    netns_mounts_under_state_dir = true
+    [plugins."io.containerd.grpc.v1.cri".cni]
+      bin_dir = %[6]q
+      conf_dir = %[7]q
+      max_conf_num = 1
+    [plugins."io.containerd.grpc.v1.cri".containerd]
+      snapshotter = "overlayfs"
+      default_runtime_name = "runc"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+        runtime_type = "io.containerd.runc.v2"
+        [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+          SystemdCgroup = false
+          Root = %[8]q
+`, n.path("root"), n.path("state"), n.sock, n.path("opt"), e2ePause, n.path("opt/cni/bin"), n.path("etc/cni/net.d"), n.path("runc"))
+	os.WriteFile(n.path("containerd.toml"), []byte(cfg), 0o644)
+	n.ctrd = n.start(e, "containerd.log", "containerd", "--config", n.path("containerd.toml"))
+	t.Cleanup(n.stop)
+	eventually(t, 20*time.Second, "containerd answers", func() (bool, string) {
+		out, err := exec.Command("ctr", "--address", n.sock, "version").CombinedOutput()
+		return err == nil, string(out)
+	})
+	for _, img := range []string{pause, spin} {
+		if out, err := exec.Command("ctr", "--address", n.sock, "-n", "k8s.io", "images", "import", "--platform", "linux/amd64", img).CombinedOutput(); err != nil {
+			t.Fatalf("ctr images import %s: %v\n%s", img, err, out)
+		}
+	}
+	kc := fmt.Sprintf(`apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+address: 127.0.0.1
+port: 10250
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+healthzPort: 10248
+authentication: {anonymous: {enabled: false}, webhook: {enabled: false}}
+authorization: {mode: AlwaysAllow}
+cgroupDriver: cgroupfs
+failCgroupV1: false
+cgroupsPerQOS: false
+enforceNodeAllocatable: []
+failSwapOn: false
+podLogsDir: %q
+resolvConf: ""
+evictionHard: {}
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+registerNode: true
+containerRuntimeEndpoint: unix://%s
+`, n.path("kubelet/logs"), n.sock)
+	os.WriteFile(n.path("kubelet.yaml"), []byte(kc), 0o644)
+	n.kube = n.start(e, "kubelet.log", strings.TrimSpace(string(kubelet)), "--config", n.path("kubelet.yaml"), "--kubeconfig", a.Kubeconfig,
+		"--root-dir", n.path("kubelet/root"), "--cert-dir", n.path("kubelet/pki"), "--hostname-override", node, "--node-ip", netlab.NodeIP4.String())
+	return n
+}
+
+// start runs a process of the node inside its namespace, its output to
+// the node's dir.
+func (n *e2eNode) start(e *env, log, bin string, args ...string) *exec.Cmd {
+	n.t.Helper()
+	f, err := os.Create(n.path(log))
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	defer f.Close()
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = f, f
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := e.topo.Node.Do(cmd.Start); err != nil {
+		n.t.Fatalf("start %s: %v", bin, err)
+	}
+	return cmd
+}
+
+// stop stops the kubelet and containerd (by PID), and what containerd's
+// shims left of this node alone: its containers (runc), its shims, its
+// mounts.
+func (n *e2eNode) stop() {
+	if n.t.Failed() {
+		for _, l := range []string{"kubelet.log", "containerd.log"} {
+			b, _ := os.ReadFile(n.path(l))
+			if len(b) > 6000 {
+				b = b[len(b)-6000:]
+			}
+			n.t.Logf("%s (tail):\n%s", l, b)
+		}
+	}
+	for _, c := range []*exec.Cmd{n.kube, n.ctrd} {
+		if c != nil && c.Process != nil && c.ProcessState == nil {
+			syscall.Kill(-c.Process.Pid, syscall.SIGTERM)
+			done := make(chan struct{})
+			go func() { c.Wait(); close(done) }()
+			select {
+			case <-done:
+			case <-time.After(10 * time.Second):
+				syscall.Kill(-c.Process.Pid, syscall.SIGKILL)
+				<-done
+			}
+		}
+	}
+	// the containers outlive containerd and their shims: runc (this
+	// node's own root) kills and deletes each, then the shims go
+	root := filepath.Join(n.path("runc"), "k8s.io")
+	if ids, err := exec.Command("runc", "--root", root, "list", "-q").Output(); err == nil {
+		for _, id := range strings.Fields(string(ids)) {
+			exec.Command("runc", "--root", root, "delete", "-f", id).Run()
+		}
+	}
+	ents, _ := os.ReadDir("/proc")
+	for _, d := range ents {
+		b, err := os.ReadFile(filepath.Join("/proc", d.Name(), "cmdline"))
+		if err != nil || !bytes.Contains(b, []byte("containerd-shim")) || !bytes.Contains(b, []byte(n.sock)) {
+			continue
+		}
+		var pid int
+		fmt.Sscan(d.Name(), &pid)
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+	mounts, _ := os.ReadFile("/proc/self/mounts")
+	var ms []string
+	for _, l := range strings.Split(string(mounts), "\n") {
+		if f := strings.Fields(l); len(f) > 1 && strings.HasPrefix(f[1], n.dir) {
+			ms = append(ms, f[1])
+		}
+	}
+	for i := len(ms) - 1; i >= 0; i-- {
+		syscall.Unmount(ms[i], syscall.MNT_DETACH)
+	}
+}
+
+// e2eChart renders the chart for the node: its paths and CNI dirs under
+// the node's dir, the runtime's socket, the images as imported, the
+// API server's URL, and the given catalogue values.
+func e2eChart(t *testing.T, n *e2eNode, a *k8senv.APIServer, values string) map[string][]map[string]any {
+	t.Helper()
+	base := fmt.Sprintf(`
+image: {repository: ghcr.io/spinneret-cni/spinneret, tag: e2e, pullPolicy: Never}
+apiServer: %s
+paths: {etc: %s, state: %s, log: %s, netns: %s}
+nodeAgent: {runtimeEndpoint: "unix://%s", sweepInterval: 10s, sweepMinAge: 5s}
+controller: {replicas: 1, interval: 5s}
+`, a.URL, n.path("etc/spinneret"), n.path("var/lib/spinneret"), n.path("var/log/spinneret"), n.path("state/netns"), n.sock)
+	base += fmt.Sprintf("cni: {binDir: %s, confDir: %s}\n", n.path("opt/cni/bin"), n.path("etc/cni/net.d"))
+	return renderedObjects(t, helmTemplate(t, helmBin(t), "kube-system", []string{base, values}))
+}
+
+// podFromTemplate is a Pod made of a workload's pod template, bound to node.
+func podFromTemplate(workload map[string]any, name, node string) map[string]any {
+	tpl := workload["spec"].(map[string]any)["template"].(map[string]any)
+	meta := tpl["metadata"].(map[string]any)
+	meta["name"] = name
+	spec := tpl["spec"].(map[string]any)
+	spec["nodeName"] = node
+	return map[string]any{"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}
+}
+
+// podPhase is a pod's phase and, when not Running, why.
+func podPhase(t *testing.T, a *k8senv.APIServer, ns, name string) (string, string) {
+	var p struct {
+		Status struct {
+			Phase             string
+			ContainerStatuses []struct {
+				State map[string]struct{ Reason, Message string }
+			}
+		}
+	}
+	apiRequest(t, a, http.MethodGet, "/api/v1/namespaces/"+ns+"/pods/"+name, nil, &p)
+	why := ""
+	for _, c := range p.Status.ContainerStatuses {
+		for k, s := range c.State {
+			why += k + " " + s.Reason + " " + s.Message + "; "
+		}
+	}
+	return p.Status.Phase, why
+}
+
+// events are a namespace's Events' reasons and messages.
+func events(t *testing.T, a *k8senv.APIServer, ns string) string {
+	var l struct {
+		Items []struct{ Reason, Message string }
+	}
+	apiRequest(t, a, http.MethodGet, "/api/v1/namespaces/"+ns+"/events", nil, &l)
+	var out []string
+	for _, e := range l.Items {
+		out = append(out, e.Reason+": "+e.Message)
+	}
+	return strings.Join(out, "\n")
+}
+
+// TestE2E: spinneret installed the way operators install it, under a real
+// kubelet and containerd: the chart's CRDs, RBAC and ConfigMap applied,
+// the DaemonSet's pod (from the chart's template) installs the plugin and
+// containerd loads it; a pod with eth0, net1 and net2 becomes Running with
+// its addresses and network-status, its Kubernetes IPAM allocation appears;
+// deleting it leaves no journal, link or allocation.
+func TestE2E(t *testing.T) {
+	e := multiEnv(t)
+	e.forwarding()
+	a := startAPI(t, e.topo.Node.Do)
+	n := startE2ENode(t, e, a, "node-a")
+	objs := e2eChart(t, n, a, fmt.Sprintf(`
+cni:
+  coordinator: {serviceCIDR: ["10.96.0.0/16"]}
+  networks:
+    - {name: red, master: uplink0, ipam: {backend: kubernetes, ippools: [red-v4]}}
+    - {name: blue, master: uplink1, ipam: {pools: [{name: blue-v4, subnet: "%s", ranges: [{start: "%s", end: "%s"}], gateway: "%s"}]}}
+    - {name: green, master: uplink2, ipam: {pools: [{name: green-v4, subnet: "%s", ranges: [{start: "%s", end: "%s"}], gateway: "%s"}]}}
+node: {masters: {}, logLevel: debug}
+`, e.topo.Nets[1].Subnet4, nth(e.topo.Nets[1].Subnet4, 10), nth(e.topo.Nets[1].Subnet4, 20), e.topo.Nets[1].GW4,
+		e.topo.Nets[2].Subnet4, nth(e.topo.Nets[2].Subnet4, 10), nth(e.topo.Nets[2].Subnet4, 20), e.topo.Nets[2].GW4))
+	// what kube-controller-manager would have made: the namespace's CA
+	// ConfigMap every projected token volume mounts
+	ca, _ := os.ReadFile(a.CertFile())
+	for _, ns := range []string{"kube-system", "default"} {
+		apiRequest(t, a, http.MethodPost, "/api/v1/namespaces", map[string]any{"apiVersion": "v1", "kind": "Namespace", "metadata": map[string]any{"name": ns}}, nil)
+		apiRequest(t, a, http.MethodPost, "/api/v1/namespaces/"+ns+"/configmaps", map[string]any{"apiVersion": "v1", "kind": "ConfigMap",
+			"metadata": map[string]any{"name": "kube-root-ca.crt"}, "data": map[string]string{"ca.crt": string(ca)}}, nil)
+	}
+	file := filepath.Join(t.TempDir(), "chart.yaml")
+	var docs []string
+	for kind, list := range objs {
+		if kind == "DaemonSet" || kind == "Deployment" {
+			continue
+		}
+		for _, o := range list {
+			b, _ := yaml.Marshal(o)
+			docs = append(docs, string(b))
+		}
+	}
+	// CRDs first: the rest may name them
+	sortCRDsFirst(docs)
+	os.WriteFile(file, []byte(strings.Join(docs, "---\n")), 0o644)
+	applyFile(t, a, file, false)
+	eventually(t, 30*time.Second, "spinneret's CRDs served", func() (bool, string) {
+		return apiRequest(t, a, http.MethodGet, "/apis/spinneret.io/v1alpha1/ippools", nil, nil) == http.StatusOK, ""
+	})
+	net0 := e.topo.Nets[0]
+	pool := map[string]any{"apiVersion": "spinneret.io/v1alpha1", "kind": "IPPool", "metadata": map[string]any{"name": "red-v4"},
+		"spec": map[string]any{"subnet": net0.Subnet4.String(), "gateway": net0.GW4.String(), "ranges": []map[string]string{{"start": nth(net0.Subnet4, 100).String(), "end": nth(net0.Subnet4, 109).String()}}}}
+	if code := apiRequest(t, a, http.MethodPost, "/apis/spinneret.io/v1alpha1/ippools", pool, nil); code != http.StatusCreated {
+		t.Fatalf("create IPPool: %d", code)
+	}
+	start := time.Now()
+	for _, p := range []struct{ kind, name string }{{"DaemonSet", "spinneret-node-a"}, {"Deployment", "spinneret-controller-node-a"}} {
+		pod := podFromTemplate(objs[p.kind][0], p.name, "node-a")
+		if p.kind == "Deployment" {
+			// in-cluster config names the kubernetes Service's ClusterIP,
+			// which needs a kube-proxy this cluster lacks: the API server's
+			// own address instead
+			u, _ := url.Parse(a.URL)
+			c := pod["spec"].(map[string]any)["containers"].([]any)[0].(map[string]any)
+			c["env"] = append(c["env"].([]any), map[string]any{"name": "KUBERNETES_SERVICE_HOST", "value": u.Hostname()}, map[string]any{"name": "KUBERNETES_SERVICE_PORT", "value": u.Port()})
+		}
+		if code := apiRequest(t, a, http.MethodPost, "/api/v1/namespaces/kube-system/pods", pod, nil); code != http.StatusCreated {
+			t.Fatalf("create pod %s: %d", p.name, code)
+		}
+	}
+	eventually(t, 90*time.Second, "node-a Ready (spinneret installed, containerd's network ready)", func() (bool, string) {
+		var node struct {
+			Status struct {
+				Conditions []struct{ Type, Status, Message string }
+			}
+		}
+		apiRequest(t, a, http.MethodGet, "/api/v1/nodes/node-a", nil, &node)
+		for _, c := range node.Status.Conditions {
+			if c.Type == "Ready" {
+				ph, why := podPhase(t, a, "kube-system", "spinneret-node-a")
+				return c.Status == "True", c.Message + " / node pod " + ph + " " + why
+			}
+		}
+		return false, "no Ready condition"
+	})
+	t.Logf("node Ready %.1fs after the DaemonSet's pod was created", time.Since(start).Seconds())
+
+	// net3 from a NetworkAttachmentDefinition (a Multus macvlan NAD) on
+	// an admin's IPPool
+	nadPool := map[string]any{"apiVersion": "spinneret.io/v1alpha1", "kind": "IPPool", "metadata": map[string]any{"name": "nad-v4"},
+		"spec": map[string]any{"subnet": e.topo.Nets[1].Subnet4.String(), "ranges": []map[string]string{{"start": nth(e.topo.Nets[1].Subnet4, 200).String(), "end": nth(e.topo.Nets[1].Subnet4, 209).String()}}}}
+	if code := apiRequest(t, a, http.MethodPost, "/apis/spinneret.io/v1alpha1/ippools", nadPool, nil); code != http.StatusCreated {
+		t.Fatalf("create IPPool nad-v4: %d", code)
+	}
+	nad := map[string]any{"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition", "metadata": map[string]any{"name": "storage"},
+		"spec": map[string]any{"config": `{"cniVersion":"0.3.1","name":"storage","type":"macvlan","master":"uplink1","mode":"bridge","ipam":{"backend":"kubernetes","ippools":["nad-v4"]}}`}}
+	if code := apiRequest(t, a, http.MethodPost, "/apis/k8s.cni.cncf.io/v1/namespaces/default/network-attachment-definitions", nad, nil); code != http.StatusCreated {
+		t.Fatalf("create the NAD: %d", code)
+	}
+	web := map[string]any{"apiVersion": "v1", "kind": "Pod", "metadata": map[string]any{"name": "web", "annotations": map[string]string{"k8s.v1.cni.cncf.io/networks": "blue,green,storage"}},
+		"spec": map[string]any{"nodeName": "node-a", "automountServiceAccountToken": false,
+			"containers": []map[string]any{{"name": "c", "image": e2ePause, "imagePullPolicy": "Never"}}}}
+	apiRequest(t, a, http.MethodPost, "/api/v1/namespaces/default/serviceaccounts", map[string]any{"apiVersion": "v1", "kind": "ServiceAccount", "metadata": map[string]any{"name": "default"}}, nil)
+	start = time.Now()
+	if code := apiRequest(t, a, http.MethodPost, "/api/v1/namespaces/default/pods", web, nil); code != http.StatusCreated {
+		t.Fatalf("create pod web: %d", code)
+	}
+	eventually(t, 60*time.Second, "pod web Running", func() (bool, string) {
+		ph, why := podPhase(t, a, "default", "web")
+		return ph == "Running", ph + " " + why + "\n" + events(t, a, "default")
+	})
+	t.Logf("pod web (eth0, net1, net2, net3 of a NAD): created -> Running in %.2fs", time.Since(start).Seconds())
+	var pod struct {
+		Metadata struct{ Annotations map[string]string }
+		Status   struct{ PodIPs []struct{ IP string } }
+	}
+	apiRequest(t, a, http.MethodGet, "/api/v1/namespaces/default/pods/web", nil, &pod)
+	ns := pod.Metadata.Annotations["k8s.v1.cni.cncf.io/network-status"]
+	var eth0 netip.Addr
+	if len(pod.Status.PodIPs) > 0 {
+		eth0, _ = netip.ParseAddr(pod.Status.PodIPs[0].IP)
+	}
+	if !eth0.IsValid() || eth0.Less(nth(net0.Subnet4, 100)) || nth(net0.Subnet4, 109).Less(eth0) {
+		t.Errorf("pod IPs %v: want eth0's, from IPPool red-v4 (.100-.109)", pod.Status.PodIPs)
+	}
+	for _, want := range []string{`"interface":"eth0"`, `"interface":"net1"`, `"interface":"net2"`, `"interface":"net3"`, `"name":"default/storage"`, `"ips":["` + eth0.String() + `"]`,
+		`"ips":["` + nth(e.topo.Nets[1].Subnet4, 10).String() + `"]`, `"ips":["` + nth(e.topo.Nets[2].Subnet4, 10).String() + `"]`} {
+		if !strings.Contains(strings.ReplaceAll(ns, " ", ""), want) {
+			t.Errorf("network-status lacks %s: %s", want, ns)
+		}
+	}
+	journals := func() int {
+		js, _ := txn.ListJournalFiles(n.path("var/lib/spinneret"), "spinneret")
+		return len(js)
+	}
+	var allocs struct{ Items []any }
+	apiRequest(t, a, http.MethodGet, "/apis/spinneret.io/v1alpha1/ipallocations", nil, &allocs)
+	if len(allocs.Items) != 2 {
+		t.Errorf("%d IPAllocations, want eth0's and net3's", len(allocs.Items))
+	}
+	// the operator's view, through the binary the DaemonSet installed
+	var page []byte
+	e.topo.Node.Do(func() error {
+		page, _ = exec.Command(n.path("opt/cni/bin/spinneret"), "inspect", "--no-cluster", "--conflist", n.path("etc/cni/net.d/00-spinneret.conflist"), "default/web").CombinedOutput()
+		return nil
+	})
+	for _, want := range []string{"pod default/web", "net3 ", "lookup 10", "table 500", "journal: committed"} {
+		if !strings.Contains(string(page), want) {
+			t.Errorf("spinneret inspect default/web lacks %q:\n%s", want, page)
+		}
+	}
+	// a pod asking for a network nobody defined: the Event says why, and
+	// nothing of it is left
+	ghost := map[string]any{"apiVersion": "v1", "kind": "Pod", "metadata": map[string]any{"name": "ghost", "annotations": map[string]string{"k8s.v1.cni.cncf.io/networks": "nosuch"}},
+		"spec": map[string]any{"nodeName": "node-a", "automountServiceAccountToken": false,
+			"containers": []map[string]any{{"name": "c", "image": e2ePause, "imagePullPolicy": "Never"}}}}
+	if code := apiRequest(t, a, http.MethodPost, "/api/v1/namespaces/default/pods", ghost, nil); code != http.StatusCreated {
+		t.Fatalf("create pod ghost: %d", code)
+	}
+	eventually(t, 30*time.Second, "pod ghost's Event names the missing network", func() (bool, string) {
+		ev := events(t, a, "default")
+		return strings.Contains(ev, "FailedCreatePodSandBox") && strings.Contains(ev, "nosuch"), ev
+	})
+	if j := journals(); j != 1 {
+		t.Errorf("%d journals with pod ghost failing, want web's 1", j)
+	}
+	apiRequest(t, a, http.MethodDelete, "/api/v1/namespaces/default/pods/ghost?gracePeriodSeconds=0", nil, nil)
+	if j := journals(); j != 1 {
+		t.Errorf("%d journals on the node, want 1", j)
+	}
+	before := time.Now()
+	apiRequest(t, a, http.MethodDelete, "/api/v1/namespaces/default/pods/web?gracePeriodSeconds=0", nil, nil)
+	eventually(t, 60*time.Second, "web's attachment gone (DEL)", func() (bool, string) {
+		apiRequest(t, a, http.MethodGet, "/apis/spinneret.io/v1alpha1/ipallocations", nil, &allocs)
+		return journals() == 0 && len(allocs.Items) == 0, fmt.Sprintf("%d journals, %d allocations", journals(), len(allocs.Items))
+	})
+	t.Logf("pod web deleted -> nothing left in %.2fs", time.Since(before).Seconds())
+}
+
+// sortCRDsFirst puts CustomResourceDefinitions ahead of the rest.
+func sortCRDsFirst(docs []string) {
+	i := 0
+	for j, d := range docs {
+		if strings.Contains(d, "kind: CustomResourceDefinition") {
+			docs[i], docs[j] = docs[j], docs[i]
+			i++
+		}
+	}
+}
