@@ -165,6 +165,12 @@ func (p *plugin) replaceEarlier(j *txn.Journal) error {
 	if err != nil {
 		return nil // none (or unreadable: DEL and GC report it)
 	}
+	for _, s := range old.Steps {
+		if txn.IsForeign(s.Op) {
+			// replacing it would drop what only its writer can undo
+			return types.NewError(types.ErrTryAgainLater, fmt.Sprintf("an earlier ADD of this attachment by a newer spinneret (journal format %d, this binary %d) has a step this binary cannot undo: %s; DEL the attachment with that spinneret", old.Format, txn.Format, s.Op), "")
+		}
+	}
 	oenv := p.envFor(old)
 	defer oenv.Close()
 	err = txn.RollbackPlan(oenv, old)

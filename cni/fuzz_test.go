@@ -26,6 +26,11 @@ func FuzzLoadJournal(f *testing.F) {
 	f.Add([]byte(`{"header":{"network":"n","containerID":"c","ifname":"eth0","format":1}}` + "\n" +
 		`{"step":{"kind":"ipam.local","op":{"network":"n","containerID":"c","ifname":"eth0"}}}` + "\n" +
 		`{"amend":{"index":0,"step":{"kind":"ipam.local","op":{"network":"n","containerID":"c","ifname":"eth0"}}}}` + "\n"))
+	// a newer binary's: format 2, a step of a kind this one does not know
+	// (read as Foreign, written back as it was), a known one marked "min"
+	f.Add([]byte(`{"header":{"network":"n","containerID":"c","ifname":"eth0","format":2,"shard":"b7"}}` + "\n" +
+		`{"step":{"kind":"future.x","op":{"a":1},"creates":["host/x"],"on":"pod/link/eth0","held":"k","durable":true}}` + "\n" +
+		`{"step":{"kind":"ipam.local","op":{"network":"n","containerID":"c","ifname":"eth0"},"min":2}}` + "\n"))
 	dir := f.TempDir()
 	f.Fuzz(func(t *testing.T, b []byte) {
 		p := filepath.Join(dir, "x.journal")

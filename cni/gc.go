@@ -61,7 +61,16 @@ func cmdGC(args *skel.CmdArgs) (err error) {
 		if o.Network != p.cfg.Name || valid[txn.Key(o.ContainerID, o.IfName)] {
 			continue
 		}
-		if err := p.locked(o.ContainerID, o.IfName, func() error { return p.store.Release(o.ContainerID, o.IfName) }); err != nil {
+		err := p.locked(o.ContainerID, o.IfName, func() error {
+			if _, err := os.Stat(p.journalPath(o.ContainerID, o.IfName)); err == nil {
+				// its journal is left (an undo that failed, for the next
+				// GC; a newer binary's steps): its ledger holds these
+				// addresses, freed only once its links are gone
+				return nil
+			}
+			return p.store.Release(o.ContainerID, o.IfName)
+		})
+		if err != nil {
 			errs = append(errs, fmt.Errorf("release %s/%s: %w", o.ContainerID, o.IfName, err))
 		} else {
 			removed++

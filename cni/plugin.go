@@ -272,6 +272,14 @@ func (p *plugin) teardown(j *txn.Journal, pod *kube.Pod) error {
 		return err
 	}
 	p.phase("undo")
+	if j.Kept() {
+		// a newer binary's steps (a node rolled back with pods running):
+		// DEL converges on what this binary can undo, and the journal
+		// keeps the rest, with the addresses, for a binary that can
+		p.log.Warn("journal of a newer spinneret: what this binary understands is undone; the rest, and the attachment's addresses, stay in the journal for a spinneret that can undo them (upgrade the node again, then GC or DEL)",
+			"container", j.ContainerID, "ifname", j.IfName, "journal-format", j.Format, "format", txn.Format, "kept", strings.Join(env.Foreign, "; "), "journal", j.Path())
+		return j.Save()
+	}
 	return j.Remove()
 }
 

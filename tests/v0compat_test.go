@@ -14,6 +14,7 @@ import (
 
 	"github.com/spinneret-cni/spinneret/internal/netlab"
 	"github.com/spinneret-cni/spinneret/internal/txn"
+	"github.com/spinneret-cni/spinneret/ipam"
 	"github.com/spinneret-cni/spinneret/request"
 )
 
@@ -164,4 +165,75 @@ func macsOf(t *testing.T, old, cur string) [][2]string {
 		out = append(out, [2]string{m, c[name]})
 	}
 	return out
+}
+
+// TestJournalNewer: a node rolled back to this binary with pods attached
+// by a newer one meets journals of a newer format, with steps of kinds it
+// does not know. A step that lives on a pod link (its "on" hint) goes
+// with the link: DEL leaves nothing. A step of its own (a host object)
+// is kept: DEL succeeds, undoes everything else (the node and the pod are
+// as before the ADD), and keeps that step and the addresses in the
+// journal, again at every DEL and GC; the binary that wrote the step,
+// once it has undone it (here: the line removed), finds a journal it can
+// finish, and the node is then as before.
+func TestJournalNewer(t *testing.T) {
+	for _, c := range []struct{ name, step string }{
+		{"on a pod link", `{"step":{"kind":"future.qdisc","op":{"dev":"eth0","rate":"1g"},"on":"pod/link/eth0"}}`},
+		{"of its own", `{"step":{"kind":"future.hostobject","op":{"name":"spn-b7"},"creates":["host/future/spn-b7"]}}`},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			e := multiEnv(t)
+			l, rt, p := v0Scenario(t, e, prodBinDir)
+			before := e.snapshot(p)
+			dumps := func() string {
+				n, _ := e.topo.Node.Dump()
+				d, _ := p.Dump()
+				return n + "\n" + d
+			}
+			kernelBefore := dumps()
+			e.mustAdd(l, rt)
+			path := txn.JournalPath(e.stateDir(), "multi", rt.ContainerID, "eth0")
+			b, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// as the newer binary wrote it: format 2, a header field and
+			// a step this binary does not know, before the commit
+			s := strings.Replace(string(b), `"format":1`, `"format":2,"shard":"b7"`, 1)
+			i := strings.Index(s, `{"commit":`)
+			s = s[:i] + c.step + "\n" + s[i:]
+			os.WriteFile(path, []byte(s), 0o600)
+			if err := e.check(l, rt); err != nil {
+				t.Fatalf("CHECK: %v", err)
+			}
+			e.mustDel(l, rt)
+			if c.name == "on a pod link" {
+				e.sameAs(before, p)
+				return
+			}
+			if got := dumps(); got != kernelBefore {
+				t.Fatalf("DEL left kernel state:\n%s", netlab.Diff(kernelBefore, got))
+			}
+			for _, verb := range []string{"DEL", "GC"} {
+				if verb == "DEL" {
+					e.mustDel(l, rt)
+				} else if err := e.gc(l); err != nil {
+					t.Fatalf("GC: %v", err)
+				}
+				kept, err := os.ReadFile(path)
+				if err != nil {
+					t.Fatalf("after %s: the journal of a newer binary's step is gone: %v", verb, err)
+				}
+				claims, _ := ipam.NewLocal(e.stateDir()).Claims()
+				if !strings.Contains(string(kept), c.step) || !strings.Contains(string(kept), `"shard":"b7"`) || len(claims) == 0 {
+					t.Fatalf("after %s: kept %d claims and journal\n%s", verb, len(claims), kept)
+				}
+			}
+			// the newer binary undid its step
+			kept, _ := os.ReadFile(path)
+			os.WriteFile(path, bytes.Replace(kept, []byte(c.step+"\n"), nil, 1), 0o600)
+			e.mustDel(l, rt)
+			e.sameAs(before, p)
+		})
+	}
 }

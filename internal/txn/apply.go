@@ -57,6 +57,11 @@ func Apply(env *Env, j *Journal, ops []Op) error {
 // removes all at once, the pod's links, wait for it: deleting links one by
 // one costs a kernel RCU grace period each (~15 ms), deleting them together
 // costs one. If a deletion fails, what waited for it stays in the journal.
+//
+// A step this binary cannot read (Foreign: a newer binary's) is kept, with
+// what lives on it and the whole ledger, and listed in env.Foreign; it is
+// no error: Rollback returns nil with j.Steps not empty, and the caller
+// keeps the journal (Kept) for a binary that can undo the rest.
 func Rollback(env *Env, j *Journal) error { return rollback(env, j, false) }
 
 // RollbackPlan undoes the journal's steps as Rollback does, but keeps the
@@ -136,7 +141,11 @@ func rollback(env *Env, j *Journal, keepLedger bool) error {
 					if _, creator := w.Op.(Creator); !creator {
 						continue
 					}
-					if uerr := w.Op.Undo(env); uerr != nil && !errors.Is(uerr, ErrGone) {
+					switch uerr := w.Op.Undo(env); {
+					case errors.Is(uerr, ErrForeign):
+						env.Foreign = append(env.Foreign, w.Op.String())
+						left = append(left, w)
+					case uerr != nil && !errors.Is(uerr, ErrGone):
 						errs = append(errs, fmt.Errorf("undo (%s): %w", w.Op, uerr))
 						left = append(left, w)
 					}
@@ -148,6 +157,9 @@ func rollback(env *Env, j *Journal, keepLedger bool) error {
 		switch {
 		case errors.Is(err, ErrAbandoned):
 			env.Abandoned = append(env.Abandoned, fmt.Errorf("undo step %d (%s): %w", i+1, step.Op, err))
+		case errors.Is(err, ErrForeign):
+			env.Foreign = append([]string{fmt.Sprintf("step %d (%s)", i+1, step.Op)}, env.Foreign...)
+			left = append(append([]Step{step}, deps...), left...)
 		case err != nil && !errors.Is(err, ErrGone):
 			errs = append(errs, fmt.Errorf("undo step %d (%s): %w", i+1, step.Op, err))
 			left = append(append([]Step{step}, deps...), left...)
@@ -175,6 +187,16 @@ func rollbackEarlierBoot(env *Env, j *Journal, keepLedger bool) error {
 			ledger = append([]Step{step}, ledger...)
 			continue
 		}
+		if f, ok := step.Op.(*Foreign); ok {
+			if f.Durable() {
+				// its state on disk outlived the boot
+				env.Foreign = append([]string{fmt.Sprintf("step %d (%s)", i+1, step.Op)}, env.Foreign...)
+				left = append([]Step{step}, left...)
+				continue
+			}
+			env.LeftAlone = append([]string{fmt.Sprintf("step %d (%s)", i+1, step.Op)}, env.LeftAlone...)
+			continue
+		}
 		d, ok := step.Op.(Durable)
 		if !ok {
 			env.LeftAlone = append([]string{fmt.Sprintf("step %d (%s)", i+1, step.Op)}, env.LeftAlone...)
@@ -188,12 +210,16 @@ func rollbackEarlierBoot(env *Env, j *Journal, keepLedger bool) error {
 			left = append([]Step{step}, left...)
 		}
 	}
-	if keepLedger || len(errs) > 0 {
+	if keepLedger || len(errs) > 0 || len(left) > 0 {
 		j.Steps = append(ledger, left...)
 		return errors.Join(errs...)
 	}
 	return release(env, j, ledger)
 }
+
+// Kept reports whether a Rollback that returned nil left steps: a newer
+// binary's (env.Foreign lists them), kept in the journal for it.
+func (j *Journal) Kept() bool { return len(j.Steps) > 0 }
 
 // release releases a journal's ledger, last entry first, once its plan is
 // undone; what could not be released stays in the journal.
@@ -208,6 +234,9 @@ func release(env *Env, j *Journal, ledger []Step) error {
 		switch {
 		case errors.Is(err, ErrAbandoned):
 			env.Abandoned = append(env.Abandoned, fmt.Errorf("release (%s): %w", step.Op, err))
+		case errors.Is(err, ErrForeign):
+			env.Foreign = append([]string{step.Op.String()}, env.Foreign...)
+			left = append([]Step{step}, left...)
 		case err != nil && !errors.Is(err, ErrGone):
 			errs = append(errs, fmt.Errorf("release (%s): %w", step.Op, err))
 			left = append([]Step{step}, left...)

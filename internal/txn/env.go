@@ -42,6 +42,10 @@ type Env struct {
 	// did not undo (their objects went with that boot): what the caller
 	// reports.
 	LeftAlone []string
+	// Foreign lists the steps a Rollback kept because this binary cannot
+	// read them (a newer binary's): what the caller reports, keeping the
+	// journal.
+	Foreign []string
 
 	podNS    netns.NsHandle
 	podCNINS ns.NetNS // the same namespace, for ns.Do

@@ -32,6 +32,16 @@ const journalExt = ".journal"
 // reads it as format 1 (upgradeV0). A later change adds fields (and kinds
 // of steps), not formats: a reader ignores a field it does not know.
 //
+// Across releases (a node rolled back with pods running, its journals
+// written by the newer binary): a journal of a newer format is read, not
+// refused. A step of a kind this binary does not know, or one its writer
+// marked with the format that reads it right ("min": for a step of a known
+// kind whose meaning changed, which the format number then rises for), is
+// read as Foreign: never acted on, undone as far as its hints say
+// (Rollback), and written back as it was, for the binary that wrote it.
+// A newer format adds no kind of record (a line other than header, step,
+// amend and commit is damage, read up to); its header is kept as written.
+//
 // Format 1: a header line (network, container ID, ifname, pod netns path
 // and inode, boot ID, format), then step lines, each {"kind","op"}, amend
 // lines that replace an earlier step (a ledger entry completed after its
@@ -74,9 +84,10 @@ type Journal struct {
 	Steps  []Step          `json:"-"`
 	Result json.RawMessage `json:"-"`
 
-	path    string
-	written int  // steps already on disk
-	created bool // the file exists with its header
+	path      string
+	rawHeader json.RawMessage // a newer format's header, as read
+	written   int             // steps already on disk
+	created   bool            // the file exists with its header
 }
 
 // record is one line of the journal file.
@@ -186,6 +197,18 @@ func loadJournal(path string, lenient bool) (*Journal, error, error) {
 			}
 		case r.Commit != nil:
 			j.State, j.Result = StateCommitted, r.Commit
+		default:
+			// a kind of record a newer binary wrote: not skipped, for
+			// it may matter (a format adds records only with a reader
+			// that knows them; this is damage, read up to it)
+			damage = fmt.Errorf("journal %s: line %d: a record this binary does not know", path, line)
+		}
+		if r.Header != nil && j.Format > Format {
+			// written back as it is (Save): its fields this binary
+			// does not know are the newer binary's
+			var raw struct{ Header json.RawMessage }
+			json.Unmarshal(sc.Bytes(), &raw)
+			j.rawHeader = raw.Header
 		}
 	}
 	if damage != nil && !lenient {
@@ -195,9 +218,6 @@ func loadJournal(path string, lenient bool) (*Journal, error, error) {
 		if err := j.upgradeV0(); err != nil {
 			return nil, nil, fmt.Errorf("journal %s (format 0): %w", path, err)
 		}
-	}
-	if j.Format > Format {
-		return nil, nil, fmt.Errorf("journal %s: format %d is newer than this binary's %d", path, j.Format, Format)
 	}
 	j.written = len(j.Steps)
 	return j, damage, nil
@@ -421,7 +441,13 @@ func (j *Journal) Commit(result []byte) error {
 func (j *Journal) Save() error {
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)
-	enc.Encode(record{Header: j})
+	if j.rawHeader != nil {
+		enc.Encode(struct {
+			Header json.RawMessage `json:"header"`
+		}{j.rawHeader})
+	} else {
+		enc.Encode(record{Header: j})
+	}
 	for i := range j.Steps {
 		if err := enc.Encode(record{Step: &j.Steps[i]}); err != nil {
 			return err

@@ -120,8 +120,7 @@ func TestCarry(t *testing.T) {
 
 // TestJournalFormat0: a journal without format (eb2b641's) is read as
 // format 1 with the local store's entry and, when its header lists
-// kubernetes objects, the kubernetes backend's, ahead of its steps; a
-// journal of a newer format is refused rather than misread.
+// kubernetes objects, the kubernetes backend's, ahead of its steps.
 func TestJournalFormat0(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "c1:eth0.journal")
@@ -136,9 +135,11 @@ func TestJournalFormat0(t *testing.T) {
 	if j.Format != Format || len(j.IPAM) != 0 || len(j.Steps) != 3 || j.Steps[0].Op.(Held).HeldKey() != "ipam.local" || j.Steps[1].Op.(Held).HeldKey() != "ipam.kube" || len(j.Plan()) != 1 {
 		t.Fatalf("read as %+v", j)
 	}
+	// a newer format is read (TestForeignSteps), its header as it is:
+	// not as format 0 (no ledger entries made up for it)
 	os.WriteFile(path, []byte(strings.Replace(v0, `"netns":"/x"`, `"netns":"/x","format":99`, 1)), 0o600)
-	if _, err := LoadJournal(path); err == nil || !strings.Contains(err.Error(), "format 99 is newer") {
-		t.Fatalf("format 99: %v", err)
+	if j, err := LoadJournal(path); err != nil || j.Format != 99 || len(j.Steps) != 1 {
+		t.Fatalf("format 99: %v, %+v", err, j)
 	}
 }
 

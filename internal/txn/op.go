@@ -77,34 +77,67 @@ func Register(kind string, newOp func() Op) {
 	registry[kind] = newOp
 }
 
-// Step is an operation as stored in a plan or a journal: {"kind":..,"op":{..}}.
+// Step is an operation as stored in a plan or a journal: {"kind":..,"op":{..}}
+// and the hints a binary older than the step reads it by (stepJSON).
 type Step struct {
 	Op Op
 }
 
+// stepJSON is a step on disk. Kind and Op are the operation; the rest are
+// hints for a binary that does not know the kind, or that a newer binary
+// marked (Min) as not reading the step right: what the step's Op would
+// say through the interfaces Rollback reads (Creator, Dependent, Held,
+// Durable). With them an older binary undoes what it understands and
+// keeps the rest (Foreign) for a binary that understands it.
 type stepJSON struct {
 	Kind string          `json:"kind"`
 	Op   json.RawMessage `json:"op"`
+	// Min is the lowest journal format that reads this step right; a
+	// newer binary sets it on a step of a known kind whose meaning
+	// changed (a field an older reader would ignore but must not).
+	Min     int      `json:"min,omitempty"`
+	Creates []string `json:"creates,omitempty"`
+	On      string   `json:"on,omitempty"`
+	Held    string   `json:"held,omitempty"`
+	Durable bool     `json:"durable,omitempty"`
 }
 
-// MarshalJSON encodes the step with its kind so it can be decoded again.
+// MarshalJSON encodes the step with its kind, and its hints, so it can be
+// decoded again, by this binary or an older one.
 func (s Step) MarshalJSON() ([]byte, error) {
+	if f, ok := s.Op.(foreignOp); ok {
+		return json.Marshal(f.foreign().sj) // as it was read
+	}
 	raw, err := json.Marshal(s.Op)
 	if err != nil {
 		return nil, err
 	}
-	return json.Marshal(stepJSON{Kind: s.Op.Kind(), Op: raw})
+	sj := stepJSON{Kind: s.Op.Kind(), Op: raw}
+	if c, ok := s.Op.(Creator); ok {
+		sj.Creates = c.Creates()
+	}
+	if d, ok := s.Op.(Dependent); ok {
+		sj.On = d.DependsOn()
+	}
+	if h, ok := s.Op.(Held); ok {
+		sj.Held = h.HeldKey()
+	}
+	_, sj.Durable = s.Op.(Durable)
+	return json.Marshal(sj)
 }
 
-// UnmarshalJSON decodes a step through the registry.
+// UnmarshalJSON decodes a step through the registry; a step of a kind
+// this binary does not know, or marked for a newer format than Format, is
+// decoded as Foreign (or ForeignHeld), never as what it is not.
 func (s *Step) UnmarshalJSON(b []byte) error {
 	var sj stepJSON
 	if err := json.Unmarshal(b, &sj); err != nil {
 		return err
 	}
 	newOp, ok := registry[sj.Kind]
-	if !ok {
-		return fmt.Errorf("unknown operation kind %q", sj.Kind)
+	if !ok || sj.Min > Format {
+		s.Op = newForeign(sj, ok)
+		return nil
 	}
 	op := newOp()
 	if err := json.Unmarshal(sj.Op, op); err != nil {
@@ -120,6 +153,9 @@ func NewOp(kind string, raw []byte) (Op, error) {
 	b, err := json.Marshal(stepJSON{Kind: kind, Op: raw})
 	if err == nil {
 		err = s.UnmarshalJSON(b)
+	}
+	if _, ok := s.Op.(foreignOp); ok && err == nil {
+		err = fmt.Errorf("unknown operation kind %q", kind)
 	}
 	return s.Op, err
 }

@@ -9,6 +9,9 @@ import (
 	"testing"
 )
 
+// decodedLog is the log of fakeOps read from journals.
+var decodedLog []string
+
 // fakeOp records Do/Undo calls in a shared log; it fails Do or Undo on demand.
 type fakeOp struct {
 	Name     string `json:"name"`
@@ -21,6 +24,9 @@ type fakeOp struct {
 func (o *fakeOp) Kind() string   { return "test.fake" }
 func (o *fakeOp) String() string { return "fake " + o.Name }
 func (o *fakeOp) Do(*Env) error {
+	if o.log == nil {
+		o.log = &decodedLog
+	}
 	*o.log = append(*o.log, "do "+o.Name)
 	if o.FailDo {
 		return errors.New("boom")
@@ -28,6 +34,9 @@ func (o *fakeOp) Do(*Env) error {
 	return nil
 }
 func (o *fakeOp) Undo(*Env) error {
+	if o.log == nil {
+		o.log = &decodedLog // read from a journal
+	}
 	*o.log = append(*o.log, "undo "+o.Name)
 	if o.FailUndo {
 		return errors.New("stuck")
@@ -131,9 +140,20 @@ func TestStepJSONRoundTrip(t *testing.T) {
 	if string(b) != `[{"kind":"test.fake","op":{"name":"x"}}]` {
 		t.Fatalf("encoded %s", b)
 	}
+	// a kind this binary does not know is Foreign, and written back as
+	// it was read, hints and all
+	foreign := `[{"kind":"nope","op":{"a":1},"creates":["link/x"],"on":"link/y"}]`
 	var back []Step
-	if err := json.Unmarshal([]byte(`[{"kind":"nope","op":{}}]`), &back); err == nil {
-		t.Fatal("unknown kind decoded")
+	if err := json.Unmarshal([]byte(foreign), &back); err != nil || !IsForeign(back[0].Op) {
+		t.Fatalf("unknown kind: %v, %T", err, back[0].Op)
+	}
+	if b, err := json.Marshal(back); err != nil || string(b) != foreign {
+		t.Fatalf("written back as %s (%v)", b, err)
+	}
+	// the hints a known step is written with, for an older binary
+	b, _ = json.Marshal(Steps([]Op{&fakeLink{fakeOp{Name: "l"}}, &fakeOnLink{fakeOp: fakeOp{Name: "r"}, Link: "l"}, &fakeHeld{Key: "k"}}))
+	if want := `[{"kind":"test.fake","op":{"name":"l"},"creates":["link/l"]},{"kind":"test.fake","op":{"name":"r","link":"l"},"on":"link/l"},{"kind":"test.held","op":{"key":"k"},"held":"k"}]`; string(b) != want {
+		t.Fatalf("encoded %s\nwant    %s", b, want)
 	}
 }
 
