@@ -34,7 +34,14 @@ func helmBin(t *testing.T) string {
 // contents (and --show-only templates, when given).
 func helmTemplate(t *testing.T, helm, namespace string, values []string, showOnly ...string) []byte {
 	t.Helper()
-	args := []string{"template", "spinneret", chartDir, "--namespace", namespace}
+	return helmTemplateOf(t, helm, chartDir, namespace, values, showOnly...)
+}
+
+// valuesFiles writes each values file's contents to a file and gives
+// helm's arguments for them.
+func valuesFiles(t *testing.T, values []string) []string {
+	t.Helper()
+	var args []string
 	for i, v := range values {
 		f := filepath.Join(t.TempDir(), "values"+string(rune('a'+i))+".yaml")
 		if err := os.WriteFile(f, []byte(v), 0o644); err != nil {
@@ -42,6 +49,13 @@ func helmTemplate(t *testing.T, helm, namespace string, values []string, showOnl
 		}
 		args = append(args, "-f", f)
 	}
+	return args
+}
+
+// helmTemplateOf is helmTemplate of another chart (an earlier release's).
+func helmTemplateOf(t *testing.T, helm, chart, namespace string, values []string, showOnly ...string) []byte {
+	t.Helper()
+	args := append([]string{"template", "spinneret", chart, "--namespace", namespace}, valuesFiles(t, values)...)
 	for _, s := range showOnly {
 		args = append(args, "--show-only", s)
 	}

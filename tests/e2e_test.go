@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"sigs.k8s.io/yaml"
+	"github.com/vishvananda/netlink"
 
 	"github.com/spinneret-cni/spinneret/internal/netlab"
 	"github.com/spinneret-cni/spinneret/internal/txn"
@@ -30,6 +30,14 @@ import (
 const (
 	e2eImage = "ghcr.io/spinneret-cni/spinneret:e2e"
 	e2ePause = "registry.k8s.io/pause:3.10"
+	// e2ePrevious is the release the suite upgrades from: its chart and
+	// image are built from this commit of the repository (git archive).
+	// Move it to the last release when one changes what the node keeps
+	// (journals, the conflist, the chart's objects).
+	e2ePrevious      = "84148e7679cef1570971c8c88713a0b81bceaf03"
+	e2ePreviousImage = "ghcr.io/spinneret-cni/spinneret:previous"
+	// the versions the two images' binaries report
+	e2eVersion, e2ePreviousVersion = "e2e-current", "e2e-previous"
 )
 
 // e2eNode is a containerd and a kubelet of the test's node.
@@ -42,20 +50,28 @@ type e2eNode struct {
 
 func (n *e2eNode) path(p string) string { return filepath.Join(n.dir, p) }
 
-// e2eImages builds spinneret's image (make image, amd64) and the pause
+// e2eImages builds spinneret's image (make image, amd64), the previous
+// release's image and chart (from e2ePrevious's tree) and the pause
 // image, once per test binary.
-func e2eImages(t *testing.T) (spin, pause string) {
+func e2eImages(t *testing.T) (spin, prev, prevChart, pause string) {
 	t.Helper()
 	// beside the test binary's builds, removed with them: each run's image
 	// is its own code's
 	dir := filepath.Join(filepath.Dir(binDir), "e2e-images")
-	spin, pause = filepath.Join(dir, "spinneret.tar"), filepath.Join(dir, "pause.tar")
+	spin, prev, pause = filepath.Join(dir, "spinneret.tar"), filepath.Join(dir, "previous.tar"), filepath.Join(dir, "pause.tar")
+	src := filepath.Join(dir, "previous-src")
+	prevChart = filepath.Join(src, "deploy/helm/spinneret")
 	if _, err := os.Stat(pause); err == nil {
 		return
 	}
 	os.MkdirAll(filepath.Join(dir, "pause"), 0o755)
+	os.MkdirAll(src, 0o755)
+	if out, err := exec.Command("sh", "-c", "git -C .. archive "+e2ePrevious+" | tar -x -C "+src).CombinedOutput(); err != nil {
+		t.Fatalf("the previous release's tree (git archive %s; a clone with its history is needed): %v\n%s", e2ePrevious, err, out)
+	}
 	for _, c := range [][]string{
-		{"make", "-s", "-C", "..", "image", "IMAGE=" + e2eImage, "IMAGE_OUT=" + spin, "IMAGE_DIR=" + filepath.Join(dir, "build"), "PLATFORMS=linux/amd64"},
+		{"make", "-s", "-C", "..", "image", "IMAGE=" + e2eImage, "IMAGE_OUT=" + spin, "IMAGE_DIR=" + filepath.Join(dir, "build"), "PLATFORMS=linux/amd64", "VERSION=" + e2eVersion},
+		{"make", "-s", "-C", src, "image", "IMAGE=" + e2ePreviousImage, "IMAGE_OUT=" + prev, "IMAGE_DIR=" + filepath.Join(dir, "build-previous"), "PLATFORMS=linux/amd64", "VERSION=" + e2ePreviousVersion},
 		{"env", "CGO_ENABLED=0", "go", "build", "-trimpath", "-o", filepath.Join(dir, "pause", "pause"), "./e2e/pause"},
 		{"go", "run", "../hack/mkimage", "-o", pause, "-tag", e2ePause, "-entrypoint", "/pause", "-platform", "linux/amd64=" + filepath.Join(dir, "pause")},
 	} {
@@ -78,7 +94,7 @@ func startE2ENode(t *testing.T, e *env, a *k8senv.APIServer, node string) *e2eNo
 	if err != nil {
 		t.Fatalf("building kubelet: %v", err)
 	}
-	spin, pause := e2eImages(t)
+	spin, prev, _, pause := e2eImages(t)
 	n := &e2eNode{t: t, dir: t.TempDir()}
 	n.sock = n.path("containerd.sock")
 	for _, d := range []string{"root", "state/netns", "opt/cni/bin", "etc/cni/net.d", "kubelet/root", "kubelet/pki", "kubelet/logs"} {
@@ -131,7 +147,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 		out, err := exec.Command("ctr", "--address", n.sock, "version").CombinedOutput()
 		return err == nil, string(out)
 	})
-	for _, img := range []string{pause, spin} {
+	for _, img := range []string{pause, spin, prev} {
 		if out, err := exec.Command("ctr", "--address", n.sock, "-n", "k8s.io", "images", "import", "--platform", "linux/amd64", img).CombinedOutput(); err != nil {
 			t.Fatalf("ctr images import %s: %v\n%s", img, err, out)
 		}
@@ -238,20 +254,108 @@ func (n *e2eNode) stop() {
 	}
 }
 
-// e2eChart renders the chart for the node: its paths and CNI dirs under
-// the node's dir, the runtime's socket, the images as imported, the
-// API server's URL, and the given catalogue values.
-func e2eChart(t *testing.T, n *e2eNode, a *k8senv.APIServer, values string) map[string][]map[string]any {
+// e2eChart renders a chart (this one, or the previous release's) for the
+// node: its paths and CNI dirs under the node's dir, the runtime's
+// socket, the image tag as imported, the API server's URL, and the given
+// catalogue values. It gives the objects and helm's values arguments.
+func e2eChart(t *testing.T, n *e2eNode, a *k8senv.APIServer, chart, tag, values string) (map[string][]map[string]any, []string) {
 	t.Helper()
 	base := fmt.Sprintf(`
-image: {repository: ghcr.io/spinneret-cni/spinneret, tag: e2e, pullPolicy: Never}
+image: {repository: ghcr.io/spinneret-cni/spinneret, tag: %s, pullPolicy: Never}
 apiServer: %s
 paths: {etc: %s, state: %s, log: %s, netns: %s}
 nodeAgent: {runtimeEndpoint: "unix://%s", sweepInterval: 10s, sweepMinAge: 5s}
 controller: {replicas: 1, interval: 5s}
-`, a.URL, n.path("etc/spinneret"), n.path("var/lib/spinneret"), n.path("var/log/spinneret"), n.path("state/netns"), n.sock)
+`, tag, a.URL, n.path("etc/spinneret"), n.path("var/lib/spinneret"), n.path("var/log/spinneret"), n.path("state/netns"), n.sock)
 	base += fmt.Sprintf("cni: {binDir: %s, confDir: %s}\n", n.path("opt/cni/bin"), n.path("etc/cni/net.d"))
-	return renderedObjects(t, helmTemplate(t, helmBin(t), "kube-system", []string{base, values}))
+	vals := []string{base, values}
+	return renderedObjects(t, helmTemplateOf(t, helmBin(t), chart, "kube-system", vals)), valuesFiles(t, vals)
+}
+
+// e2eHelm runs helm against the API server, from the node's namespace,
+// its cache and config in the test's own dirs.
+func e2eHelm(t *testing.T, e *env, a *k8senv.APIServer, args ...string) {
+	t.Helper()
+	cmd := exec.Command(helmBin(t), append(args, "--kubeconfig", a.Kubeconfig)...)
+	home := t.TempDir()
+	cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+home+"/cache", "HELM_CONFIG_HOME="+home+"/config", "HELM_DATA_HOME="+home+"/data")
+	var out []byte
+	err := e.topo.Node.Do(func() error {
+		var err error
+		out, err = cmd.CombinedOutput()
+		return err
+	})
+	if err != nil {
+		t.Fatalf("helm %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+}
+
+// e2eNodePods creates the node agent's and the controller's pods from a
+// rendering's DaemonSet and Deployment, as their controllers would.
+func e2eNodePods(t *testing.T, a *k8senv.APIServer, objs map[string][]map[string]any) {
+	t.Helper()
+	for _, p := range []struct{ kind, name string }{{"DaemonSet", "spinneret-node-a"}, {"Deployment", "spinneret-controller-node-a"}} {
+		pod := podFromTemplate(objs[p.kind][0], p.name, "node-a")
+		if p.kind == "Deployment" {
+			// in-cluster config names the kubernetes Service's ClusterIP,
+			// which needs a kube-proxy this cluster lacks: the API server's
+			// own address instead
+			u, _ := url.Parse(a.URL)
+			c := pod["spec"].(map[string]any)["containers"].([]any)[0].(map[string]any)
+			c["env"] = append(c["env"].([]any), map[string]any{"name": "KUBERNETES_SERVICE_HOST", "value": u.Hostname()}, map[string]any{"name": "KUBERNETES_SERVICE_PORT", "value": u.Port()})
+		}
+		if code := apiRequest(t, a, http.MethodPost, "/api/v1/namespaces/kube-system/pods", pod, nil); code != http.StatusCreated {
+			t.Fatalf("create pod %s: %d", p.name, code)
+		}
+	}
+}
+
+// e2eNodeReady waits for the node to be Ready with the installed
+// plugin's version.
+func e2eNodeReady(t *testing.T, e *env, a *k8senv.APIServer, n *e2eNode, version string) {
+	t.Helper()
+	eventually(t, 90*time.Second, "node-a Ready (spinneret "+version+" installed, containerd's network ready)", func() (bool, string) {
+		var node struct {
+			Status struct {
+				Conditions []struct{ Type, Status, Message string }
+			}
+		}
+		apiRequest(t, a, http.MethodGet, "/api/v1/nodes/node-a", nil, &node)
+		var v []byte
+		e.topo.Node.Do(func() error {
+			v, _ = exec.Command(n.path("opt/cni/bin/spinneret"), "version").CombinedOutput()
+			return nil
+		})
+		for _, c := range node.Status.Conditions {
+			if c.Type == "Ready" {
+				ph, why := podPhase(t, a, "kube-system", "spinneret-node-a")
+				return c.Status == "True" && strings.Contains(string(v), version), c.Message + " / node pod " + ph + " " + why + " / installed " + string(v)
+			}
+		}
+		return false, "no Ready condition"
+	})
+}
+
+// e2ePod is a pause pod on node-a asking for networks.
+func e2ePod(name, networks string) map[string]any {
+	return map[string]any{"apiVersion": "v1", "kind": "Pod", "metadata": map[string]any{"name": name, "annotations": map[string]string{"k8s.v1.cni.cncf.io/networks": networks}},
+		"spec": map[string]any{"nodeName": "node-a", "automountServiceAccountToken": false,
+			"containers": []map[string]any{{"name": "c", "image": e2ePause, "imagePullPolicy": "Never"}}}}
+}
+
+// e2eRunning creates a pod and waits for it to be Running.
+func e2eRunning(t *testing.T, a *k8senv.APIServer, pod map[string]any) time.Duration {
+	t.Helper()
+	name := pod["metadata"].(map[string]any)["name"].(string)
+	start := time.Now()
+	if code := apiRequest(t, a, http.MethodPost, "/api/v1/namespaces/default/pods", pod, nil); code != http.StatusCreated {
+		t.Fatalf("create pod %s: %d", name, code)
+	}
+	eventually(t, 60*time.Second, "pod "+name+" Running", func() (bool, string) {
+		ph, why := podPhase(t, a, "default", name)
+		return ph == "Running", ph + " " + why + "\n" + events(t, a, "default")
+	})
+	return time.Since(start)
 }
 
 // podFromTemplate is a Pod made of a workload's pod template, bound to node.
@@ -298,17 +402,23 @@ func events(t *testing.T, a *k8senv.APIServer, ns string) string {
 }
 
 // TestE2E: spinneret installed the way operators install it, under a real
-// kubelet and containerd: the chart's CRDs, RBAC and ConfigMap applied,
-// the DaemonSet's pod (from the chart's template) installs the plugin and
-// containerd loads it; a pod with eth0, net1 and net2 becomes Running with
-// its addresses and network-status, its Kubernetes IPAM allocation appears;
-// deleting it leaves no journal, link or allocation.
+// kubelet and containerd, and upgraded with pods running. The previous
+// release is installed with helm (its CRDs, RBAC and ConfigMap; the
+// DaemonSet's and the controller's pods from its templates) and attaches
+// pod "old" (net1 of a NAD, Kubernetes IPAM); helm upgrade to this chart,
+// and the pods replaced as the DaemonSet's rolling update replaces them,
+// installs this binary. Then a pod with eth0, net1, net2 and net3 becomes
+// Running with its addresses and network-status and its Kubernetes IPAM
+// allocations; a pod asking for a missing network gets the Event and
+// leaves nothing; deleting the pods (old's DEL reading the previous
+// release's journal) leaves no journal, allocation or link of a pod.
 func TestE2E(t *testing.T) {
 	e := multiEnv(t)
 	e.forwarding()
 	a := startAPI(t, e.topo.Node.Do)
 	n := startE2ENode(t, e, a, "node-a")
-	objs := e2eChart(t, n, a, fmt.Sprintf(`
+	_, _, prevChart, _ := e2eImages(t)
+	catalogue := fmt.Sprintf(`
 cni:
   coordinator: {serviceCIDR: ["10.96.0.0/16"]}
   networks:
@@ -317,7 +427,9 @@ cni:
     - {name: green, master: uplink2, ipam: {pools: [{name: green-v4, subnet: "%s", ranges: [{start: "%s", end: "%s"}], gateway: "%s"}]}}
 node: {masters: {}, logLevel: debug}
 `, e.topo.Nets[1].Subnet4, nth(e.topo.Nets[1].Subnet4, 10), nth(e.topo.Nets[1].Subnet4, 20), e.topo.Nets[1].GW4,
-		e.topo.Nets[2].Subnet4, nth(e.topo.Nets[2].Subnet4, 10), nth(e.topo.Nets[2].Subnet4, 20), e.topo.Nets[2].GW4))
+		e.topo.Nets[2].Subnet4, nth(e.topo.Nets[2].Subnet4, 10), nth(e.topo.Nets[2].Subnet4, 20), e.topo.Nets[2].GW4)
+	prevObjs, prevValues := e2eChart(t, n, a, prevChart, "previous", catalogue)
+	objs, values := e2eChart(t, n, a, chartDir, "e2e", catalogue)
 	// what kube-controller-manager would have made: the namespace's CA
 	// ConfigMap every projected token volume mounts
 	ca, _ := os.ReadFile(a.CertFile())
@@ -326,21 +438,8 @@ node: {masters: {}, logLevel: debug}
 		apiRequest(t, a, http.MethodPost, "/api/v1/namespaces/"+ns+"/configmaps", map[string]any{"apiVersion": "v1", "kind": "ConfigMap",
 			"metadata": map[string]any{"name": "kube-root-ca.crt"}, "data": map[string]string{"ca.crt": string(ca)}}, nil)
 	}
-	file := filepath.Join(t.TempDir(), "chart.yaml")
-	var docs []string
-	for kind, list := range objs {
-		if kind == "DaemonSet" || kind == "Deployment" {
-			continue
-		}
-		for _, o := range list {
-			b, _ := yaml.Marshal(o)
-			docs = append(docs, string(b))
-		}
-	}
-	// CRDs first: the rest may name them
-	sortCRDsFirst(docs)
-	os.WriteFile(file, []byte(strings.Join(docs, "---\n")), 0o644)
-	applyFile(t, a, file, false)
+	apiRequest(t, a, http.MethodPost, "/api/v1/namespaces/default/serviceaccounts", map[string]any{"apiVersion": "v1", "kind": "ServiceAccount", "metadata": map[string]any{"name": "default"}}, nil)
+	e2eHelm(t, e, a, append([]string{"install", "spinneret", prevChart, "--namespace", "kube-system"}, prevValues...)...)
 	eventually(t, 30*time.Second, "spinneret's CRDs served", func() (bool, string) {
 		return apiRequest(t, a, http.MethodGet, "/apis/spinneret.io/v1alpha1/ippools", nil, nil) == http.StatusOK, ""
 	})
@@ -350,38 +449,6 @@ node: {masters: {}, logLevel: debug}
 	if code := apiRequest(t, a, http.MethodPost, "/apis/spinneret.io/v1alpha1/ippools", pool, nil); code != http.StatusCreated {
 		t.Fatalf("create IPPool: %d", code)
 	}
-	start := time.Now()
-	for _, p := range []struct{ kind, name string }{{"DaemonSet", "spinneret-node-a"}, {"Deployment", "spinneret-controller-node-a"}} {
-		pod := podFromTemplate(objs[p.kind][0], p.name, "node-a")
-		if p.kind == "Deployment" {
-			// in-cluster config names the kubernetes Service's ClusterIP,
-			// which needs a kube-proxy this cluster lacks: the API server's
-			// own address instead
-			u, _ := url.Parse(a.URL)
-			c := pod["spec"].(map[string]any)["containers"].([]any)[0].(map[string]any)
-			c["env"] = append(c["env"].([]any), map[string]any{"name": "KUBERNETES_SERVICE_HOST", "value": u.Hostname()}, map[string]any{"name": "KUBERNETES_SERVICE_PORT", "value": u.Port()})
-		}
-		if code := apiRequest(t, a, http.MethodPost, "/api/v1/namespaces/kube-system/pods", pod, nil); code != http.StatusCreated {
-			t.Fatalf("create pod %s: %d", p.name, code)
-		}
-	}
-	eventually(t, 90*time.Second, "node-a Ready (spinneret installed, containerd's network ready)", func() (bool, string) {
-		var node struct {
-			Status struct {
-				Conditions []struct{ Type, Status, Message string }
-			}
-		}
-		apiRequest(t, a, http.MethodGet, "/api/v1/nodes/node-a", nil, &node)
-		for _, c := range node.Status.Conditions {
-			if c.Type == "Ready" {
-				ph, why := podPhase(t, a, "kube-system", "spinneret-node-a")
-				return c.Status == "True", c.Message + " / node pod " + ph + " " + why
-			}
-		}
-		return false, "no Ready condition"
-	})
-	t.Logf("node Ready %.1fs after the DaemonSet's pod was created", time.Since(start).Seconds())
-
 	// net3 from a NetworkAttachmentDefinition (a Multus macvlan NAD) on
 	// an admin's IPPool
 	nadPool := map[string]any{"apiVersion": "spinneret.io/v1alpha1", "kind": "IPPool", "metadata": map[string]any{"name": "nad-v4"},
@@ -394,19 +461,29 @@ node: {masters: {}, logLevel: debug}
 	if code := apiRequest(t, a, http.MethodPost, "/apis/k8s.cni.cncf.io/v1/namespaces/default/network-attachment-definitions", nad, nil); code != http.StatusCreated {
 		t.Fatalf("create the NAD: %d", code)
 	}
-	web := map[string]any{"apiVersion": "v1", "kind": "Pod", "metadata": map[string]any{"name": "web", "annotations": map[string]string{"k8s.v1.cni.cncf.io/networks": "blue,green,storage"}},
-		"spec": map[string]any{"nodeName": "node-a", "automountServiceAccountToken": false,
-			"containers": []map[string]any{{"name": "c", "image": e2ePause, "imagePullPolicy": "Never"}}}}
-	apiRequest(t, a, http.MethodPost, "/api/v1/namespaces/default/serviceaccounts", map[string]any{"apiVersion": "v1", "kind": "ServiceAccount", "metadata": map[string]any{"name": "default"}}, nil)
+	start := time.Now()
+	e2eNodePods(t, a, prevObjs)
+	e2eNodeReady(t, e, a, n, e2ePreviousVersion)
+	t.Logf("previous release: node Ready %.1fs after the DaemonSet's pod was created", time.Since(start).Seconds())
+	t.Logf("pod old (eth0, net1 of a NAD), previous release: created -> Running in %.2fs", e2eRunning(t, a, e2ePod("old", "storage")).Seconds())
+
+	// the upgrade: helm upgrade, then what the DaemonSet's and the
+	// Deployment's rolling updates do, a pod at a time: delete, create
+	// from the new template
 	start = time.Now()
-	if code := apiRequest(t, a, http.MethodPost, "/api/v1/namespaces/default/pods", web, nil); code != http.StatusCreated {
-		t.Fatalf("create pod web: %d", code)
+	e2eHelm(t, e, a, append([]string{"upgrade", "spinneret", chartDir, "--namespace", "kube-system"}, values...)...)
+	for _, p := range []string{"spinneret-node-a", "spinneret-controller-node-a"} {
+		apiRequest(t, a, http.MethodDelete, "/api/v1/namespaces/kube-system/pods/"+p+"?gracePeriodSeconds=0", nil, nil)
+		eventually(t, 60*time.Second, "pod "+p+" of the previous release gone", func() (bool, string) {
+			return apiRequest(t, a, http.MethodGet, "/api/v1/namespaces/kube-system/pods/"+p, nil, nil) == http.StatusNotFound, ""
+		})
 	}
-	eventually(t, 60*time.Second, "pod web Running", func() (bool, string) {
-		ph, why := podPhase(t, a, "default", "web")
-		return ph == "Running", ph + " " + why + "\n" + events(t, a, "default")
-	})
-	t.Logf("pod web (eth0, net1, net2, net3 of a NAD): created -> Running in %.2fs", time.Since(start).Seconds())
+	e2eNodePods(t, a, objs)
+	e2eNodeReady(t, e, a, n, e2eVersion)
+	t.Logf("upgrade: helm upgrade -> this release installed, node Ready in %.1fs", time.Since(start).Seconds())
+
+	web := e2ePod("web", "blue,green,storage")
+	t.Logf("pod web (eth0, net1, net2, net3 of a NAD): created -> Running in %.2fs", e2eRunning(t, a, web).Seconds())
 	var pod struct {
 		Metadata struct{ Annotations map[string]string }
 		Status   struct{ PodIPs []struct{ IP string } }
@@ -432,8 +509,8 @@ node: {masters: {}, logLevel: debug}
 	}
 	var allocs struct{ Items []any }
 	apiRequest(t, a, http.MethodGet, "/apis/spinneret.io/v1alpha1/ipallocations", nil, &allocs)
-	if len(allocs.Items) != 2 {
-		t.Errorf("%d IPAllocations, want eth0's and net3's", len(allocs.Items))
+	if len(allocs.Items) != 4 {
+		t.Errorf("%d IPAllocations, want eth0's and net3's of web, eth0's and net1's of old", len(allocs.Items))
 	}
 	// the operator's view, through the binary the DaemonSet installed
 	var page []byte
@@ -448,39 +525,37 @@ node: {masters: {}, logLevel: debug}
 	}
 	// a pod asking for a network nobody defined: the Event says why, and
 	// nothing of it is left
-	ghost := map[string]any{"apiVersion": "v1", "kind": "Pod", "metadata": map[string]any{"name": "ghost", "annotations": map[string]string{"k8s.v1.cni.cncf.io/networks": "nosuch"}},
-		"spec": map[string]any{"nodeName": "node-a", "automountServiceAccountToken": false,
-			"containers": []map[string]any{{"name": "c", "image": e2ePause, "imagePullPolicy": "Never"}}}}
-	if code := apiRequest(t, a, http.MethodPost, "/api/v1/namespaces/default/pods", ghost, nil); code != http.StatusCreated {
+	if code := apiRequest(t, a, http.MethodPost, "/api/v1/namespaces/default/pods", e2ePod("ghost", "nosuch"), nil); code != http.StatusCreated {
 		t.Fatalf("create pod ghost: %d", code)
 	}
 	eventually(t, 30*time.Second, "pod ghost's Event names the missing network", func() (bool, string) {
 		ev := events(t, a, "default")
 		return strings.Contains(ev, "FailedCreatePodSandBox") && strings.Contains(ev, "nosuch"), ev
 	})
-	if j := journals(); j != 1 {
-		t.Errorf("%d journals with pod ghost failing, want web's 1", j)
+	if j := journals(); j != 2 {
+		t.Errorf("%d journals with pod ghost failing, want web's and old's", j)
 	}
 	apiRequest(t, a, http.MethodDelete, "/api/v1/namespaces/default/pods/ghost?gracePeriodSeconds=0", nil, nil)
-	if j := journals(); j != 1 {
-		t.Errorf("%d journals on the node, want 1", j)
-	}
 	before := time.Now()
-	apiRequest(t, a, http.MethodDelete, "/api/v1/namespaces/default/pods/web?gracePeriodSeconds=0", nil, nil)
-	eventually(t, 60*time.Second, "web's attachment gone (DEL)", func() (bool, string) {
-		apiRequest(t, a, http.MethodGet, "/apis/spinneret.io/v1alpha1/ipallocations", nil, &allocs)
-		return journals() == 0 && len(allocs.Items) == 0, fmt.Sprintf("%d journals, %d allocations", journals(), len(allocs.Items))
-	})
-	t.Logf("pod web deleted -> nothing left in %.2fs", time.Since(before).Seconds())
-}
-
-// sortCRDsFirst puts CustomResourceDefinitions ahead of the rest.
-func sortCRDsFirst(docs []string) {
-	i := 0
-	for j, d := range docs {
-		if strings.Contains(d, "kind: CustomResourceDefinition") {
-			docs[i], docs[j] = docs[j], docs[i]
-			i++
-		}
+	for _, p := range []string{"web", "old"} {
+		apiRequest(t, a, http.MethodDelete, "/api/v1/namespaces/default/pods/"+p+"?gracePeriodSeconds=0", nil, nil)
 	}
+	podLinks := func() []string {
+		var out []string
+		e.topo.Node.Do(func() error {
+			links, _ := netlink.LinkList()
+			for _, l := range links {
+				if name := l.Attrs().Name; strings.HasPrefix(name, "spn") {
+					out = append(out, name)
+				}
+			}
+			return nil
+		})
+		return out
+	}
+	eventually(t, 60*time.Second, "the pods' attachments gone (DEL; old's by this release, from the previous one's journal)", func() (bool, string) {
+		apiRequest(t, a, http.MethodGet, "/apis/spinneret.io/v1alpha1/ipallocations", nil, &allocs)
+		return journals() == 0 && len(allocs.Items) == 0 && len(podLinks()) == 0, fmt.Sprintf("%d journals, %d allocations, node links %q", journals(), len(allocs.Items), podLinks())
+	})
+	t.Logf("pods web and old deleted -> nothing left in %.2fs", time.Since(before).Seconds())
 }
