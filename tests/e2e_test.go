@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -46,6 +47,9 @@ type e2eNode struct {
 	dir        string // everything of this node: containerd's root and state, the CNI dirs, spinneret's paths
 	sock       string
 	ctrd, kube *exec.Cmd
+	// how they were started, for a restart
+	ctrdArgs, kubeArgs []string
+	e                  *env
 }
 
 func (n *e2eNode) path(p string) string { return filepath.Join(n.dir, p) }
@@ -96,8 +100,8 @@ func startE2ENode(t *testing.T, e *env, a *k8senv.APIServer, node string) *e2eNo
 	}
 	spin, prev, _, pause := e2eImages(t)
 	n := &e2eNode{t: t, dir: t.TempDir()}
-	n.sock = n.path("containerd.sock")
-	for _, d := range []string{"root", "state/netns", "opt/cni/bin", "etc/cni/net.d", "kubelet/root", "kubelet/pki", "kubelet/logs"} {
+	n.sock = n.path("run/containerd/containerd.sock")
+	for _, d := range []string{"root", "run/containerd", "state/netns", "opt/cni/bin", "etc/cni/net.d", "kubelet/root", "kubelet/pki", "kubelet/logs"} {
 		os.MkdirAll(n.path(d), 0o755)
 	}
 	// a node's mounts are shared (systemd makes them so; this machine
@@ -141,14 +145,11 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
           Root = %[8]q
 `, n.path("root"), n.path("state"), n.sock, n.path("opt"), e2ePause, n.path("opt/cni/bin"), n.path("etc/cni/net.d"), n.path("runc"))
 	os.WriteFile(n.path("containerd.toml"), []byte(cfg), 0o644)
-	n.ctrd = n.start(e, "containerd.log", "containerd", "--config", n.path("containerd.toml"))
+	n.e, n.ctrdArgs = e, []string{"containerd", "--config", n.path("containerd.toml")}
+	n.startContainerd()
 	t.Cleanup(n.stop)
-	eventually(t, 20*time.Second, "containerd answers", func() (bool, string) {
-		out, err := exec.Command("ctr", "--address", n.sock, "version").CombinedOutput()
-		return err == nil, string(out)
-	})
 	for _, img := range []string{pause, spin, prev} {
-		if out, err := exec.Command("ctr", "--address", n.sock, "-n", "k8s.io", "images", "import", "--platform", "linux/amd64", img).CombinedOutput(); err != nil {
+		if out, err := n.ctr("images", "import", "--platform", "linux/amd64", img); err != nil {
 			t.Fatalf("ctr images import %s: %v\n%s", img, err, out)
 		}
 	}
@@ -175,16 +176,53 @@ registerNode: true
 containerRuntimeEndpoint: unix://%s
 `, n.path("kubelet/logs"), n.sock)
 	os.WriteFile(n.path("kubelet.yaml"), []byte(kc), 0o644)
-	n.kube = n.start(e, "kubelet.log", strings.TrimSpace(string(kubelet)), "--config", n.path("kubelet.yaml"), "--kubeconfig", a.Kubeconfig,
-		"--root-dir", n.path("kubelet/root"), "--cert-dir", n.path("kubelet/pki"), "--hostname-override", node, "--node-ip", netlab.NodeIP4.String())
+	n.kubeArgs = []string{strings.TrimSpace(string(kubelet)), "--config", n.path("kubelet.yaml"), "--kubeconfig", a.Kubeconfig,
+		"--root-dir", n.path("kubelet/root"), "--cert-dir", n.path("kubelet/pki"), "--hostname-override", node, "--node-ip", netlab.NodeIP4.String()}
+	n.startKubelet()
 	return n
+}
+
+func (n *e2eNode) startContainerd() {
+	n.t.Helper()
+	n.ctrd = n.start(n.e, "containerd.log", n.ctrdArgs[0], n.ctrdArgs[1:]...)
+	eventually(n.t, 20*time.Second, "containerd answers", func() (bool, string) {
+		out, err := n.ctr("version")
+		return err == nil, string(out)
+	})
+}
+
+func (n *e2eNode) startKubelet() {
+	n.kube = n.start(n.e, "kubelet.log", n.kubeArgs[0], n.kubeArgs[1:]...)
+}
+
+// ctr runs containerd's client against the node's containerd, in the
+// CRI's namespace.
+func (n *e2eNode) ctr(args ...string) ([]byte, error) {
+	return exec.Command("ctr", append([]string{"--address", n.sock, "-n", "k8s.io"}, args...)...).CombinedOutput()
+}
+
+// termProc stops a process the node started (its process group, by PID):
+// SIGTERM, then SIGKILL after 10 s.
+func termProc(c *exec.Cmd) {
+	if c == nil || c.Process == nil || c.ProcessState != nil {
+		return
+	}
+	syscall.Kill(-c.Process.Pid, syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { c.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		syscall.Kill(-c.Process.Pid, syscall.SIGKILL)
+		<-done
+	}
 }
 
 // start runs a process of the node inside its namespace, its output to
 // the node's dir.
 func (n *e2eNode) start(e *env, log, bin string, args ...string) *exec.Cmd {
 	n.t.Helper()
-	f, err := os.Create(n.path(log))
+	f, err := os.OpenFile(n.path(log), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
 		n.t.Fatal(err)
 	}
@@ -203,7 +241,12 @@ func (n *e2eNode) start(e *env, log, bin string, args ...string) *exec.Cmd {
 // mounts.
 func (n *e2eNode) stop() {
 	if n.t.Failed() {
-		for _, l := range []string{"kubelet.log", "containerd.log"} {
+		logs := []string{"kubelet.log", "containerd.log", "var/log/spinneret/spinneret.log"}
+		agents, _ := filepath.Glob(n.path("kubelet/logs/kube-system_spinneret-node-a_*/*/*.log"))
+		for _, l := range agents {
+			logs = append(logs, strings.TrimPrefix(l, n.dir+"/"))
+		}
+		for _, l := range logs {
 			b, _ := os.ReadFile(n.path(l))
 			if len(b) > 6000 {
 				b = b[len(b)-6000:]
@@ -211,19 +254,8 @@ func (n *e2eNode) stop() {
 			n.t.Logf("%s (tail):\n%s", l, b)
 		}
 	}
-	for _, c := range []*exec.Cmd{n.kube, n.ctrd} {
-		if c != nil && c.Process != nil && c.ProcessState == nil {
-			syscall.Kill(-c.Process.Pid, syscall.SIGTERM)
-			done := make(chan struct{})
-			go func() { c.Wait(); close(done) }()
-			select {
-			case <-done:
-			case <-time.After(10 * time.Second):
-				syscall.Kill(-c.Process.Pid, syscall.SIGKILL)
-				<-done
-			}
-		}
-	}
+	termProc(n.kube)
+	termProc(n.ctrd)
 	// the containers outlive containerd and their shims: runc (this
 	// node's own root) kills and deletes each, then the shims go
 	root := filepath.Join(n.path("runc"), "k8s.io")
@@ -536,7 +568,63 @@ node: {masters: {}, logLevel: debug}
 		t.Errorf("%d journals with pod ghost failing, want web's and old's", j)
 	}
 	apiRequest(t, a, http.MethodDelete, "/api/v1/namespaces/default/pods/ghost?gracePeriodSeconds=0", nil, nil)
+
+	// a sandbox whose DEL never comes: with the kubelet stopped, pod
+	// lost's containers are removed behind containerd's back and
+	// containerd restarts without them, the pod is deleted; the kubelet,
+	// started again, knows of neither. The node agent's sweep finds the
+	// attachment without a sandbox and runs spinneret's GC for it
+	e2eRunning(t, a, e2ePod("lost", "green"))
+	lost := ""
+	if js, _ := txn.ListJournalFiles(n.path("var/lib/spinneret"), "spinneret"); true {
+		for _, j := range js {
+			if b, _ := os.ReadFile(j.Path); strings.Contains(string(b), `"pod":"default/lost"`) {
+				lost = j.ContainerID
+			}
+		}
+	}
+	if lost == "" {
+		t.Fatal("no journal of pod lost")
+	}
+	termProc(n.kube)
+	ids, err := n.ctr("containers", "list", "-q", `labels."io.kubernetes.pod.name"==lost`)
+	if err != nil || !strings.Contains(string(ids), lost) {
+		t.Fatalf("pod lost's containers %q (%v), want its sandbox %s among them", ids, err, lost)
+	}
+	// the app container first, the sandbox last
+	fields := strings.Fields(string(ids))
+	slices.SortFunc(fields, func(x, y string) int { return map[bool]int{true: 1}[x == lost] - map[bool]int{true: 1}[y == lost] })
+	for _, id := range fields {
+		n.ctr("tasks", "kill", "-s", "SIGKILL", id)
+		eventually(t, 20*time.Second, "task "+id+" stopped", func() (bool, string) {
+			out, _ := n.ctr("tasks", "delete", id)
+			gone, _ := n.ctr("tasks", "list", "-q")
+			return !strings.Contains(string(gone), id), string(out)
+		})
+		if out, err := n.ctr("containers", "delete", id); err != nil {
+			t.Fatalf("ctr containers delete %s: %v\n%s", id, err, out)
+		}
+	}
+	termProc(n.ctrd)
+	n.startContainerd()
+	apiRequest(t, a, http.MethodDelete, "/api/v1/namespaces/default/pods/lost?gracePeriodSeconds=0", nil, nil)
+	n.startKubelet()
 	before := time.Now()
+	eventually(t, 60*time.Second, "pod lost's attachment swept", func() (bool, string) {
+		js, _ := txn.ListJournalFiles(n.path("var/lib/spinneret"), "spinneret")
+		for _, j := range js {
+			if j.ContainerID == lost {
+				return false, fmt.Sprintf("%d journals, lost's among them", len(js))
+			}
+		}
+		return true, ""
+	})
+	t.Logf("pod lost (its sandbox forgotten by the runtime): swept %.1fs after containerd and the kubelet came back", time.Since(before).Seconds())
+	apiRequest(t, a, http.MethodGet, "/apis/spinneret.io/v1alpha1/ipallocations", nil, &allocs)
+	if len(allocs.Items) != 4 {
+		t.Errorf("%d IPAllocations after the sweep, want web's and old's 4", len(allocs.Items))
+	}
+	before = time.Now()
 	for _, p := range []string{"web", "old"} {
 		apiRequest(t, a, http.MethodDelete, "/api/v1/namespaces/default/pods/"+p+"?gracePeriodSeconds=0", nil, nil)
 	}
