@@ -10,7 +10,7 @@ CONTROLLER_GEN_VERSION := v0.23.0
 VERSION     ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS     := -X main.version=$(VERSION)
 
-.PHONY: all build demo ref-plugins test unit lint fuzz fuzz-short bench bench-baseline bench-ipam bench-vm tools k8s-bins calico-bins helm-bin manifests deploy-check image generate clean
+.PHONY: all build demo ref-plugins test unit lint fuzz fuzz-short bench bench-baseline bench-ipam bench-vm tools k8s-bins calico-bins helm-bin containerd-bins manifests deploy-check image generate clean
 
 all: build
 
@@ -36,7 +36,7 @@ bin/cni/.$(REF_PLUGINS_VERSION):
 ## test: formatting, vet, staticcheck, unit tests, the netns suite and the
 ## Kubernetes suite (a real kube-apiserver: built once per version, cached),
 ## then each fuzz target for FUZZTIME
-test: lint k8s-bins calico-bins helm-bin
+test: lint k8s-bins calico-bins helm-bin containerd-bins
 	$(GO) test -count=1 -timeout 30m ./...
 	$(MAKE) -s fuzz-short
 
@@ -62,6 +62,11 @@ k8s-bins:
 ## proxy (cached by version), for the overlay suite's Calico test
 calico-bins:
 	tests/calico/build.sh
+
+## containerd-bins: build containerd 2 (daemon, runc shim, ctr) from the Go
+## module proxy (cached by version), for the end-to-end suite's second runtime
+containerd-bins:
+	@tests/containerd/build.sh >/dev/null
 
 ## helm-bin: build helm from the Go module proxy (cached by version)
 helm-bin:

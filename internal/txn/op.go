@@ -134,6 +134,11 @@ func (s *Step) UnmarshalJSON(b []byte) error {
 	if err := json.Unmarshal(b, &sj); err != nil {
 		return err
 	}
+	if sj.Kind == "" || len(sj.Op) == 0 || string(sj.Op) == "null" {
+		// no binary writes a step without its kind and operation: damage,
+		// not a newer binary's step
+		return fmt.Errorf("step without kind or operation (%d bytes)", len(b))
+	}
 	newOp, ok := registry[sj.Kind]
 	if !ok || sj.Min > Format {
 		s.Op = newForeign(sj, ok)

@@ -150,6 +150,12 @@ func TestStepJSONRoundTrip(t *testing.T) {
 	if b, err := json.Marshal(back); err != nil || string(b) != foreign {
 		t.Fatalf("written back as %s (%v)", b, err)
 	}
+	// a step without kind or operation is damage, not a newer binary's
+	for _, bad := range []string{`[{"op":{}}]`, `[{"kind":"x"}]`, `[{"kind":"x","op":null}]`, `[{}]`} {
+		if err := json.Unmarshal([]byte(bad), &back); err == nil {
+			t.Errorf("%s read as %T", bad, back[0].Op)
+		}
+	}
 	// the hints a known step is written with, for an older binary
 	b, _ = json.Marshal(Steps([]Op{&fakeLink{fakeOp{Name: "l"}}, &fakeOnLink{fakeOp: fakeOp{Name: "r"}, Link: "l"}, &fakeHeld{Key: "k"}}))
 	if want := `[{"kind":"test.fake","op":{"name":"l"},"creates":["link/l"]},{"kind":"test.fake","op":{"name":"r","link":"l"},"on":"link/l"},{"kind":"test.held","op":{"key":"k"},"held":"k"}]`; string(b) != want {
