@@ -343,13 +343,7 @@ func e2eHelm(t *testing.T, e *env, a *k8senv.APIServer, args ...string) {
 	cmd := exec.Command(helmBin(t), append(args, "--kubeconfig", a.Kubeconfig)...)
 	home := t.TempDir()
 	cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+home+"/cache", "HELM_CONFIG_HOME="+home+"/config", "HELM_DATA_HOME="+home+"/data")
-	var out []byte
-	err := e.topo.Node.Do(func() error {
-		var err error
-		out, err = cmd.CombinedOutput()
-		return err
-	})
-	if err != nil {
+	if out, err := outputIn(e.topo.Node, cmd); err != nil {
 		t.Fatalf("helm %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
 }
@@ -385,11 +379,7 @@ func e2eNodeReady(t *testing.T, e *env, a *k8senv.APIServer, n *e2eNode, version
 			}
 		}
 		apiRequest(t, a, http.MethodGet, "/api/v1/nodes/node-a", nil, &node)
-		var v []byte
-		e.topo.Node.Do(func() error {
-			v, _ = exec.Command(n.path("opt/cni/bin/spinneret"), "version").CombinedOutput()
-			return nil
-		})
+		v, _ := outputIn(e.topo.Node, exec.Command(n.path("opt/cni/bin/spinneret"), "version"))
 		for _, c := range node.Status.Conditions {
 			if c.Type == "Ready" {
 				ph, why := podPhase(t, a, "kube-system", "spinneret-node-a")
@@ -583,11 +573,7 @@ node: {masters: {}, logLevel: debug}
 		t.Errorf("%d IPAllocations, want eth0's and net3's of web, eth0's and net1's of old", len(allocs.Items))
 	}
 	// the operator's view, through the binary the DaemonSet installed
-	var page []byte
-	e.topo.Node.Do(func() error {
-		page, _ = exec.Command(n.path("opt/cni/bin/spinneret"), "inspect", "--no-cluster", "--conflist", n.path("etc/cni/net.d/00-spinneret.conflist"), "default/web").CombinedOutput()
-		return nil
-	})
+	page, _ := outputIn(e.topo.Node, exec.Command(n.path("opt/cni/bin/spinneret"), "inspect", "--no-cluster", "--conflist", n.path("etc/cni/net.d/00-spinneret.conflist"), "default/web"))
 	for _, want := range []string{"pod default/web", "net3 ", "lookup 10", "table 500", "journal: committed"} {
 		if !strings.Contains(string(page), want) {
 			t.Errorf("spinneret inspect default/web lacks %q:\n%s", want, page)
@@ -614,11 +600,10 @@ node: {masters: {}, logLevel: debug}
 	// attachment without a sandbox and runs spinneret's GC for it
 	e2eRunning(t, a, e2ePod("lost", "green"))
 	lost := ""
-	if js, _ := txn.ListJournalFiles(n.path("var/lib/spinneret"), "spinneret"); true {
-		for _, j := range js {
-			if b, _ := os.ReadFile(j.Path); strings.Contains(string(b), `"pod":"default/lost"`) {
-				lost = j.ContainerID
-			}
+	js, _ := txn.ListJournalFiles(n.path("var/lib/spinneret"), "spinneret")
+	for _, j := range js {
+		if b, _ := os.ReadFile(j.Path); strings.Contains(string(b), `"pod":"default/lost"`) {
+			lost = j.ContainerID
 		}
 	}
 	if lost == "" {

@@ -273,6 +273,18 @@ func (e *env) sameAs(before string, pods ...*netlab.NS) {
 
 func currentResult(r types.Result) (*current.Result, error) { return current.NewResultFromResult(r) }
 
+// outputIn runs cmd inside ns (a child started from the namespace's
+// thread is in it) and gives its combined output.
+func outputIn(ns *netlab.NS, cmd *exec.Cmd) ([]byte, error) {
+	var out []byte
+	err := ns.Do(func() error {
+		var err error
+		out, err = cmd.CombinedOutput()
+		return err
+	})
+	return out, err
+}
+
 func appendFile(t testing.TB, path, text string) {
 	t.Helper()
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)

@@ -32,12 +32,7 @@ func TestInspect(t *testing.T) {
 	rt := kubeRT("0123456789abcdef", p, "spin", "web", uid)
 	res := e.mustAdd(l, rt)
 	run := func(args ...string) (string, error) {
-		var out []byte
-		err := e.topo.Node.Do(func() error {
-			var err error
-			out, err = exec.Command(filepath.Join(binDir, "spinneret"), append([]string{"inspect", "--conflist", conflist, "--kubeconfig", k.a.Kubeconfig}, args...)...).CombinedOutput()
-			return err
-		})
+		out, err := outputIn(e.topo.Node, exec.Command(filepath.Join(binDir, "spinneret"), append([]string{"inspect", "--conflist", conflist, "--kubeconfig", k.a.Kubeconfig}, args...)...))
 		return string(out), err
 	}
 	text, err := run("spin/web")

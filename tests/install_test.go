@@ -276,12 +276,7 @@ func TestInstallAPIServerEndpoint(t *testing.T) {
 			"--service-account-dir=" + sa}, extra...)
 		cmd := exec.Command(filepath.Join(binDir, "spinneret"), args...)
 		cmd.Env = append(os.Environ(), "NODE_NAME=node-a", "KUBERNETES_SERVICE_HOST="+u.Hostname(), "KUBERNETES_SERVICE_PORT="+u.Port())
-		var out []byte
-		err := k.topo.Node.Do(func() error {
-			var err error
-			out, err = cmd.CombinedOutput()
-			return err
-		})
+		out, err := outputIn(k.topo.Node, cmd)
 		if err != nil {
 			t.Fatalf("install: %v\n%s", err, out)
 		}

@@ -16,7 +16,6 @@ type newerOp struct {
 	Name  string `json:"name"`
 	Makes string `json:"makes,omitempty"` // a link it creates
 	On    string `json:"on,omitempty"`    // the link it lives on
-	Disk  bool   `json:"disk,omitempty"`
 }
 
 // newerHeld is a ledger entry of a newer binary's backend.
