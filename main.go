@@ -11,6 +11,10 @@ import (
 
 	"github.com/spinneret-cni/spinneret/cni"
 	"github.com/spinneret-cni/spinneret/conf"
+	// initialised before the packages whose inits do the work (Go
+	// initialises ready packages in import-path order): it pins the
+	// plugin to one CPU first
+	_ "github.com/spinneret-cni/spinneret/internal/cpupin"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".

@@ -24,6 +24,8 @@ import (
 	"github.com/spinneret-cni/spinneret/internal/txn"
 	"github.com/spinneret-cni/spinneret/ipam"
 	"github.com/spinneret-cni/spinneret/plan"
+
+	"github.com/spinneret-cni/spinneret/internal/cniexec"
 )
 
 // maxDelegateConflist bounds the delegate's conflist as spinneret's own
@@ -160,7 +162,7 @@ func (p *plugin) gcDelegate(name string, d *conf.Delegate, cniPath string) error
 	if err != nil {
 		return err
 	}
-	c := libcni.NewCNIConfigWithCacheDir(filepath.SplitList(cniPath), statedir.Delegate(p.node.StateDir), nil)
+	c := libcni.NewCNIConfigWithCacheDir(filepath.SplitList(cniPath), statedir.Delegate(p.node.StateDir), cniexec.Exec)
 	cached, err := c.GetCachedAttachments("")
 	if err != nil {
 		return fmt.Errorf("delegate cache: %w", err)

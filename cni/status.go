@@ -12,6 +12,8 @@ import (
 
 	"github.com/spinneret-cni/spinneret/conf"
 	"github.com/spinneret-cni/spinneret/ipam"
+
+	"github.com/spinneret-cni/spinneret/internal/cniexec"
 )
 
 // cmdStatus reports whether ADDs can be served: the state dir is writable,
@@ -81,7 +83,7 @@ func delegateStatus(name string, d *conf.Delegate, cniPath string) error {
 	case err != nil:
 		return types.NewError(types.ErrPluginNotAvailable, fmt.Sprintf("network %s: %v", name, err), "")
 	}
-	if err := libcni.NewCNIConfig(filepath.SplitList(cniPath), nil).GetStatusNetworkList(context.Background(), l); err != nil {
+	if err := libcni.NewCNIConfig(filepath.SplitList(cniPath), cniexec.Exec).GetStatusNetworkList(context.Background(), l); err != nil {
 		return types.NewError(types.ErrPluginNotAvailable, fmt.Sprintf("network %s: its CNI (%s) reports: %v", name, d.Conflist, err), "")
 	}
 	return nil

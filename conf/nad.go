@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
-	"regexp"
 	"slices"
 	"strings"
 
@@ -198,15 +197,14 @@ type nadTuning struct {
 	Allmulti bool              `json:"allmulti"`
 }
 
-// sysctlKeyRE is a tuning sysctl key: under net., dot-separated names
+// A tuning sysctl key (validSysctlKey) is under net., dot-separated names
 // (IFNAME is the NIC's name), nothing that could leave /proc/sys/net.
-var sysctlKeyRE = regexp.MustCompile(`^net(\.[A-Za-z0-9_-]+)+$`)
 
 // nadSysctls validates a tuning entry's sysctls, in key order.
 func nadSysctls(field string, m map[string]string) ([]Sysctl, error) {
 	var out []Sysctl
 	for k, v := range m {
-		if !sysctlKeyRE.MatchString(k) || len(k) > 256 {
+		if !validSysctlKey(k) || len(k) > 256 {
 			return nil, fmt.Errorf("%s: tuning sysctl %s is not a net.* sysctl (dot-separated names; IFNAME for the NIC)", field, Excerpt(k))
 		}
 		if len(v) > 256 || strings.ContainsAny(v, "\n\x00") {
@@ -250,7 +248,5 @@ func nadKey(namespace, name string) string {
 	return k[:50] + "-" + hex.EncodeToString(h[:6])
 }
 
-var pluginNameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$`)
-
 // ValidPluginName reports whether s can name a CNI plugin binary (no path).
-func ValidPluginName(s string) bool { return pluginNameRE.MatchString(s) }
+func ValidPluginName(s string) bool { return validCNIName(s) }

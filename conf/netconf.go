@@ -11,7 +11,6 @@ import (
 	"net"
 	"net/netip"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -325,21 +324,13 @@ type Route struct {
 // DefaultNodeConf is the node conf file read when the CNI config names none.
 const DefaultNodeConf = "/etc/spinneret/node.yaml"
 
-var (
-	nameRE    = regexp.MustCompile(`^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$`) // pools: DNS-like
-	netNameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$`)          // CNI's rule
-	// printable ASCII but '%', '/' and ':'; 15 bytes at most (regexp
-	// counts runes, so only ASCII keeps that a byte count)
-	ifnameRE = regexp.MustCompile(`^[\x21-\x24\x26-\x2e\x30-\x39\x3b-\x7e]{1,15}$`)
-)
-
 // ValidIfName reports whether s is an interface name the kernel takes as
 // given: 1 to 15 bytes (IFNAMSIZ less its NUL) of printable ASCII, without
 // '/' or ':' (dev_valid_name refuses those and whitespace) or '%' (the
 // kernel would number the name, as in "eth%d"), and not "." or "..".
 // Control characters and other bytes are refused too: they name links no
 // operator can type.
-func ValidIfName(s string) bool { return ifnameRE.MatchString(s) && s != "." && s != ".." }
+func ValidIfName(s string) bool { return validIfNameBytes(s) && s != "." && s != ".." }
 
 // ReservedPodIfNames are names no pod NIC may take: lo is the pod's
 // loopback, veth0 the coordinator's veth to the node, and all and default
@@ -408,7 +399,7 @@ func (c *Config) runtimeConfig(r *raw) error {
 				c.RuntimeMAC, err = parseMAC(f, m)
 			}
 		case "deviceID":
-			if err = json.Unmarshal(v, &c.RuntimeDeviceID); err == nil && c.RuntimeDeviceID != "" && !pciRE.MatchString(c.RuntimeDeviceID) {
+			if err = json.Unmarshal(v, &c.RuntimeDeviceID); err == nil && c.RuntimeDeviceID != "" && !validPCI(c.RuntimeDeviceID) {
 				return fmt.Errorf("%s: %q is not a PCI address (0000:01:10.0)", f, c.RuntimeDeviceID)
 			}
 		case PodAnnotationsCapability:
@@ -495,7 +486,7 @@ func (r *raw) validate() (*Config, error) {
 	if !slices.Contains(SupportedVersions, r.CNIVersion) {
 		return nil, fmt.Errorf("cniVersion: %q is not supported (supported: %s)", r.CNIVersion, strings.Join(SupportedVersions, ", "))
 	}
-	if !netNameRE.MatchString(r.Name) {
+	if !validCNIName(r.Name) {
 		return nil, fmt.Errorf("name: %q is not a valid network name (letters, digits, '.', '_', '-', starting with a letter or digit)", r.Name)
 	}
 	if r.Type != PluginType {
@@ -625,7 +616,7 @@ func (c *Config) networks(r *raw, coord Coordinator) error {
 func (rn *rawNetwork) validate(path string, coord Coordinator) (*Network, error) {
 	f := func(field string) string { return join(path, field) }
 	n := &Network{Name: rn.Name, Driver: rn.Driver, Master: rn.Master, Mode: rn.Mode, MTU: rn.MTU}
-	if path != "" && !nameRE.MatchString(rn.Name) {
+	if path != "" && !validName(rn.Name) {
 		return nil, fmt.Errorf("%s: %q is not a valid network name (lower case letters, digits, '.', '_', '-')", f("name"), rn.Name)
 	}
 	var err error
@@ -683,7 +674,7 @@ func (rn *rawNetwork) validate(path string, coord Coordinator) (*Network, error)
 			return nil, fmt.Errorf("%s: set either a MAC or podMACPrefix", f("mac"))
 		}
 		sr := &SRIOV{DeviceID: rn.DeviceID, ResourceName: rn.ResourceName, VLANQoS: rn.VLANQoS, MinTxRate: rn.MinTxRate, MaxTxRate: rn.MaxTxRate, LinkState: rn.LinkState}
-		if sr.DeviceID != "" && !pciRE.MatchString(sr.DeviceID) {
+		if sr.DeviceID != "" && !validPCI(sr.DeviceID) {
 			return nil, fmt.Errorf("%s: %q is not a PCI address (0000:01:10.0)", f("deviceID"), sr.DeviceID)
 		}
 		if sr.VLANQoS < 0 || sr.VLANQoS > 7 {
@@ -782,7 +773,7 @@ func (rn *rawNetwork) validate(path string, coord Coordinator) (*Network, error)
 	}
 	if n.KubeIPAM {
 		for i, name := range rn.IPAM.IPPools {
-			if !nameRE.MatchString(name) {
+			if !validName(name) {
 				return nil, fmt.Errorf("%s: %q is not a valid IPPool name", f(fmt.Sprintf("ipam.ippools[%d]", i)), name)
 			}
 		}
@@ -828,13 +819,9 @@ const (
 	BackendKubernetes = "kubernetes"
 )
 
-var pciRE = regexp.MustCompile(`^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$`)
-
-var objectNameRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`)
-
 // ValidObjectName reports whether s can name a Kubernetes object (a DNS
 // subdomain).
-func ValidObjectName(s string) bool { return len(s) <= 253 && objectNameRE.MatchString(s) }
+func ValidObjectName(s string) bool { return len(s) <= 253 && validSubdomain(s) }
 
 func parseMAC(field, s string) (string, error) {
 	hw, err := net.ParseMAC(s)
@@ -876,7 +863,7 @@ func specialOverlap(sub netip.Prefix) (netip.Prefix, string) {
 
 func (rp *rawPool) validate(path string) (*Pool, error) {
 	p := &Pool{Name: rp.Name}
-	if !nameRE.MatchString(rp.Name) {
+	if !validName(rp.Name) {
 		return nil, fmt.Errorf("%s.name: %q is not a valid pool name", path, rp.Name)
 	}
 	sub, err := netip.ParsePrefix(rp.Subnet)

@@ -11,6 +11,8 @@ import (
 	"github.com/containernetworking/cni/pkg/version"
 
 	"github.com/spinneret-cni/spinneret/internal/txn"
+
+	"github.com/spinneret-cni/spinneret/internal/cniexec"
 )
 
 func init() {
@@ -62,7 +64,7 @@ func (o *DelegateNet) list() (*libcni.NetworkConfigList, error) {
 }
 
 func (o *DelegateNet) cni() *libcni.CNIConfig {
-	return libcni.NewCNIConfigWithCacheDir(filepath.SplitList(o.CNIPath), o.CacheDir, nil)
+	return libcni.NewCNIConfigWithCacheDir(filepath.SplitList(o.CNIPath), o.CacheDir, cniexec.Exec)
 }
 
 func (o *DelegateNet) rt() *libcni.RuntimeConf {

@@ -13,6 +13,8 @@ import (
 	"github.com/containernetworking/cni/pkg/utils"
 
 	"github.com/spinneret-cni/spinneret/internal/txn"
+
+	"github.com/spinneret-cni/spinneret/internal/cniexec"
 )
 
 func init() {
@@ -64,7 +66,7 @@ func (o *Delegated) Add(ctx context.Context) (*current.Result, error) {
 	if err != nil {
 		return nil, fmt.Errorf("IPAM plugin %s: %w", o.Type, err)
 	}
-	r, err := invoke.ExecPluginWithResult(ctx, bin, o.Conf, o.args("ADD"), nil)
+	r, err := invoke.ExecPluginWithResult(ctx, bin, o.Conf, o.args("ADD"), cniexec.Exec)
 	if err != nil {
 		return nil, fmt.Errorf("IPAM plugin %s for %s: %w", o.Type, o.IfName, err)
 	}
@@ -87,7 +89,7 @@ func (o *Delegated) Undo(*txn.Env) error {
 	}
 	bin, err := o.plugin()
 	if err == nil {
-		err = invoke.ExecPluginWithoutResult(context.Background(), bin, o.Conf, o.args("DEL"), nil)
+		err = invoke.ExecPluginWithoutResult(context.Background(), bin, o.Conf, o.args("DEL"), cniexec.Exec)
 	}
 	if err == nil {
 		return nil

@@ -17,7 +17,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"regexp"
 	"slices"
 	"strings"
 
@@ -468,18 +467,14 @@ func parseSelections(key, s string) ([]selection, error) {
 // A network's name is a catalogue network's or a NAD's (a Kubernetes
 // object name: lower case, digits, '.', '-', and '_' for the catalogue's),
 // its namespace a Kubernetes namespace's (a DNS label).
-var (
-	selNameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$`)
-	nsRE      = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]*[a-z0-9])?$`)
-)
 
 // checkNames refuses a selection whose name, namespace or interface no
 // network, namespace or pod NIC can have, before it is looked up.
 func checkNames(field string, sel selection, primary bool) error {
-	if len(sel.Name) > 253 || !selNameRE.MatchString(sel.Name) {
+	if len(sel.Name) > 253 || !conf.ValidDNSName(sel.Name) {
 		return fmt.Errorf("%s: network name %s is not a network or NetworkAttachmentDefinition name (lower case letters, digits, '.', '-', '_'; at most 253)", field, conf.Excerpt(sel.Name))
 	}
-	if sel.Namespace != "" && (len(sel.Namespace) > 63 || !nsRE.MatchString(sel.Namespace)) {
+	if sel.Namespace != "" && (len(sel.Namespace) > 63 || !conf.ValidDNSLabel(sel.Namespace)) {
 		return fmt.Errorf("%s: namespace %s is not a namespace name", field, conf.Excerpt(sel.Namespace))
 	}
 	if sel.Interface != "" {

@@ -24,6 +24,11 @@ import (
 // holds the production build, for benchmarks.
 var binDir, prodBinDir string
 
+// prodBuildFlags are the production build's flags (the Makefile's build and
+// image targets); the suite's binaries are built with them and
+// CGO_ENABLED=0, static as a plugin copied onto a host must be.
+var prodBuildFlags = []string{"-trimpath", "-ldflags=-s -w"}
+
 func TestMain(m *testing.M) {
 	if mode := os.Getenv("SPINNERET_IPAM_LOADER"); mode != "" {
 		runLoader(mode) // a simulated node of TestKubeIPAMScale
@@ -50,7 +55,8 @@ func TestMain(m *testing.M) {
 	}
 	binDir, prodBinDir = filepath.Join(dir, "hooks"), filepath.Join(dir, "prod")
 	for bin, tags := range map[string]string{binDir: "testhooks", prodBinDir: ""} {
-		build := exec.Command("go", "build", "-tags", tags, "-o", filepath.Join(bin, "spinneret"), "..")
+		build := exec.Command("go", append(append([]string{"build", "-tags", tags}, prodBuildFlags...), "-o", filepath.Join(bin, "spinneret"), "..")...)
+		build.Env = append(os.Environ(), "CGO_ENABLED=0")
 		build.Stdout, build.Stderr = os.Stderr, os.Stderr
 		if err := build.Run(); err != nil {
 			fmt.Fprintln(os.Stderr, "tests: building spinneret:", err)

@@ -1,10 +1,13 @@
 // Package podres asks the kubelet which devices it gave a pod: the
 // PodResources API (k8s.io/kubelet/pkg/apis/podresources/v1,
 // PodResourcesLister.List) over its unix socket. It is gRPC, spoken here
-// with net/http's unencrypted HTTP/2 and protowire, because linking grpc
-// and the generated API made a binary start 2.6-2.9 ms slower (measured:
-// 4.2-4.5 ms against 1.6 ms), which every ADD would pay. The tests talk to
-// a server built from the real generated code.
+// with net/http's unencrypted HTTP/2 and a protobuf wire reader of its own,
+// because linking grpc and the generated API made a binary start 2.6-2.9 ms
+// slower (measured: 4.2-4.5 ms against 1.6 ms), which every ADD would pay;
+// and protobuf's protowire, small as it is, links protobuf's
+// internal/detrand, whose init hashes the executable (1.0-1.1 ms of every
+// start, GODEBUG=inittrace=1). The tests talk to a server built from the
+// real generated code.
 package podres
 
 import (
@@ -17,8 +20,6 @@ import (
 	"net"
 	"net/http"
 	"time"
-
-	"google.golang.org/protobuf/encoding/protowire"
 )
 
 // DefaultSocket is the kubelet's PodResources socket.
@@ -65,22 +66,51 @@ func Devices(ctx context.Context, socket, namespace, pod, resource string, timeo
 	return devicesOf(body[5:], namespace, pod, resource)
 }
 
-// fields calls fn for each field of a protobuf message.
-func fields(b []byte, fn func(num protowire.Number, typ protowire.Type, v []byte) error) error {
+// wireType is a protobuf field's wire type.
+type wireType uint8
+
+const (
+	varintType  wireType = 0
+	fixed64Type wireType = 1
+	bytesType   wireType = 2
+	fixed32Type wireType = 5
+)
+
+var errWire = errors.New("malformed protobuf message")
+
+// fields calls fn for each field of a protobuf message: its number, wire
+// type and, for a length-delimited field, its bytes. Groups (wire types 3
+// and 4, deprecated) are refused: the PodResources API has none.
+func fields(b []byte, fn func(num uint64, typ wireType, v []byte) error) error {
 	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return protowire.ParseError(n)
+		tag, n := binary.Uvarint(b)
+		if n <= 0 || tag>>3 == 0 {
+			return errWire
 		}
 		b = b[n:]
+		num, typ := tag>>3, wireType(tag&7)
 		var v []byte
-		if typ == protowire.BytesType {
-			v, n = protowire.ConsumeBytes(b)
-		} else {
-			n = protowire.ConsumeFieldValue(num, typ, b)
+		switch typ {
+		case varintType:
+			if _, n = binary.Uvarint(b); n <= 0 {
+				return errWire
+			}
+		case fixed64Type:
+			n = 8
+		case fixed32Type:
+			n = 4
+		case bytesType:
+			l, m := binary.Uvarint(b)
+			if m <= 0 || l > uint64(len(b)-m) {
+				return errWire
+			}
+			n = m + int(l)
+			v = b[m:n]
+		default:
+			return fmt.Errorf("%w: wire type %d", errWire, typ)
 		}
-		if n < 0 {
-			return protowire.ParseError(n)
+		if n > len(b) {
+			return errWire
 		}
 		if err := fn(num, typ, v); err != nil {
 			return err
@@ -96,19 +126,19 @@ func fields(b []byte, fn func(num protowire.Number, typ protowire.Type, v []byte
 func devicesOf(msg []byte, namespace, pod, resource string) ([]string, error) {
 	var out []string
 	found := false
-	err := fields(msg, func(num protowire.Number, typ protowire.Type, podMsg []byte) error {
-		if num != 1 || typ != protowire.BytesType {
+	err := fields(msg, func(num uint64, typ wireType, podMsg []byte) error {
+		if num != 1 || typ != bytesType {
 			return nil
 		}
 		var name, ns string
 		var containers [][]byte
-		if err := fields(podMsg, func(num protowire.Number, typ protowire.Type, v []byte) error {
+		if err := fields(podMsg, func(num uint64, typ wireType, v []byte) error {
 			switch {
-			case num == 1 && typ == protowire.BytesType:
+			case num == 1 && typ == bytesType:
 				name = string(v)
-			case num == 2 && typ == protowire.BytesType:
+			case num == 2 && typ == bytesType:
 				ns = string(v)
-			case num == 3 && typ == protowire.BytesType:
+			case num == 3 && typ == bytesType:
 				containers = append(containers, v)
 			}
 			return nil
@@ -120,17 +150,17 @@ func devicesOf(msg []byte, namespace, pod, resource string) ([]string, error) {
 		}
 		found = true
 		for _, c := range containers {
-			if err := fields(c, func(num protowire.Number, typ protowire.Type, dev []byte) error {
-				if num != 2 || typ != protowire.BytesType {
+			if err := fields(c, func(num uint64, typ wireType, dev []byte) error {
+				if num != 2 || typ != bytesType {
 					return nil
 				}
 				var res string
 				var ids []string
-				if err := fields(dev, func(num protowire.Number, typ protowire.Type, v []byte) error {
+				if err := fields(dev, func(num uint64, typ wireType, v []byte) error {
 					switch {
-					case num == 1 && typ == protowire.BytesType:
+					case num == 1 && typ == bytesType:
 						res = string(v)
-					case num == 2 && typ == protowire.BytesType:
+					case num == 2 && typ == bytesType:
 						ids = append(ids, string(v))
 					}
 					return nil
