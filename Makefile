@@ -164,7 +164,7 @@ BASELINE ?= eb2b641
 bench-baseline:
 	@tmp=$$(mktemp -d) && trap 'rm -rf $$tmp' EXIT && \
 	  git archive $(BASELINE) | tar -x -C $$tmp && \
-	  (cd $$tmp && $(GO) build -o $$tmp/bin/spinneret .) && \
+	  (cd $$tmp && $(GOBUILD) -o $$tmp/bin/spinneret .) && \
 	  SPINNERET_BENCH_BASELINE=$$tmp/bin $(GO) test -count=1 -timeout 60m -run '^$$' -bench BenchmarkPodLifecycleVsBaseline -benchtime 1x ./tests/
 
 ## bench-ipam: the kubernetes IPAM backend at scale: 1000 allocations from

@@ -19,6 +19,8 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"runtime"
+	"runtime/debug"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -43,6 +45,7 @@ import (
 
 // Main runs the plugin for the CNI_COMMAND in the environment.
 func Main(about string) {
+	shortLived()
 	if c := os.Getenv("CNI_COMMAND"); c != "" && c != "VERSION" {
 		if err := boundStdin(); err != nil {
 			types.NewError(types.ErrInvalidNetworkConfig, err.Error(), "").Print()
@@ -51,6 +54,18 @@ func Main(about string) {
 	}
 	skel.PluginMainFuncs(skel.CNIFuncs{Add: bounded(cmdAdd), Del: bounded(cmdDel), Check: bounded(cmdCheck), GC: bounded(cmdGC), Status: bounded(cmdStatus)},
 		version.PluginSupports(conf.SupportedVersions...), about)
+}
+
+// shortLived tunes the Go runtime for a process that lives tens of
+// milliseconds and allocates a few MiB: no collection (a plugin call's
+// heap is garbage as a whole when it exits), bounded by a memory limit
+// that starts the collector only for a pathological call (a 1 MiB config
+// of hundreds of networks); one P, as the process is pinned to one CPU
+// (internal/cpupin) and a second P would only spin.
+func shortLived() {
+	debug.SetGCPercent(-1)
+	debug.SetMemoryLimit(256 << 20)
+	runtime.GOMAXPROCS(1)
 }
 
 // MaxConfigBytes bounds the config spinneret reads from stdin; a larger
