@@ -10,7 +10,7 @@ CONTROLLER_GEN_VERSION := v0.23.0
 VERSION     ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS     := -X main.version=$(VERSION)
 
-.PHONY: all build demo ref-plugins test unit lint fuzz fuzz-short bench bench-baseline bench-ipam bench-vm tools k8s-bins calico-bins helm-bin containerd-bins manifests deploy-check image generate clean
+.PHONY: all build demo ref-plugins test unit lint fuzz fuzz-short cni-deps bench bench-baseline bench-ipam bench-vm tools k8s-bins calico-bins helm-bin containerd-bins manifests deploy-check image generate clean
 
 all: build
 
@@ -117,6 +117,11 @@ image:
 	done; \
 	$(GO) run ./hack/mkimage -o $(IMAGE_OUT) -tag $(IMAGE) -version $(VERSION) $$args
 
+## cni-deps: rewrite hack/cni-deps.txt's list (keeping its comments) from
+## what the spinneret binary links now
+cni-deps:
+	@{ grep '^#' hack/cni-deps.txt; CGO_ENABLED=0 GOOS=linux GOARCH=amd64 $(GO) list -deps .; } > hack/cni-deps.txt.new && mv hack/cni-deps.txt.new hack/cni-deps.txt
+
 ## unit: the tests that need neither root nor namespaces
 unit:
 	$(GO) test -count=1 ./conf/... ./request/... ./plan/... ./ipam/... ./cni/... ./internal/...
@@ -132,6 +137,9 @@ lint: tools
 	$(STATICCHECK) -tags vmtest ./tests/
 	@# the plugin must not link client-go (its init alone costs ~6 ms per ADD)
 	@! $(GO) list -deps . | grep -q '^k8s.io/client-go' || { echo "the spinneret binary links client-go"; exit 1; }
+	@# the plugin links exactly the packages hack/cni-deps.txt allows
+	@t=$$(mktemp -d) && CGO_ENABLED=0 GOOS=linux GOARCH=amd64 $(GO) list -deps . > $$t/now && grep -v '^#' hack/cni-deps.txt > $$t/allowed && \
+	  { diff $$t/allowed $$t/now > $$t/diff || { echo "the packages the spinneret binary links changed (< dropped, > new); every ADD pays for each: justify it, then make cni-deps"; cat $$t/diff; rm -rf $$t; exit 1; }; }; rm -rf $$t
 	@# the shipped binaries import nothing of the test suites
 	@! $(GO) list -deps . ./cmd/... | grep -q '^github.com/spinneret-cni/spinneret/tests' || { echo "a shipped binary imports tests/"; exit 1; }
 	@# the CRDs and deepcopy code must be what the Go types generate
