@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -107,6 +110,16 @@ func (o *Veth) Check(env *txn.Env) error {
 // is shared by every pod: it is added by the first route and removed with
 // the last, under a node-wide lock, so concurrent ADDs never duplicate it
 // and a DEL never removes it under another pod's feet.
+//
+// Who uses the rule is counted in the state dir, not read from the kernel:
+// a file per route in statedir.HostRuleUsers, and the last user is the one
+// whose rmdir of that directory succeeds. Listing the table instead cost
+// every DEL a dump of the node's pod routes (three per pod, each growing
+// with the node's pods: 118 ms DELs with 1000 pods held against 59 ms with
+// none). Routes made before the count existed (a binary before it, or a
+// count lost with its state dir) are counted once from the table, when
+// the directory is missing; so is a table whose last user just left,
+// which is empty then.
 type HostRoute struct {
 	Dst          netip.Prefix `json:"dst"`
 	Link         string       `json:"link"`
@@ -159,8 +172,9 @@ func (o *HostRoute) hasRule(h *netlink.Handle) (bool, error) {
 	return false, nil
 }
 
-// Do ensures the rule and adds the route, replacing a stale one for the
-// same address (a pod whose DEL never came).
+// Do counts the route as a user of the rule, ensures the rule and adds the
+// route, replacing a stale one for the same address (a pod whose DEL never
+// came).
 func (o *HostRoute) Do(env *txn.Env) error {
 	lk, err := o.lock(env)
 	if err != nil {
@@ -170,6 +184,13 @@ func (o *HostRoute) Do(env *txn.Env) error {
 	h, l, err := netops.Link(env, txn.Host, o.Link)
 	if err != nil {
 		return err
+	}
+	users, err := o.users(env, h)
+	if err != nil {
+		return err
+	}
+	if err := fileutil.Touch(filepath.Join(users, o.user())); err != nil {
+		return fmt.Errorf("host rule %d: counting its user: %w", o.Table, err)
 	}
 	ok, err := o.hasRule(h)
 	if err != nil {
@@ -187,8 +208,8 @@ func (o *HostRoute) Do(env *txn.Env) error {
 	return h.RouteReplace(r)
 }
 
-// Undo deletes the route (if it is still through this pod's veth) and the
-// rule if no pod route is left in the table.
+// Undo deletes the route (if it is still through this pod's veth), its
+// count, and the rule if it was the last user.
 func (o *HostRoute) Undo(env *txn.Env) error {
 	lk, err := o.lock(env)
 	if err != nil {
@@ -205,19 +226,91 @@ func (o *HostRoute) Undo(env *txn.Env) error {
 			return err
 		}
 	}
-	left, err := netops.Dump(func() ([]netlink.Route, error) {
-		return h.RouteListFiltered(o.family(), &netlink.Route{Table: o.Table}, netlink.RT_FILTER_TABLE)
-	})
+	users, err := o.users(env, h)
 	if err != nil {
 		return err
 	}
-	if len(left) > 0 {
-		return nil
+	if err := os.Remove(filepath.Join(users, o.user())); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("host rule %d: uncounting its user: %w", o.Table, err)
+	}
+	// rmdir succeeds only on an empty directory: this was the last user
+	if err := os.Remove(users); err != nil && !errors.Is(err, os.ErrNotExist) {
+		if errors.Is(err, unix.ENOTEMPTY) || errors.Is(err, unix.EEXIST) {
+			return nil
+		}
+		return fmt.Errorf("host rule %d: %w", o.Table, err)
 	}
 	if ok, err := o.hasRule(h); err != nil || !ok {
 		return err
 	}
 	return netops.IgnoreGone(h.RuleDel(o.rule()))
+}
+
+// user names the route's entry among the rule's users: its address and its
+// link (a pod replacing a stale route to the same address has a link of
+// its own, and the stale pod's DEL must not uncount it).
+func (o *HostRoute) user() string { return userName(o.Dst, o.Link) }
+
+func userName(dst netip.Prefix, link string) string {
+	if dst.IsSingleIP() {
+		return dst.Addr().String() + "@" + link
+	}
+	return strings.ReplaceAll(dst.String(), "/", "_") + "@" + link
+}
+
+// users returns the directory counting the rule's users, counting the
+// routes the table holds first when it is missing (see HostRoute): that
+// listing happens once per node and family after an upgrade, and then
+// only when the table is empty. The lock is held.
+func (o *HostRoute) users(env *txn.Env, h *netlink.Handle) (string, error) {
+	dir := statedir.HostRuleUsers(env.StateDir, o.Table, o.family())
+	if _, err := os.Stat(dir); err == nil {
+		return dir, nil
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return "", fmt.Errorf("host rule %d: %w", o.Table, err)
+	}
+	routes, err := netops.Dump(func() ([]netlink.Route, error) {
+		return h.RouteListFiltered(o.family(), &netlink.Route{Table: o.Table}, netlink.RT_FILTER_TABLE)
+	})
+	if err != nil {
+		return "", err
+	}
+	// counted in a directory of its own, renamed into place when whole: a
+	// count cut short by a kill is never taken for the whole
+	tmp := dir + ".new"
+	if err := os.RemoveAll(tmp); err != nil {
+		return "", fmt.Errorf("host rule %d: %w", o.Table, err)
+	}
+	if err := os.MkdirAll(tmp, 0o700); err != nil {
+		return "", fmt.Errorf("host rule %d: %w", o.Table, err)
+	}
+	names := map[int]string{}
+	for _, r := range routes {
+		if r.Dst == nil {
+			continue
+		}
+		dst, ok := netops.Prefix(r.Dst)
+		if !ok {
+			continue
+		}
+		link := "-" // not through a link (a blackhole): counted, never uncounted
+		if r.LinkIndex > 0 {
+			if _, ok := names[r.LinkIndex]; !ok {
+				names[r.LinkIndex] = fmt.Sprintf("if%d", r.LinkIndex)
+				if l, err := h.LinkByIndex(r.LinkIndex); err == nil {
+					names[r.LinkIndex] = l.Attrs().Name
+				}
+			}
+			link = names[r.LinkIndex]
+		}
+		if err := fileutil.Touch(filepath.Join(tmp, userName(dst, link))); err != nil {
+			return "", fmt.Errorf("host rule %d: %w", o.Table, err)
+		}
+	}
+	if err := os.Rename(tmp, dir); err != nil {
+		return "", fmt.Errorf("host rule %d: %w", o.Table, err)
+	}
+	return dir, nil
 }
 
 // Check reports a missing route or rule.

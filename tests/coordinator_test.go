@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -85,18 +86,7 @@ func TestHostRuleShared(t *testing.T) {
 		pods = append(pods, p)
 		e.mustAdd(l, rtConf(fmt.Sprintf("c%d", i), p))
 	}
-	count := func() int {
-		n := 0
-		for _, fam := range []int{4, 6} {
-			rules, _ := e.topo.Node.NL().RuleList(map[int]int{4: 2, 6: 10}[fam])
-			for _, r := range rules {
-				if r.Table == 500 && r.Priority == 1000 {
-					n++
-				}
-			}
-		}
-		return n
-	}
+	count := func() int { return hostRuleCount(e) }
 	if n := count(); n != 2 {
 		t.Fatalf("%d host rules for 3 pods, want one per family", n)
 	}
@@ -115,6 +105,76 @@ func TestHostRuleShared(t *testing.T) {
 		t.Errorf("node -> last pod: %v", err)
 	}
 	e.mustDel(l, rtConf("c2", pods[2]))
+	for _, p := range pods {
+		e.topo.RemovePod(p)
+	}
+	e.sameAs(before)
+}
+
+// hostRuleCount counts the node's shared host rules (table 500, priority
+// 1000), both families.
+func hostRuleCount(e *env) int {
+	n := 0
+	for _, fam := range []int{2, 10} {
+		rules, _ := e.topo.Node.NL().RuleList(fam)
+		for _, r := range rules {
+			if r.Table == 500 && r.Priority == 1000 {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+// TestHostRuleUpgrade: the host rule's users are counted in the state dir;
+// pods attached before that count existed (a binary before it: no count
+// at all) are counted from the table by the first DEL after the upgrade,
+// which must not remove the rule the others still need.
+func TestHostRuleUpgrade(t *testing.T) {
+	e := newEnv(t)
+	l := e.confList("1.1.0", dual, "")
+	before := e.snapshot()
+	var pods []*netlab.NS
+	for i := 0; i < 3; i++ {
+		p, _ := e.topo.NewPod()
+		pods = append(pods, p)
+		e.mustAdd(l, rtConf(fmt.Sprintf("c%d", i), p))
+	}
+	users := filepath.Join(e.stateDir(), "host-rules")
+	count := func(fam string) int {
+		ents, err := os.ReadDir(filepath.Join(users, "500-"+fam))
+		if err != nil {
+			t.Fatalf("the host rule's users: %v", err)
+		}
+		return len(ents)
+	}
+	if n4, n6 := count("v4"), count("v6"); n4 != 3 || n6 != 3 {
+		t.Fatalf("%d IPv4 and %d IPv6 users of the host rule for 3 dual-stack pods, want 3 and 3", n4, n6)
+	}
+	// as a binary before the count left the node
+	if err := os.RemoveAll(users); err != nil {
+		t.Fatal(err)
+	}
+	e.mustDel(l, rtConf("c0", pods[0]))
+	if n := hostRuleCount(e); n != 2 {
+		t.Fatalf("the first DEL after the upgrade left %d host rules, want 2: two pods still need them", n)
+	}
+	if n4, n6 := count("v4"), count("v6"); n4 != 2 || n6 != 2 {
+		t.Fatalf("counted from the table: %d IPv4 and %d IPv6 users, want 2 and 2", n4, n6)
+	}
+	for i, p := range pods[1:] {
+		if err := e.topo.Node.Ping(nicAddrOf(t, p, true), 5*time.Second); err != nil {
+			t.Fatalf("node -> pod %d: %v", i+1, err)
+		}
+	}
+	e.mustDel(l, rtConf("c1", pods[1]))
+	if n := hostRuleCount(e); n != 2 {
+		t.Fatalf("%d host rules with one pod left, want 2", n)
+	}
+	e.mustDel(l, rtConf("c2", pods[2]))
+	if n := hostRuleCount(e); n != 0 {
+		t.Fatalf("%d host rules with no pod left, want 0", n)
+	}
 	for _, p := range pods {
 		e.topo.RemovePod(p)
 	}

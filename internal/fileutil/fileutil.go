@@ -126,3 +126,14 @@ func TryLockFile(path string) (*Lock, error) {
 	}
 	return &Lock{f: f}, nil
 }
+
+// Touch creates an empty file at path if there is none (a marker: its
+// existence is the record, so it is not synced; a crash loses at most what
+// the kernel loses with it).
+func Touch(path string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return err
+	}
+	return f.Close()
+}

@@ -56,6 +56,24 @@ func IPNet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), bits)}
 }
 
+// Prefix is n as a netip.Prefix (IPv4 in its 4-byte form); false for a
+// malformed one.
+func Prefix(n *net.IPNet) (netip.Prefix, bool) {
+	a, ok := netip.AddrFromSlice(n.IP)
+	if !ok {
+		return netip.Prefix{}, false
+	}
+	ones, bits := n.Mask.Size()
+	if bits == 0 {
+		return netip.Prefix{}, false
+	}
+	a = a.Unmap()
+	if bits == 128 && a.Is4() {
+		ones -= 96
+	}
+	return netip.PrefixFrom(a, ones), true
+}
+
 // LinkKey names a link for txn.Creator and txn.Dependent.
 func LinkKey(ns, name string) string { return ns + "/link/" + name }
 

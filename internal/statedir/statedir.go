@@ -45,6 +45,17 @@ func AttachmentLock(stateDir, key string) string {
 // HostRulesLock serialises changes to the node's shared policy rule.
 func HostRulesLock(stateDir string) string { return filepath.Join(Locks(stateDir), "host-rules") }
 
+// HostRuleUsers holds a file per route that uses the node's shared rule
+// "from all lookup <table>" of a family (netlink.FAMILY_V4 or _V6): the
+// coordinator's count of who needs that rule.
+func HostRuleUsers(stateDir string, table, family int) string {
+	v := "v4"
+	if family != 2 { // unix.AF_INET
+		v = "v6"
+	}
+	return filepath.Join(stateDir, "host-rules", fmt.Sprintf("%d-%s", table, v))
+}
+
 // ClusterNetwork is the node's copy of the cluster CIDRs the controller
 // published.
 func ClusterNetwork(stateDir string) string { return filepath.Join(stateDir, "cluster-network.json") }
