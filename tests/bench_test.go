@@ -201,13 +201,18 @@ func BenchmarkPodLifecycleVsBaseline(b *testing.B) {
 // pluginPhases reads the durations the plugin logged for each call of verb,
 // in call order: "ms" (the whole call) and each "<phase>-ms".
 func pluginPhases(b *testing.B, logFile, verb string) map[string][]time.Duration {
+	return pluginPhasesOf(b, logFile, verb, "")
+}
+
+// pluginPhasesOf is pluginPhases for the calls whose log line holds mark.
+func pluginPhasesOf(b *testing.B, logFile, verb, mark string) map[string][]time.Duration {
 	data, err := os.ReadFile(logFile)
 	if err != nil {
 		b.Fatal(err)
 	}
 	out := map[string][]time.Duration{}
 	for _, line := range strings.Split(string(data), "\n") {
-		if !strings.Contains(line, " msg=ok ") || !strings.Contains(line, " verb="+verb+" ") {
+		if !strings.Contains(line, " msg=ok ") || !strings.Contains(line, " verb="+verb+" ") || !strings.Contains(line, mark) {
 			continue
 		}
 		for _, field := range strings.Fields(line) {

@@ -1,0 +1,125 @@
+package tests
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+
+	"github.com/spinneret-cni/spinneret/internal/netlab"
+)
+
+// flatHeld are the numbers of pods BenchmarkFlat holds on the node while it
+// measures; flatProbes how many ADD and DEL it times at each.
+var flatHeld = []int{1, 100, 1000}
+
+const flatProbes = 40
+
+// BenchmarkFlat holds 1, then 100, then 1000 pods on the node (one macvlan
+// NIC, IPv6 as the test network's IPv4 subnet is a /24, the underlay
+// coordinator: a veth, a host route and the shared host rule per pod) and at each level times the ADD and then the
+// DEL of 40 more, whole processes through libcni. No step of either may
+// read what grows with the node's pods: the p50s at 1000 against those at
+// 1 (add-1000/1, del-1000/1) should stay within 10 %. With the state dir
+// on disk and on tmpfs (/dev/shm). Run with `make bench`.
+func BenchmarkFlat(b *testing.B) {
+	for _, store := range []string{"disk", "tmpfs"} {
+		b.Run(store, func(b *testing.B) {
+			for range b.N {
+				benchFlat(b, store)
+			}
+		})
+	}
+}
+
+func benchFlat(b *testing.B, store string) {
+	topo, err := netlab.NewTopology("spnbench")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { topo.Close() })
+	dir := b.TempDir()
+	if store == "tmpfs" {
+		if dir, err = os.MkdirTemp("/dev/shm", "spinneret-flat-"); err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { os.RemoveAll(dir) })
+	}
+	e := &env{topo: topo, dir: dir, ctx: context.Background(), cni: libcni.NewCNIConfigWithCacheDir([]string{prodBinDir}, filepath.Join(dir, "cache"), nil)}
+	writeNodeConf(b, dir, "info")
+	n := topo.Nets[0]
+	l, err := libcni.NetworkConfFromBytes([]byte(fmt.Sprintf(`{"cniVersion":"1.1.0","name":"flat","plugins":[{"type":"spinneret","nodeConf":"%s/node.yaml",
+		"capabilities":{"io.kubernetes.cri.pod-annotations":true},"networks":[{"name":"red","master":%q,"ipam":{"pools":[
+		{"name":"red-v6","subnet":"%s","ranges":[{"start":"%s","end":"%s"}],"gateway":"%s"}]}}]}]}`,
+		dir, n.Uplink, n.Subnet6, nth(n.Subnet6, 16), nth(n.Subnet6, 8000), n.GW6)))
+	if err != nil {
+		b.Fatal(err)
+	}
+	rt := func(id string, p *netlab.NS) *libcni.RuntimeConf { return podRT(id, p, nil) }
+	var held []*netlab.NS
+	probes := make([]*netlab.NS, 4)
+	for i := range probes {
+		if probes[i], err = topo.NewPod(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+	var first [2]time.Duration
+	b.ResetTimer()
+	for _, level := range flatHeld {
+		b.StopTimer()
+		for len(held) < level {
+			p, err := topo.NewPod()
+			if err != nil {
+				b.Fatal(err)
+			}
+			if _, err := e.add(l, rt(fmt.Sprintf("held-%d", len(held)), p)); err != nil {
+				b.Fatalf("ADD held pod %d: %v", len(held), err)
+			}
+			held = append(held, p)
+		}
+		b.StartTimer()
+		var adds, dels []time.Duration
+		for i := range flatProbes {
+			id, p := fmt.Sprintf("probe-%d-%d", level, i), probes[i%len(probes)]
+			start := time.Now()
+			if _, err := e.add(l, rt(id, p)); err != nil {
+				b.Fatalf("ADD %s with %d pods held: %v", id, level, err)
+			}
+			adds = append(adds, time.Since(start))
+			start = time.Now()
+			if err := e.del(l, rt(id, p)); err != nil {
+				b.Fatalf("DEL %s with %d pods held: %v", id, level, err)
+			}
+			dels = append(dels, time.Since(start))
+		}
+		// the plugin's own account of the probes' ADDs, by phase: where
+		// a growth is, if there is one
+		phases := pluginPhasesOf(b, filepath.Join(dir, "spinneret.log"), "ADD", fmt.Sprintf("probe-%d-", level))
+		for _, name := range []string{"ms", "allocate-ms", "apply-ms", "commit-ms"} {
+			if len(phases[name]) != flatProbes {
+				b.Fatalf("%d ADD log lines with %s for %d pods held, want %d", len(phases[name]), name, level, flatProbes)
+			}
+			b.ReportMetric(ms(percentiles(phases[name])[0]), fmt.Sprintf("plugin-%s-%d", name, level))
+		}
+		a, d := percentiles(adds)[0], percentiles(dels)[0]
+		b.ReportMetric(ms(a), fmt.Sprintf("add-p50-%d-ms", level))
+		b.ReportMetric(ms(d), fmt.Sprintf("del-p50-%d-ms", level))
+		if level == flatHeld[0] {
+			first = [2]time.Duration{a, d}
+		} else {
+			b.ReportMetric(float64(a)/float64(first[0]), fmt.Sprintf("add-%d/%d", level, flatHeld[0]))
+			b.ReportMetric(float64(d)/float64(first[1]), fmt.Sprintf("del-%d/%d", level, flatHeld[0]))
+		}
+	}
+	b.StopTimer()
+	for i, p := range held {
+		if err := e.del(l, rt(fmt.Sprintf("held-%d", i), p)); err != nil {
+			b.Fatalf("DEL held pod %d: %v", i, err)
+		}
+	}
+}
