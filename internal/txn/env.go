@@ -145,12 +145,15 @@ func (e *Env) Handle(nsName string) (*netlink.Handle, error) {
 	}
 	var h *netlink.Handle
 	var err error
+	// rtnetlink only: without a family the library opens xfrm and
+	// netfilter sockets too (in the pod's namespace each a setns there
+	// and back), which no step uses
 	switch nsName {
 	case Host:
-		h, err = netlink.NewHandle()
+		h, err = netlink.NewHandle(unix.NETLINK_ROUTE)
 	case Pod:
 		if err = e.openPod(); err == nil {
-			h, err = netlink.NewHandleAt(e.podNS)
+			h, err = netlink.NewHandleAt(e.podNS, unix.NETLINK_ROUTE)
 		}
 	default:
 		err = fmt.Errorf("unknown namespace %q", nsName)
