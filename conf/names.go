@@ -84,9 +84,15 @@ func validPCI(s string) bool {
 // validSubdomain is dot-separated DNS labels:
 // `^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`.
 func validSubdomain(s string) bool {
+	return everyPart(s, func(label string) bool { return edged(label, lowerAlnum, labelInner) })
+}
+
+// everyPart reports whether ok holds for every dot-separated part of s
+// (an empty s is one empty part).
+func everyPart(s string, ok func(string) bool) bool {
 	for {
-		label, rest, more := cut(s, '.')
-		if !edged(label, lowerAlnum, labelInner) {
+		part, rest, more := cut(s, '.')
+		if !ok(part) {
 			return false
 		}
 		if !more {
@@ -101,17 +107,7 @@ func validSysctlKey(s string) bool {
 	if len(s) < 5 || s[:4] != "net." {
 		return false
 	}
-	s = s[4:]
-	for {
-		part, rest, more := cut(s, '.')
-		if !led(part, sysctlPart, sysctlPart) {
-			return false
-		}
-		if !more {
-			return true
-		}
-		s = rest
-	}
+	return everyPart(s[4:], func(part string) bool { return led(part, sysctlPart, sysctlPart) })
 }
 
 func sysctlPart(c byte) bool { return alnum(c) || c == '_' || c == '-' }

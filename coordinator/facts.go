@@ -142,9 +142,7 @@ func ReadOverlay(pod, host *netlink.Handle, ifname string) (*Overlay, error) {
 			dst = netip.PrefixFrom(netip.IPv6Unspecified(), 0)
 		}
 		if r.Dst != nil {
-			a, _ := netip.AddrFromSlice(r.Dst.IP)
-			ones, _ := r.Dst.Mask.Size()
-			dst = netip.PrefixFrom(a.Unmap(), ones)
+			dst, _ = netops.Prefix(r.Dst)
 		}
 		if a := dst.Addr(); a.Is6() && (a.IsLinkLocalUnicast() || a.IsMulticast()) {
 			continue

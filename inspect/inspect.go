@@ -218,9 +218,8 @@ func nodeRoutes(addrs []netip.Addr) []string {
 			if r.Dst == nil {
 				continue
 			}
-			d, _ := netip.AddrFromSlice(r.Dst.IP)
-			ones, bits := r.Dst.Mask.Size()
-			if ones != bits || !containsAddr(addrs, d.Unmap()) {
+			d, ok := netops.Prefix(r.Dst)
+			if !ok || !d.IsSingleIP() || !containsAddr(addrs, d.Addr()) {
 				continue
 			}
 			dev := ""

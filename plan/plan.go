@@ -133,9 +133,8 @@ func (n *NIC) UseDelegated(res *current.Result) {
 	}
 	gw := map[bool]netip.Addr{}
 	for _, ip := range res.IPs {
-		a, _ := netip.AddrFromSlice(ip.Address.IP)
-		ones, _ := ip.Address.Mask.Size()
-		al := ipam.Allocation{IfName: n.IfName, Pool: n.delegatedPool(), Address: netip.PrefixFrom(a.Unmap(), ones)}
+		addr, _ := netops.Prefix(&ip.Address)
+		al := ipam.Allocation{IfName: n.IfName, Pool: n.delegatedPool(), Address: addr}
 		if g, ok := netip.AddrFromSlice(ip.Gateway); ok {
 			al.Gateway = g.Unmap()
 			gw[al.Gateway.Is4()] = al.Gateway
@@ -143,9 +142,8 @@ func (n *NIC) UseDelegated(res *current.Result) {
 		n.Addrs = append(n.Addrs, al)
 	}
 	for _, r := range res.Routes {
-		d, _ := netip.AddrFromSlice(r.Dst.IP)
-		ones, _ := r.Dst.Mask.Size()
-		rt := Route{Dst: netip.PrefixFrom(d.Unmap(), ones)}
+		dst, _ := netops.Prefix(&r.Dst)
+		rt := Route{Dst: dst}
 		if g, ok := netip.AddrFromSlice(r.GW); ok {
 			rt.GW = g.Unmap()
 		} else {

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containernetworking/cni/libcni"
 	"github.com/google/nftables"
 
 	"github.com/spinneret-cni/spinneret/internal/netlab"
@@ -77,15 +78,7 @@ func TestCoordinatorPaths(t *testing.T) {
 // TestHostRuleShared: the node's "from all lookup 500" rule exists once
 // however many pods, stays while any pod needs it, and goes with the last.
 func TestHostRuleShared(t *testing.T) {
-	e := newEnv(t)
-	l := e.confList("1.1.0", dual, "")
-	before := e.snapshot()
-	var pods []*netlab.NS
-	for i := 0; i < 3; i++ {
-		p, _ := e.topo.NewPod()
-		pods = append(pods, p)
-		e.mustAdd(l, rtConf(fmt.Sprintf("c%d", i), p))
-	}
+	e, l, before, pods := threeDualPods(t)
 	count := func() int { return hostRuleCount(e) }
 	if n := count(); n != 2 {
 		t.Fatalf("%d host rules for 3 pods, want one per family", n)
@@ -111,6 +104,22 @@ func TestHostRuleShared(t *testing.T) {
 	e.sameAs(before)
 }
 
+// threeDualPods attaches three dual-stack pods (c0, c1, c2) with the
+// underlay coordinator, and returns the world, its conflist, the node as
+// it was before and the pods.
+func threeDualPods(t *testing.T) (*env, *libcni.NetworkConfigList, string, []*netlab.NS) {
+	e := newEnv(t)
+	l := e.confList("1.1.0", dual, "")
+	before := e.snapshot()
+	var pods []*netlab.NS
+	for i := 0; i < 3; i++ {
+		p, _ := e.topo.NewPod()
+		pods = append(pods, p)
+		e.mustAdd(l, rtConf(fmt.Sprintf("c%d", i), p))
+	}
+	return e, l, before, pods
+}
+
 // hostRuleCount counts the node's shared host rules (table 500, priority
 // 1000), both families.
 func hostRuleCount(e *env) int {
@@ -131,15 +140,7 @@ func hostRuleCount(e *env) int {
 // at all) are counted from the table by the first DEL after the upgrade,
 // which must not remove the rule the others still need.
 func TestHostRuleUpgrade(t *testing.T) {
-	e := newEnv(t)
-	l := e.confList("1.1.0", dual, "")
-	before := e.snapshot()
-	var pods []*netlab.NS
-	for i := 0; i < 3; i++ {
-		p, _ := e.topo.NewPod()
-		pods = append(pods, p)
-		e.mustAdd(l, rtConf(fmt.Sprintf("c%d", i), p))
-	}
+	e, l, before, pods := threeDualPods(t)
 	users := filepath.Join(e.stateDir(), "host-rules")
 	count := func(fam string) int {
 		ents, err := os.ReadDir(filepath.Join(users, "500-"+fam))
