@@ -159,10 +159,14 @@ tools:
 	@[ -x $(CONTROLLER_GEN) ] && $(CONTROLLER_GEN) --version | grep -q '$(CONTROLLER_GEN_VERSION)' || \
 	  $(GO) install sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTROLLER_GEN_VERSION)
 
-## bench: start-up against an empty Go binary; CPU, page faults, system calls
-## and peak RSS of a 3-NIC ADD; ADD and DEL p50/p90/p99 over 200 pods; ADD and DEL with 1, 100 and 1000 pods held; IPAM cost vs pods held
+## bench: a 3-NIC pod through spinneret (three configs), its in-process
+## floor, the Multus-style chain of the reference plugins and an empty Go
+## binary's start, side by side with their ratios; start-up against an
+## empty Go binary; CPU, page faults, system calls and peak RSS of a 3-NIC
+## ADD; ADD and DEL p50/p90/p99 over 200 pods; ADD and DEL with 1, 100 and
+## 1000 pods held; IPAM cost vs pods held
 bench:
-	$(GO) test -count=1 -timeout 60m -run '^$$' -bench 'BenchmarkStartup$$|BenchmarkADDCost$$|BenchmarkPodLifecycle$$|BenchmarkOverlay$$|BenchmarkFlat$$' -benchtime 1x ./tests/
+	$(GO) test -count=1 -timeout 90m -run '^$$' -bench 'BenchmarkCompare$$|BenchmarkStartup$$|BenchmarkADDCost$$|BenchmarkPodLifecycle$$|BenchmarkOverlay$$|BenchmarkFlat$$' -benchtime 1x ./tests/
 	$(GO) test -count=1 -run '^$$' -bench BenchmarkAllocateRelease -benchtime 200x ./ipam/
 
 ## bench-baseline: the pod lifecycle benchmark with every ADD and DEL

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/invoke"
 
 	"github.com/spinneret-cni/spinneret/internal/netlab"
 	"github.com/spinneret-cni/spinneret/request"
@@ -42,33 +43,80 @@ func BenchmarkPodLifecycle(b *testing.B) {
 
 // benchWorld is one node with its networks and benchPods empty pods, and
 // the conflist and runtime confs that attach them through the binary in
-// bin.
+// bin; or (chain) the Multus-style chain of the reference plugins.
 type benchWorld struct {
-	e    *env
-	l    *libcni.NetworkConfigList
-	pods []*netlab.NS
-	rt   func(i int) *libcni.RuntimeConf
+	e *env
+	l *libcni.NetworkConfigList
+	// chain: one conflist per NIC (macvlan with host-local, then
+	// tuning), run one after another as Multus runs its delegates
+	chain []*libcni.NetworkConfigList
+	pods  []*netlab.NS
+	rt    func(i int) *libcni.RuntimeConf
+}
+
+// benchSpec is what a benchWorld attaches, and how.
+type benchSpec struct {
+	nics int
+	fam  family
+	bin  string // the plugin directory
+	// plugin is more of spinneret's plugin-level config (`"coordinator":
+	// {...}`), or "" for none
+	plugin string
+	// chain: the reference plugins instead of spinneret
+	chain bool
+	// exec runs the plugins (nil: libcni's own)
+	exec invoke.Exec
 }
 
 func newBenchWorld(b *testing.B, nics int, fam family, bin string) *benchWorld {
+	return newBenchWorldOf(b, benchSpec{nics: nics, fam: fam, bin: bin})
+}
+
+func newBenchWorldOf(b *testing.B, s benchSpec) *benchWorld {
 	topo, err := netlab.NewTopology("spnbench")
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { topo.Close() })
-	for len(topo.Nets) < nics {
+	for len(topo.Nets) < s.nics {
 		if _, err := topo.AddNet(); err != nil {
 			b.Fatal(err)
 		}
 	}
 	dir := b.TempDir()
-	e := &env{topo: topo, dir: dir, ctx: context.Background(), cni: libcni.NewCNIConfigWithCacheDir([]string{bin}, filepath.Join(dir, "cache"), nil)}
+	e := &env{topo: topo, dir: dir, ctx: context.Background(), cni: libcni.NewCNIConfigWithCacheDir([]string{s.bin}, filepath.Join(dir, "cache"), s.exec)}
 	writeNodeConf(b, dir, "info")
+	w := &benchWorld{e: e, pods: make([]*netlab.NS, benchPods)}
+	parse := func(s string) *libcni.NetworkConfigList {
+		l, err := libcni.NetworkConfFromBytes([]byte(s))
+		if err != nil {
+			b.Fatal(err)
+		}
+		return l
+	}
 	var networks, selected []string
 	for i, n := range topo.Nets {
+		if s.chain {
+			// the same subnets, ranges and gateways; a default route on
+			// eth0 alone, as spinneret without route tuning makes
+			ranges := []string{fmt.Sprintf(`[{"subnet":"%s","rangeStart":"%s","rangeEnd":"%s","gateway":"%s"}]`, n.Subnet4, nth(n.Subnet4, 10), nth(n.Subnet4, 250), n.GW4)}
+			routes := []string{`{"dst":"0.0.0.0/0"}`}
+			if s.fam == dual {
+				ranges = append(ranges, fmt.Sprintf(`[{"subnet":"%s","rangeStart":"%s","rangeEnd":"%s","gateway":"%s"}]`, n.Subnet6, nth(n.Subnet6, 16), nth(n.Subnet6, 4000), n.GW6))
+				routes = append(routes, `{"dst":"::/0"}`)
+			}
+			if i > 0 {
+				routes = nil
+			}
+			w.chain = append(w.chain, parse(fmt.Sprintf(`{"cniVersion":"1.0.0","name":%q,"plugins":[
+				{"type":"macvlan","master":%q,"mode":"bridge","ipam":{"type":"host-local","dataDir":%q,"ranges":[%s],"routes":[%s]}},
+				{"type":"tuning","sysctl":{"net.ipv6.conf.IFNAME.accept_ra":"0","net.ipv6.conf.IFNAME.autoconf":"0"}}]}`,
+				colours[i], n.Uplink, filepath.Join(dir, "host-local"), strings.Join(ranges, ","), strings.Join(routes, ","))))
+			continue
+		}
 		pools := []string{fmt.Sprintf(`{"name":"%s-v4","subnet":"%s","ranges":[{"start":"%s","end":"%s"}],"gateway":"%s"}`,
 			colours[i], n.Subnet4, nth(n.Subnet4, 10), nth(n.Subnet4, 250), n.GW4)}
-		if fam == dual {
+		if s.fam == dual {
 			pools = append(pools, fmt.Sprintf(`{"name":"%s-v6","subnet":"%s","ranges":[{"start":"%s","end":"%s"}],"gateway":"%s"}`,
 				colours[i], n.Subnet6, nth(n.Subnet6, 16), nth(n.Subnet6, 4000), n.GW6))
 		}
@@ -77,12 +125,14 @@ func newBenchWorld(b *testing.B, nics int, fam family, bin string) *benchWorld {
 			selected = append(selected, colours[i])
 		}
 	}
-	l, err := libcni.NetworkConfFromBytes([]byte(fmt.Sprintf(`{"cniVersion":"1.1.0","name":"bench","plugins":[{"type":"spinneret","nodeConf":"%s/node.yaml",
-		"capabilities":{"io.kubernetes.cri.pod-annotations":true},"networks":[%s]}]}`, dir, strings.Join(networks, ","))))
-	if err != nil {
-		b.Fatal(err)
+	if !s.chain {
+		plugin := ""
+		if s.plugin != "" {
+			plugin = s.plugin + ","
+		}
+		w.l = parse(fmt.Sprintf(`{"cniVersion":"1.1.0","name":"bench","plugins":[{"type":"spinneret","nodeConf":"%s/node.yaml",
+		"capabilities":{"io.kubernetes.cri.pod-annotations":true},%s"networks":[%s]}]}`, dir, plugin, strings.Join(networks, ",")))
 	}
-	w := &benchWorld{e: e, l: l, pods: make([]*netlab.NS, benchPods)}
 	w.rt = func(i int) *libcni.RuntimeConf {
 		return podRT(fmt.Sprintf("bench-%d", i), w.pods[i], map[string]string{request.AnnotNetworks: strings.Join(selected, ",")})
 	}
@@ -96,7 +146,9 @@ func newBenchWorld(b *testing.B, nics int, fam family, bin string) *benchWorld {
 
 func (w *benchWorld) add(b *testing.B, i int) time.Duration {
 	start := time.Now()
-	if _, err := w.e.add(w.l, w.rt(i)); err != nil {
+	if w.chain != nil {
+		w.runChain(b, i, true)
+	} else if _, err := w.e.add(w.l, w.rt(i)); err != nil {
 		b.Fatalf("ADD %d: %v", i, err)
 	}
 	return time.Since(start)
@@ -104,10 +156,39 @@ func (w *benchWorld) add(b *testing.B, i int) time.Duration {
 
 func (w *benchWorld) del(b *testing.B, i int) time.Duration {
 	start := time.Now()
-	if err := w.e.del(w.l, w.rt(i)); err != nil {
+	if w.chain != nil {
+		w.runChain(b, i, false)
+	} else if err := w.e.del(w.l, w.rt(i)); err != nil {
 		b.Fatalf("DEL %d: %v", i, err)
 	}
 	return time.Since(start)
+}
+
+// runChain runs the chain's conflists for pod i, one per NIC (eth0, net1,
+// ...), DEL in reverse, as a runtime with Multus runs its delegates.
+func (w *benchWorld) runChain(b *testing.B, i int, add bool) {
+	err := w.e.topo.Node.Do(func() error {
+		for k := range w.chain {
+			if !add {
+				k = len(w.chain) - 1 - k
+			}
+			rt := podRT(fmt.Sprintf("chain-%d", i), w.pods[i], nil)
+			rt.IfName = ifName(k)
+			var err error
+			if add {
+				_, err = w.e.cni.AddNetworkList(w.e.ctx, w.chain[k], rt)
+			} else {
+				err = w.e.cni.DelNetworkList(w.e.ctx, w.chain[k], rt)
+			}
+			if err != nil {
+				return fmt.Errorf("%s: %w", w.chain[k].Name, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		b.Fatalf("chain pod %d (add %v): %v", i, add, err)
+	}
 }
 
 func benchLifecycle(b *testing.B, nics int, fam family) {
@@ -236,4 +317,12 @@ func percentiles(ds []time.Duration) [3]time.Duration {
 	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
 	at := func(p float64) time.Duration { return s[int(p*float64(len(s)-1)+0.5)] }
 	return [3]time.Duration{at(0.50), at(0.90), at(0.99)}
+}
+
+// ifName is the name of a pod's NIC k: eth0, net1, net2, ...
+func ifName(k int) string {
+	if k == 0 {
+		return "eth0"
+	}
+	return fmt.Sprintf("net%d", k)
 }

@@ -66,11 +66,13 @@ func TestMain(m *testing.M) {
 		// which NADs written for Multus name and spinneret runs for them;
 		// ptp and portmap, the stand-in for a cluster's existing CNI
 		// that a delegate network runs; macvlan, for the reference
-		// chain BenchmarkOverlay compares with; loopback, which the installer
+		// chain BenchmarkOverlay compares with, and tuning for the one
+		// BenchmarkCompare does; loopback, which the installer
 		// puts where the node has none
 		install := exec.Command("go", "install", "github.com/containernetworking/plugins/plugins/ipam/host-local@v1.9.1",
 			"github.com/containernetworking/plugins/plugins/main/ptp@v1.9.1", "github.com/containernetworking/plugins/plugins/meta/portmap@v1.9.1",
-			"github.com/containernetworking/plugins/plugins/main/macvlan@v1.9.1", "github.com/containernetworking/plugins/plugins/main/loopback@v1.9.1")
+			"github.com/containernetworking/plugins/plugins/main/macvlan@v1.9.1", "github.com/containernetworking/plugins/plugins/main/loopback@v1.9.1",
+			"github.com/containernetworking/plugins/plugins/meta/tuning@v1.9.1")
 		install.Env = append(os.Environ(), "GOBIN="+bin)
 		install.Stdout, install.Stderr = os.Stderr, os.Stderr
 		if err := install.Run(); err != nil {
