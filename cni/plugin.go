@@ -181,8 +181,22 @@ func load(stdin []byte) (*plugin, error) {
 	}
 	p := &plugin{cfg: cfg, node: node, store: ipam.NewLocal(node.StateDir), mark: start}
 	p.log, p.close = newLogger(node)
+	if p.log.Enabled(context.Background(), slog.LevelDebug) {
+		kube.Trace = p.logRequest
+	}
 	p.phase("load")
 	return p, nil
+}
+
+// logRequest logs one API request (at debug level): what it asked, how
+// long it took, and what its connection cost if it made one.
+func (p *plugin) logRequest(r kube.Request) {
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+	attrs := []any{"method", r.Method, "path", r.Path, "code", r.Code, "ms", ms(r.Took)}
+	if r.TLS > 0 {
+		attrs = append(attrs, "dial-ms", ms(r.Dial), "tls-ms", ms(r.TLS), "resumed", r.Resumed)
+	}
+	p.log.Debug("api request", attrs...)
 }
 
 // loadForDel reads just the network name and node conf path from a config

@@ -10,6 +10,7 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 
 	"github.com/spinneret-cni/spinneret/internal/kube"
+	"github.com/spinneret-cni/spinneret/internal/statedir"
 	"github.com/spinneret-cni/spinneret/plan"
 	"github.com/spinneret-cni/spinneret/request"
 )
@@ -28,6 +29,9 @@ func (p *plugin) kubeClient() (*kube.Client, error) {
 		if err != nil {
 			return nil, err
 		}
+		// the next call resumes this one's TLS session instead of a
+		// full handshake
+		c.ResumeSessions(statedir.APISessions(p.node.StateDir))
 		p.kube = c
 	}
 	return p.kube, nil

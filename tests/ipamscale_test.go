@@ -90,12 +90,16 @@ func runLoader(mode string) {
 	stateDir := os.Getenv("LOADER_STATE")
 	res := loaderResult{Node: node, LatencyMS: make([]float64, count), Addrs: make([]string, count), Kinds: map[string][2]float64{}}
 	var mu sync.Mutex
-	kube.Trace = func(method, path string, code int, d time.Duration) {
+	kube.Trace = func(r kube.Request) {
 		mu.Lock()
 		defer mu.Unlock()
-		k := requestKind(method, path, code)
+		code := r.Code
+		if code == http.StatusOK {
+			code = 0 // the kinds name a failure's code only
+		}
+		k := requestKind(r.Method, r.Path, code)
 		v := res.Kinds[k]
-		res.Kinds[k] = [2]float64{v[0] + 1, v[1] + float64(d.Microseconds())/1000}
+		res.Kinds[k] = [2]float64{v[0] + 1, v[1] + float64(r.Took.Microseconds())/1000}
 	}
 	var wg sync.WaitGroup
 	ctx := context.Background()

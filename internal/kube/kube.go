@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptrace"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -33,6 +34,8 @@ type Client struct {
 	token   string
 	http    *http.Client
 	timeout time.Duration
+	// identity names the server and TLS identity (ResumeSessions)
+	identity string
 }
 
 type kubeconfig struct {
@@ -96,6 +99,7 @@ func Load(path string, timeout time.Duration) (*Client, error) {
 	}
 	c := &Client{timeout: timeout}
 	tlsConf := &tls.Config{}
+	var ca, cert []byte
 	found := false
 	for _, cl := range kc.Clusters {
 		if cl.Name != clusterName {
@@ -104,7 +108,7 @@ func Load(path string, timeout time.Duration) (*Client, error) {
 		found = true
 		c.server = strings.TrimRight(cl.Cluster.Server, "/")
 		tlsConf.InsecureSkipVerify = cl.Cluster.InsecureSkipTLSVerify
-		ca, err := dataOrFile(cl.Cluster.CertificateAuthorityData, rel(cl.Cluster.CertificateAuthority))
+		ca, err = dataOrFile(cl.Cluster.CertificateAuthorityData, rel(cl.Cluster.CertificateAuthority))
 		if err != nil {
 			return nil, fmt.Errorf("kubeconfig %s: cluster %s: certificate authority: %w", path, clusterName, err)
 		}
@@ -131,7 +135,7 @@ func Load(path string, timeout time.Duration) (*Client, error) {
 			}
 			c.token = strings.TrimSpace(string(t))
 		}
-		cert, err := dataOrFile(u.User.ClientCertificateData, rel(u.User.ClientCertificate))
+		cert, err = dataOrFile(u.User.ClientCertificateData, rel(u.User.ClientCertificate))
 		if err != nil {
 			return nil, fmt.Errorf("kubeconfig %s: user %s: client certificate: %w", path, userName, err)
 		}
@@ -148,6 +152,7 @@ func Load(path string, timeout time.Duration) (*Client, error) {
 		}
 	}
 	c.http = &http.Client{Transport: &http.Transport{TLSClientConfig: tlsConf, Proxy: nil, ForceAttemptHTTP2: true}}
+	c.identity = identity(c.server, ca, tlsConf.InsecureSkipVerify, cert)
 	return c, nil
 }
 
@@ -206,12 +211,17 @@ func (c *Client) do(ctx context.Context, method, path, contentType string, body,
 	}
 	Requests.Add(1)
 	if Trace != nil {
-		start, code := time.Now(), 0
-		defer func() { Trace(method, path, code, time.Since(start)) }()
+		r := Request{Method: method, Path: path}
+		start := time.Now()
+		req = req.WithContext(httptrace.WithClientTrace(req.Context(), r.trace()))
 		defer func() {
 			if se, ok := err.(*StatusError); ok {
-				code = se.Code
+				r.Code = se.Code
+			} else if err == nil {
+				r.Code = http.StatusOK
 			}
+			r.Took = time.Since(start)
+			Trace(r)
 		}()
 	}
 	resp, err := c.http.Do(req)
@@ -360,8 +370,36 @@ func (c *Client) GetNAD(ctx context.Context, namespace, name string) (*NAD, erro
 // Requests counts the requests this process sent (for benchmarks).
 var Requests atomic.Int64
 
-// Trace, when set, is told of every request (for benchmarks).
-var Trace func(method, path string, code int, d time.Duration)
+// Trace, when set, is told of every request when it is answered (the
+// plugin's debug log, benchmarks).
+var Trace func(Request)
+
+// Request is one request as Trace is told of it.
+type Request struct {
+	Method, Path string
+	// Code is the answer's status: a non-2xx one, or 200 for any 2xx;
+	// 0 when there was no answer
+	Code int
+	Took time.Duration
+	// Dial and TLS are the times of a new connection's TCP connect and
+	// TLS handshake (0 on a connection reused); Resumed reports a TLS
+	// session resumed from the session cache
+	Dial, TLS time.Duration
+	Resumed   bool
+}
+
+// trace records r's connection in r.
+func (r *Request) trace() *httptrace.ClientTrace {
+	var dial, hs time.Time
+	return &httptrace.ClientTrace{
+		ConnectStart:      func(string, string) { dial = time.Now() },
+		ConnectDone:       func(string, string, error) { r.Dial = time.Since(dial) },
+		TLSHandshakeStart: func() { hs = time.Now() },
+		TLSHandshakeDone: func(st tls.ConnectionState, _ error) {
+			r.TLS, r.Resumed = time.Since(hs), st.DidResume
+		},
+	}
+}
 
 // Get reads the object at path into out.
 func (c *Client) Get(ctx context.Context, path string, out any) error {

@@ -70,3 +70,7 @@ func Ifacer(stateDir string) string { return filepath.Join(stateDir, "ifacer") }
 // Delegate is libcni's result cache of delegate networks (their DEL and
 // CHECK get the ADD's result from it).
 func Delegate(stateDir string) string { return filepath.Join(stateDir, "delegate") }
+
+// APISessions holds the API client's TLS sessions, one file per API
+// server and identity, for the next process to resume.
+func APISessions(stateDir string) string { return filepath.Join(stateDir, "api-sessions") }
