@@ -10,7 +10,7 @@ CONTROLLER_GEN_VERSION := v0.23.0
 VERSION     ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS     := -X main.version=$(VERSION)
 
-.PHONY: all build demo ref-plugins test unit lint fuzz fuzz-short cni-deps bench bench-baseline bench-ipam bench-vm tools k8s-bins calico-bins helm-bin containerd-bins manifests deploy-check image generate clean
+.PHONY: all build demo ref-plugins test unit lint fuzz fuzz-short cni-deps bench bench-baseline bench-ipam bench-kube bench-vm tools k8s-bins calico-bins helm-bin containerd-bins manifests deploy-check image generate clean
 
 all: build
 
@@ -186,6 +186,13 @@ bench-baseline:
 ## allocation, create conflicts, per request kind
 bench-ipam: k8s-bins
 	$(GO) test -count=1 -v -run '^TestKubeIPAMScale$$' ./tests/ | grep -v '^=== RUN'
+
+## bench-kube: the Kubernetes part of an ADD and a DEL through the binary
+## against a real API server: the requests each way makes (local or
+## kubernetes IPAM, annotations from the runtime or the API), p50 of each,
+## full and resumed TLS handshakes
+bench-kube: k8s-bins
+	$(GO) test -count=1 -v -run '^TestKubePath$$' ./tests/ | grep -v -e '^=== RUN' -e 'level='
 
 ## bench-vm: ipvlan and SR-IOV pods with two NICs, in the VM (Debian's
 ## kernel under emulation), against the same netlink work in-process there
