@@ -156,17 +156,15 @@ func (r *Report) cidrSources(ctx context.Context, c *kube.Client, node *conf.Nod
 // pools: spinneret's IPPools overlapping each other, or holding an
 // address of this node.
 func (r *Report) pools(ctx context.Context, c *kube.Client) {
-	var list struct {
-		Items []struct {
-			Metadata struct{ Name string }
-			Spec     struct {
-				Subnet  string
-				Ranges  []struct{ Start, End string }
-				Exclude []string
-			}
+	items, err := kube.List[struct {
+		Metadata struct{ Name string }
+		Spec     struct {
+			Subnet  string
+			Ranges  []struct{ Start, End string }
+			Exclude []string
 		}
-	}
-	if err := c.List(ctx, "/apis/spinneret.io/v1alpha1/ippools", "", &list); err != nil {
+	}](ctx, c, "/apis/spinneret.io/v1alpha1/ippools", "")
+	if err != nil {
 		r.add("pools", "", Warn, "not listed: "+err.Error(), "")
 		return
 	}
@@ -177,7 +175,7 @@ func (r *Report) pools(ctx context.Context, c *kube.Client) {
 		hands func(netip.Addr) bool
 	}
 	var ps []pool
-	for _, i := range list.Items {
+	for _, i := range items {
 		p, err := netip.ParsePrefix(i.Spec.Subnet)
 		if err != nil {
 			continue

@@ -159,18 +159,16 @@ func Inspect(ctx context.Context, o Options, j *txn.Journal, node *conf.Node) *P
 		}
 	}
 	if j.PodUID != "" {
-		var list struct {
-			Items []struct {
-				Metadata struct{ Name string }
-				Spec     struct {
-					Address, Pool, Node, ContainerID string
-				}
+		items, err := kube.List[struct {
+			Metadata struct{ Name string }
+			Spec     struct {
+				Address, Pool, Node, ContainerID string
 			}
-		}
-		if err := c.List(ctx, "/apis/spinneret.io/v1alpha1/ipallocations", "spinneret.io/pod-uid="+j.PodUID, &list); err != nil {
+		}](ctx, c, "/apis/spinneret.io/v1alpha1/ipallocations", "spinneret.io/pod-uid="+j.PodUID)
+		if err != nil {
 			errs = append(errs, err.Error())
 		}
-		for _, i := range list.Items {
+		for _, i := range items {
 			p.Allocations = append(p.Allocations, Allocation{Name: i.Metadata.Name, Address: i.Spec.Address, Pool: i.Spec.Pool, Node: i.Spec.Node, ContainerID: i.Spec.ContainerID})
 		}
 	}

@@ -35,7 +35,11 @@ type loaderResult struct {
 	LatencyMS []float64 `json:"latencyMS"`
 	Failures  []string  `json:"failures"`
 	Requests  int64     `json:"requests"`
-	Conflicts int       `json:"conflicts"`
+	// Read: bytes of the API server's answers
+	Read int64 `json:"read"`
+	// PoolListRead: of which the pool's allocation lists
+	PoolListRead int64 `json:"poolListRead"`
+	Conflicts    int   `json:"conflicts"`
 	// Kinds: per kind of request, how many and their total milliseconds
 	Kinds map[string][2]float64 `json:"kinds"`
 	// Holds (storm): every address a pod held, and when (Unix ns, from
@@ -98,6 +102,10 @@ func runLoader(mode string) {
 			code = 0 // the kinds name a failure's code only
 		}
 		k := requestKind(r.Method, r.Path, code)
+		res.Read += int64(r.Bytes)
+		if strings.HasSuffix(k, " pool-allocations") {
+			res.PoolListRead += int64(r.Bytes)
+		}
 		v := res.Kinds[k]
 		res.Kinds[k] = [2]float64{v[0] + 1, v[1] + float64(r.Took.Microseconds())/1000}
 	}

@@ -210,6 +210,7 @@ func (c *Client) do(ctx context.Context, method, path, contentType string, body,
 		req.Header.Set("Authorization", "Bearer "+c.token)
 	}
 	Requests.Add(1)
+	var read int
 	if Trace != nil {
 		r := Request{Method: method, Path: path}
 		start := time.Now()
@@ -220,7 +221,7 @@ func (c *Client) do(ctx context.Context, method, path, contentType string, body,
 			} else if err == nil {
 				r.Code = http.StatusOK
 			}
-			r.Took = time.Since(start)
+			r.Took, r.Bytes = time.Since(start), read
 			Trace(r)
 		}()
 	}
@@ -229,9 +230,13 @@ func (c *Client) do(ctx context.Context, method, path, contentType string, body,
 		return fmt.Errorf("%w (%s, timeout %s): %v", ErrUnreachable, c.server, c.timeout, err)
 	}
 	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	b, err := io.ReadAll(io.LimitReader(resp.Body, maxAnswer+1))
+	read = len(b)
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrUnreachable, err)
+	}
+	if len(b) > maxAnswer {
+		return fmt.Errorf("%s %s: the answer is larger than %d MiB", method, path, maxAnswer>>20)
 	}
 	if resp.StatusCode/100 != 2 {
 		var st struct{ Message string }
@@ -386,6 +391,8 @@ type Request struct {
 	// session resumed from the session cache
 	Dial, TLS time.Duration
 	Resumed   bool
+	// Bytes is the answer body's length
+	Bytes int
 }
 
 // trace records r's connection in r.
@@ -406,13 +413,54 @@ func (c *Client) Get(ctx context.Context, path string, out any) error {
 	return c.do(ctx, http.MethodGet, path, "", nil, out)
 }
 
-// List reads the collection at path, narrowed by a label selector ("" for
-// all), into out.
-func (c *Client) List(ctx context.Context, path, labelSelector string, out any) error {
-	if labelSelector != "" {
-		path += "?labelSelector=" + url.QueryEscape(labelSelector)
+// maxAnswer bounds what one answer may be.
+const maxAnswer = 4 << 20
+
+// ListPage is how many objects one request of List asks for (client-go's
+// pager uses the same). Pages keep every answer far under the 4 MiB one
+// answer may be (a pool's 50,000 IPAllocations are ~30 MB as JSON).
+var ListPage = 500
+
+// List reads every object of the collection at path, narrowed by a label
+// selector ("" for all), as T, a page of ListPage at a time (limit and
+// continue). An expired continue token (410: the list took longer than
+// the API server keeps a snapshot) restarts the list, once.
+func List[T any](ctx context.Context, c *Client, path, labelSelector string) ([]T, error) {
+	var out []T
+	restarted := false
+	cont := ""
+	for {
+		q := url.Values{}
+		if labelSelector != "" {
+			q.Set("labelSelector", labelSelector)
+		}
+		if ListPage > 0 {
+			q.Set("limit", strconv.Itoa(ListPage))
+		}
+		if cont != "" {
+			q.Set("continue", cont)
+		}
+		var page struct {
+			Metadata struct {
+				Continue string `json:"continue"`
+			} `json:"metadata"`
+			Items []T `json:"items"`
+		}
+		err := c.do(ctx, http.MethodGet, path+"?"+q.Encode(), "", nil, &page)
+		var se *StatusError
+		if errors.As(err, &se) && se.Code == http.StatusGone && cont != "" && !restarted {
+			out, cont, restarted = out[:0], "", true
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, page.Items...)
+		if page.Metadata.Continue == "" {
+			return out, nil
+		}
+		cont = page.Metadata.Continue
 	}
-	return c.do(ctx, http.MethodGet, path, "", nil, out)
 }
 
 // Create posts obj to the collection at path; the created object is

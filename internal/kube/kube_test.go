@@ -3,6 +3,7 @@ package kube
 import (
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -93,5 +94,74 @@ func TestLoadErrors(t *testing.T) {
 	}
 	if _, err := Load(filepath.Join(dir, "absent"), time.Second); err == nil {
 		t.Error("a missing kubeconfig loaded")
+	}
+}
+
+// TestListPages: List follows continue tokens a page of ListPage at a
+// time, sends the selector on every page, restarts once on 410 (an
+// expired token), and an answer over the cap is an error naming it, not
+// a truncated decode.
+func TestListPages(t *testing.T) {
+	const total = 1234
+	var pages, gone int
+	expireOnce, expireAlways := true, false
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		if r.URL.Path == "/big" {
+			fmt.Fprintf(w, `{"items":[%q]}`, strings.Repeat("x", maxAnswer))
+			return
+		}
+		if q.Get("labelSelector") != "a=b" || q.Get("limit") != "500" {
+			w.WriteHeader(http.StatusBadRequest)
+			return
+		}
+		pages++
+		from := 0
+		if c := q.Get("continue"); c != "" {
+			if expireAlways || expireOnce && c == "1000" {
+				expireOnce = false
+				gone++
+				w.WriteHeader(http.StatusGone)
+				fmt.Fprint(w, `{"kind":"Status","message":"the provided continue parameter is too old"}`)
+				return
+			}
+			fmt.Sscan(c, &from)
+		}
+		to := min(from+500, total)
+		var items []string
+		for i := from; i < to; i++ {
+			items = append(items, fmt.Sprintf(`{"n":%d}`, i))
+		}
+		next := ""
+		if to < total {
+			next = fmt.Sprint(to)
+		}
+		fmt.Fprintf(w, `{"metadata":{"continue":%q},"items":[%s]}`, next, strings.Join(items, ","))
+	}))
+	defer srv.Close()
+	ca := base64.StdEncoding.EncodeToString(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}))
+	cl, err := Load(writeKubeconfig(t, srv.URL, ca, `{token: x}`), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	items, err := List[struct{ N int }](context.Background(), cl, "/things", "a=b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(items) != total || gone != 1 || pages != 3+3 {
+		t.Fatalf("%d items in %d pages (%d expired), want %d in 6 (3, expired, 3)", len(items), pages, gone, total)
+	}
+	for i, it := range items {
+		if it.N != i {
+			t.Fatalf("item %d is %d", i, it.N)
+		}
+	}
+	// a second expiry in the same list is the caller's error
+	expireAlways = true
+	if _, err := List[struct{ N int }](context.Background(), cl, "/things", "a=b"); err == nil || !strings.Contains(err.Error(), "410") {
+		t.Fatalf("expired twice: %v", err)
+	}
+	if _, err := List[json.RawMessage](context.Background(), cl, "/big", ""); err == nil || !strings.Contains(err.Error(), "larger than 4 MiB") {
+		t.Fatalf("an answer over the cap: %v", err)
 	}
 }

@@ -247,24 +247,20 @@ func (k *Backend) loadPools(want []string) error {
 			return nil
 		}
 	}
-	var pl struct {
-		Items []json.RawMessage `json:"items"`
-	}
-	if err := k.c.List(k.ctx, apiGroup+"/ippools", "", &pl); err != nil {
+	pools, err := kube.List[json.RawMessage](k.ctx, k.c, apiGroup+"/ippools", "")
+	if err != nil {
 		return fmt.Errorf("ipam: list IPPools: %w", err)
 	}
-	var rl struct {
-		Items []struct {
-			Spec struct {
-				Addresses []string `json:"addresses"`
-			} `json:"spec"`
-		} `json:"items"`
-	}
-	if err := k.c.List(k.ctx, apiGroup+"/reservedips", "", &rl); err != nil {
+	reserved, err := kube.List[struct {
+		Spec struct {
+			Addresses []string `json:"addresses"`
+		} `json:"spec"`
+	}](k.ctx, k.c, apiGroup+"/reservedips", "")
+	if err != nil {
 		return fmt.Errorf("ipam: list ReservedIPs: %w", err)
 	}
-	pc := poolCache{Fetched: k.now(), Pools: pl.Items}
-	for _, r := range rl.Items {
+	pc := poolCache{Fetched: k.now(), Pools: pools}
+	for _, r := range reserved {
 		pc.Reserved = append(pc.Reserved, r.Spec.Addresses...)
 	}
 	k.setPools(&pc)
@@ -881,14 +877,12 @@ func (k *Backend) Quarantine(o ipam.Owner, a netip.Addr, until time.Time) error 
 // sandbox's) address is never freed by an old one's late DEL. It returns
 // how many it deleted.
 func Release(ctx context.Context, c *kube.Client, podUID, containerID string) (int, error) {
-	var al struct {
-		Items []*Alloc `json:"items"`
-	}
-	if err := c.List(ctx, apiGroup+"/ipallocations", LabelPodUID+"="+podUID, &al); err != nil {
+	items, err := kube.List[*Alloc](ctx, c, apiGroup+"/ipallocations", LabelPodUID+"="+podUID)
+	if err != nil {
 		return 0, fmt.Errorf("ipam: list allocations of pod %s: %w", podUID, err)
 	}
 	n := 0
-	for _, it := range al.Items {
+	for _, it := range items {
 		if it.Spec.Pod.UID != podUID || it.Spec.ContainerID != containerID || it.Spec.QuarantinedUntil != nil {
 			continue
 		}
@@ -948,14 +942,12 @@ func (v *poolView) path(ext string) string { return filepath.Join(v.dir, v.pool+
 // list reads the pool's allocations from the API server, trimmed to what
 // picking needs.
 func (v *poolView) list(k *Backend) ([]*Alloc, error) {
-	var al struct {
-		Items []*Alloc `json:"items"`
-	}
-	if err := k.c.List(k.ctx, apiGroup+"/ipallocations", LabelPool+"="+v.pool, &al); err != nil {
+	items, err := kube.List[*Alloc](k.ctx, k.c, apiGroup+"/ipallocations", LabelPool+"="+v.pool)
+	if err != nil {
 		return nil, fmt.Errorf("ipam: list allocations of IPPool %s: %w", v.pool, err)
 	}
-	out := make([]*Alloc, 0, len(al.Items))
-	for _, it := range al.Items {
+	out := make([]*Alloc, 0, len(items))
+	for _, it := range items {
 		out = append(out, &Alloc{Metadata: kube.Meta{Name: it.Metadata.Name, ResourceVersion: it.Metadata.ResourceVersion},
 			Spec: AllocSpec{Address: it.Spec.Address, Node: it.Spec.Node, QuarantinedUntil: it.Spec.QuarantinedUntil}})
 	}
