@@ -36,7 +36,7 @@ func ClusterCIDRs(path string, ttl time.Duration, fetch func() (*clusternet.Netw
 		case err == nil:
 			cn = *fresh
 			if b, err := json.Marshal(clusterCache{Fetched: time.Now(), Network: cn}); err == nil {
-				_ = fileutil.WriteAtomic(path, b) // a copy: not synced
+				_ = fileutil.WriteAtomicUnsynced(path, b) // a copy: not synced
 			}
 		case haveCache:
 			warn = fmt.Errorf("using the node's last copy, of %s: %w", cached.Fetched.Format(time.RFC3339), err)

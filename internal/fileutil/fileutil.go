@@ -1,5 +1,6 @@
-// Package fileutil holds the two file primitives the state dir needs: an
-// atomic, durable write and an advisory lock.
+// Package fileutil holds the file primitives the state dir needs: an
+// atomic write (durable, or unsynced for copies a crash may lose) and an
+// advisory lock.
 package fileutil
 
 import (
@@ -14,12 +15,23 @@ import (
 // WriteAtomic replaces path with data so that a reader (or a process started
 // after a crash) sees either the old or the new content, never a mix: it
 // writes a temp file in the same directory, fsyncs it and renames it over path.
-func WriteAtomic(path string, data []byte) error { return WriteAtomicMode(path, data, 0o600) }
+func WriteAtomic(path string, data []byte) error { return writeAtomic(path, data, 0o600, true) }
 
 // WriteAtomicMode is WriteAtomic giving the new file mode. A file that a
 // process is executing is replaced, never rewritten (which would fail with
 // ETXTBSY, or change a binary under a running process).
 func WriteAtomicMode(path string, data []byte, mode os.FileMode) error {
+	return writeAtomic(path, data, mode, true)
+}
+
+// WriteAtomicUnsynced is WriteAtomic without the fsync, for a copy whose
+// loss to a crash only costs reading it again: a reader still sees the
+// old content or the new, whole.
+func WriteAtomicUnsynced(path string, data []byte) error {
+	return writeAtomic(path, data, 0o600, false)
+}
+
+func writeAtomic(path string, data []byte, mode os.FileMode, sync bool) error {
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
 	if err != nil {
@@ -29,7 +41,7 @@ func WriteAtomicMode(path string, data []byte, mode os.FileMode) error {
 	if err = f.Chmod(mode); err == nil {
 		_, err = f.Write(data)
 	}
-	if err == nil {
+	if err == nil && sync {
 		err = f.Sync()
 	}
 	if cerr := f.Close(); err == nil {

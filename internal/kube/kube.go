@@ -416,13 +416,13 @@ func (c *Client) Get(ctx context.Context, path string, out any) error {
 // maxAnswer bounds what one answer may be.
 const maxAnswer = 4 << 20
 
-// ListPage is how many objects one request of List asks for (client-go's
+// listPage is how many objects one request of List asks for (client-go's
 // pager uses the same). Pages keep every answer far under the 4 MiB one
-// answer may be (a pool's 50,000 IPAllocations are ~30 MB as JSON).
-var ListPage = 500
+// answer may be (a pool's 50,000 IPAllocations are ~50 MB as JSON).
+const listPage = 500
 
 // List reads every object of the collection at path, narrowed by a label
-// selector ("" for all), as T, a page of ListPage at a time (limit and
+// selector ("" for all), as T, a page of listPage at a time (limit and
 // continue). An expired continue token (410: the list took longer than
 // the API server keeps a snapshot) restarts the list, once.
 func List[T any](ctx context.Context, c *Client, path, labelSelector string) ([]T, error) {
@@ -434,9 +434,7 @@ func List[T any](ctx context.Context, c *Client, path, labelSelector string) ([]
 		if labelSelector != "" {
 			q.Set("labelSelector", labelSelector)
 		}
-		if ListPage > 0 {
-			q.Set("limit", strconv.Itoa(ListPage))
-		}
+		q.Set("limit", strconv.Itoa(listPage))
 		if cont != "" {
 			q.Set("continue", cont)
 		}

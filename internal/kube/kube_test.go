@@ -97,7 +97,7 @@ func TestLoadErrors(t *testing.T) {
 	}
 }
 
-// TestListPages: List follows continue tokens a page of ListPage at a
+// TestListPages: List follows continue tokens a page of listPage at a
 // time, sends the selector on every page, restarts once on 410 (an
 // expired token), and an answer over the cap is an error naming it, not
 // a truncated decode.

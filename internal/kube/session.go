@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+
+	"github.com/spinneret-cni/spinneret/internal/fileutil"
 )
 
 // Each CNI call is a process of its own, so a TLS session cache in memory
@@ -94,17 +96,8 @@ func (s sessionFile) Put(key string, cs *tls.ClientSessionState) {
 	b = append(b, state...)
 	// whole or not at all: a reader never sees half a file (no fsync: a
 	// file lost to a crash costs one full handshake)
-	dir := filepath.Dir(s.path)
-	if os.MkdirAll(dir, 0o700) != nil {
-		return
-	}
-	f, err := os.CreateTemp(dir, ".session-*")
-	if err != nil {
-		return
-	}
-	_, werr := f.Write(b)
-	if cerr := f.Close(); werr != nil || cerr != nil || os.Rename(f.Name(), s.path) != nil {
-		os.Remove(f.Name())
+	if os.MkdirAll(filepath.Dir(s.path), 0o700) == nil {
+		_ = fileutil.WriteAtomicUnsynced(s.path, b)
 	}
 }
 

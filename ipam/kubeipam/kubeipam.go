@@ -266,7 +266,7 @@ func (k *Backend) loadPools(want []string) error {
 	k.setPools(&pc)
 	if k.ttl > 0 {
 		if b, err := json.Marshal(&pc); err == nil {
-			_ = fileutil.WriteAtomic(k.cache, b) // a hint: not synced
+			_ = fileutil.WriteAtomicUnsynced(k.cache, b) // a hint: not synced
 		}
 	}
 	return nil
