@@ -28,6 +28,21 @@ func p50(d []time.Duration) time.Duration {
 
 const benchRounds = 15
 
+// emptyStart runs the empty Go binary TestVM put beside the test binary
+// (built as the plugin is) and returns its wall time: the process-start
+// floor of the ratios, measured in the same VM, round by round.
+func emptyStart(t *testing.T) time.Duration {
+	t.Helper()
+	return runCost(t, []string{filepath.Join(os.Getenv("SPINNERET_TEST_PREBUILT"), "empty")}, nil, nil).wall
+}
+
+// logRatios prints a driver's ratios as make bench does: ADD and DEL p50
+// against the in-process floor plus an empty Go binary's start.
+func logRatios(t *testing.T, what string, add, del, inAdd, inDel, start []time.Duration) {
+	t.Logf("%s: empty Go binary's start p50 %v; ADD/(floor + empty start) %.2f, DEL/(floor + empty start) %.2f",
+		what, p50(start), float64(p50(add))/float64(p50(inAdd)+p50(start)), float64(p50(del))/float64(p50(inDel)+p50(start)))
+}
+
 // TestVMBenchIpvlan: ADD/DEL of a pod with two ipvlan NICs (two networks,
 // coordinator off) vs creating the two links in the pod's netns, an
 // address each, up, a default route, and deleting them, in-process.
@@ -43,8 +58,9 @@ func TestVMBenchIpvlan(t *testing.T) {
 		{"name":"a","driver":"ipvlan","master":%q,"ipam":{"pools":[{"name":"a4","subnet":"%s","ranges":[{"start":"%s","end":"%s"}],"gateway":"%s"}]}},
 		{"name":"b","driver":"ipvlan","master":%q,"ipam":{"pools":[{"name":"b4","subnet":"%s","ranges":[{"start":"%s","end":"%s"}]}]}}]}]}`,
 		e.dir, n[0].Uplink, n[0].Subnet4, nth(n[0].Subnet4, 10), nth(n[0].Subnet4, 60), n[0].GW4, n[1].Uplink, n[1].Subnet4, nth(n[1].Subnet4, 10), nth(n[1].Subnet4, 60)))
-	var add, del, inAdd, inDel []time.Duration
+	var add, del, inAdd, inDel, start0 []time.Duration
 	for i := range benchRounds {
+		start0 = append(start0, emptyStart(t))
 		p, _ := e.topo.NewPod()
 		rt := podRT(fmt.Sprintf("b%d", i), p, map[string]string{"k8s.v1.cni.cncf.io/networks": "b"})
 		start := time.Now()
@@ -81,6 +97,7 @@ func TestVMBenchIpvlan(t *testing.T) {
 	}
 	t.Logf("ipvlan, 2 NICs, %d pods (TCG): plugin ADD p50 %v, DEL p50 %v; in-process netlink ADD p50 %v, DEL p50 %v; ratio ADD %.1fx, DEL %.1fx",
 		benchRounds, p50(add), p50(del), p50(inAdd), p50(inDel), float64(p50(add))/float64(p50(inAdd)), float64(p50(del))/float64(p50(inDel)))
+	logRatios(t, "ipvlan, 2 NICs", add, del, inAdd, inDel, start0)
 }
 
 // TestVMBenchSriov: ADD/DEL of a pod with two VFs (settings through the
@@ -97,8 +114,9 @@ func TestVMBenchSriov(t *testing.T) {
 		{"name":"b","driver":"sriov","deviceID":%q,"vlan":200,"ipam":{"pools":[{"name":"b4","subnet":"10.20.0.0/24"}]}}]}]}`, e.dir, vfs[0], vfs[1]))
 	h := rootHandle(t)
 	pfl, _ := h.LinkByName(pf)
-	var add, del, inAdd, inDel, seq, par []time.Duration
+	var add, del, inAdd, inDel, seq, par, start0 []time.Duration
 	for i := range benchRounds {
+		start0 = append(start0, emptyStart(t))
 		p, _ := e.topo.NewPod()
 		rt := &libcni.RuntimeConf{ContainerID: fmt.Sprintf("s%d", i), NetNS: p.Path(), IfName: "eth0",
 			CapabilityArgs: map[string]interface{}{"io.kubernetes.cri.pod-annotations": map[string]string{"k8s.v1.cni.cncf.io/networks": "b"}}}
@@ -182,5 +200,6 @@ func TestVMBenchSriov(t *testing.T) {
 	}
 	t.Logf("SR-IOV, 2 VFs, %d pods (TCG): plugin ADD p50 %v, DEL p50 %v; in-process netlink ADD p50 %v, DEL p50 %v; ratio ADD %.1fx, DEL %.1fx",
 		benchRounds, p50(add), p50(del), p50(inAdd), p50(inDel), float64(p50(add))/float64(p50(inAdd)), float64(p50(del))/float64(p50(inDel)))
+	logRatios(t, "SR-IOV, 2 VFs", add, del, inAdd, inDel, start0)
 	t.Logf("moving 2 VFs into a netns: one after the other p50 %v, at once from 2 goroutines p50 %v", p50(seq), p50(par))
 }
