@@ -60,6 +60,10 @@ type hold struct {
 func requestKind(method, path string, code int) string {
 	k := method
 	switch {
+	case strings.Contains(path, "spinneret.io%2Fblock"):
+		k += " block-allocations"
+	case strings.Contains(path, "spinneret.io%2Fnode%3D"):
+		k += " node-allocations"
 	case strings.Contains(path, "labelSelector=spinneret.io%2Fpool%3D"):
 		k += " pool-allocations"
 	case strings.Contains(path, "labelSelector=spinneret.io%2Fpod%3D"):

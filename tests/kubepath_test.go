@@ -51,7 +51,8 @@ type apiCall struct {
 //
 // The published cluster CIDRs and the IPPool and ReservedIP lists are
 // read once per poolCacheTTL (1h here, so once in the run), and so is
-// the pool's allocations (the view the node picks addresses from).
+// the node's view of the pool it picks addresses from: its allocations
+// (none yet), and the one allocation of its home block (is it empty?).
 //
 // What the test holds to, as it holds on any machine: the requests of
 // each way, exactly, and every call after the first resuming its TLS
@@ -74,8 +75,10 @@ func TestKubePath(t *testing.T) {
 		"metadata": map[string]any{"name": clusternet.ConfigMapName}, "data": map[string]string{clusternet.ConfigMapKey: string(doc)}}, nil); code != http.StatusCreated {
 		t.Fatalf("publishing the cluster CIDRs: HTTP %d", code)
 	}
+	// a range inside one block (.128/26), more addresses than the run's
+	// ADDs: the node finds its block once
 	k.createPool("red-v4", map[string]any{"subnet": n.Subnet4.String(), "gateway": n.GW4.String(),
-		"ranges": []map[string]string{{"start": nth(n.Subnet4, 150).String(), "end": nth(n.Subnet4, 199).String()}}})
+		"ranges": []map[string]string{{"start": nth(n.Subnet4, 130).String(), "end": nth(n.Subnet4, 189).String()}}})
 	conf := func(name, ipam string) *libcni.NetworkConfigList {
 		return e.confListRaw(fmt.Sprintf(`{"cniVersion":"1.1.0","name":%q,"plugins":[{"type":"spinneret","nodeConf":"%s/node.yaml",
 			"capabilities":{"io.kubernetes.cri.pod-annotations":true},"networks":[{"name":"red","master":%q,"ipam":%s}]}]}`, name, e.dir, n.Uplink, ipam))
@@ -207,8 +210,9 @@ func TestKubePath(t *testing.T) {
 
 // kubePathCached are the reads an ADD makes once per poolCacheTTL, not
 // every time: the published cluster CIDRs, the IPPool and ReservedIP
-// lists, the pool's allocations.
-var kubePathCached = []string{"GET configmaps/name", "GET ippools", "GET reservedips", "GET ipallocations by spinneret.io/pool"}
+// lists, the node's view of the pool.
+var kubePathCached = []string{"GET configmaps/name", "GET ippools", "GET reservedips",
+	"GET ipallocations by spinneret.io/pool,spinneret.io/node", "GET ipallocations by spinneret.io/pool,spinneret.io/block"}
 
 // kubePathLog reads the plugin's log: each call's API requests, by
 // "<container> <verb>", and each ADD's phases, by "<way> <phase>-ms" (the
@@ -298,8 +302,13 @@ func apiKind(method, path string) string {
 		kind += "/name"
 	}
 	if sel := u.Query().Get("labelSelector"); sel != "" {
-		key, _, _ := strings.Cut(sel, "=")
-		kind += " by " + key
+		var keys []string
+		for _, req := range strings.Split(sel, ",") {
+			key, _, _ := strings.Cut(req, "=")
+			key, _, _ = strings.Cut(key, " ") // "key in (...)"
+			keys = append(keys, key)
+		}
+		kind += " by " + strings.Join(keys, ",")
 	}
 	return kind
 }

@@ -603,7 +603,7 @@ func (k *Backend) allocateOne(o ipam.Owner, r ipam.Request, fam []conf.Pool) (ip
 			if !k.podHolds(it, p, r.IfName, static) {
 				continue
 			}
-			obj, err := k.adopt(o, r.IfName, it)
+			obj, err := k.adopt(o, p, r.IfName, it)
 			if kube.IsStatus(err, http.StatusNotFound) || kube.IsStatus(err, http.StatusConflict) {
 				// the list came from the API server's cache, and the
 				// object was deleted since (a DEL of the pod's last
@@ -620,7 +620,7 @@ func (k *Backend) allocateOne(o ipam.Owner, r ipam.Request, fam []conf.Pool) (ip
 				if !k.podHolds(&fresh, p, r.IfName, static) {
 					continue
 				}
-				obj, err = k.adopt(o, r.IfName, &fresh)
+				obj, err = k.adopt(o, p, r.IfName, &fresh)
 			}
 			if err != nil {
 				return ipam.Allocation{}, err
@@ -662,7 +662,7 @@ func (k *Backend) allocateOne(o ipam.Owner, r ipam.Request, fam []conf.Pool) (ip
 				if fresh {
 					break // none free as of a list read just now
 				}
-				if err := v.refresh(k); err != nil {
+				if err := v.refreshSince(k, p, k.now()); err != nil {
 					return ipam.Allocation{}, err
 				}
 				continue
@@ -681,11 +681,18 @@ func (k *Backend) allocateOne(o ipam.Owner, r ipam.Request, fam []conf.Pool) (ip
 			if obj != nil {
 				return allocation(r.IfName, p, obj), nil
 			}
-			// taken by another node since the view was read: read the
-			// pool again (unless another ADD of the node just did)
+			// taken by another node (or held by an allocation the
+			// view does not show): noted, and after a few, the node's
+			// blocks read again (unless another ADD of the node just
+			// did)
 			k.Conflicts++
-			if err := v.refreshSince(k, seen); err != nil {
+			if err := v.taken(k, a); err != nil {
 				return ipam.Allocation{}, err
+			}
+			if tries%4 == 3 {
+				if err := v.refreshSince(k, p, seen); err != nil {
+					return ipam.Allocation{}, err
+				}
 			}
 		}
 	}
@@ -711,7 +718,7 @@ func (k *Backend) podHolds(it *Alloc, p *conf.Pool, ifname string, static netip.
 
 // adopt records this sandbox (and node, and pod UID for a StatefulSet
 // heir) on an allocation the pod already holds.
-func (k *Backend) adopt(o ipam.Owner, ifname string, it *Alloc) (*Alloc, error) {
+func (k *Backend) adopt(o ipam.Owner, p *conf.Pool, ifname string, it *Alloc) (*Alloc, error) {
 	if it.Spec.Pod.UID == k.pod.UID && it.Spec.ContainerID == o.ContainerID && it.Spec.Node == k.node {
 		return it, nil
 	}
@@ -719,7 +726,7 @@ func (k *Backend) adopt(o ipam.Owner, ifname string, it *Alloc) (*Alloc, error) 
 	upd.APIVersion, upd.Kind = "spinneret.io/v1alpha1", "IPAllocation"
 	upd.Spec.Pod = k.pod.PodRef
 	upd.Spec.ContainerID, upd.Spec.Node, upd.Spec.OwnerKind = o.ContainerID, k.node, k.pod.OwnerKind
-	upd.Metadata.Labels = k.labels(it.Spec.Pool)
+	upd.Metadata.Labels = k.labels(p, it.Addr())
 	var got Alloc
 	if err := k.c.Update(k.ctx, allocPath(it.Metadata.Name), &upd, &got); err != nil {
 		return nil, fmt.Errorf("ipam: %s: take over %s: %w", ifname, it.Metadata.Name, err)
@@ -727,18 +734,16 @@ func (k *Backend) adopt(o ipam.Owner, ifname string, it *Alloc) (*Alloc, error) 
 	return &got, nil
 }
 
-func (k *Backend) labels(pool string) map[string]string {
-	l := map[string]string{LabelPool: pool, LabelPodUID: k.pod.UID, LabelPod: podLabel(k.pod.Namespace, k.pod.Name)}
-	if len(k.node) <= 63 {
-		l[LabelNode] = k.node
-	}
-	return l
+// labels are an allocation's labels: its pool, block, node and pod.
+func (k *Backend) labels(p *conf.Pool, a netip.Addr) map[string]string {
+	return map[string]string{LabelPool: p.Name, LabelBlock: BlockLabel(BlockOf(p.Subnet, a)), LabelNode: nodeLabel(k.node),
+		LabelPodUID: k.pod.UID, LabelPod: podLabel(k.pod.Namespace, k.pod.Name)}
 }
 
 // create creates the allocation object of address a; nil if it exists.
 func (k *Backend) create(o ipam.Owner, ifname string, p *conf.Pool, a netip.Addr) (*Alloc, error) {
 	obj := &Alloc{APIVersion: "spinneret.io/v1alpha1", Kind: "IPAllocation",
-		Metadata: kube.Meta{Name: AllocName(p.Name, a), Labels: k.labels(p.Name)},
+		Metadata: kube.Meta{Name: AllocName(p.Name, a), Labels: k.labels(p, a)},
 		Spec: AllocSpec{Pool: p.Name, Address: a.String(), Pod: k.pod.PodRef, ContainerID: o.ContainerID,
 			Interface: ifname, Node: k.node, OwnerKind: k.pod.OwnerKind}}
 	var got Alloc
@@ -752,48 +757,6 @@ func (k *Backend) create(o ipam.Owner, ifname string, p *conf.Pool, a netip.Addr
 	k.created[a], k.held[a] = &got, &got
 	testhook.Point("kube-created")
 	return &got, nil
-}
-
-// smallPool is the size up to which a pool's free addresses are listed in
-// full; larger pools are sampled at random.
-const smallPool = 1 << 16
-
-// free returns free addresses of p given its allocations: all of them for a
-// small pool, a random sample for a large one. expired are allocation
-// objects of this node whose quarantine ran out (free, but their object
-// must go first).
-func (k *Backend) free(p *conf.Pool, items []*Alloc, now time.Time) ([]netip.Addr, map[netip.Addr]*Alloc) {
-	used := make(map[netip.Addr]bool, len(items))
-	expired := map[netip.Addr]*Alloc{}
-	for _, it := range items {
-		a := it.Addr()
-		if it.Spec.QuarantinedUntil != nil && !it.Quarantined(now) && it.Spec.Node == k.node {
-			// another node's expired quarantine stays taken until the
-			// controller deletes it: the API server lets a node delete
-			// only its own node's objects (deploy/k8s/rbac.yaml)
-			expired[a] = it
-			continue
-		}
-		used[a] = true
-	}
-	var out []netip.Addr
-	if all, small := k.candidates(p); small {
-		for _, a := range all {
-			if !used[a] {
-				out = append(out, a)
-			}
-		}
-		return out, expired
-	}
-	ok := func(a netip.Addr) bool { return !used[a] && !p.Excluded(a) && !k.isReserved(a) }
-	for tries := 0; tries < 4096 && len(out) < 16; tries++ {
-		r := p.Ranges[k.rnd.IntN(len(p.Ranges))]
-		a := addrAdd(r.Start, k.rnd.Uint64N(rangeSize(r)))
-		if ok(a) && !slices.Contains(out, a) {
-			out = append(out, a)
-		}
-	}
-	return out, expired
 }
 
 // maxRangeSize caps rangeSize: a range (or a pool) at least this large is
@@ -900,282 +863,6 @@ func Release(ctx context.Context, c *kube.Client, podUID, containerID string) (i
 		}
 	}
 	return n, nil
-}
-
-// poolView is the node's view of one pool's allocations: a snapshot read
-// with one LIST, shared by the node's ADDs for the cache TTL, plus a log of
-// the addresses the node's ADDs picked since. An ADD picks an address free
-// in the view and appends it to the log under the view's lock, so the
-// node's concurrent ADDs never pick the same one; other nodes' picks show
-// up as 409s (the address is then logged as used), and a few of those, or
-// an empty view, make the ADD read the pool again. Each node starts its
-// picks at its own place in the pool, so nodes seldom meet. The view is a
-// hint: the API server's 409 is what keeps an address single-owner, and a
-// pool is exhausted only when a list read just now shows nothing free.
-type poolView struct {
-	pool  string
-	dir   string
-	fresh bool // listed by this invocation
-	// in memory (no TTL: every ADD reads the pool)
-	items []*Alloc
-}
-
-type viewSnapshot struct {
-	Fetched time.Time `json:"fetched"`
-	Items   []*Alloc  `json:"items"`
-}
-
-func (k *Backend) view(pool string) *poolView {
-	if k.views == nil {
-		k.views = map[string]*poolView{}
-	}
-	if v, ok := k.views[pool]; ok {
-		return v
-	}
-	v := &poolView{pool: pool, dir: k.viewDir}
-	k.views[pool] = v
-	return v
-}
-
-func (v *poolView) path(ext string) string { return filepath.Join(v.dir, v.pool+ext) }
-
-// list reads the pool's allocations from the API server, trimmed to what
-// picking needs.
-func (v *poolView) list(k *Backend) ([]*Alloc, error) {
-	items, err := kube.List[*Alloc](k.ctx, k.c, apiGroup+"/ipallocations", LabelPool+"="+v.pool)
-	if err != nil {
-		return nil, fmt.Errorf("ipam: list allocations of IPPool %s: %w", v.pool, err)
-	}
-	out := make([]*Alloc, 0, len(items))
-	for _, it := range items {
-		out = append(out, &Alloc{Metadata: kube.Meta{Name: it.Metadata.Name, ResourceVersion: it.Metadata.ResourceVersion},
-			Spec: AllocSpec{Address: it.Spec.Address, Node: it.Spec.Node, QuarantinedUntil: it.Spec.QuarantinedUntil}})
-	}
-	v.fresh = true
-	return out, nil
-}
-
-// refresh reads the pool again and makes that the node's view.
-func (v *poolView) refresh(k *Backend) error { return v.refreshSince(k, k.now()) }
-
-// refreshSince reads the pool again unless the node's view was read after
-// since (by another ADD of the node).
-func (v *poolView) refreshSince(k *Backend, since time.Time) error {
-	if k.ttl == 0 {
-		items, err := v.list(k)
-		v.items = items
-		return err
-	}
-	l, err := v.lock()
-	if err != nil {
-		return err
-	}
-	defer l.Unlock()
-	var snap viewSnapshot
-	if b, err := os.ReadFile(v.path(".json")); err == nil && json.Unmarshal(b, &snap) == nil && snap.Fetched.After(since) {
-		return nil
-	}
-	_, err = v.relist(k)
-	return err
-}
-
-func (v *poolView) lock() (*fileutil.Lock, error) {
-	if err := os.MkdirAll(v.dir, 0o700); err != nil {
-		return nil, fmt.Errorf("ipam: %w", err)
-	}
-	return fileutil.LockFile(v.path(".lock"))
-}
-
-// relist (under the lock) lists the pool, saves the snapshot and empties
-// the log.
-func (v *poolView) relist(k *Backend) ([]*Alloc, error) {
-	items, err := v.list(k)
-	if err != nil {
-		return nil, err
-	}
-	b, err := json.Marshal(viewSnapshot{Fetched: k.now(), Items: items})
-	if err == nil {
-		err = fileutil.WriteAtomic(v.path(".json"), b)
-	}
-	if err == nil {
-		err = os.Truncate(v.path(".log"), 0)
-		if errors.Is(err, os.ErrNotExist) {
-			err = nil
-		}
-	}
-	if err != nil {
-		return nil, fmt.Errorf("ipam: view of %s: %w", v.pool, err)
-	}
-	return items, nil
-}
-
-// pick chooses a free address of p and records it in the node's view; an
-// invalid address if none is free in the view (fresh: the view was listed
-// by this invocation). old is the object of a quarantine that ran out on
-// that address.
-func (v *poolView) pick(k *Backend, p *conf.Pool) (a netip.Addr, old *Alloc, fresh bool, err error) {
-	if k.ttl == 0 {
-		if v.items == nil && !v.fresh {
-			if v.items, err = v.list(k); err != nil {
-				return
-			}
-		}
-		a, old = k.choose(p, v.items)
-		if a.IsValid() {
-			v.items = append(v.items, &Alloc{Spec: AllocSpec{Address: a.String(), Node: k.node}})
-		}
-		return a, old, v.fresh, nil
-	}
-	l, err := v.lock()
-	if err != nil {
-		return
-	}
-	defer l.Unlock()
-	var items []*Alloc
-	var snap viewSnapshot
-	b, rerr := os.ReadFile(v.path(".json"))
-	if rerr == nil && json.Unmarshal(b, &snap) == nil && k.now().Sub(snap.Fetched) < k.ttl && !k.now().Before(snap.Fetched.Add(-time.Second)) {
-		items = snap.Items
-		if lb, err := os.ReadFile(v.path(".log")); err == nil {
-			for _, line := range strings.Fields(string(lb)) {
-				items = append(items, &Alloc{Spec: AllocSpec{Address: line, Node: k.node}})
-			}
-		}
-	} else if items, err = v.relist(k); err != nil {
-		return
-	}
-	a, old = k.choose(p, items)
-	if a.IsValid() {
-		f, err := os.OpenFile(v.path(".log"), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
-		if err != nil {
-			return netip.Addr{}, nil, false, fmt.Errorf("ipam: view of %s: %w", v.pool, err)
-		}
-		_, err = f.WriteString(a.String() + "\n") // a hint: not synced
-		f.Close()
-		if err != nil {
-			return netip.Addr{}, nil, false, fmt.Errorf("ipam: view of %s: %w", v.pool, err)
-		}
-	}
-	return a, old, v.fresh, nil
-}
-
-// Blocks: a small pool's addresses, in order, are cut into blocks, and each
-// node fills "its" blocks: those where its view shows it holds the most
-// addresses, then the first empty one from its home block (a hash of its
-// name) on, and only when none is left, any free address. The block owner is read
-// from the allocations themselves (spec.node): nothing is claimed or
-// compared-and-swapped, so a node that is gone costs nothing, and nodes
-// allocating at once mostly work in different blocks and seldom pick the
-// same address (Calico's block affinity, without the block objects).
-const (
-	minBlock = 16
-	maxBlock = 256
-)
-
-// choose picks a free address of p given its allocations, by blocks (see
-// above) for a small pool, at random for a large one. old is the object
-// of a quarantine that ran out on that address.
-func (k *Backend) choose(p *conf.Pool, items []*Alloc) (netip.Addr, *Alloc) {
-	now := k.now()
-	free, expired := k.free(p, items, now)
-	if len(free) == 0 {
-		return netip.Addr{}, nil
-	}
-	all, small := k.candidates(p)
-	if !small { // free is a random sample
-		a := free[k.rnd.IntN(len(free))]
-		return a, expired[a]
-	}
-	bs := min(max(len(all)/64, minBlock), maxBlock)
-	nblocks := (len(all) + bs - 1) / bs
-	index := make(map[netip.Addr]int, len(all))
-	for i, a := range all {
-		index[a] = i
-	}
-	held := make([]map[string]int, nblocks)
-	for _, it := range items {
-		i, ok := index[it.Addr()]
-		if !ok {
-			continue
-		}
-		if held[i/bs] == nil {
-			held[i/bs] = map[string]int{}
-		}
-		node := it.Spec.Node
-		if node == "" {
-			node = "?"
-		}
-		held[i/bs][node]++
-	}
-	freeIn := make([][]netip.Addr, nblocks)
-	for _, a := range free {
-		b := index[a] / bs
-		freeIn[b] = append(freeIn[b], a)
-	}
-	owner := func(b int) string {
-		best, n := "", 0
-		for node, c := range held[b] {
-			if c > n || c == n && node < best {
-				best, n = node, c
-			}
-		}
-		return best
-	}
-	pickIn := func(b int) (netip.Addr, *Alloc) {
-		a := freeIn[b][k.rnd.IntN(min(4, len(freeIn[b])))]
-		return a, expired[a]
-	}
-	// the node's own block with the fewest free addresses: fill it first
-	best := -1
-	for b := range nblocks {
-		if len(freeIn[b]) > 0 && owner(b) == k.node && (best < 0 || len(freeIn[b]) < len(freeIn[best])) {
-			best = b
-		}
-	}
-	if best >= 0 {
-		return pickIn(best)
-	}
-	// the first empty block from the node's home block on: a node's
-	// blocks grow in one region from its home, away from other nodes'
-	h := fnv.New32a()
-	h.Write([]byte(k.node))
-	home := int(h.Sum32() % uint32(nblocks))
-	for i := range nblocks {
-		if b := (home + i) % nblocks; len(held[b]) == 0 && len(freeIn[b]) > 0 {
-			return pickIn(b)
-		}
-	}
-	a := free[k.rnd.IntN(len(free))]
-	return a, expired[a]
-}
-
-// candidates lists the addresses of a small pool that may be handed out,
-// in order; small is false for a pool too large to list (it is sampled).
-// Computed once per invocation and pool.
-func (k *Backend) candidates(p *conf.Pool) (all []netip.Addr, small bool) {
-	if c, ok := k.cands[p.Name]; ok {
-		return c.addrs, c.small
-	}
-	small = poolSize(p.Ranges) <= smallPool
-	if small {
-		for _, r := range p.Ranges {
-			for a := r.Start; a.IsValid() && !r.End.Less(a); a = ipam.NextCandidate(p, a) {
-				if !p.Excluded(a) && !k.isReserved(a) {
-					all = append(all, a)
-				}
-			}
-		}
-	}
-	if k.cands == nil {
-		k.cands = map[string]poolCandidates{}
-	}
-	k.cands[p.Name] = poolCandidates{all, small}
-	return all, small
-}
-
-type poolCandidates struct {
-	addrs []netip.Addr
-	small bool
 }
 
 // ReleaseRefs deletes the allocations an ADD recorded, each only if it

@@ -7,8 +7,10 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"reflect"
+	"regexp"
 	"slices"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
@@ -133,7 +135,8 @@ func TestFree(t *testing.T) {
 		// another node's: the API server would refuse this node its delete
 		{Spec: AllocSpec{Address: "10.0.0.3", QuarantinedUntil: &past, Node: "m"}},
 	}
-	free, expired := k.free(p, items, time.Now())
+	used, expired := k.used(items)
+	free := k.free(p, used)
 	var got []string
 	for _, a := range free {
 		got = append(got, a.String())
@@ -145,7 +148,7 @@ func TestFree(t *testing.T) {
 		t.Errorf("expired %v", expired)
 	}
 	big, _ := conf.PoolFromSpec("b", []byte(`{"subnet":"fd00::/64"}`))
-	free, _ = k.free(big, nil, time.Now())
+	free = k.free(big, nil)
 	if len(free) != 16 {
 		t.Fatalf("sample of a /64: %v", free)
 	}
@@ -229,7 +232,7 @@ func TestPoolArithmetic(t *testing.T) {
 			t.Fatalf("pool of %s addresses listed: %v", sum, small)
 		}
 		if sum.Cmp(big.NewInt(smallPool)) > 0 {
-			free, _ := k.free(p, nil, time.Now())
+			free := k.free(p, nil)
 			for _, a := range free {
 				if !slices.ContainsFunc(rs, func(r conf.Range) bool { return !a.Less(r.Start) && !r.End.Less(a) }) {
 					t.Fatalf("free gave %s, in none of %v", a, rs)
@@ -248,5 +251,55 @@ func TestPoolArithmetic(t *testing.T) {
 	}
 	if _, small := k.candidates(&conf.Pool{Name: "huge", Subnet: netip.MustParsePrefix("fd00::/16"), Ranges: huge}); small {
 		t.Fatal("four ranges of 2^63 would be listed address by address")
+	}
+}
+
+// TestBlocks: a block is the 64 addresses around an address (the subnet,
+// if smaller), its label a valid label value, and a node fills the
+// fullest of the blocks where it holds the most, never one another node
+// holds more of.
+func TestBlocks(t *testing.T) {
+	labelValue := regexp.MustCompile(`^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$`)
+	for _, c := range []struct{ subnet, addr, block, label string }{
+		{"10.30.0.0/16", "10.30.1.77", "10.30.1.64/26", "10.30.1.64"},
+		{"10.30.0.0/16", "10.30.0.1", "10.30.0.0/26", "10.30.0.0"},
+		{"10.0.0.16/28", "10.0.0.20", "10.0.0.16/28", "10.0.0.16"},
+		{"fd00::/64", "fd00::1:ff", "fd00::1:c0/122", "fd00-0000-0000-0000-0000-0000-0001-00c0"},
+		{"fd00::/120", "fd00::ff", "fd00::c0/122", "fd00-0000-0000-0000-0000-0000-0000-00c0"},
+	} {
+		b := BlockOf(netip.MustParsePrefix(c.subnet), netip.MustParseAddr(c.addr))
+		if b.String() != c.block || BlockLabel(b) != c.label || !labelValue.MatchString(BlockLabel(b)) {
+			t.Errorf("%s in %s: block %s label %q, want %s %q", c.addr, c.subnet, b, BlockLabel(b), c.block, c.label)
+		}
+	}
+	if l := nodeLabel(strings.Repeat("n", 200)); len(l) > 63 || !labelValue.MatchString(l) {
+		t.Errorf("a long node name's label %q", l)
+	}
+	p, err := conf.PoolFromSpec("p", []byte(`{"subnet":"10.0.0.0/24","gateway":"10.0.0.1"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := New(t.Context(), nil, t.TempDir(), "n", 0, Pod{})
+	var items []*Alloc
+	add := func(node string, from, to int) {
+		for i := from; i <= to; i++ {
+			items = append(items, &Alloc{Spec: AllocSpec{Address: fmt.Sprintf("10.0.0.%d", i), Node: node}})
+		}
+	}
+	add("n", 2, 10)    // block .0: n's, 9 of 62 held
+	add("n", 64, 120)  // block .64: n's, 57 of 64 held: the fullest
+	add("m", 128, 140) // block .128: m's ...
+	add("n", 141, 145) // ... though n holds 5 there
+	for range 50 {
+		used, _ := k.used(items)
+		a := k.inOwnBlocks(p, items, used)
+		if b := BlockOf(p.Subnet, a); b.String() != "10.0.0.64/26" || used[a] {
+			t.Fatalf("picked %s (block %s), want a free address of 10.0.0.64/26", a, b)
+		}
+	}
+	add("n", 121, 127) // .64 full: .0 next
+	used, _ := k.used(items)
+	if a := k.inOwnBlocks(p, items, used); BlockOf(p.Subnet, a).String() != "10.0.0.0/26" || used[a] || a == p.Gateway {
+		t.Fatalf("picked %s, want a free address of 10.0.0.0/26", a)
 	}
 }

@@ -1,0 +1,610 @@
+package kubeipam
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/spinneret-cni/spinneret/conf"
+	"github.com/spinneret-cni/spinneret/internal/fileutil"
+	"github.com/spinneret-cni/spinneret/internal/kube"
+	"github.com/spinneret-cni/spinneret/ipam"
+)
+
+// Blocks. A pool's subnet is cut into blocks of 64 addresses (a /26 of
+// IPv4, a /122 of IPv6; the whole subnet if it is smaller), and every
+// allocation carries its block as a label. A node fills the blocks where
+// it holds the most addresses; when they are full it looks for a block
+// nobody holds an address in, from its home block (a hash of its name)
+// on, a block per request; and only when a few such reads find none
+// (the pool is nearly full, or has fewer blocks than nodes) does it read
+// the whole pool and take any free address. So what a node reads per
+// allocation is its own blocks (found by the node label), not the pool:
+// its cost does not grow with the pool's allocations or the nodes.
+//
+// Nothing about a block is claimed or compared-and-swapped (Calico's block
+// affinity, without the block objects): a block is a node's because its
+// allocations there are; a node that is gone costs nothing; and the API
+// server's 409 on an address's object stays what keeps every address
+// single-owner. A wrong label (an allocation made before blocks, or by a
+// hostile node) only hides an address from a view, and picking it costs
+// one 409.
+const (
+	LabelBlock = "spinneret.io/block"
+	blockBits  = 6
+	// maxProbes is how many blocks an allocation reads, looking for an
+	// empty one, before it reads the whole pool instead: with 3 of 4
+	// blocks held, 32 reads all miss once in 10,000
+	maxProbes = 32
+	// labelsPerList bounds a list's "block in (...)" selector.
+	labelsPerList = 32
+)
+
+// BlockOf is the block of a pool of subnet that holds address a.
+func BlockOf(subnet netip.Prefix, a netip.Addr) netip.Prefix {
+	b, _ := a.Prefix(max(subnet.Bits(), a.BitLen()-blockBits))
+	return b
+}
+
+// BlockLabel is the value of LabelBlock for block b: its first address,
+// IPv6 written in full with '-' for ':' (a label value has no ':').
+func BlockLabel(b netip.Prefix) string {
+	if a := b.Addr(); !a.Is4() {
+		return strings.ReplaceAll(a.StringExpanded(), ":", "-")
+	}
+	return b.Addr().String()
+}
+
+// nodeLabel is the value of LabelNode: the node's name, or a hash of it
+// if it is longer than a label value may be.
+func nodeLabel(node string) string {
+	if len(node) <= 63 {
+		return node
+	}
+	h := fnv.New64a()
+	h.Write([]byte(node))
+	return fmt.Sprintf("node-%016x", h.Sum64())
+}
+
+// poolView is the node's view of one pool's allocations: a snapshot (its
+// own blocks, read by label; or the whole pool, when those are full and
+// no empty block was found) shared by the node's ADDs for the cache TTL,
+// plus a log of the addresses the node's ADDs picked since, and of those
+// other nodes took (a 409). An ADD picks an address free in the view and
+// logs it under the view's lock, so the node's concurrent ADDs never pick
+// the same one; other nodes' picks show up as 409s. The view is a hint:
+// the API server's 409 is what keeps an address single-owner, and a pool
+// is exhausted only when a list of the whole pool read just now shows
+// nothing free.
+type poolView struct {
+	pool  string
+	dir   string
+	fresh bool // the whole pool was listed by this invocation
+	// mem is the view when nothing is cached (ttl 0): every ADD reads
+	// the pool
+	mem *viewSnapshot
+}
+
+type viewSnapshot struct {
+	Fetched time.Time `json:"fetched"`
+	// Full: Items are the whole pool's, not only the node's blocks'
+	Full  bool     `json:"full,omitempty"`
+	Items []*Alloc `json:"items"`
+}
+
+func (k *Backend) view(pool string) *poolView {
+	if k.views == nil {
+		k.views = map[string]*poolView{}
+	}
+	if v, ok := k.views[pool]; ok {
+		return v
+	}
+	v := &poolView{pool: pool, dir: k.viewDir}
+	k.views[pool] = v
+	return v
+}
+
+func (v *poolView) path(ext string) string { return filepath.Join(v.dir, v.pool+ext) }
+
+// listSel reads the pool's allocations a selector (after the pool's own)
+// picks out, trimmed to what picking needs.
+func (v *poolView) listSel(k *Backend, sel string) ([]*Alloc, error) { return v.listN(k, sel, 0) }
+
+// listN is listSel reading only the first n (0: all).
+func (v *poolView) listN(k *Backend, sel string, n int) ([]*Alloc, error) {
+	s := LabelPool + "=" + v.pool
+	if sel != "" {
+		s += "," + sel
+	}
+	var items []*Alloc
+	var err error
+	switch {
+	case n > 0:
+		items, err = kube.ListFirstCached[*Alloc](k.ctx, k.c, apiGroup+"/ipallocations", s, n)
+	case sel != "":
+		// a part of the pool: from the watch cache (a hint; the 409
+		// corrects it)
+		items, err = kube.ListCached[*Alloc](k.ctx, k.c, apiGroup+"/ipallocations", s)
+	default:
+		// the whole pool, which says whether it is exhausted: from etcd
+		items, err = kube.List[*Alloc](k.ctx, k.c, apiGroup+"/ipallocations", s)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("ipam: list allocations of IPPool %s (%s): %w", v.pool, s, err)
+	}
+	out := make([]*Alloc, 0, len(items))
+	for _, it := range items {
+		out = append(out, &Alloc{Metadata: kube.Meta{Name: it.Metadata.Name, ResourceVersion: it.Metadata.ResourceVersion},
+			Spec: AllocSpec{Address: it.Spec.Address, Node: it.Spec.Node, QuarantinedUntil: it.Spec.QuarantinedUntil}})
+	}
+	return out, nil
+}
+
+// listNode reads the node's part of the pool: its own allocations (by
+// the node label), then every allocation in the blocks those are in.
+func (v *poolView) listNode(k *Backend, p *conf.Pool) ([]*Alloc, error) {
+	mine, err := v.listSel(k, LabelNode+"="+nodeLabel(k.node))
+	if err != nil {
+		return nil, err
+	}
+	var blocks []string
+	for _, it := range mine {
+		if a := it.Addr(); p.Subnet.Contains(a) {
+			if l := BlockLabel(BlockOf(p.Subnet, a)); !slices.Contains(blocks, l) {
+				blocks = append(blocks, l)
+			}
+		}
+	}
+	slices.Sort(blocks)
+	items := mine
+	for chunk := range slices.Chunk(blocks, labelsPerList) {
+		got, err := v.listSel(k, LabelBlock+" in ("+strings.Join(chunk, ",")+")")
+		if err != nil {
+			return nil, err
+		}
+		items = merge(items, got)
+	}
+	return items, nil
+}
+
+// merge adds to items those of more it does not have (by name).
+func merge(items, more []*Alloc) []*Alloc {
+	have := make(map[string]bool, len(items))
+	for _, it := range items {
+		have[it.Metadata.Name] = true
+	}
+	for _, it := range more {
+		if !have[it.Metadata.Name] {
+			items = append(items, it)
+		}
+	}
+	return items
+}
+
+// lock serializes the node's ADDs on the view (a no-op without a cache).
+func (v *poolView) lock(k *Backend) (func(), error) {
+	if k.ttl == 0 {
+		return func() {}, nil
+	}
+	if err := os.MkdirAll(v.dir, 0o700); err != nil {
+		return nil, fmt.Errorf("ipam: %w", err)
+	}
+	l, err := fileutil.LockFile(v.path(".lock"))
+	if err != nil {
+		return nil, err
+	}
+	return l.Unlock, nil
+}
+
+// cached is the node's view with the log applied, if it is fresh.
+func (v *poolView) cached(k *Backend) *viewSnapshot {
+	if k.ttl == 0 {
+		return v.mem
+	}
+	var snap viewSnapshot
+	b, err := os.ReadFile(v.path(".json"))
+	if err != nil || json.Unmarshal(b, &snap) != nil || k.now().Sub(snap.Fetched) >= k.ttl || k.now().Before(snap.Fetched.Add(-time.Second)) {
+		return nil
+	}
+	if lb, err := os.ReadFile(v.path(".log")); err == nil {
+		for line := range strings.Lines(string(lb)) {
+			// "address" the node picked, "address -" another node took
+			f := strings.Fields(line)
+			if len(f) == 0 {
+				continue
+			}
+			node := k.node
+			if len(f) > 1 {
+				node = "?"
+			}
+			snap.Items = append(snap.Items, &Alloc{Spec: AllocSpec{Address: f[0], Node: node}})
+		}
+	}
+	return &snap
+}
+
+// save makes snap the node's view (the log is in it: emptied).
+func (v *poolView) save(k *Backend, snap *viewSnapshot) error {
+	if k.ttl == 0 {
+		v.mem = snap
+		return nil
+	}
+	b, err := json.Marshal(snap)
+	if err == nil {
+		err = fileutil.WriteAtomicUnsynced(v.path(".json"), b) // a hint: not synced
+	}
+	if err == nil {
+		err = os.Truncate(v.path(".log"), 0)
+		if errors.Is(err, os.ErrNotExist) {
+			err = nil
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("ipam: view of %s: %w", v.pool, err)
+	}
+	return nil
+}
+
+// note records address a in the view: picked by this node, or (other)
+// taken by another.
+func (v *poolView) note(k *Backend, snap *viewSnapshot, a netip.Addr, other bool) error {
+	node, line := k.node, a.String()+"\n"
+	if other {
+		node, line = "?", a.String()+" -\n"
+	}
+	if k.ttl == 0 {
+		if snap != nil {
+			snap.Items = append(snap.Items, &Alloc{Spec: AllocSpec{Address: a.String(), Node: node}})
+		}
+		return nil
+	}
+	f, err := os.OpenFile(v.path(".log"), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err == nil {
+		_, err = f.WriteString(line) // a hint: not synced
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("ipam: view of %s: %w", v.pool, err)
+	}
+	return nil
+}
+
+// relist reads the node's blocks of the pool and makes that the view.
+func (v *poolView) relist(k *Backend, p *conf.Pool) (*viewSnapshot, error) {
+	items, err := v.listNode(k, p)
+	if err != nil {
+		return nil, err
+	}
+	snap := &viewSnapshot{Fetched: k.now(), Items: items}
+	return snap, v.save(k, snap)
+}
+
+// relistFull reads the whole pool and makes that the view.
+func (v *poolView) relistFull(k *Backend) (*viewSnapshot, error) {
+	items, err := v.listSel(k, "")
+	if err != nil {
+		return nil, err
+	}
+	v.fresh = true
+	snap := &viewSnapshot{Fetched: k.now(), Full: true, Items: items}
+	return snap, v.save(k, snap)
+}
+
+// refreshSince reads the node's blocks again unless its view was read
+// after since (by another ADD of the node).
+func (v *poolView) refreshSince(k *Backend, p *conf.Pool, since time.Time) error {
+	unlock, err := v.lock(k)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if snap := v.cached(k); snap != nil && k.ttl > 0 && snap.Fetched.After(since) {
+		return nil
+	}
+	_, err = v.relist(k, p)
+	return err
+}
+
+// taken records that another node holds a (its create answered 409).
+func (v *poolView) taken(k *Backend, a netip.Addr) error {
+	unlock, err := v.lock(k)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	return v.note(k, v.mem, a, true)
+}
+
+// pick chooses a free address of p and records it in the node's view; an
+// invalid address if none is free (fresh: as of a list of the whole pool
+// read by this invocation). old is the object of a quarantine that ran
+// out on that address.
+func (v *poolView) pick(k *Backend, p *conf.Pool) (a netip.Addr, old *Alloc, fresh bool, err error) {
+	unlock, err := v.lock(k)
+	if err != nil {
+		return netip.Addr{}, nil, false, err
+	}
+	defer unlock()
+	snap := v.cached(k)
+	if snap == nil {
+		if snap, err = v.relist(k, p); err != nil {
+			return netip.Addr{}, nil, false, err
+		}
+	}
+	a, old, err = v.choose(k, p, snap)
+	if err == nil && a.IsValid() {
+		err = v.note(k, v.mem, a, false)
+	}
+	return a, old, v.fresh, err
+}
+
+// choose picks in the view: in the node's blocks; else in an empty block
+// found by reading a few; else (having read the whole pool) in an empty
+// block from the node's home on, or anywhere.
+func (v *poolView) choose(k *Backend, p *conf.Pool, snap *viewSnapshot) (netip.Addr, *Alloc, error) {
+	used, expired := k.used(snap.Items)
+	if a := k.inOwnBlocks(p, snap.Items, used); a.IsValid() {
+		return a, expired[a], nil
+	}
+	if !snap.Full {
+		b, err := v.probe(k, p, snap)
+		if err != nil {
+			return netip.Addr{}, nil, err
+		}
+		if b.IsValid() {
+			used, expired = k.used(snap.Items)
+			a := k.inBlock(p, b, used)
+			return a, expired[a], nil
+		}
+		if snap, err = v.relistFull(k); err != nil {
+			return netip.Addr{}, nil, err
+		}
+		used, expired = k.used(snap.Items)
+		if a := k.inOwnBlocks(p, snap.Items, used); a.IsValid() {
+			return a, expired[a], nil
+		}
+	}
+	free := k.free(p, used)
+	if len(free) == 0 {
+		return netip.Addr{}, nil, nil
+	}
+	if blocks := k.blocks(p); blocks != nil {
+		held := map[netip.Prefix]bool{}
+		for _, it := range snap.Items {
+			if a := it.Addr(); p.Subnet.Contains(a) {
+				held[BlockOf(p.Subnet, a)] = true
+			}
+		}
+		home := k.home(len(blocks))
+		for i := range blocks {
+			if b := blocks[(home+i)%len(blocks)]; !held[b] {
+				if a := k.inBlock(p, b, used); a.IsValid() {
+					return a, expired[a], nil
+				}
+			}
+		}
+	}
+	a := free[k.rnd.IntN(len(free))]
+	return a, expired[a], nil
+}
+
+// probe looks for a block no node holds an address in: the node's home
+// block, then blocks at random, of those the view knows nothing of; each
+// read is one request for one object (is there any?), and what it finds
+// joins the view, so a block is read once per TTL. At most maxProbes
+// reads; an invalid block if they found none.
+func (v *poolView) probe(k *Backend, p *conf.Pool, snap *viewSnapshot) (netip.Prefix, error) {
+	known := map[netip.Prefix]bool{}
+	for _, it := range snap.Items {
+		if a := it.Addr(); p.Subnet.Contains(a) {
+			known[BlockOf(p.Subnet, a)] = true
+		}
+	}
+	blocks := k.blocks(p)
+	next := func(i int) netip.Prefix {
+		switch {
+		case blocks != nil && i == 0:
+			return blocks[k.home(len(blocks))]
+		case blocks != nil:
+			return blocks[k.rnd.IntN(len(blocks))]
+		}
+		r := p.Ranges[k.rnd.IntN(len(p.Ranges))]
+		return BlockOf(p.Subnet, addrAdd(r.Start, k.rnd.Uint64N(rangeSize(r))))
+	}
+	var found netip.Prefix
+	read := 0
+	for i := 0; i < 4*maxProbes && read < maxProbes && !found.IsValid(); i++ {
+		b := next(i)
+		if known[b] {
+			continue
+		}
+		known[b] = true
+		if !k.inBlock(p, b, nil).IsValid() {
+			continue // nothing in it may be handed out
+		}
+		got, err := v.listN(k, LabelBlock+"="+BlockLabel(b), 1)
+		if err != nil {
+			return netip.Prefix{}, err
+		}
+		read++
+		snap.Items = merge(snap.Items, got)
+		if len(got) == 0 {
+			found = b
+		}
+	}
+	if read > 0 {
+		if err := v.save(k, snap); err != nil {
+			return netip.Prefix{}, err
+		}
+	}
+	return found, nil
+}
+
+// used is what the view's items take; expired are allocation objects of
+// this node whose quarantine ran out (free, but their object must go
+// first).
+func (k *Backend) used(items []*Alloc) (map[netip.Addr]bool, map[netip.Addr]*Alloc) {
+	now := k.now()
+	used := make(map[netip.Addr]bool, len(items))
+	expired := map[netip.Addr]*Alloc{}
+	for _, it := range items {
+		a := it.Addr()
+		if it.Spec.QuarantinedUntil != nil && !it.Quarantined(now) && it.Spec.Node == k.node {
+			// another node's expired quarantine stays taken until the
+			// controller deletes it: the API server lets a node delete
+			// only its own node's objects (deploy/k8s/rbac.yaml)
+			expired[a] = it
+			continue
+		}
+		used[a] = true
+	}
+	return used, expired
+}
+
+// inOwnBlocks picks a free address in the node's blocks (where, in the
+// view, it holds more addresses than any other node): in the fullest of
+// them first, so a node's addresses stay in few blocks.
+func (k *Backend) inOwnBlocks(p *conf.Pool, items []*Alloc, used map[netip.Addr]bool) netip.Addr {
+	held := map[netip.Prefix]map[string]int{}
+	for _, it := range items {
+		a := it.Addr()
+		if !p.Subnet.Contains(a) {
+			continue
+		}
+		b := BlockOf(p.Subnet, a)
+		if held[b] == nil {
+			held[b] = map[string]int{}
+		}
+		held[b][it.Spec.Node]++
+	}
+	var best []netip.Addr
+	for b, h := range held {
+		owner, n := "", 0
+		for node, c := range h {
+			if c > n || c == n && node < owner {
+				owner, n = node, c
+			}
+		}
+		if owner != k.node {
+			continue
+		}
+		if free := k.blockFree(p, b, used, 0); len(free) > 0 && (best == nil || len(free) < len(best)) {
+			best = free
+		}
+	}
+	if best == nil {
+		return netip.Addr{}
+	}
+	return best[k.rnd.IntN(min(4, len(best)))]
+}
+
+// inBlock picks a free address of block b, one of its first few.
+func (k *Backend) inBlock(p *conf.Pool, b netip.Prefix, used map[netip.Addr]bool) netip.Addr {
+	free := k.blockFree(p, b, used, 4)
+	if len(free) == 0 {
+		return netip.Addr{}
+	}
+	return free[k.rnd.IntN(len(free))]
+}
+
+// blockFree lists block b's addresses that may be handed out and are not
+// used, in order (at most limit of them; 0: all).
+func (k *Backend) blockFree(p *conf.Pool, b netip.Prefix, used map[netip.Addr]bool, limit int) []netip.Addr {
+	var out []netip.Addr
+	n := uint64(1) << (b.Addr().BitLen() - b.Bits())
+	for i := range n {
+		a := addrAdd(b.Addr(), i)
+		if !used[a] && !p.Excluded(a) && !k.isReserved(a) {
+			out = append(out, a)
+			if len(out) == limit {
+				break
+			}
+		}
+	}
+	return out
+}
+
+// home is the node's place among n blocks.
+func (k *Backend) home(n int) int {
+	h := fnv.New32a()
+	h.Write([]byte(k.node))
+	return int(h.Sum32() % uint32(n))
+}
+
+// smallPool is the size up to which a pool's free addresses are listed in
+// full; larger pools are sampled at random.
+const smallPool = 1 << 16
+
+// free returns free addresses of p given what is used: all of them for a
+// small pool, a random sample for a large one.
+func (k *Backend) free(p *conf.Pool, used map[netip.Addr]bool) []netip.Addr {
+	var out []netip.Addr
+	if all, small := k.candidates(p); small {
+		for _, a := range all {
+			if !used[a] {
+				out = append(out, a)
+			}
+		}
+		return out
+	}
+	ok := func(a netip.Addr) bool { return !used[a] && !p.Excluded(a) && !k.isReserved(a) }
+	for tries := 0; tries < 4096 && len(out) < 16; tries++ {
+		r := p.Ranges[k.rnd.IntN(len(p.Ranges))]
+		a := addrAdd(r.Start, k.rnd.Uint64N(rangeSize(r)))
+		if ok(a) && !slices.Contains(out, a) {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// candidates lists the addresses of a small pool that may be handed out,
+// in order, and the blocks they are in; small is false for a pool too
+// large to list (it is sampled). Computed once per invocation and pool.
+func (k *Backend) candidates(p *conf.Pool) (all []netip.Addr, small bool) {
+	c := k.poolCands(p)
+	return c.addrs, c.small
+}
+
+// blocks lists the blocks of a small pool that hold an address that may
+// be handed out, in order; nil for a pool too large to list.
+func (k *Backend) blocks(p *conf.Pool) []netip.Prefix { return k.poolCands(p).blocks }
+
+func (k *Backend) poolCands(p *conf.Pool) poolCandidates {
+	if c, ok := k.cands[p.Name]; ok {
+		return c
+	}
+	c := poolCandidates{small: poolSize(p.Ranges) <= smallPool}
+	if c.small {
+		for _, r := range p.Ranges {
+			for a := r.Start; a.IsValid() && !r.End.Less(a); a = ipam.NextCandidate(p, a) {
+				if !p.Excluded(a) && !k.isReserved(a) {
+					c.addrs = append(c.addrs, a)
+					if b := BlockOf(p.Subnet, a); len(c.blocks) == 0 || c.blocks[len(c.blocks)-1] != b {
+						c.blocks = append(c.blocks, b)
+					}
+				}
+			}
+		}
+	}
+	if k.cands == nil {
+		k.cands = map[string]poolCandidates{}
+	}
+	k.cands[p.Name] = c
+	return c
+}
+
+type poolCandidates struct {
+	addrs  []netip.Addr
+	blocks []netip.Prefix
+	small  bool
+}
