@@ -463,10 +463,11 @@ func list[T any](ctx context.Context, c *Client, path, labelSelector string, cac
 // ListFirstCached reads, from the watch cache (see ListCached), the first
 // n objects of the collection at path that the label selector picks, in
 // one request: whether there are any, at the cost of n (an API server
-// whose cache does not page answers with all of them).
-func ListFirstCached[T any](ctx context.Context, c *Client, path, labelSelector string, n int) ([]T, error) {
-	items, _, err := page[T](ctx, c, path, labelSelector, n, "", true)
-	return items, err
+// whose cache does not page answers with all of them). whole: the answer
+// holds every object the selector picks (no next page).
+func ListFirstCached[T any](ctx context.Context, c *Client, path, labelSelector string, n int) (items []T, whole bool, err error) {
+	items, next, err := page[T](ctx, c, path, labelSelector, n, "", true)
+	return items, next == "", err
 }
 
 // page reads one page of a list: up to limit objects from the continue

@@ -34,12 +34,13 @@ import (
 // IPAllocation object per address, named from pool and address, so
 // creating it is the allocation: two pods racing for one address get a 409
 // from the API server, and no shared object is compared-and-swapped (the
-// model of Kubernetes' own ClusterIP allocator, KEP-1880). An ADD lists the
-// allocations of the pools it draws from (one request per pool, which also
-// finds what the pod already holds) and creates one object per address:
-// two requests per address when the node's cached IPPool and ReservedIP
-// lists are fresh. Addresses are picked at random among the free ones, so
-// concurrent ADDs on many nodes seldom pick the same one.
+// model of Kubernetes' own ClusterIP allocator, KEP-1880). An ADD lists
+// what the pod already holds (one request, by label) and creates one
+// object per address: two requests per address when the node's cached
+// IPPool and ReservedIP lists and its view of the pool are fresh. The
+// view is the node's own blocks of the pool, not the whole pool (see
+// view.go), so what an allocation reads does not grow with the pool or
+// the nodes, and nodes seldom pick the same address.
 //
 // The plugin's CNI path uses the project's small REST client (no client-go)
 // and these lean mirrors of the v1alpha1 types (kept in step by a test).
