@@ -10,7 +10,7 @@ CONTROLLER_GEN_VERSION := v0.23.0
 VERSION     ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS     := -X main.version=$(VERSION)
 
-.PHONY: all build demo ref-plugins test unit lint fuzz fuzz-short cni-deps bench bench-baseline bench-ipam bench-kube bench-vm tools k8s-bins calico-bins helm-bin containerd-bins manifests deploy-check image generate clean
+.PHONY: all build demo ref-plugins test unit lint fuzz fuzz-short cni-deps bench bench-baseline bench-ipam bench-kube bench-vm bench-whereabouts whereabouts-bin tools k8s-bins calico-bins helm-bin containerd-bins manifests deploy-check image generate clean
 
 all: build
 
@@ -189,6 +189,26 @@ bench-baseline:
 bench-ipam: k8s-bins
 	$(GO) test -count=1 -v -run '^TestKubeIPAMScale$$' ./tests/ | grep -v '^=== RUN'
 	SPINNERET_IPAM_GROWTH=full $(GO) test -count=1 -timeout 60m -v -run '^TestKubeIPAMGrowth$$' ./tests/ | grep -v '^=== RUN'
+
+## bench-whereabouts: TestKubeIPAMScale's workload (1000 allocations from
+## 10 nodes) through spinneret's kubernetes backend and through Whereabouts
+## (its plugin binary, one process per allocation) on one real API server,
+## and the ratio; not in make test (Whereabouts is slow)
+WHEREABOUTS_VERSION := v0.9.2
+WHEREABOUTS_BIN := /var/cache/spinneret/whereabouts/$(WHEREABOUTS_VERSION)/whereabouts
+bench-whereabouts: k8s-bins whereabouts-bin
+	$(GO) test -count=1 -timeout 60m -run '^$$' -bench '^BenchmarkWhereabouts$$' -benchtime 1x ./tests/ | grep -v '^=== RUN'
+
+## whereabouts-bin: Whereabouts built from the Go module proxy (its go.mod
+## has replace directives, so not go install pkg@version: a throwaway
+## module requires it), cached by version
+whereabouts-bin: $(WHEREABOUTS_BIN)
+$(WHEREABOUTS_BIN):
+	rm -rf $(CURDIR)/bin/.wa && mkdir -p $(CURDIR)/bin/.wa $(dir $@)
+	cd $(CURDIR)/bin/.wa && $(GO) mod init wa-build >/dev/null 2>&1 && \
+	  GONOSUMDB=github.com/k8snetworkplumbingwg GOFLAGS=-mod=mod $(GO) get github.com/k8snetworkplumbingwg/whereabouts@$(WHEREABOUTS_VERSION) && \
+	  GONOSUMDB=github.com/k8snetworkplumbingwg GOFLAGS=-mod=mod $(GO) build -o $@.tmp github.com/k8snetworkplumbingwg/whereabouts/cmd && mv $@.tmp $@
+	rm -rf $(CURDIR)/bin/.wa
 
 ## bench-kube: the Kubernetes part of an ADD and a DEL through the binary
 ## against a real API server: the requests each way makes (local or

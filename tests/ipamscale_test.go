@@ -265,7 +265,7 @@ func stormPod(ctx context.Context, c *kube.Client, stateDir, node, pool string, 
 
 // runNodes runs the simulated nodes as processes at once and gathers their
 // reports.
-func runNodes(t *testing.T, mode, kubeconfig, pool string, nodes, perNode int, stateRoot string) ([]loaderResult, time.Duration) {
+func runNodes(t testing.TB, mode, kubeconfig, pool string, nodes, perNode int, stateRoot string) ([]loaderResult, time.Duration) {
 	t.Helper()
 	self, err := os.Executable()
 	if err != nil {

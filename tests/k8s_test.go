@@ -22,7 +22,7 @@ import (
 )
 
 // apiRequest sends a JSON request to the API server and decodes the reply.
-func apiRequest(t *testing.T, a *k8senv.APIServer, method, path string, body, out any) int {
+func apiRequest(t testing.TB, a *k8senv.APIServer, method, path string, body, out any) int {
 	t.Helper()
 	var r io.Reader
 	if body != nil {
@@ -97,7 +97,7 @@ func createPodOn(t *testing.T, a *k8senv.APIServer, ns, name, node string, annot
 
 // startAPI starts etcd and kube-apiserver for one test, inside the netns
 // of in (nil: the test's own).
-func startAPI(t *testing.T, in k8senv.InNS) *k8senv.APIServer {
+func startAPI(t testing.TB, in k8senv.InNS) *k8senv.APIServer {
 	t.Helper()
 	bin, err := k8senv.Binary("..")
 	if err != nil {
@@ -112,7 +112,7 @@ func startAPI(t *testing.T, in k8senv.InNS) *k8senv.APIServer {
 }
 
 // applyCRDs creates the CRDs of deploy/crds and waits until they serve.
-func applyCRDs(t *testing.T, a *k8senv.APIServer) {
+func applyCRDs(t testing.TB, a *k8senv.APIServer) {
 	t.Helper()
 	files, _ := filepath.Glob("../deploy/crds/*.yaml")
 	if len(files) != 3 {
