@@ -192,8 +192,10 @@ type Backend struct {
 	// created are the objects this invocation created, by address; held
 	// those and the ones it took over
 	created, held map[netip.Addr]*Alloc
-	// mine are the allocations of pods of this pod's name (podAllocs)
-	mine []*Alloc
+	// mine are the allocations of pods of this pod's name (podAllocs),
+	// once mineRead
+	mine     []*Alloc
+	mineRead bool
 	// views are the node's views of pools' allocations, by pool
 	views map[string]*poolView
 	cands map[string]poolCandidates
@@ -529,16 +531,14 @@ func podLabel(namespace, name string) string {
 // predecessors' (a StatefulSet pod takes them over). A small list: the
 // API server filters by label.
 func (k *Backend) podAllocs() ([]*Alloc, error) {
-	if k.mine != nil {
+	if k.mineRead {
 		return k.mine, nil
 	}
-	var al struct {
-		Items []*Alloc `json:"items"`
-	}
-	if err := k.c.Get(k.ctx, apiGroup+"/ipallocations?resourceVersion=0&labelSelector="+url.QueryEscape(LabelPod+"="+podLabel(k.pod.Namespace, k.pod.Name)), &al); err != nil {
+	mine, err := kube.ListCached[*Alloc](k.ctx, k.c, apiGroup+"/ipallocations", LabelPod+"="+podLabel(k.pod.Namespace, k.pod.Name))
+	if err != nil {
 		return nil, fmt.Errorf("ipam: list allocations of pod %s/%s: %w", k.pod.Namespace, k.pod.Name, err)
 	}
-	k.mine = append(al.Items, []*Alloc{}...)
+	k.mine, k.mineRead = mine, true
 	return k.mine, nil
 }
 
