@@ -159,12 +159,8 @@ func (v *poolView) listNode(k *Backend, p *conf.Pool) ([]*Alloc, error) {
 		return nil, err
 	}
 	var blocks []string
-	for _, it := range mine {
-		if a := it.Addr(); p.Subnet.Contains(a) {
-			if l := BlockLabel(BlockOf(p.Subnet, a)); !slices.Contains(blocks, l) {
-				blocks = append(blocks, l)
-			}
-		}
+	for b := range blocksOf(p, mine) {
+		blocks = append(blocks, BlockLabel(b))
 	}
 	slices.Sort(blocks)
 	items := mine
@@ -258,14 +254,14 @@ func (v *poolView) save(k *Backend, snap *viewSnapshot) error {
 
 // note records address a in the view: picked by this node, or (other)
 // taken by another.
-func (v *poolView) note(k *Backend, snap *viewSnapshot, a netip.Addr, other bool) error {
+func (v *poolView) note(k *Backend, a netip.Addr, other bool) error {
 	node, line := k.node, a.String()+"\n"
 	if other {
 		node, line = "?", a.String()+" -\n"
 	}
 	if k.ttl == 0 {
-		if snap != nil {
-			snap.Items = append(snap.Items, &Alloc{Spec: AllocSpec{Address: a.String(), Node: node}})
+		if v.mem != nil {
+			v.mem.Items = append(v.mem.Items, &Alloc{Spec: AllocSpec{Address: a.String(), Node: node}})
 		}
 		return nil
 	}
@@ -325,7 +321,7 @@ func (v *poolView) taken(k *Backend, a netip.Addr) error {
 		return err
 	}
 	defer unlock()
-	return v.note(k, v.mem, a, true)
+	return v.note(k, a, true)
 }
 
 // pick chooses a free address of p and records it in the node's view; an
@@ -346,7 +342,7 @@ func (v *poolView) pick(k *Backend, p *conf.Pool) (a netip.Addr, old *Alloc, fre
 	}
 	a, old, err = v.choose(k, p, snap)
 	if err == nil && a.IsValid() {
-		err = v.note(k, v.mem, a, false)
+		err = v.note(k, a, false)
 	}
 	return a, old, v.fresh, err
 }
@@ -382,12 +378,7 @@ func (v *poolView) choose(k *Backend, p *conf.Pool, snap *viewSnapshot) (netip.A
 		return netip.Addr{}, nil, nil
 	}
 	if blocks := k.blocks(p); blocks != nil {
-		held := map[netip.Prefix]bool{}
-		for _, it := range snap.Items {
-			if a := it.Addr(); p.Subnet.Contains(a) {
-				held[BlockOf(p.Subnet, a)] = true
-			}
-		}
+		held := blocksOf(p, snap.Items)
 		home := k.home(len(blocks))
 		for i := range blocks {
 			if b := blocks[(home+i)%len(blocks)]; !held[b] {
@@ -408,12 +399,7 @@ func (v *poolView) choose(k *Backend, p *conf.Pool, snap *viewSnapshot) (netip.A
 // reads; failing an empty block, one read whole with room in it; an
 // invalid block if they found neither.
 func (v *poolView) probe(k *Backend, p *conf.Pool, snap *viewSnapshot) (netip.Prefix, error) {
-	known := map[netip.Prefix]bool{}
-	for _, it := range snap.Items {
-		if a := it.Addr(); p.Subnet.Contains(a) {
-			known[BlockOf(p.Subnet, a)] = true
-		}
-	}
+	known := blocksOf(p, snap.Items)
 	blocks := k.blocks(p)
 	next := func(i int) netip.Prefix {
 		switch {
@@ -465,6 +451,17 @@ func (v *poolView) probe(k *Backend, p *conf.Pool, snap *viewSnapshot) (netip.Pr
 		}
 	}
 	return found, nil
+}
+
+// blocksOf is the set of p's blocks that items hold an address in.
+func blocksOf(p *conf.Pool, items []*Alloc) map[netip.Prefix]bool {
+	out := map[netip.Prefix]bool{}
+	for _, it := range items {
+		if a := it.Addr(); p.Subnet.Contains(a) {
+			out[BlockOf(p.Subnet, a)] = true
+		}
+	}
+	return out
 }
 
 // used is what the view's items take; expired are allocation objects of
