@@ -219,6 +219,57 @@ func TestKubeIPAM(t *testing.T) {
 	k.sameAs(before, p)
 }
 
+// TestKubeIPAMStatic: a static address of the networks annotation
+// ("ips") is created as asked; another pod asking for it is refused (400,
+// in use), and so is a reserved one; a new sandbox of the pod, while the
+// old one's object still exists (its DEL was lost), gets it back (the
+// create's 409, then one read: it is the pod's own), recorded for the new
+// sandbox, and the old sandbox's late DEL frees nothing.
+func TestKubeIPAMStatic(t *testing.T) {
+	k := newKubeEnv(t)
+	k.pools()
+	l := k.kubeConf()
+	n := k.topo.Nets
+	static := func(i int) map[string]string {
+		return map[string]string{"k8s.v1.cni.cncf.io/networks": fmt.Sprintf(`[{"name":"blue","interface":"net1","ips":["%s/%d"]}]`, nth(n[1].Subnet4, i), n[1].Subnet4.Bits())}
+	}
+	p, _ := k.topo.NewPod()
+	uid := k.pod("spin", "fixed", nil, static(104), "")
+	r := k.mustAdd(l, kubeRT("s1", p, "spin", "fixed", uid))
+	if got := nicAddr(t, r, "net1", true); got != nth(n[1].Subnet4, 104) {
+		t.Fatalf("net1 %s, want the static %s", got, nth(n[1].Subnet4, 104))
+	}
+	q, _ := k.topo.NewPod()
+	other := k.pod("spin", "thief", nil, static(104), "")
+	_, err := k.add(l, kubeRT("t1", q, "spin", "thief", other))
+	wantErr(t, err, cni.ErrBadRequest, "in use")
+	reserved := k.pod("spin", "printer", nil, static(101), "")
+	_, err = k.add(l, kubeRT("t2", q, "spin", "printer", reserved))
+	wantErr(t, err, cni.ErrBadRequest, "reserved")
+
+	held := k.allocations()
+	first := allocSummary(held)
+	p.Close()
+	p, _ = k.topo.NewPod() // the DEL of s1 was lost
+	r2 := k.mustAdd(l, kubeRT("s2", p, "spin", "fixed", uid))
+	if nicAddr(t, r2, "net1", true) != nth(n[1].Subnet4, 104) || nicAddr(t, r2, "eth0", true) != nicAddr(t, r, "eth0", true) {
+		t.Errorf("new sandbox of the same pod: %v, first %v", r2.IPs, r.IPs)
+	}
+	if got := allocSummary(k.allocations()); got != strings.ReplaceAll(first, " s1", " s2") {
+		t.Errorf("after the new sandbox's ADD: %s, want %s with s2", got, first)
+	}
+	k.mustDel(l, kubeRT("s1", p, "spin", "fixed", uid))
+	if got := len(k.allocations()); got != len(held) {
+		t.Fatalf("the old sandbox's late DEL freed the new one's addresses: %s", allocSummary(k.allocations()))
+	}
+	k.mustDel(l, kubeRT("s2", p, "spin", "fixed", uid))
+	if al := k.allocations(); len(al) != 0 {
+		t.Fatalf("after DEL: %s", allocSummary(al))
+	}
+	// freed: the other pod may have it now
+	k.mustAdd(l, kubeRT("t3", q, "spin", "thief", other))
+}
+
 // TestKubeIPAMSelection: the pools a NIC draws from are, in order, the
 // pod's spinneret.io/ippools annotation, its namespace's default pools
 // (first NIC), the network's ippools, the cluster's default pools; a pool

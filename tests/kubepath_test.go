@@ -46,8 +46,9 @@ type apiCall struct {
 //     first;
 //   - the kubernetes IPAM backend (an IPPool): the pod GET (its labels
 //     and owner choose the pool and the address's life), its Namespace's
-//     (default-pool annotations), the pod's allocations, the
-//     allocation's create, the PATCH; DEL deletes the allocation.
+//     (default-pool annotations), the allocation's create, the PATCH
+//     (what the pod already holds is in the node's view: no list of
+//     the pod's allocations); DEL deletes the allocation.
 //
 // The published cluster CIDRs and the IPPool and ReservedIP lists are
 // read once per poolCacheTTL (1h here, so once in the run), and so is
@@ -99,7 +100,7 @@ func TestKubePath(t *testing.T) {
 		{"local IPAM, annotations from the API", conf("kp-api", local), false, false,
 			[]string{"GET pods/name", "PATCH pods/name"}, nil},
 		{"kubernetes IPAM, runtime's annotations", conf("kp-kube", `{"ippools":["red-v4"]}`), true, false,
-			[]string{"GET pods/name", "GET namespaces/name", "GET ipallocations by spinneret.io/pod", "POST ipallocations", "PATCH pods/name"}, []string{"DELETE ipallocations/name"}},
+			[]string{"GET pods/name", "GET namespaces/name", "POST ipallocations", "PATCH pods/name"}, []string{"DELETE ipallocations/name"}},
 	}
 	sessions := statedir.APISessions(filepath.Join(e.dir, "state"))
 	adds, dels := make([][]time.Duration, len(ways)), make([][]time.Duration, len(ways))

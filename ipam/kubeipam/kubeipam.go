@@ -527,9 +527,10 @@ func podLabel(namespace, name string) string {
 }
 
 // podAllocs lists, once per invocation, the allocations of every pod of
-// this pod's namespace and name: its own (idempotency) and its
-// predecessors' (a StatefulSet pod takes them over). A small list: the
-// API server filters by label.
+// this pod's namespace and name: a StatefulSet pod's own and its
+// predecessors' (it takes them over, from any node). A small answer (the
+// API server filters by label), but the API server reads every
+// allocation to give it.
 func (k *Backend) podAllocs() ([]*Alloc, error) {
 	if k.mineRead {
 		return k.mine, nil
@@ -594,41 +595,12 @@ func (k *Backend) allocateOne(o ipam.Owner, r ipam.Request, fam []conf.Pool) (ip
 		}
 	}
 	// what the pod (or, for a StatefulSet, its predecessor) already holds
-	mine, err := k.podAllocs()
-	if err != nil {
-		return ipam.Allocation{}, err
-	}
-	for i := range fam {
-		p := &fam[i]
-		for _, it := range mine {
-			if !k.podHolds(it, p, r.IfName, static) {
-				continue
-			}
-			obj, err := k.adopt(o, p, r.IfName, it)
-			if kube.IsStatus(err, http.StatusNotFound) || kube.IsStatus(err, http.StatusConflict) {
-				// the list came from the API server's cache, and the
-				// object was deleted since (a DEL of the pod's last
-				// sandbox just before this ADD: 44% of such re-ADDs
-				// failed in TestKubeIPAMStorm) or changed: read it from
-				// etcd, one object, and take it over only if it still
-				// is the pod's
-				var fresh Alloc
-				if gerr := k.c.Get(k.ctx, allocPath(it.Metadata.Name), &fresh); kube.IsStatus(gerr, http.StatusNotFound) {
-					continue
-				} else if gerr != nil {
-					return ipam.Allocation{}, fmt.Errorf("ipam: %s: read %s: %w", r.IfName, it.Metadata.Name, gerr)
-				}
-				if !k.podHolds(&fresh, p, r.IfName, static) {
-					continue
-				}
-				obj, err = k.adopt(o, p, r.IfName, &fresh)
-			}
-			if err != nil {
-				return ipam.Allocation{}, err
-			}
-			k.held[obj.Addr()] = obj
-			return allocation(r.IfName, p, obj), nil
+	if obj, p, err := k.holding(o, r.IfName, fam, static); err != nil || obj != nil {
+		if err != nil {
+			return ipam.Allocation{}, err
 		}
+		k.held[obj.Addr()] = obj
+		return allocation(r.IfName, p, obj), nil
 	}
 	if static.IsValid() {
 		i := slices.IndexFunc(fam, func(p conf.Pool) bool { return p.Subnet.Contains(static) })
@@ -642,6 +614,14 @@ func (k *Backend) allocateOne(o ipam.Owner, r ipam.Request, fam []conf.Pool) (ip
 			return ipam.Allocation{}, fmt.Errorf("ipam: %s: static address %s is reserved: %w", r.IfName, static, ipam.ErrStaticTaken)
 		}
 		obj, err := k.create(o, r.IfName, &fam[i], static)
+		if err == nil && obj == nil && k.pod.OwnerKind != OwnerKindSTS {
+			// held: by the pod itself (a new sandbox whose old one's
+			// DEL was lost)?
+			obj, err = k.takeOver(o, &fam[i], r.IfName, static, &Alloc{Metadata: kube.Meta{Name: AllocName(fam[i].Name, static)}}, true)
+			if obj != nil {
+				k.held[obj.Addr()] = obj
+			}
+		}
 		if err != nil {
 			return ipam.Allocation{}, err
 		}
@@ -655,7 +635,7 @@ func (k *Backend) allocateOne(o ipam.Owner, r ipam.Request, fam []conf.Pool) (ip
 		v := k.view(p.Name)
 		for tries := 0; tries < maxCreateTries; tries++ {
 			seen := k.now()
-			a, old, fresh, err := v.pick(k, p)
+			a, old, fresh, err := v.pick(k, p, r.IfName)
 			if err != nil {
 				return ipam.Allocation{}, err
 			}
@@ -700,6 +680,91 @@ func (k *Backend) allocateOne(o ipam.Owner, r ipam.Request, fam []conf.Pool) (ip
 	return ipam.Allocation{}, fmt.Errorf("ipam: %s: %w", r.IfName, ipam.Exhausted(ipam.PoolNames(fam)))
 }
 
+// holding finds what the pod already holds on NIC ifname in the pools of
+// fam (static: that address), and takes it over for this sandbox: a
+// StatefulSet pod's, or its predecessor's of the same name on any node,
+// through the pod label's list; another pod's, which is on this node
+// since it started, through the node's view of the pools (no request
+// when the view is cached: a list per ADD costs the API server the whole
+// resource, every allocation of the cluster, even from its cache). A
+// static address is found by its create's 409 instead (allocateOne).
+func (k *Backend) holding(o ipam.Owner, ifname string, fam []conf.Pool, static netip.Addr) (*Alloc, *conf.Pool, error) {
+	if k.pod.OwnerKind != OwnerKindSTS && static.IsValid() {
+		return nil, nil, nil
+	}
+	var mine []*Alloc
+	if k.pod.OwnerKind == OwnerKindSTS {
+		var err error
+		if mine, err = k.podAllocs(); err != nil {
+			return nil, nil, err
+		}
+	}
+	for i := range fam {
+		p := &fam[i]
+		cands, read := mine, false
+		if k.pod.OwnerKind != OwnerKindSTS {
+			var err error
+			if cands, err = k.view(p.Name).own(k, p, ifname); err != nil {
+				return nil, nil, err
+			}
+			read = true
+		}
+		for _, it := range cands {
+			// the view's items are what picking needs, and the pod UID
+			// and NIC of the node's own: read fully before the take-over
+			if read && !p.Subnet.Contains(it.Addr()) || !read && !k.podHolds(it, p, ifname, static) {
+				continue
+			}
+			obj, err := k.takeOver(o, p, ifname, static, it, read)
+			if err != nil || obj != nil {
+				return obj, p, err
+			}
+		}
+	}
+	return nil, nil, nil
+}
+
+// takeOver takes allocation it over for this sandbox if it still is the
+// pod's address of pool p on ifname (nil if it is not, or is gone). it is
+// a hint, from the API server's cache or the node's view: read says to
+// read it first (it is always read when the take-over would be no write
+// at all, which would otherwise confirm nothing).
+func (k *Backend) takeOver(o ipam.Owner, p *conf.Pool, ifname string, static netip.Addr, it *Alloc, read bool) (*Alloc, error) {
+	get := func() (*Alloc, error) {
+		var fresh Alloc
+		if err := k.c.Get(k.ctx, allocPath(it.Metadata.Name), &fresh); kube.IsStatus(err, http.StatusNotFound) {
+			return nil, nil
+		} else if err != nil {
+			return nil, fmt.Errorf("ipam: %s: read %s: %w", ifname, it.Metadata.Name, err)
+		}
+		if !k.podHolds(&fresh, p, ifname, static) {
+			return nil, nil
+		}
+		return &fresh, nil
+	}
+	if read || k.same(o, it) {
+		fresh, err := get()
+		if fresh == nil {
+			return nil, err
+		}
+		it = fresh
+	}
+	obj, err := k.adopt(o, p, ifname, it)
+	switch {
+	case kube.IsStatus(err, http.StatusNotFound):
+		return nil, nil // deleted since it was read (a DEL of the pod's last sandbox just before this ADD)
+	case kube.IsStatus(err, http.StatusConflict):
+		// changed since it was read: take it over only if it still is
+		// the pod's
+		fresh, err := get()
+		if fresh == nil {
+			return nil, err
+		}
+		return k.adopt(o, p, ifname, fresh)
+	}
+	return obj, err
+}
+
 // podHolds reports whether allocation it is the pod's (or, for a
 // StatefulSet pod, its predecessor's) address of pool p on ifname, as a
 // new sandbox of the pod takes over: not quarantined, still inside the
@@ -720,7 +785,7 @@ func (k *Backend) podHolds(it *Alloc, p *conf.Pool, ifname string, static netip.
 // adopt records this sandbox (and node, and pod UID for a StatefulSet
 // heir) on an allocation the pod already holds.
 func (k *Backend) adopt(o ipam.Owner, p *conf.Pool, ifname string, it *Alloc) (*Alloc, error) {
-	if it.Spec.Pod.UID == k.pod.UID && it.Spec.ContainerID == o.ContainerID && it.Spec.Node == k.node {
+	if k.same(o, it) {
 		return it, nil
 	}
 	upd := *it
@@ -733,6 +798,11 @@ func (k *Backend) adopt(o ipam.Owner, p *conf.Pool, ifname string, it *Alloc) (*
 		return nil, fmt.Errorf("ipam: %s: take over %s: %w", ifname, it.Metadata.Name, err)
 	}
 	return &got, nil
+}
+
+// same reports whether it already is this sandbox's (a repeated ADD).
+func (k *Backend) same(o ipam.Owner, it *Alloc) bool {
+	return it.Spec.Pod.UID == k.pod.UID && it.Spec.ContainerID == o.ContainerID && it.Spec.Node == k.node
 }
 
 // labels are an allocation's labels: its pool, block, node and pod.

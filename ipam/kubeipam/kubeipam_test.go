@@ -6,6 +6,7 @@ import (
 	"math/big"
 	"math/rand/v2"
 	"net/netip"
+	"os"
 	"reflect"
 	"regexp"
 	"slices"
@@ -17,6 +18,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/spinneret-cni/spinneret/conf"
+	"github.com/spinneret-cni/spinneret/internal/kube"
 	"github.com/spinneret-cni/spinneret/ipam/apis/v1alpha1"
 )
 
@@ -302,4 +304,107 @@ func TestBlocks(t *testing.T) {
 	if a := k.inOwnBlocks(p, items, used); BlockOf(p.Subnet, a).String() != "10.0.0.0/26" || used[a] || a == p.Gateway {
 		t.Fatalf("picked %s, want a free address of 10.0.0.0/26", a)
 	}
+}
+
+// TestViewLog: the node view's log says which pod's NIC an address was
+// picked for (so a pod's new sandbox finds it without a list), a later
+// line wins over the snapshot and over earlier lines, the lines of before
+// times and pods still read, and saving a snapshot read from the API
+// server's cache keeps the lines younger than viewCarry (the cache may not
+// show them yet) and drops the older; one of the whole pool (from etcd)
+// keeps none.
+func TestViewLog(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	k := New(t.Context(), nil, t.TempDir(), "n", time.Hour, Pod{PodRef: PodRef{Namespace: "ns", Name: "web", UID: "u-1"}})
+	k.now = func() time.Time { return now }
+	p, err := conf.PoolFromSpec("p", []byte(`{"subnet":"10.0.0.0/24","gateway":"10.0.0.1"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := k.view("p")
+	unlock, err := v.lock(k) // makes the directory
+	if err != nil {
+		t.Fatal(err)
+	}
+	unlock()
+	snap := &viewSnapshot{Fetched: now, Items: []*Alloc{
+		{Metadata: metaName("p.10.0.0.5"), Spec: AllocSpec{Address: "10.0.0.5", Node: "m"}},
+		{Metadata: metaName("p.10.0.0.6"), Spec: AllocSpec{Address: "10.0.0.6", Node: "n", Pod: PodRef{UID: "u-old"}, Interface: "eth0"}},
+	}}
+	if err := v.save(k, snap, viewCarry); err != nil {
+		t.Fatal(err)
+	}
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(v.note(k, netip.MustParseAddr("10.0.0.7"), "eth0"))
+	must(v.note(k, netip.MustParseAddr("10.0.0.8"), "net1"))
+	must(v.note(k, netip.MustParseAddr("10.0.0.8"), "")) // its create was a 409
+	now = now.Add(viewCarry)
+	must(v.note(k, netip.MustParseAddr("10.0.0.6"), "net1")) // freed and picked again
+	// a log line of before times and pods
+	must(appendFile(v.path(".log"), "10.0.0.9\n10.0.0.10 -\n"))
+
+	got := map[string]string{}
+	for _, it := range v.cached(k).Items {
+		got[it.Spec.Address] = it.Spec.Node + " " + it.Spec.Pod.UID + " " + it.Spec.Interface + " " + it.Metadata.Name
+	}
+	want := map[string]string{
+		"10.0.0.5":  "m   p.10.0.0.5",
+		"10.0.0.6":  "n u-1 net1 p.10.0.0.6",
+		"10.0.0.7":  "n u-1 eth0 p.10.0.0.7",
+		"10.0.0.8":  "?   p.10.0.0.8",
+		"10.0.0.9":  "n   p.10.0.0.9",
+		"10.0.0.10": "?   p.10.0.0.10",
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("view: %q, want %q", got, want)
+	}
+	own, err := v.own(k, p, "net1")
+	must(err)
+	if len(own) != 1 || own[0].Spec.Address != "10.0.0.6" {
+		t.Errorf("the pod's net1 in the view: %+v", own)
+	}
+
+	// a relist from the cache: the lines written viewCarry ago go, the
+	// newer stay
+	must(v.save(k, &viewSnapshot{Fetched: now}, viewCarry))
+	got = map[string]string{}
+	for _, it := range v.cached(k).Items {
+		got[it.Spec.Address] = it.Spec.Pod.UID + " " + it.Spec.Interface
+	}
+	if want := map[string]string{"10.0.0.6": "u-1 net1"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("after a relist: %q, want %q", got, want)
+	}
+	// one of the whole pool (from etcd) carries none
+	must(v.save(k, &viewSnapshot{Fetched: now, Full: true}, 0))
+	if items := v.cached(k).Items; len(items) != 0 {
+		t.Errorf("after a whole-pool relist: %+v", items[0])
+	}
+	// a pod without a UID finds nothing, and its lines read
+	k.pod.UID = ""
+	must(v.note(k, netip.MustParseAddr("10.0.0.11"), "eth0"))
+	if own, err := v.own(k, p, "eth0"); err != nil || own != nil {
+		t.Errorf("a pod without a UID: %+v, %v", own, err)
+	}
+	if it, _, ok := v.logItem(k, v.logLine(k, netip.MustParseAddr("10.0.0.11"), "eth0")); !ok || it.Spec.Pod.UID != "" || it.Spec.Interface != "" || it.Spec.Node != "n" {
+		t.Errorf("a line without a pod UID: %+v", it)
+	}
+}
+
+func metaName(name string) kube.Meta { return kube.Meta{Name: name} }
+
+func appendFile(path, s string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.WriteString(s)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -145,8 +146,13 @@ func (v *poolView) listN(k *Backend, sel string, n int) (out []*Alloc, whole boo
 	}
 	out = make([]*Alloc, 0, len(items))
 	for _, it := range items {
-		out = append(out, &Alloc{Metadata: kube.Meta{Name: it.Metadata.Name, ResourceVersion: it.Metadata.ResourceVersion},
-			Spec: AllocSpec{Address: it.Spec.Address, Node: it.Spec.Node, QuarantinedUntil: it.Spec.QuarantinedUntil}})
+		t := &Alloc{Metadata: kube.Meta{Name: it.Metadata.Name, ResourceVersion: it.Metadata.ResourceVersion},
+			Spec: AllocSpec{Address: it.Spec.Address, Node: it.Spec.Node, QuarantinedUntil: it.Spec.QuarantinedUntil}}
+		if it.Spec.Node == k.node {
+			// whose it is: a pod's new sandbox finds its address here
+			t.Spec.Pod.UID, t.Spec.Interface = it.Spec.Pod.UID, it.Spec.Interface
+		}
+		out = append(out, t)
 	}
 	return out, whole, nil
 }
@@ -214,24 +220,80 @@ func (v *poolView) cached(k *Backend) *viewSnapshot {
 		return nil
 	}
 	if lb, err := os.ReadFile(v.path(".log")); err == nil {
+		at := make(map[string]int, len(snap.Items))
+		for i, it := range snap.Items {
+			at[it.Spec.Address] = i
+		}
 		for line := range strings.Lines(string(lb)) {
-			// "address" the node picked, "address -" another node took
-			f := strings.Fields(line)
-			if len(f) == 0 {
+			it, _, ok := v.logItem(k, line)
+			if !ok {
 				continue
 			}
-			node := k.node
-			if len(f) > 1 {
-				node = "?"
+			// the log is newer than the snapshot
+			if i, dup := at[it.Spec.Address]; dup {
+				snap.Items[i] = it
+			} else {
+				at[it.Spec.Address] = len(snap.Items)
+				snap.Items = append(snap.Items, it)
 			}
-			snap.Items = append(snap.Items, &Alloc{Spec: AllocSpec{Address: f[0], Node: node}})
 		}
 	}
 	return &snap
 }
 
-// save makes snap the node's view (the log is in it: emptied).
-func (v *poolView) save(k *Backend, snap *viewSnapshot) error {
+// viewCarry is how long a log line outlives a snapshot read from the API
+// server's cache after it: the cache may not show yet an address the node
+// picked just before (another ADD would pick it again, and a new sandbox
+// of the pod would not find it). A snapshot of the whole pool, read from
+// etcd, carries nothing: the log lines would only hide addresses freed
+// since (TestKubeIPAMStorm's pool, 22 addresses spare, ran out with a
+// carry of 30 s).
+const viewCarry = 2 * time.Second
+
+// A log line is "ADDRESS = UNIXMILLI POD-UID IFNAME", an address this node
+// picked for a pod's NIC, or "ADDRESS - UNIXMILLI", one another node took
+// (a 409). Lines of before the times and pods ("ADDRESS", "ADDRESS -")
+// still read.
+func (v *poolView) logLine(k *Backend, a netip.Addr, ifname string) string {
+	if ifname == "" {
+		return fmt.Sprintf("%s - %d\n", a, k.now().UnixMilli())
+	}
+	uid := k.pod.UID
+	if uid == "" {
+		uid = "-"
+	}
+	return fmt.Sprintf("%s = %d %s %s\n", a, k.now().UnixMilli(), uid, ifname)
+}
+
+// logItem is what a log line says, and when it was written (zero for
+// the old lines).
+func (v *poolView) logItem(k *Backend, line string) (it *Alloc, at time.Time, ok bool) {
+	f := strings.Fields(line)
+	if len(f) == 0 {
+		return nil, at, false
+	}
+	a, err := netip.ParseAddr(f[0])
+	if err != nil {
+		return nil, at, false
+	}
+	it = &Alloc{Metadata: kube.Meta{Name: AllocName(v.pool, a)}, Spec: AllocSpec{Address: a.String(), Node: k.node}}
+	if len(f) > 1 && f[1] == "-" {
+		it.Spec.Node = "?"
+	}
+	if len(f) > 2 {
+		if ms, err := strconv.ParseInt(f[2], 10, 64); err == nil {
+			at = time.UnixMilli(ms)
+		}
+	}
+	if len(f) > 4 && f[1] == "=" && f[3] != "-" {
+		it.Spec.Pod.UID, it.Spec.Interface = f[3], f[4]
+	}
+	return it, at, true
+}
+
+// save makes snap the node's view: the log is in it, but for the lines
+// younger than carry.
+func (v *poolView) save(k *Backend, snap *viewSnapshot, carry time.Duration) error {
 	if k.ttl == 0 {
 		v.mem = snap
 		return nil
@@ -241,10 +303,7 @@ func (v *poolView) save(k *Backend, snap *viewSnapshot) error {
 		err = fileutil.WriteAtomicUnsynced(v.path(".json"), b) // a hint: not synced
 	}
 	if err == nil {
-		err = os.Truncate(v.path(".log"), 0)
-		if errors.Is(err, os.ErrNotExist) {
-			err = nil
-		}
+		err = v.carry(k, carry)
 	}
 	if err != nil {
 		return fmt.Errorf("ipam: view of %s: %w", v.pool, err)
@@ -252,22 +311,39 @@ func (v *poolView) save(k *Backend, snap *viewSnapshot) error {
 	return nil
 }
 
-// note records address a in the view: picked by this node, or (other)
-// taken by another.
-func (v *poolView) note(k *Backend, a netip.Addr, other bool) error {
-	node, line := k.node, a.String()+"\n"
-	if other {
-		node, line = "?", a.String()+" -\n"
+// carry drops the log's lines older than d.
+func (v *poolView) carry(k *Backend, d time.Duration) error {
+	lb, err := os.ReadFile(v.path(".log"))
+	if errors.Is(err, os.ErrNotExist) || err == nil && len(lb) == 0 {
+		return nil
+	} else if err != nil {
+		return err
 	}
+	var kept strings.Builder
+	for line := range strings.Lines(string(lb)) {
+		if _, at, ok := v.logItem(k, line); ok && k.now().Sub(at) < d {
+			kept.WriteString(line)
+		}
+	}
+	if kept.Len() == len(lb) {
+		return nil
+	}
+	return fileutil.WriteAtomicUnsynced(v.path(".log"), []byte(kept.String()))
+}
+
+// note records address a in the view: picked by this node for the pod's
+// NIC ifname, or (ifname "") taken by another node.
+func (v *poolView) note(k *Backend, a netip.Addr, ifname string) error {
 	if k.ttl == 0 {
 		if v.mem != nil {
-			v.mem.Items = append(v.mem.Items, &Alloc{Spec: AllocSpec{Address: a.String(), Node: node}})
+			it, _, _ := v.logItem(k, v.logLine(k, a, ifname))
+			v.mem.Items = append(v.mem.Items, it)
 		}
 		return nil
 	}
 	f, err := os.OpenFile(v.path(".log"), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
 	if err == nil {
-		_, err = f.WriteString(line) // a hint: not synced
+		_, err = f.WriteString(v.logLine(k, a, ifname)) // a hint: not synced
 		if cerr := f.Close(); err == nil {
 			err = cerr
 		}
@@ -285,7 +361,13 @@ func (v *poolView) relist(k *Backend, p *conf.Pool) (*viewSnapshot, error) {
 		return nil, err
 	}
 	snap := &viewSnapshot{Fetched: k.now(), Items: items}
-	return snap, v.save(k, snap)
+	if err := v.save(k, snap, viewCarry); err != nil {
+		return nil, err
+	}
+	if c := v.cached(k); c != nil {
+		snap = c // with the lines carried
+	}
+	return snap, nil
 }
 
 // relistFull reads the whole pool and makes that the view.
@@ -296,7 +378,7 @@ func (v *poolView) relistFull(k *Backend) (*viewSnapshot, error) {
 	}
 	v.fresh = true
 	snap := &viewSnapshot{Fetched: k.now(), Full: true, Items: items}
-	return snap, v.save(k, snap)
+	return snap, v.save(k, snap, 0)
 }
 
 // refreshSince reads the node's blocks again unless its view was read
@@ -321,14 +403,14 @@ func (v *poolView) taken(k *Backend, a netip.Addr) error {
 		return err
 	}
 	defer unlock()
-	return v.note(k, a, true)
+	return v.note(k, a, "")
 }
 
-// pick chooses a free address of p and records it in the node's view; an
-// invalid address if none is free (fresh: as of a list of the whole pool
-// read by this invocation). old is the object of a quarantine that ran
-// out on that address.
-func (v *poolView) pick(k *Backend, p *conf.Pool) (a netip.Addr, old *Alloc, fresh bool, err error) {
+// pick chooses a free address of p for the pod's NIC ifname and records
+// it in the node's view; an invalid address if none is free (fresh: as of
+// a list of the whole pool read by this invocation). old is the object of
+// a quarantine that ran out on that address.
+func (v *poolView) pick(k *Backend, p *conf.Pool, ifname string) (a netip.Addr, old *Alloc, fresh bool, err error) {
 	unlock, err := v.lock(k)
 	if err != nil {
 		return netip.Addr{}, nil, false, err
@@ -342,9 +424,38 @@ func (v *poolView) pick(k *Backend, p *conf.Pool) (a netip.Addr, old *Alloc, fre
 	}
 	a, old, err = v.choose(k, p, snap)
 	if err == nil && a.IsValid() {
-		err = v.note(k, a, false)
+		err = v.note(k, a, ifname)
 	}
 	return a, old, v.fresh, err
+}
+
+// own lists what the node's view of pool p says the pod holds on NIC
+// ifname (the view is read if it is not cached). A hint, each read again
+// before it is taken over: the view shows what the node's allocations
+// were when it was read (from the API server's cache), and the addresses
+// the node's ADDs picked since.
+func (v *poolView) own(k *Backend, p *conf.Pool, ifname string) ([]*Alloc, error) {
+	if k.pod.UID == "" {
+		return nil, nil
+	}
+	unlock, err := v.lock(k)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	snap := v.cached(k)
+	if snap == nil {
+		if snap, err = v.relist(k, p); err != nil {
+			return nil, err
+		}
+	}
+	var out []*Alloc
+	for _, it := range snap.Items {
+		if it.Spec.Node == k.node && it.Spec.Pod.UID == k.pod.UID && it.Spec.Interface == ifname && it.Spec.QuarantinedUntil == nil {
+			out = append(out, it)
+		}
+	}
+	return out, nil
 }
 
 // choose picks in the view: in the node's blocks; else in an empty block
@@ -446,7 +557,7 @@ func (v *poolView) probe(k *Backend, p *conf.Pool, snap *viewSnapshot) (netip.Pr
 		found = borrow
 	}
 	if read > 0 {
-		if err := v.save(k, snap); err != nil {
+		if err := v.save(k, snap, 0); err != nil { // the log is in snap
 			return netip.Prefix{}, err
 		}
 	}
