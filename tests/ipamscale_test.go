@@ -149,7 +149,7 @@ func runLoader(mode string) {
 			if mode == "release" {
 				// as DEL does: from what the ADD recorded in its journal
 				var n int
-				if n, err = kubeipam.ReleaseRefs(ctx, c, refs[i]); err == nil && n != 1 {
+				if n, err = kubeipam.ReleaseRefs(ctx, c, stateDir, refs[i]); err == nil && n != 1 {
 					err = fmt.Errorf("released %d allocations, want 1", n)
 				}
 			} else {
@@ -217,7 +217,7 @@ func stormPod(ctx context.Context, c *kube.Client, stateDir, node, pool string, 
 	// record) and ends its hold; want is how many it must free
 	del := func(cid string, ref *ipam.KubeRef, want int) {
 		at := time.Now().UnixNano()
-		n, err := kubeipam.ReleaseRefs(ctx, c, []ipam.KubeRef{*ref})
+		n, err := kubeipam.ReleaseRefs(ctx, c, stateDir, []ipam.KubeRef{*ref})
 		if err == nil && n != want {
 			err = fmt.Errorf("released %d allocations, want %d", n, want)
 		}

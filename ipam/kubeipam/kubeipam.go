@@ -909,13 +909,15 @@ func (k *Backend) Quarantine(o ipam.Owner, a netip.Addr, until time.Time) error 
 // pod UID and container ID are both the given ones, except a StatefulSet
 // pod's (its successor of the same name takes them over). A new pod's (or a new
 // sandbox's) address is never freed by an old one's late DEL. It returns
-// how many it deleted.
-func Release(ctx context.Context, c *kube.Client, podUID, containerID string) (int, error) {
+// how many it deleted, and notes them in the node's views (stateDir: ""
+// for none).
+func Release(ctx context.Context, c *kube.Client, stateDir, podUID, containerID string) (int, error) {
 	items, err := kube.List[*Alloc](ctx, c, apiGroup+"/ipallocations", LabelPodUID+"="+podUID)
 	if err != nil {
 		return 0, fmt.Errorf("ipam: list allocations of pod %s: %w", podUID, err)
 	}
-	n := 0
+	var freed []string
+	defer func() { noteReleased(stateDir, freed, time.Now()) }()
 	for _, it := range items {
 		if it.Spec.Pod.UID != podUID || it.Spec.ContainerID != containerID || it.Spec.QuarantinedUntil != nil {
 			continue
@@ -926,22 +928,23 @@ func Release(ctx context.Context, c *kube.Client, podUID, containerID string) (i
 		err := c.Delete(ctx, allocPath(it.Metadata.Name), it.Metadata.UID, it.Metadata.ResourceVersion)
 		switch {
 		case err == nil:
-			n++
+			freed = append(freed, it.Metadata.Name)
 		case kube.IsStatus(err, http.StatusNotFound), kube.IsStatus(err, http.StatusConflict):
 			// gone, or taken over meanwhile: not ours any more
 		default:
-			return n, fmt.Errorf("ipam: release %s: %w", it.Metadata.Name, err)
+			return len(freed), fmt.Errorf("ipam: release %s: %w", it.Metadata.Name, err)
 		}
 	}
-	return n, nil
+	return len(freed), nil
 }
 
 // ReleaseRefs deletes the allocations an ADD recorded, each only if it
 // is still the version that ADD left (a new pod's or sandbox's take-over
 // changes it), and never a StatefulSet pod's. It returns how many it
-// deleted.
-func ReleaseRefs(ctx context.Context, c *kube.Client, refs []ipam.KubeRef) (int, error) {
-	n := 0
+// deleted, and notes them in the node's views (stateDir: "" for none).
+func ReleaseRefs(ctx context.Context, c *kube.Client, stateDir string, refs []ipam.KubeRef) (int, error) {
+	var freed []string
+	defer func() { noteReleased(stateDir, freed, time.Now()) }()
 	for _, r := range refs {
 		if r.Sticky {
 			continue
@@ -949,11 +952,11 @@ func ReleaseRefs(ctx context.Context, c *kube.Client, refs []ipam.KubeRef) (int,
 		err := c.Delete(ctx, allocPath(r.Name), "", r.ResourceVersion)
 		switch {
 		case err == nil:
-			n++
+			freed = append(freed, r.Name)
 		case kube.IsStatus(err, http.StatusNotFound), kube.IsStatus(err, http.StatusConflict):
 		default:
-			return n, fmt.Errorf("ipam: release %s: %w", r.Name, err)
+			return len(freed), fmt.Errorf("ipam: release %s: %w", r.Name, err)
 		}
 	}
-	return n, nil
+	return len(freed), nil
 }

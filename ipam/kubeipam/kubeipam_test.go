@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"reflect"
 	"regexp"
 	"slices"
@@ -308,14 +309,15 @@ func TestBlocks(t *testing.T) {
 
 // TestViewLog: the node view's log says which pod's NIC an address was
 // picked for (so a pod's new sandbox finds it without a list), a later
-// line wins over the snapshot and over earlier lines, the lines of before
-// times and pods still read, and saving a snapshot read from the API
-// server's cache keeps the lines younger than viewCarry (the cache may not
-// show them yet) and drops the older; one of the whole pool (from etcd)
-// keeps none.
+// line wins over the snapshot and over earlier lines, a DEL's release
+// takes the address out, the lines of before times and pods still read,
+// and saving a snapshot keeps the lines younger than viewCarry (a list may
+// not show them yet) and drops the older; one of the whole pool (from
+// etcd) also drops those of addresses other nodes took.
 func TestViewLog(t *testing.T) {
 	now := time.Unix(1_800_000_000, 0)
-	k := New(t.Context(), nil, t.TempDir(), "n", time.Hour, Pod{PodRef: PodRef{Namespace: "ns", Name: "web", UID: "u-1"}})
+	stateDir := t.TempDir()
+	k := New(t.Context(), nil, stateDir, "n", time.Hour, Pod{PodRef: PodRef{Namespace: "ns", Name: "web", UID: "u-1"}})
 	k.now = func() time.Time { return now }
 	p, err := conf.PoolFromSpec("p", []byte(`{"subnet":"10.0.0.0/24","gateway":"10.0.0.1"}`))
 	if err != nil {
@@ -331,7 +333,7 @@ func TestViewLog(t *testing.T) {
 		{Metadata: metaName("p.10.0.0.5"), Spec: AllocSpec{Address: "10.0.0.5", Node: "m"}},
 		{Metadata: metaName("p.10.0.0.6"), Spec: AllocSpec{Address: "10.0.0.6", Node: "n", Pod: PodRef{UID: "u-old"}, Interface: "eth0"}},
 	}}
-	if err := v.save(k, snap, viewCarry); err != nil {
+	if err := v.save(k, snap, true); err != nil {
 		t.Fatal(err)
 	}
 	must := func(err error) {
@@ -344,9 +346,13 @@ func TestViewLog(t *testing.T) {
 	must(v.note(k, netip.MustParseAddr("10.0.0.8"), "net1"))
 	must(v.note(k, netip.MustParseAddr("10.0.0.8"), "")) // its create was a 409
 	now = now.Add(viewCarry)
+	noteReleased(stateDir, []string{"p.10.0.0.6", "p.10.0.0.7", "p.10.0.0.99", "q.10.0.0.6", "../p.10.0.0.6", "p.bad"}, now)
 	must(v.note(k, netip.MustParseAddr("10.0.0.6"), "net1")) // freed and picked again
 	// a log line of before times and pods
 	must(appendFile(v.path(".log"), "10.0.0.9\n10.0.0.10 -\n"))
+	if _, err := os.Stat(filepath.Join(v.dir, "q.log")); err == nil {
+		t.Error("a release in a pool the node has no view of wrote a log")
+	}
 
 	got := map[string]string{}
 	for _, it := range v.cached(k).Items {
@@ -355,7 +361,6 @@ func TestViewLog(t *testing.T) {
 	want := map[string]string{
 		"10.0.0.5":  "m   p.10.0.0.5",
 		"10.0.0.6":  "n u-1 net1 p.10.0.0.6",
-		"10.0.0.7":  "n u-1 eth0 p.10.0.0.7",
 		"10.0.0.8":  "?   p.10.0.0.8",
 		"10.0.0.9":  "n   p.10.0.0.9",
 		"10.0.0.10": "?   p.10.0.0.10",
@@ -370,19 +375,31 @@ func TestViewLog(t *testing.T) {
 	}
 
 	// a relist from the cache: the lines written viewCarry ago go, the
-	// newer stay
-	must(v.save(k, &viewSnapshot{Fetched: now}, viewCarry))
+	// newer stay (the release's too: the list still shows 10.0.0.7)
+	must(v.note(k, netip.MustParseAddr("10.0.0.12"), ""))
+	stale := []*Alloc{{Metadata: metaName("p.10.0.0.7"), Spec: AllocSpec{Address: "10.0.0.7", Node: "n"}}}
+	must(v.save(k, &viewSnapshot{Fetched: now, Items: stale}, true))
 	got = map[string]string{}
 	for _, it := range v.cached(k).Items {
-		got[it.Spec.Address] = it.Spec.Pod.UID + " " + it.Spec.Interface
+		got[it.Spec.Address] = it.Spec.Node + " " + it.Spec.Pod.UID + " " + it.Spec.Interface
 	}
-	if want := map[string]string{"10.0.0.6": "u-1 net1"}; !reflect.DeepEqual(got, want) {
+	if want := map[string]string{"10.0.0.6": "n u-1 net1", "10.0.0.12": "?  "}; !reflect.DeepEqual(got, want) {
 		t.Errorf("after a relist: %q, want %q", got, want)
 	}
-	// one of the whole pool (from etcd) carries none
-	must(v.save(k, &viewSnapshot{Fetched: now, Full: true}, 0))
+	// one of the whole pool (from etcd) drops what other nodes took (it
+	// shows it if it still is), keeps the node's own picks
+	must(v.save(k, &viewSnapshot{Fetched: now, Full: true}, false))
+	got = map[string]string{}
+	for _, it := range v.cached(k).Items {
+		got[it.Spec.Address] = it.Spec.Node
+	}
+	if want := map[string]string{"10.0.0.6": "n"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("after a whole-pool relist: %q, want %q", got, want)
+	}
+	now = now.Add(viewCarry)
+	must(v.save(k, &viewSnapshot{Fetched: now, Full: true}, false))
 	if items := v.cached(k).Items; len(items) != 0 {
-		t.Errorf("after a whole-pool relist: %+v", items[0])
+		t.Errorf("after a whole-pool relist viewCarry later: %+v", items[0])
 	}
 	// a pod without a UID finds nothing, and its lines read
 	k.pod.UID = ""
@@ -390,8 +407,45 @@ func TestViewLog(t *testing.T) {
 	if own, err := v.own(k, p, "eth0"); err != nil || own != nil {
 		t.Errorf("a pod without a UID: %+v, %v", own, err)
 	}
-	if it, _, ok := v.logItem(k, v.logLine(k, netip.MustParseAddr("10.0.0.11"), "eth0")); !ok || it.Spec.Pod.UID != "" || it.Spec.Interface != "" || it.Spec.Node != "n" {
-		t.Errorf("a line without a pod UID: %+v", it)
+	if e, ok := v.logEntry(k, v.logLine(k, netip.MustParseAddr("10.0.0.11"), "eth0")); !ok || e.it.Spec.Pod.UID != "" || e.it.Spec.Interface != "" || e.it.Spec.Node != "n" {
+		t.Errorf("a line without a pod UID: %+v", e.it)
+	}
+
+	// a node whose DELs freed all it held in a block keeps the block: its
+	// next ADD picks there, without reading a block
+	r := k.view("r")
+	must(r.save(k, &viewSnapshot{Fetched: now, Items: []*Alloc{{Metadata: metaName("r.10.0.0.70"), Spec: AllocSpec{Address: "10.0.0.70", Node: "n"}}}}, true))
+	noteReleased(stateDir, []string{"r.10.0.0.70"}, now)
+	snap = r.cached(k)
+	if len(snap.Items) != 0 || len(snap.Freed) != 1 {
+		t.Fatalf("after the release: items %+v, freed %v", snap.Items, snap.Freed)
+	}
+	used, _ := k.used(snap.Items)
+	if a := k.inOwnBlocks(p, snap.owned(k.node), used); BlockOf(p.Subnet, a).String() != "10.0.0.64/26" {
+		t.Errorf("after its block's last release the node picked %s, want one of 10.0.0.64/26", a)
+	}
+	must(r.save(k, snap, true))
+	if again := r.cached(k); len(again.Freed) == 0 {
+		t.Error("a saved view forgot the addresses the node freed")
+	}
+}
+
+// TestSplitAllocName: an allocation's name gives back its pool and
+// address, whatever dots the pool's name has.
+func TestSplitAllocName(t *testing.T) {
+	for _, c := range []struct{ pool, addr string }{
+		{"p", "10.0.0.1"}, {"a.b.c", "192.168.1.254"}, {"p", "fd00::1"}, {"v6.pool", "2001:db8::ff:1"}, {"x-1", "::"},
+	} {
+		a := netip.MustParseAddr(c.addr)
+		pool, got, ok := splitAllocName(AllocName(c.pool, a))
+		if !ok || pool != c.pool || got != a {
+			t.Errorf("%s in %s: %q %s %v", c.addr, c.pool, pool, got, ok)
+		}
+	}
+	for _, name := range []string{"", "p", "10.0.0.1", "p.10.0.1", ".10.0.0.1", "p.fd00-1", "p.1-2"} {
+		if pool, a, ok := splitAllocName(name); ok {
+			t.Errorf("%q: %q %s", name, pool, a)
+		}
 	}
 }
 

@@ -59,9 +59,9 @@ func (h *Held) Undo(env *txn.Env) error {
 			err = cerr
 		case c == nil:
 		case h.Complete:
-			n, err = ReleaseRefs(context.Background(), c, h.Objects)
+			n, err = ReleaseRefs(context.Background(), c, env.StateDir, h.Objects)
 		default:
-			n, err = Release(context.Background(), c, h.PodUID, h.ContainerID)
+			n, err = Release(context.Background(), c, env.StateDir, h.PodUID, h.ContainerID)
 		}
 	}
 	if env.Log != nil {

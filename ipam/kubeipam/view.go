@@ -16,6 +16,7 @@ import (
 	"github.com/spinneret-cni/spinneret/conf"
 	"github.com/spinneret-cni/spinneret/internal/fileutil"
 	"github.com/spinneret-cni/spinneret/internal/kube"
+	"github.com/spinneret-cni/spinneret/internal/statedir"
 	"github.com/spinneret-cni/spinneret/ipam"
 )
 
@@ -98,6 +99,23 @@ type viewSnapshot struct {
 	// Full: Items are the whole pool's, not only the node's blocks'
 	Full  bool     `json:"full,omitempty"`
 	Items []*Alloc `json:"items"`
+	// Freed are addresses the node's DELs freed since: free, and their
+	// blocks still the node's (else a node whose pods all went would
+	// read a block on its next ADD to find one)
+	Freed []netip.Addr `json:"freed,omitempty"`
+}
+
+// owned is what says which blocks are the node's: the items, and the
+// addresses it freed since, as its own.
+func (s *viewSnapshot) owned(node string) []*Alloc {
+	if len(s.Freed) == 0 {
+		return s.Items
+	}
+	out := slices.Clip(s.Items)
+	for _, a := range s.Freed {
+		out = append(out, &Alloc{Spec: AllocSpec{Address: a.String(), Node: node}})
+	}
+	return out
 }
 
 func (k *Backend) view(pool string) *poolView {
@@ -225,35 +243,49 @@ func (v *poolView) cached(k *Backend) *viewSnapshot {
 			at[it.Spec.Address] = i
 		}
 		for line := range strings.Lines(string(lb)) {
-			it, _, ok := v.logItem(k, line)
+			e, ok := v.logEntry(k, line)
 			if !ok {
 				continue
 			}
 			// the log is newer than the snapshot
-			if i, dup := at[it.Spec.Address]; dup {
-				snap.Items[i] = it
-			} else {
-				at[it.Spec.Address] = len(snap.Items)
-				snap.Items = append(snap.Items, it)
+			i, dup := at[e.it.Spec.Address]
+			switch {
+			case e.freed:
+				if dup {
+					snap.Items[i] = nil
+					delete(at, e.it.Spec.Address)
+				}
+				snap.Freed = append(snap.Freed, e.it.Addr())
+			case dup:
+				snap.Items[i] = e.it
+			default:
+				at[e.it.Spec.Address] = len(snap.Items)
+				snap.Items = append(snap.Items, e.it)
 			}
 		}
+		snap.Items = slices.DeleteFunc(snap.Items, func(it *Alloc) bool { return it == nil })
 	}
 	return &snap
 }
 
-// viewCarry is how long a log line outlives a snapshot read from the API
-// server's cache after it: the cache may not show yet an address the node
-// picked just before (another ADD would pick it again, and a new sandbox
-// of the pod would not find it). A snapshot of the whole pool, read from
-// etcd, carries nothing: the log lines would only hide addresses freed
-// since (TestKubeIPAMStorm's pool, 22 addresses spare, ran out with a
-// carry of 30 s).
+// viewCarry is how long a log line outlives a snapshot read after it: a
+// list (from the API server's cache, or even from etcd) may not show yet
+// an address the node picked just before (its create still on the way: a
+// create took 345 ms on average in TestKubeIPAMScale), or may still show
+// one a DEL of the node freed. Without the line another ADD would pick
+// the address again, and a new sandbox of the pod would not find it (404
+// of TestKubeIPAMStorm's 2000 re-ADDs before DEL got a new address when
+// a list of the whole pool dropped the lines). A line for an address
+// another node took is carried only over a list from the cache: a read
+// from etcd shows it if it is still taken, and the line would only hide
+// an address freed since (TestKubeIPAMStorm's pool, 22 addresses spare,
+// ran out with a carry of 30 s).
 const viewCarry = 2 * time.Second
 
 // A log line is "ADDRESS = UNIXMILLI POD-UID IFNAME", an address this node
-// picked for a pod's NIC, or "ADDRESS - UNIXMILLI", one another node took
-// (a 409). Lines of before the times and pods ("ADDRESS", "ADDRESS -")
-// still read.
+// picked for a pod's NIC; "ADDRESS - UNIXMILLI", one another node took (a
+// 409); or "ADDRESS x UNIXMILLI", one a DEL of this node freed. Lines of
+// before the times and pods ("ADDRESS", "ADDRESS -") still read.
 func (v *poolView) logLine(k *Backend, a netip.Addr, ifname string) string {
 	if ifname == "" {
 		return fmt.Sprintf("%s - %d\n", a, k.now().UnixMilli())
@@ -265,35 +297,47 @@ func (v *poolView) logLine(k *Backend, a netip.Addr, ifname string) string {
 	return fmt.Sprintf("%s = %d %s %s\n", a, k.now().UnixMilli(), uid, ifname)
 }
 
-// logItem is what a log line says, and when it was written (zero for
-// the old lines).
-func (v *poolView) logItem(k *Backend, line string) (it *Alloc, at time.Time, ok bool) {
+// logEntry is what a log line says: the allocation as far as the view
+// knows it (freed: none any more), and when the line was written (zero
+// for the old lines).
+type logEntry struct {
+	it    *Alloc
+	at    time.Time
+	freed bool
+	other bool // another node's
+}
+
+func (v *poolView) logEntry(k *Backend, line string) (e logEntry, ok bool) {
 	f := strings.Fields(line)
 	if len(f) == 0 {
-		return nil, at, false
+		return e, false
 	}
 	a, err := netip.ParseAddr(f[0])
 	if err != nil {
-		return nil, at, false
+		return e, false
 	}
-	it = &Alloc{Metadata: kube.Meta{Name: AllocName(v.pool, a)}, Spec: AllocSpec{Address: a.String(), Node: k.node}}
-	if len(f) > 1 && f[1] == "-" {
-		it.Spec.Node = "?"
+	e.it = &Alloc{Metadata: kube.Meta{Name: AllocName(v.pool, a)}, Spec: AllocSpec{Address: a.String(), Node: k.node}}
+	if len(f) > 1 {
+		e.other, e.freed = f[1] == "-", f[1] == "x"
+	}
+	if e.other {
+		e.it.Spec.Node = "?"
 	}
 	if len(f) > 2 {
 		if ms, err := strconv.ParseInt(f[2], 10, 64); err == nil {
-			at = time.UnixMilli(ms)
+			e.at = time.UnixMilli(ms)
 		}
 	}
 	if len(f) > 4 && f[1] == "=" && f[3] != "-" {
-		it.Spec.Pod.UID, it.Spec.Interface = f[3], f[4]
+		e.it.Spec.Pod.UID, e.it.Spec.Interface = f[3], f[4]
 	}
-	return it, at, true
+	return e, true
 }
 
 // save makes snap the node's view: the log is in it, but for the lines
-// younger than carry.
-func (v *poolView) save(k *Backend, snap *viewSnapshot, carry time.Duration) error {
+// younger than viewCarry (others: also those of addresses other nodes
+// took).
+func (v *poolView) save(k *Backend, snap *viewSnapshot, others bool) error {
 	if k.ttl == 0 {
 		v.mem = snap
 		return nil
@@ -303,7 +347,7 @@ func (v *poolView) save(k *Backend, snap *viewSnapshot, carry time.Duration) err
 		err = fileutil.WriteAtomicUnsynced(v.path(".json"), b) // a hint: not synced
 	}
 	if err == nil {
-		err = v.carry(k, carry)
+		err = v.carry(k, others)
 	}
 	if err != nil {
 		return fmt.Errorf("ipam: view of %s: %w", v.pool, err)
@@ -311,8 +355,9 @@ func (v *poolView) save(k *Backend, snap *viewSnapshot, carry time.Duration) err
 	return nil
 }
 
-// carry drops the log's lines older than d.
-func (v *poolView) carry(k *Backend, d time.Duration) error {
+// carry drops the log's lines older than viewCarry (and, unless others,
+// those of addresses other nodes took).
+func (v *poolView) carry(k *Backend, others bool) error {
 	lb, err := os.ReadFile(v.path(".log"))
 	if errors.Is(err, os.ErrNotExist) || err == nil && len(lb) == 0 {
 		return nil
@@ -321,7 +366,7 @@ func (v *poolView) carry(k *Backend, d time.Duration) error {
 	}
 	var kept strings.Builder
 	for line := range strings.Lines(string(lb)) {
-		if _, at, ok := v.logItem(k, line); ok && k.now().Sub(at) < d {
+		if e, ok := v.logEntry(k, line); ok && k.now().Sub(e.at) < viewCarry && (others || !e.other) {
 			kept.WriteString(line)
 		}
 	}
@@ -336,8 +381,8 @@ func (v *poolView) carry(k *Backend, d time.Duration) error {
 func (v *poolView) note(k *Backend, a netip.Addr, ifname string) error {
 	if k.ttl == 0 {
 		if v.mem != nil {
-			it, _, _ := v.logItem(k, v.logLine(k, a, ifname))
-			v.mem.Items = append(v.mem.Items, it)
+			e, _ := v.logEntry(k, v.logLine(k, a, ifname))
+			v.mem.Items = append(v.mem.Items, e.it)
 		}
 		return nil
 	}
@@ -360,12 +405,16 @@ func (v *poolView) relist(k *Backend, p *conf.Pool) (*viewSnapshot, error) {
 	if err != nil {
 		return nil, err
 	}
-	snap := &viewSnapshot{Fetched: k.now(), Items: items}
-	if err := v.save(k, snap, viewCarry); err != nil {
+	return v.saved(k, &viewSnapshot{Fetched: k.now(), Items: items}, true)
+}
+
+// saved saves snap and returns it with the log lines carried over it.
+func (v *poolView) saved(k *Backend, snap *viewSnapshot, others bool) (*viewSnapshot, error) {
+	if err := v.save(k, snap, others); err != nil {
 		return nil, err
 	}
 	if c := v.cached(k); c != nil {
-		snap = c // with the lines carried
+		snap = c
 	}
 	return snap, nil
 }
@@ -377,8 +426,7 @@ func (v *poolView) relistFull(k *Backend) (*viewSnapshot, error) {
 		return nil, err
 	}
 	v.fresh = true
-	snap := &viewSnapshot{Fetched: k.now(), Full: true, Items: items}
-	return snap, v.save(k, snap, 0)
+	return v.saved(k, &viewSnapshot{Fetched: k.now(), Full: true, Items: items}, false)
 }
 
 // refreshSince reads the node's blocks again unless its view was read
@@ -463,7 +511,7 @@ func (v *poolView) own(k *Backend, p *conf.Pool, ifname string) ([]*Alloc, error
 // block from the node's home on, or anywhere.
 func (v *poolView) choose(k *Backend, p *conf.Pool, snap *viewSnapshot) (netip.Addr, *Alloc, error) {
 	used, expired := k.used(snap.Items)
-	if a := k.inOwnBlocks(p, snap.Items, used); a.IsValid() {
+	if a := k.inOwnBlocks(p, snap.owned(k.node), used); a.IsValid() {
 		return a, expired[a], nil
 	}
 	if !snap.Full {
@@ -480,7 +528,7 @@ func (v *poolView) choose(k *Backend, p *conf.Pool, snap *viewSnapshot) (netip.A
 			return netip.Addr{}, nil, err
 		}
 		used, expired = k.used(snap.Items)
-		if a := k.inOwnBlocks(p, snap.Items, used); a.IsValid() {
+		if a := k.inOwnBlocks(p, snap.owned(k.node), used); a.IsValid() {
 			return a, expired[a], nil
 		}
 	}
@@ -510,7 +558,7 @@ func (v *poolView) choose(k *Backend, p *conf.Pool, snap *viewSnapshot) (netip.A
 // reads; failing an empty block, one read whole with room in it; an
 // invalid block if they found neither.
 func (v *poolView) probe(k *Backend, p *conf.Pool, snap *viewSnapshot) (netip.Prefix, error) {
-	known := blocksOf(p, snap.Items)
+	known := blocksOf(p, snap.owned(k.node))
 	blocks := k.blocks(p)
 	next := func(i int) netip.Prefix {
 		switch {
@@ -557,7 +605,7 @@ func (v *poolView) probe(k *Backend, p *conf.Pool, snap *viewSnapshot) (netip.Pr
 		found = borrow
 	}
 	if read > 0 {
-		if err := v.save(k, snap, 0); err != nil { // the log is in snap
+		if err := v.save(k, snap, true); err != nil { // the log is in snap
 			return netip.Prefix{}, err
 		}
 	}
@@ -733,4 +781,54 @@ type poolCandidates struct {
 	addrs  []netip.Addr
 	blocks []netip.Prefix
 	small  bool
+}
+
+// splitAllocName is the pool and address of an allocation's name (as
+// AllocName makes it: an IPv4 address is its last four dot-separated
+// parts, an IPv6 one its last, which has no dots).
+func splitAllocName(name string) (pool string, a netip.Addr, ok bool) {
+	if i := strings.LastIndexByte(name, '.'); i > 0 && strings.Contains(name[i+1:], "-") {
+		a, err := netip.ParseAddr(strings.ReplaceAll(name[i+1:], "-", ":"))
+		return name[:i], a, err == nil && a.Is6()
+	}
+	i := len(name)
+	for range 4 {
+		if i = strings.LastIndexByte(name[:i], '.'); i <= 0 {
+			return "", netip.Addr{}, false
+		}
+	}
+	a, err := netip.ParseAddr(name[i+1:])
+	return name[:i], a, err == nil && a.Is4()
+}
+
+// noteReleased records in the node's views (under stateDir) the
+// allocations a DEL deleted (by name): free to the node's next ADDs
+// before a list shows it, and no longer what a new sandbox of the pod
+// would try to take over (one request that would find nothing). A hint,
+// appended without the view's lock (an ADD holds it across its requests
+// to the API server, and a DEL must not wait on them): a line lost to a
+// concurrent rewrite of the log leaves the address taken in the view
+// until the next list, as before. Nothing is written for a pool the node
+// has no view of.
+func noteReleased(stateDir string, names []string, at time.Time) {
+	if stateDir == "" {
+		return
+	}
+	dir := statedir.KubeViews(stateDir)
+	for _, name := range names {
+		pool, a, ok := splitAllocName(name)
+		if !ok || strings.ContainsRune(pool, '/') || strings.HasPrefix(pool, ".") {
+			continue
+		}
+		v := poolView{pool: pool, dir: dir}
+		if _, err := os.Stat(v.path(".json")); err != nil {
+			continue
+		}
+		f, err := os.OpenFile(v.path(".log"), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+		if err != nil {
+			continue
+		}
+		fmt.Fprintf(f, "%s x %d\n", a, at.UnixMilli()) // a hint: not synced
+		f.Close()
+	}
 }
