@@ -210,9 +210,17 @@ type Backend struct {
 func New(ctx context.Context, c *kube.Client, stateDir, node string, ttl time.Duration, pod Pod) *Backend {
 	return &Backend{c: c, ctx: ctx, node: node, ttl: ttl, pod: pod, now: time.Now,
 		cache:   statedir.KubePoolCache(stateDir),
-		viewDir: statedir.KubeViews(stateDir),
+		viewDir: viewsDir(stateDir),
 		rnd:     rand.New(rand.NewPCG(rand.Uint64(), uint64(time.Now().UnixNano()))),
 		created: map[netip.Addr]*Alloc{}, held: map[netip.Addr]*Alloc{}}
+}
+
+// viewsDir is where the node's views of the pools are kept ("": none).
+func viewsDir(stateDir string) string {
+	if stateDir == "" {
+		return ""
+	}
+	return statedir.KubeViews(stateDir)
 }
 
 // AllocName is the IPAllocation name of an address of a pool: the pool's
@@ -569,9 +577,12 @@ func (k *Backend) Allocate(o ipam.Owner, reqs []ipam.Request) ([]ipam.Allocation
 // quarantine).
 func (k *Backend) Undo() error {
 	var errs []error
+	var freed []string
+	defer func() { noteReleased(k.viewDir, freed, k.now()) }()
 	for a, obj := range k.created {
 		err := k.c.Delete(k.ctx, allocPath(obj.Metadata.Name), obj.Metadata.UID, "")
 		if err == nil || kube.IsStatus(err, http.StatusNotFound) {
+			freed = append(freed, obj.Metadata.Name)
 			delete(k.created, a)
 			delete(k.held, a)
 		} else {
@@ -917,7 +928,7 @@ func Release(ctx context.Context, c *kube.Client, stateDir, podUID, containerID 
 		return 0, fmt.Errorf("ipam: list allocations of pod %s: %w", podUID, err)
 	}
 	var freed []string
-	defer func() { noteReleased(stateDir, freed, time.Now()) }()
+	defer func() { noteReleased(viewsDir(stateDir), freed, time.Now()) }()
 	for _, it := range items {
 		if it.Spec.Pod.UID != podUID || it.Spec.ContainerID != containerID || it.Spec.QuarantinedUntil != nil {
 			continue
@@ -944,7 +955,7 @@ func Release(ctx context.Context, c *kube.Client, stateDir, podUID, containerID 
 // deleted, and notes them in the node's views (stateDir: "" for none).
 func ReleaseRefs(ctx context.Context, c *kube.Client, stateDir string, refs []ipam.KubeRef) (int, error) {
 	var freed []string
-	defer func() { noteReleased(stateDir, freed, time.Now()) }()
+	defer func() { noteReleased(viewsDir(stateDir), freed, time.Now()) }()
 	for _, r := range refs {
 		if r.Sticky {
 			continue

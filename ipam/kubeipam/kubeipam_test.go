@@ -311,9 +311,9 @@ func TestBlocks(t *testing.T) {
 // picked for (so a pod's new sandbox finds it without a list), a later
 // line wins over the snapshot and over earlier lines, a DEL's release
 // takes the address out, the lines of before times and pods still read,
-// and saving a snapshot keeps the lines younger than viewCarry (a list may
-// not show them yet) and drops the older; one of the whole pool (from
-// etcd) also drops those of addresses other nodes took.
+// and saving a snapshot keeps each address's last line while it is young
+// (a list may not show it yet: the node's own for ownCarry, another
+// node's for otherCarry over the watch cache and not at all over etcd).
 func TestViewLog(t *testing.T) {
 	now := time.Unix(1_800_000_000, 0)
 	stateDir := t.TempDir()
@@ -345,8 +345,8 @@ func TestViewLog(t *testing.T) {
 	must(v.note(k, netip.MustParseAddr("10.0.0.7"), "eth0"))
 	must(v.note(k, netip.MustParseAddr("10.0.0.8"), "net1"))
 	must(v.note(k, netip.MustParseAddr("10.0.0.8"), "")) // its create was a 409
-	now = now.Add(viewCarry)
-	noteReleased(stateDir, []string{"p.10.0.0.6", "p.10.0.0.7", "p.10.0.0.99", "q.10.0.0.6", "../p.10.0.0.6", "p.bad"}, now)
+	now = now.Add(otherCarry)
+	noteReleased(viewsDir(stateDir), []string{"p.10.0.0.6", "p.10.0.0.7", "p.10.0.0.99", "q.10.0.0.6", "../p.10.0.0.6", "p.bad"}, now)
 	must(v.note(k, netip.MustParseAddr("10.0.0.6"), "net1")) // freed and picked again
 	// a log line of before times and pods
 	must(appendFile(v.path(".log"), "10.0.0.9\n10.0.0.10 -\n"))
@@ -374,8 +374,9 @@ func TestViewLog(t *testing.T) {
 		t.Errorf("the pod's net1 in the view: %+v", own)
 	}
 
-	// a relist from the cache: the lines written viewCarry ago go, the
-	// newer stay (the release's too: the list still shows 10.0.0.7)
+	// a relist from the cache: another node's line written otherCarry
+	// ago goes, and the lines of before times; the node's own stay (the
+	// release's too: the list still shows 10.0.0.7)
 	must(v.note(k, netip.MustParseAddr("10.0.0.12"), ""))
 	stale := []*Alloc{{Metadata: metaName("p.10.0.0.7"), Spec: AllocSpec{Address: "10.0.0.7", Node: "n"}}}
 	must(v.save(k, &viewSnapshot{Fetched: now, Items: stale}, true))
@@ -396,10 +397,13 @@ func TestViewLog(t *testing.T) {
 	if want := map[string]string{"10.0.0.6": "n"}; !reflect.DeepEqual(got, want) {
 		t.Errorf("after a whole-pool relist: %q, want %q", got, want)
 	}
-	now = now.Add(viewCarry)
+	now = now.Add(ownCarry)
 	must(v.save(k, &viewSnapshot{Fetched: now, Full: true}, false))
 	if items := v.cached(k).Items; len(items) != 0 {
-		t.Errorf("after a whole-pool relist viewCarry later: %+v", items[0])
+		t.Errorf("after a whole-pool relist ownCarry later: %+v", items[0])
+	}
+	if b, _ := os.ReadFile(v.path(".log")); len(b) != 0 {
+		t.Errorf("the log ownCarry later: %q", b)
 	}
 	// a pod without a UID finds nothing, and its lines read
 	k.pod.UID = ""
@@ -415,7 +419,7 @@ func TestViewLog(t *testing.T) {
 	// next ADD picks there, without reading a block
 	r := k.view("r")
 	must(r.save(k, &viewSnapshot{Fetched: now, Items: []*Alloc{{Metadata: metaName("r.10.0.0.70"), Spec: AllocSpec{Address: "10.0.0.70", Node: "n"}}}}, true))
-	noteReleased(stateDir, []string{"r.10.0.0.70"}, now)
+	noteReleased(viewsDir(stateDir), []string{"r.10.0.0.70"}, now)
 	snap = r.cached(k)
 	if len(snap.Items) != 0 || len(snap.Freed) != 1 {
 		t.Fatalf("after the release: items %+v, freed %v", snap.Items, snap.Freed)

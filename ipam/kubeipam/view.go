@@ -16,7 +16,6 @@ import (
 	"github.com/spinneret-cni/spinneret/conf"
 	"github.com/spinneret-cni/spinneret/internal/fileutil"
 	"github.com/spinneret-cni/spinneret/internal/kube"
-	"github.com/spinneret-cni/spinneret/internal/statedir"
 	"github.com/spinneret-cni/spinneret/ipam"
 )
 
@@ -268,19 +267,28 @@ func (v *poolView) cached(k *Backend) *viewSnapshot {
 	return &snap
 }
 
-// viewCarry is how long a log line outlives a snapshot read after it: a
-// list (from the API server's cache, or even from etcd) may not show yet
-// an address the node picked just before (its create still on the way: a
-// create took 345 ms on average in TestKubeIPAMScale), or may still show
-// one a DEL of the node freed. Without the line another ADD would pick
-// the address again, and a new sandbox of the pod would not find it (404
-// of TestKubeIPAMStorm's 2000 re-ADDs before DEL got a new address when
-// a list of the whole pool dropped the lines). A line for an address
-// another node took is carried only over a list from the cache: a read
-// from etcd shows it if it is still taken, and the line would only hide
-// an address freed since (TestKubeIPAMStorm's pool, 22 addresses spare,
-// ran out with a carry of 30 s).
-const viewCarry = 2 * time.Second
+// How long a log line outlives the snapshots read after it. A list (from
+// the API server's cache, or even from etcd) may not show yet an address
+// the node picked just before, its create still on the way, nor the
+// release of one a DEL of the node just freed: the node's own lines
+// (picks and releases) are carried for ownCarry, longer than a create may
+// take (apiTimeout is at most 1m; under TestKubeIPAMGrowth's 100 nodes a
+// create took up to 20 s, and a carry of 2 s lost the node's block to
+// each relist: 890 block reads for 1000 allocations). Without the line
+// another ADD of the node would pick the address again, and a new
+// sandbox of the pod would not find it (404 of TestKubeIPAMStorm's 2000
+// re-ADDs before DEL got a new address when a list of the whole pool
+// dropped the lines). It hides nothing free: a DEL or an ADD's rollback
+// notes its release. A line for an address another node took (a 409) is
+// carried for otherCarry over a list from the watch cache (it may lag),
+// and not at all over a read from etcd, which shows it if it still is
+// taken: the line would only hide an address freed since
+// (TestKubeIPAMStorm's pool, 22 addresses spare, ran out with such lines
+// carried 30 s).
+const (
+	ownCarry   = time.Minute
+	otherCarry = 2 * time.Second
+)
 
 // A log line is "ADDRESS = UNIXMILLI POD-UID IFNAME", an address this node
 // picked for a pod's NIC; "ADDRESS - UNIXMILLI", one another node took (a
@@ -335,8 +343,8 @@ func (v *poolView) logEntry(k *Backend, line string) (e logEntry, ok bool) {
 }
 
 // save makes snap the node's view: the log is in it, but for the lines
-// younger than viewCarry (others: also those of addresses other nodes
-// took).
+// carry keeps (others: also those of addresses other nodes took, as
+// over a list from the watch cache).
 func (v *poolView) save(k *Backend, snap *viewSnapshot, others bool) error {
 	if k.ttl == 0 {
 		v.mem = snap
@@ -355,8 +363,9 @@ func (v *poolView) save(k *Backend, snap *viewSnapshot, others bool) error {
 	return nil
 }
 
-// carry drops the log's lines older than viewCarry (and, unless others,
-// those of addresses other nodes took).
+// carry keeps in the log the last line of each address, while it is
+// younger than ownCarry (otherCarry for another node's, and unless others
+// not at all).
 func (v *poolView) carry(k *Backend, others bool) error {
 	lb, err := os.ReadFile(v.path(".log"))
 	if errors.Is(err, os.ErrNotExist) || err == nil && len(lb) == 0 {
@@ -364,10 +373,29 @@ func (v *poolView) carry(k *Backend, others bool) error {
 	} else if err != nil {
 		return err
 	}
+	lines := slices.Collect(strings.Lines(string(lb)))
+	last := map[string]int{}
+	entries := make([]logEntry, len(lines))
+	for i, line := range lines {
+		if e, ok := v.logEntry(k, line); ok {
+			entries[i] = e
+			last[e.it.Spec.Address] = i
+		}
+	}
 	var kept strings.Builder
-	for line := range strings.Lines(string(lb)) {
-		if e, ok := v.logEntry(k, line); ok && k.now().Sub(e.at) < viewCarry && (others || !e.other) {
-			kept.WriteString(line)
+	for i, e := range entries {
+		if e.it == nil || last[e.it.Spec.Address] != i {
+			continue
+		}
+		window := ownCarry
+		if e.other {
+			window = 0
+			if others {
+				window = otherCarry
+			}
+		}
+		if k.now().Sub(e.at) < window {
+			kept.WriteString(lines[i])
 		}
 	}
 	if kept.Len() == len(lb) {
@@ -801,7 +829,7 @@ func splitAllocName(name string) (pool string, a netip.Addr, ok bool) {
 	return name[:i], a, err == nil && a.Is4()
 }
 
-// noteReleased records in the node's views (under stateDir) the
+// noteReleased records in the node's views (in dir) the
 // allocations a DEL deleted (by name): free to the node's next ADDs
 // before a list shows it, and no longer what a new sandbox of the pod
 // would try to take over (one request that would find nothing). A hint,
@@ -810,11 +838,10 @@ func splitAllocName(name string) (pool string, a netip.Addr, ok bool) {
 // concurrent rewrite of the log leaves the address taken in the view
 // until the next list, as before. Nothing is written for a pool the node
 // has no view of.
-func noteReleased(stateDir string, names []string, at time.Time) {
-	if stateDir == "" {
+func noteReleased(dir string, names []string, at time.Time) {
+	if dir == "" || len(names) == 0 {
 		return
 	}
-	dir := statedir.KubeViews(stateDir)
 	for _, name := range names {
 		pool, a, ok := splitAllocName(name)
 		if !ok || strings.ContainsRune(pool, '/') || strings.HasPrefix(pool, ".") {
