@@ -788,6 +788,9 @@ func (k *Backend) podHolds(it *Alloc, p *conf.Pool, ifname string, static netip.
 	if it.Spec.Pod.UID != k.pod.UID && !heir {
 		return false // a stateless pod of the same name: not ours
 	}
+	if !heir && it.Spec.Node != k.node {
+		return false // a pod other than a StatefulSet's never moves: another node's object naming it is not the pod's
+	}
 	a := it.Addr()
 	// the pool or the request changed: allocate anew
 	return p.Subnet.Contains(a) && (!static.IsValid() || a == static)
