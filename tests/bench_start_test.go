@@ -47,8 +47,9 @@ func emptyGoBinary(tb testing.TB) string {
 // that only dropping a library could cut. The list is read from `go list`
 // at every run, so it stays exact; the file is given to the build as an
 // overlay (nothing is written into the tree). It is pinned to a CPU as
-// spinneret is. It returns the binary and how many packages it imports.
-func libsOnlyBinary(tb testing.TB) (string, int) {
+// spinneret is. Imports for which drop is true are left out (nil: none).
+// It returns the binary and how many packages it imports.
+func libsOnlyBinary(tb testing.TB, drop func(pkg string) bool) (string, int) {
 	tb.Helper()
 	root, err := filepath.Abs("..")
 	if err != nil {
@@ -64,11 +65,11 @@ func libsOnlyBinary(tb testing.TB) (string, int) {
 	var pkgs []string
 	for line := range strings.Lines(string(out)) {
 		f := strings.Fields(line)
-		if len(f) == 2 && strings.HasPrefix(f[0], self) && !strings.HasPrefix(f[1], self) && !slices.Contains(pkgs, f[1]) {
+		if len(f) == 2 && strings.HasPrefix(f[0], self) && !strings.HasPrefix(f[1], self) && !slices.Contains(pkgs, f[1]) && (drop == nil || !drop(f[1])) {
 			pkgs = append(pkgs, f[1])
 		}
 	}
-	if len(pkgs) < 10 {
+	if len(pkgs) < 10 && drop == nil {
 		tb.Fatalf("go list gave %d imports from outside the project: %q", len(pkgs), pkgs)
 	}
 	// and pinned to a CPU from its first init, as spinneret is: a start
@@ -143,7 +144,7 @@ func medians(cs []procCost) procCost {
 // Run with `make bench`.
 func BenchmarkStartup(b *testing.B) {
 	empty := emptyGoBinary(b)
-	libs, nlibs := libsOnlyBinary(b)
+	libs, nlibs := libsOnlyBinary(b, nil)
 	spin := filepath.Join(prodBinDir, "spinneret")
 	env := []string{"CNI_COMMAND=VERSION", "PATH=/usr/bin:/bin"}
 	stdin := []byte(`{"cniVersion":"1.1.0"}`)
@@ -182,4 +183,91 @@ func BenchmarkStartup(b *testing.B) {
 		b.ReportMetric(float64(sm.faults), "spinneret-faults")
 		b.Logf("the libraries-only binary imports the %d packages spinneret's code imports from outside it, for their init alone, and the CPU pin", nlibs-1)
 	}
+	libraryShares(b, empty, env)
+}
+
+// startLibraries are the groups of imports whose shares of the
+// libraries-only binary's start libraryShares measures, in the order it
+// adds them: each a library (or a part of the standard library) the
+// design keeps on the CNI path, by import path prefix. What no group
+// names (the rest of the standard library, x/sys, the CPU pin) is the
+// base every step starts from.
+var startLibraries = []struct {
+	name, why string
+	prefixes  []string
+}{
+	{"net/http + crypto/tls", "the API server: network-status, kubernetes IPAM, NADs", []string{"net/http", "crypto/tls", "crypto/x509"}},
+	{"vishvananda/netlink", "every kernel step", []string{"github.com/vishvananda/"}},
+	{"containernetworking/cni", "skel, types, version; libcni (delegates, links otel)", []string{"github.com/containernetworking/"}},
+	{"viper", "the node conf", []string{"github.com/spf13/viper"}},
+	{"yaml v3", "NADs and the node conf in YAML", []string{"go.yaml.in/yaml/"}},
+	{"google/nftables", "the coordinator's reply path", []string{"github.com/google/nftables"}},
+	{"mdlayher arp/ndp + x/net", "conflict and gateway detection", []string{"github.com/mdlayher/", "golang.org/x/net/"}},
+	{"Mellanox/sriovnet", "the SR-IOV driver", []string{"github.com/Mellanox/sriovnet"}},
+	{"lumberjack", "the rotated log file", []string{"gopkg.in/natefinch/lumberjack"}},
+}
+
+// libraryShares builds the libraries-only binary in steps: the base
+// (what no group of startLibraries names), then one group more at each
+// step, the last being the whole libraries-only binary; it starts the
+// empty binary and every step in turn, and prints what each step adds to
+// the start (p50 wall time, CPU, page faults, binary size). The steps sum
+// to the libraries-only binary's start over the empty one's: each
+// library's share of the start that bounds spinneret's, as a whole
+// process (init, and the pages a bigger binary touches), which
+// GODEBUG=inittrace=1 alone does not show. A library also linked by one
+// added earlier shows in that one's step.
+func libraryShares(b *testing.B, empty string, env []string) {
+	const runs = 100
+	in := func(pkg string, groups int) bool {
+		for _, g := range startLibraries[:groups] {
+			if slices.ContainsFunc(g.prefixes, func(p string) bool { return strings.HasPrefix(pkg, p) }) {
+				return true
+			}
+		}
+		return false
+	}
+	bins := []string{empty}
+	for k := 0; k <= len(startLibraries); k++ {
+		bin, _ := libsOnlyBinary(b, func(pkg string) bool {
+			// left out: the groups after the k-th
+			return in(pkg, len(startLibraries)) && !in(pkg, k)
+		})
+		bins = append(bins, bin)
+	}
+	costs := make([][]procCost, len(bins))
+	for i := range runs {
+		for k := range bins {
+			j := (i + k) % len(bins)
+			costs[j] = append(costs[j], runCost(b, []string{bins[j]}, env, nil))
+		}
+	}
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+	var sb strings.Builder
+	fmt.Fprintf(&sb, "the libraries-only binary's start, built up a library at a time (p50 of %d runs each, rotating; CPU pinned as spinneret is)\n", runs)
+	fmt.Fprintf(&sb, "%-26s %-54s %8s %8s %7s %8s\n", "adds", "what spinneret uses it for", "+ms", "+CPU ms", "+faults", "+KiB")
+	prev := medians(costs[0])
+	prevSize := fileSize(b, bins[0])
+	for k := 1; k < len(bins); k++ {
+		m, size := medians(costs[k]), fileSize(b, bins[k])
+		name, why := "base", "the rest of the standard library, x/sys, the CPU pin"
+		if k > 1 {
+			name, why = startLibraries[k-2].name, startLibraries[k-2].why
+		}
+		fmt.Fprintf(&sb, "%-26s %-54s %8.2f %8.2f %7d %8d\n", name, why, ms(m.wall-prev.wall), ms(m.cpu-prev.cpu), m.faults-prev.faults, (size-prevSize)/1024)
+		b.ReportMetric(ms(m.wall-prev.wall), "adds-ms-"+strings.NewReplacer(" ", "", "/", "-", "+", "-").Replace(name))
+		prev, prevSize = m, size
+	}
+	// on stdout: a benchmark's own log is cut to ten lines
+	fmt.Print(sb.String())
+}
+
+// fileSize is the size of the file at path.
+func fileSize(tb testing.TB, path string) int64 {
+	tb.Helper()
+	st, err := os.Stat(path)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return st.Size()
 }
