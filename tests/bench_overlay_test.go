@@ -45,7 +45,7 @@ type overlayWorld struct {
 }
 
 func newOverlayWorld(b *testing.B, chain bool) *overlayWorld {
-	topo, err := netlab.NewTopology("spnbench")
+	topo, err := netlab.NewTopology(netlab.OwnedPrefix("spnbench"))
 	if err != nil {
 		b.Fatal(err)
 	}

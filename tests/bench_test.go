@@ -73,7 +73,7 @@ func newBenchWorld(b *testing.B, nics int, fam family, bin string) *benchWorld {
 }
 
 func newBenchWorldOf(b *testing.B, s benchSpec) *benchWorld {
-	topo, err := netlab.NewTopology("spnbench")
+	topo, err := netlab.NewTopology(netlab.OwnedPrefix("spnbench"))
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -105,7 +105,7 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	topo, err := netlab.NewTopology("spntest")
+	topo, err := netlab.NewTopology(netlab.OwnedPrefix("spntest"))
 	if err != nil {
 		t.Fatalf("topology: %v", err)
 	}

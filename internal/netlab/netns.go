@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 
 	"github.com/containernetworking/plugins/pkg/ns"
@@ -85,6 +86,9 @@ func (n *NS) Do(fn func() error) error {
 
 // RemoveStale deletes named namespaces whose names start with one of the
 // prefixes (left by a run that was killed) and returns how many it removed.
+// A name that goes on with a process ID ("<prefix><pid>-...", see
+// OwnedPrefix) is a live run's while that process exists, and is kept: two
+// runs on one machine must not take each other's namespaces away.
 func RemoveStale(prefixes ...string) (int, error) {
 	ents, err := os.ReadDir("/run/netns")
 	if errors.Is(err, os.ErrNotExist) {
@@ -96,17 +100,28 @@ func RemoveStale(prefixes ...string) (int, error) {
 	n := 0
 	for _, e := range ents {
 		for _, p := range prefixes {
-			if strings.HasPrefix(e.Name(), p) {
-				if err := netns.DeleteNamed(e.Name()); err != nil {
-					return n, err
-				}
-				n++
-				break
+			if !strings.HasPrefix(e.Name(), p) {
+				continue
 			}
+			if pid, _, ok := strings.Cut(e.Name()[len(p):], "-"); ok && pid != "" && strings.Trim(pid, "0123456789") == "" {
+				if _, err := os.Stat("/proc/" + pid); err == nil {
+					break // its run is alive
+				}
+			}
+			if err := netns.DeleteNamed(e.Name()); err != nil {
+				return n, err
+			}
+			n++
+			break
 		}
 	}
 	return n, nil
 }
+
+// OwnedPrefix is kind followed by this process's ID ("spntest-4242"): the
+// prefix for the namespaces of a run that RemoveStale(kind+"-") of
+// another run leaves alone while this process lives.
+func OwnedPrefix(kind string) string { return kind + "-" + strconv.Itoa(os.Getpid()) }
 
 // Sysctl writes /proc/sys/<key> inside the namespace.
 func (n *NS) Sysctl(key, value string) error {
