@@ -56,7 +56,9 @@ func (c *costExec) ExecPlugin(ctx context.Context, path string, stdin []byte, en
 	cmd.Env, cmd.Stdin = environ, bytes.NewReader(stdin)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	start := time.Now()
 	err := cmd.Run()
+	c.cost.wall += time.Since(start)
 	if st := cmd.ProcessState; st != nil {
 		ru := st.SysUsage().(*syscall.Rusage)
 		c.cost.cpu += st.UserTime() + st.SystemTime()
@@ -88,6 +90,7 @@ type compareRow struct {
 	name     string
 	add, del []time.Duration
 	cpu      []time.Duration // per ADD
+	proc     []time.Duration // per ADD: the plugin processes' wall time (ADD less libcni's own work in this process)
 	faults   []time.Duration // per ADD (a count)
 	syscalls []time.Duration // per traced ADD (a count)
 	rss      int64           // KiB, the largest of any plugin process of an ADD
@@ -197,6 +200,7 @@ func benchCompare(b *testing.B, fam family, empty, libs string) {
 			rw.row.add = append(rw.row.add, rw.w.add(b, i))
 			c := rw.ex.take()
 			rw.row.cpu, rw.row.faults = append(rw.row.cpu, c.cpu), append(rw.row.faults, time.Duration(c.faults))
+			rw.row.proc = append(rw.row.proc, c.wall)
 			if rw.floor != nil {
 				rw.plan = journaledPlan(b, rw.w, i)
 			}
@@ -271,6 +275,7 @@ func benchCompare(b *testing.B, fam family, empty, libs string) {
 		return float64(s) / float64(len(d))
 	}
 	chain := worlds[len(worlds)-1].row
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 	var lines []string
 	for _, rw := range worlds[:len(worlds)-1] {
 		short := strings.TrimPrefix(rw.row.name, "spinneret, ")
@@ -310,6 +315,11 @@ func benchCompare(b *testing.B, fam family, empty, libs string) {
 			own = append(own, fmt.Sprintf("%s %.1f", strings.TrimSuffix(name, "-ms"), float64(percentiles(phases[name])[0].Microseconds())/1000))
 		}
 		lines = append(lines, fmt.Sprintf("%-22s %-44s %s", short, "its log, p50 ms", strings.Join(own, ", ")))
+		// and around it: the plugin process (exec to exit, from this
+		// process), and libcni's part of the ADD (config, cache, result)
+		procP50, addP50 := percentiles(rw.row.proc)[0], percentiles(rw.row.add)[0]
+		lines = append(lines, fmt.Sprintf("%-22s %-44s process %.1f (exec to exit), libcni %.1f; chain process %.1f, libcni %.1f", short, "ADD p50 ms", ms(procP50), ms(addP50-procP50),
+			ms(percentiles(chain.proc)[0]), ms(percentiles(chain.add)[0]-percentiles(chain.proc)[0])))
 	}
 	fmt.Print("ratios (" + string(fam) + "):\n" + strings.Join(lines, "\n") + "\n\n")
 }
