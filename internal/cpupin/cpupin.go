@@ -77,20 +77,39 @@ func Restore() {
 	before = cpuSet{}
 }
 
-// setAll sets the affinity of every thread of the process to set. Threads
-// started meanwhile inherit it from the thread that made them.
+// setAll sets the affinity of every thread of the process to set. A
+// thread started meanwhile inherits the affinity of the thread that made
+// it, which may not have been set yet: so the threads are listed again
+// until a listing finds none that was not set (once every thread has the
+// set, every later one inherits it). It gives up after a few listings
+// that each found new threads.
 func setAll(set *cpuSet) bool {
-	tids, ok := threads()
-	if !ok {
-		return false
-	}
-	for _, tid := range tids {
-		// a thread that exited since the listing is ESRCH: nothing to set
-		if _, _, e := syscall.RawSyscall(syscall.SYS_SCHED_SETAFFINITY, uintptr(tid), unsafe.Sizeof(*set), uintptr(unsafe.Pointer(set))); e != 0 && e != syscall.ESRCH {
+	var done []int
+	for range 8 {
+		tids, ok := threads()
+		if !ok {
 			return false
 		}
+		fresh := false
+	next:
+		for _, tid := range tids {
+			for _, d := range done {
+				if d == tid {
+					continue next
+				}
+			}
+			fresh = true
+			// a thread that exited since the listing is ESRCH: nothing to set
+			if _, _, e := syscall.RawSyscall(syscall.SYS_SCHED_SETAFFINITY, uintptr(tid), unsafe.Sizeof(*set), uintptr(unsafe.Pointer(set))); e != 0 && e != syscall.ESRCH {
+				return false
+			}
+			done = append(done, tid)
+		}
+		if !fresh {
+			return true
+		}
 	}
-	return true
+	return false
 }
 
 // threads lists the process's thread IDs (/proc/self/task).
