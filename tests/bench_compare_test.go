@@ -275,7 +275,6 @@ func benchCompare(b *testing.B, fam family, empty, libs string) {
 		return float64(s) / float64(len(d))
 	}
 	chain := worlds[len(worlds)-1].row
-	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 	var lines []string
 	for _, rw := range worlds[:len(worlds)-1] {
 		short := strings.TrimPrefix(rw.row.name, "spinneret, ")
@@ -312,14 +311,14 @@ func benchCompare(b *testing.B, fam family, empty, libs string) {
 		phases := pluginPhases(b, filepath.Join(rw.w.e.dir, "spinneret.log"), "ADD")
 		var own []string
 		for _, name := range []string{"ms", "load-ms", "check-ms", "allocate-ms", "apply-ms", "commit-ms"} {
-			own = append(own, fmt.Sprintf("%s %.1f", strings.TrimSuffix(name, "-ms"), float64(percentiles(phases[name])[0].Microseconds())/1000))
+			own = append(own, fmt.Sprintf("%s %.1f", strings.TrimSuffix(name, "-ms"), millis(percentiles(phases[name])[0])))
 		}
 		lines = append(lines, fmt.Sprintf("%-22s %-44s %s", short, "its log, p50 ms", strings.Join(own, ", ")))
 		// and around it: the plugin process (exec to exit, from this
 		// process), and libcni's part of the ADD (config, cache, result)
 		procP50, addP50 := percentiles(rw.row.proc)[0], percentiles(rw.row.add)[0]
-		lines = append(lines, fmt.Sprintf("%-22s %-44s process %.1f (exec to exit), libcni %.1f; chain process %.1f, libcni %.1f", short, "ADD p50 ms", ms(procP50), ms(addP50-procP50),
-			ms(percentiles(chain.proc)[0]), ms(percentiles(chain.add)[0]-percentiles(chain.proc)[0])))
+		lines = append(lines, fmt.Sprintf("%-22s %-44s process %.1f (exec to exit), libcni %.1f; chain process %.1f, libcni %.1f", short, "ADD p50 ms", millis(procP50), millis(addP50-procP50),
+			millis(percentiles(chain.proc)[0]), millis(percentiles(chain.add)[0]-percentiles(chain.proc)[0])))
 	}
 	fmt.Print("ratios (" + string(fam) + "):\n" + strings.Join(lines, "\n") + "\n\n")
 }

@@ -72,7 +72,7 @@ func benchFlat(b *testing.B, store string) {
 			b.Fatal(err)
 		}
 	}
-	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+	stateDir := filepath.Join(dir, "state") // writeNodeConf's
 	var first [6]time.Duration
 	var rows []string
 	b.ResetTimer()
@@ -97,7 +97,7 @@ func benchFlat(b *testing.B, store string) {
 				b.Fatalf("ADD %s with %d pods held: %v", id, level, err)
 			}
 			add := time.Since(start)
-			plan := planOf(b, filepath.Join(dir, "state"), "flat", id, "eth0")
+			plan := planOf(b, stateDir, "flat", id, "eth0")
 			start = time.Now()
 			if err := e.del(l, rt(id, p)); err != nil {
 				b.Fatalf("DEL %s with %d pods held: %v", id, level, err)
@@ -105,7 +105,7 @@ func benchFlat(b *testing.B, store string) {
 			del := time.Since(start)
 			// the same kernel work in this process, with as many pods
 			// held: what of a growth is the kernel's
-			fadd, fdel, _ := floorOf(b, topo.Node, p, filepath.Join(dir, "state"), plan)
+			fadd, fdel, _ := floorOf(b, topo.Node, p, stateDir, plan)
 			adds, dels, floorAdds, floorDels = append(adds, add), append(dels, del), append(floorAdds, fadd), append(floorDels, fdel)
 			ownAdds, ownDels = append(ownAdds, add-fadd), append(ownDels, del-fdel)
 		}
@@ -116,14 +116,14 @@ func benchFlat(b *testing.B, store string) {
 			if len(phases[name]) != flatProbes {
 				b.Fatalf("%d ADD log lines with %s for %d pods held, want %d", len(phases[name]), name, level, flatProbes)
 			}
-			b.ReportMetric(ms(percentiles(phases[name])[0]), fmt.Sprintf("plugin-%s-%d", name, level))
+			b.ReportMetric(millis(percentiles(phases[name])[0]), fmt.Sprintf("plugin-%s-%d", name, level))
 		}
 		now := [6]time.Duration{percentiles(adds)[0], percentiles(dels)[0], percentiles(floorAdds)[0], percentiles(floorDels)[0], percentiles(ownAdds)[0], percentiles(ownDels)[0]}
-		b.ReportMetric(ms(now[0]), fmt.Sprintf("add-p50-%d-ms", level))
-		b.ReportMetric(ms(now[1]), fmt.Sprintf("del-p50-%d-ms", level))
+		b.ReportMetric(millis(now[0]), fmt.Sprintf("add-p50-%d-ms", level))
+		b.ReportMetric(millis(now[1]), fmt.Sprintf("del-p50-%d-ms", level))
 		line := fmt.Sprintf("%-6s %5d", store, level)
 		for k := range now {
-			line += fmt.Sprintf(" %7.2f", ms(now[k]))
+			line += fmt.Sprintf(" %7.2f", millis(now[k]))
 		}
 		if level == flatHeld[0] {
 			first = now

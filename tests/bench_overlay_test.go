@@ -162,15 +162,14 @@ func benchOverlay(b *testing.B) {
 		}
 	}
 	b.StopTimer()
-	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 	var p50 [2][2]time.Duration
 	for k, name := range names {
 		a, d := percentiles(adds[k]), percentiles(dels[k])
 		p50[k] = [2]time.Duration{a[0], d[0]}
-		b.ReportMetric(ms(a[0]), name+"-add-p50-ms")
-		b.ReportMetric(ms(a[1]), name+"-add-p90-ms")
-		b.ReportMetric(ms(d[0]), name+"-del-p50-ms")
-		b.ReportMetric(ms(d[1]), name+"-del-p90-ms")
+		b.ReportMetric(millis(a[0]), name+"-add-p50-ms")
+		b.ReportMetric(millis(a[1]), name+"-add-p90-ms")
+		b.ReportMetric(millis(d[0]), name+"-del-p50-ms")
+		b.ReportMetric(millis(d[1]), name+"-del-p90-ms")
 	}
 	// the plugin's own account of its ADDs: the whole call, and the
 	// delegate's part (its conflist read, journaled, run: two process
@@ -180,9 +179,9 @@ func benchOverlay(b *testing.B) {
 		if len(phases[name]) != overlayBenchPods {
 			b.Fatalf("%d ADD log lines with %s, want %d", len(phases[name]), name, overlayBenchPods)
 		}
-		b.ReportMetric(ms(percentiles(phases[name])[0]), "spinneret-plugin-add-"+strings.TrimSuffix(name, "-ms")+"-p50-ms")
+		b.ReportMetric(millis(percentiles(phases[name])[0]), "spinneret-plugin-add-"+strings.TrimSuffix(name, "-ms")+"-p50-ms")
 	}
-	b.ReportMetric(ms(percentiles(worlds[1].eth0)[0]), "chain-eth0-add-p50-ms")
+	b.ReportMetric(millis(percentiles(worlds[1].eth0)[0]), "chain-eth0-add-p50-ms")
 	b.ReportMetric(float64(p50[1][0])/float64(p50[0][0]), "add-chain/spinneret")
 	b.ReportMetric(float64(p50[1][1])/float64(p50[0][1]), "del-chain/spinneret")
 	for k, w := range worlds {

@@ -166,18 +166,17 @@ func BenchmarkStartup(b *testing.B) {
 			}
 		}
 		em, lm, sm, um := medians(e), medians(l), medians(s), medians(u)
-		ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
-		b.ReportMetric(ms(em.wall), "empty-p50-ms")
-		b.ReportMetric(ms(lm.wall), "libs-p50-ms")
-		b.ReportMetric(ms(sm.wall), "spinneret-p50-ms")
-		b.ReportMetric(ms(um.wall), "unpinned-p50-ms")
+		b.ReportMetric(millis(em.wall), "empty-p50-ms")
+		b.ReportMetric(millis(lm.wall), "libs-p50-ms")
+		b.ReportMetric(millis(sm.wall), "spinneret-p50-ms")
+		b.ReportMetric(millis(um.wall), "unpinned-p50-ms")
 		b.ReportMetric(float64(sm.wall)/float64(em.wall), "start/empty")
 		b.ReportMetric(float64(lm.wall)/float64(em.wall), "libs/empty")
 		b.ReportMetric(float64(sm.wall)/float64(lm.wall), "start/libs")
 		b.ReportMetric(float64(um.wall)/float64(em.wall), "unpinned/empty")
-		b.ReportMetric(ms(em.cpu), "empty-cpu-ms")
-		b.ReportMetric(ms(lm.cpu), "libs-cpu-ms")
-		b.ReportMetric(ms(sm.cpu), "spinneret-cpu-ms")
+		b.ReportMetric(millis(em.cpu), "empty-cpu-ms")
+		b.ReportMetric(millis(lm.cpu), "libs-cpu-ms")
+		b.ReportMetric(millis(sm.cpu), "spinneret-cpu-ms")
 		b.ReportMetric(float64(em.faults), "empty-faults")
 		b.ReportMetric(float64(lm.faults), "libs-faults")
 		b.ReportMetric(float64(sm.faults), "spinneret-faults")
@@ -242,7 +241,6 @@ func libraryShares(b *testing.B, empty string, env []string) {
 			costs[j] = append(costs[j], runCost(b, []string{bins[j]}, env, nil))
 		}
 	}
-	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 	var sb strings.Builder
 	fmt.Fprintf(&sb, "the libraries-only binary's start, built up a library at a time (p50 of %d runs each, rotating; CPU pinned as spinneret is)\n", runs)
 	fmt.Fprintf(&sb, "%-26s %-54s %8s %8s %7s %8s\n", "adds", "what spinneret uses it for", "+ms", "+CPU ms", "+faults", "+KiB")
@@ -254,8 +252,8 @@ func libraryShares(b *testing.B, empty string, env []string) {
 		if k > 1 {
 			name, why = startLibraries[k-2].name, startLibraries[k-2].why
 		}
-		fmt.Fprintf(&sb, "%-26s %-54s %8.2f %8.2f %7d %8d\n", name, why, ms(m.wall-prev.wall), ms(m.cpu-prev.cpu), m.faults-prev.faults, (size-prevSize)/1024)
-		b.ReportMetric(ms(m.wall-prev.wall), "adds-ms-"+strings.NewReplacer(" ", "", "/", "-", "+", "-").Replace(name))
+		fmt.Fprintf(&sb, "%-26s %-54s %8.2f %8.2f %7d %8d\n", name, why, millis(m.wall-prev.wall), millis(m.cpu-prev.cpu), m.faults-prev.faults, (size-prevSize)/1024)
+		b.ReportMetric(millis(m.wall-prev.wall), "adds-ms-"+strings.NewReplacer(" ", "", "/", "-", "+", "-").Replace(name))
 		prev, prevSize = m, size
 	}
 	// on stdout: a benchmark's own log is cut to ten lines

@@ -204,16 +204,15 @@ func benchLifecycle(b *testing.B, nics int, fam family) {
 		dels[i] = w.del(b, i)
 	}
 	b.StopTimer()
-	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 	addP, delP := percentiles(adds), percentiles(dels)
-	b.ReportMetric(ms(addP[0]), "add-p50-ms")
-	b.ReportMetric(ms(addP[1]), "add-p90-ms")
-	b.ReportMetric(ms(addP[2]), "add-p99-ms")
-	b.ReportMetric(ms(delP[0]), "del-p50-ms")
-	b.ReportMetric(ms(delP[1]), "del-p90-ms")
-	b.ReportMetric(ms(delP[2]), "del-p99-ms")
-	b.ReportMetric(ms(percentiles(adds[:50])[0]), "add-p50-first50-ms")
-	b.ReportMetric(ms(percentiles(adds[benchPods-50:])[0]), "add-p50-last50-ms")
+	b.ReportMetric(millis(addP[0]), "add-p50-ms")
+	b.ReportMetric(millis(addP[1]), "add-p90-ms")
+	b.ReportMetric(millis(addP[2]), "add-p99-ms")
+	b.ReportMetric(millis(delP[0]), "del-p50-ms")
+	b.ReportMetric(millis(delP[1]), "del-p90-ms")
+	b.ReportMetric(millis(delP[2]), "del-p99-ms")
+	b.ReportMetric(millis(percentiles(adds[:50])[0]), "add-p50-first50-ms")
+	b.ReportMetric(millis(percentiles(adds[benchPods-50:])[0]), "add-p50-last50-ms")
 
 	// the plugin's own account of each ADD (its log line), without process
 	// start and libcni: total and per phase, and first vs last 50 pods
@@ -223,10 +222,10 @@ func benchLifecycle(b *testing.B, nics int, fam family) {
 		if len(v) != benchPods {
 			b.Fatalf("%d ADD log lines with %s, want %d", len(v), name, benchPods)
 		}
-		b.ReportMetric(ms(percentiles(v)[0]), "plugin-add-"+strings.TrimSuffix(name, "-ms")+"-p50-ms")
+		b.ReportMetric(millis(percentiles(v)[0]), "plugin-add-"+strings.TrimSuffix(name, "-ms")+"-p50-ms")
 	}
-	b.ReportMetric(ms(percentiles(phases["ms"][:50])[0]), "plugin-add-p50-first50-ms")
-	b.ReportMetric(ms(percentiles(phases["ms"][benchPods-50:])[0]), "plugin-add-p50-last50-ms")
+	b.ReportMetric(millis(percentiles(phases["ms"][:50])[0]), "plugin-add-p50-first50-ms")
+	b.ReportMetric(millis(percentiles(phases["ms"][benchPods-50:])[0]), "plugin-add-p50-last50-ms")
 }
 
 // BenchmarkPodLifecycleVsBaseline is BenchmarkPodLifecycle's 200 pods,
@@ -263,14 +262,13 @@ func BenchmarkPodLifecycleVsBaseline(b *testing.B) {
 						}
 					}
 					b.StopTimer()
-					ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 					for _, m := range []struct {
 						name string
 						d    [2][]time.Duration
 					}{{"add", adds}, {"del", dels}} {
 						n, o := percentiles(m.d[0])[0], percentiles(m.d[1])[0]
-						b.ReportMetric(ms(n), m.name+"-p50-ms")
-						b.ReportMetric(ms(o), m.name+"-p50-baseline-ms")
+						b.ReportMetric(millis(n), m.name+"-p50-ms")
+						b.ReportMetric(millis(o), m.name+"-p50-baseline-ms")
 						b.ReportMetric(float64(n)/float64(o), m.name+"-p50-new/old")
 					}
 				}
@@ -310,6 +308,9 @@ func pluginPhasesOf(b *testing.B, logFile, verb, mark string) map[string][]time.
 	}
 	return out
 }
+
+// millis is d in milliseconds, as the benchmarks report and print it.
+func millis(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 // percentiles returns p50, p90 and p99 (nearest rank).
 func percentiles(ds []time.Duration) [3]time.Duration {
