@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"strings"
 
 	"github.com/vishvananda/netlink"
@@ -538,7 +537,7 @@ func (o *Sysctls) String() string {
 func (o *Sysctls) Do(env *txn.Env) error {
 	return env.In(o.NS, func() error {
 		for _, v := range o.Values {
-			err := os.WriteFile(filepath.Join("/proc/sys", v.Key), []byte(v.Value), 0o644)
+			err := writeSysctl(env, v.Key, v.Value)
 			if v.IfPresent && errors.Is(err, os.ErrNotExist) {
 				continue
 			}
@@ -550,6 +549,47 @@ func (o *Sysctls) Do(env *txn.Env) error {
 	})
 }
 
+// writeSysctl writes /proc/sys/<key> in the namespace the thread is in
+// (txn.Env.OpenSysctl).
+func writeSysctl(env *txn.Env, key, value string) error {
+	fd, err := env.OpenSysctl(key, unix.O_WRONLY|unix.O_TRUNC)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	for {
+		_, err = unix.Write(fd, []byte(value))
+		if err != unix.EINTR {
+			break
+		}
+	}
+	if err != nil {
+		return &os.PathError{Op: "write", Path: "/proc/sys/" + key, Err: err}
+	}
+	return nil
+}
+
+// readSysctl reads /proc/sys/<key> (a sysctl's value is one line) in the
+// namespace the thread is in.
+func readSysctl(env *txn.Env, key string) ([]byte, error) {
+	fd, err := env.OpenSysctl(key, unix.O_RDONLY)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(fd)
+	buf := make([]byte, 4096)
+	for {
+		n, err := unix.Read(fd, buf)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, &os.PathError{Op: "read", Path: "/proc/sys/" + key, Err: err}
+		}
+		return buf[:n], nil
+	}
+}
+
 // Undo does nothing for the pod (see the type); node settings are not
 // planned as sysctls.
 func (o *Sysctls) Undo(env *txn.Env) error { return nil }
@@ -559,7 +599,7 @@ func (o *Sysctls) Check(env *txn.Env) error {
 	var errs []error
 	err := env.In(o.NS, func() error {
 		for _, v := range o.Values {
-			got, err := os.ReadFile(filepath.Join("/proc/sys", v.Key))
+			got, err := readSysctl(env, v.Key)
 			if v.IfPresent && errors.Is(err, os.ErrNotExist) {
 				continue
 			}
