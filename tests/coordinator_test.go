@@ -11,6 +11,7 @@ import (
 
 	"github.com/containernetworking/cni/libcni"
 	"github.com/google/nftables"
+	"github.com/vishvananda/netlink"
 
 	"github.com/spinneret-cni/spinneret/internal/netlab"
 	"github.com/spinneret-cni/spinneret/request"
@@ -49,6 +50,26 @@ func TestCoordinatorPaths(t *testing.T) {
 			before := e.snapshot(p)
 			rt := podRT("c1", p, map[string]string{request.AnnotNetworks: "blue"})
 			r := e.mustAdd(l, rt)
+			// the node end has no IPv6 address, link-local included: an
+			// fe80::/64 route per pod on the node would grow the kernel's
+			// work with the pods (coordinator.Veth), and the paths below
+			// work without
+			links, err := e.topo.Node.NL().LinkList()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var hostVeths []string
+			for _, hl := range links {
+				if hl.Type() == "veth" && strings.HasPrefix(hl.Attrs().Name, "spn") {
+					hostVeths = append(hostVeths, hl.Attrs().Name)
+					if a, err := e.topo.Node.NL().AddrList(hl, netlink.FAMILY_V6); err != nil || len(a) != 0 {
+						t.Errorf("node veth %s: IPv6 addresses %v (%v), want none", hl.Attrs().Name, a, err)
+					}
+				}
+			}
+			if len(hostVeths) != 1 {
+				t.Errorf("node veths %v, want one", hostVeths)
+			}
 			for _, v4 := range fam.versions() {
 				node := map[bool]netip.Addr{true: netlab.NodeIP4, false: netlab.NodeIP6}[v4]
 				svcIP := map[bool]netip.Addr{true: netlab.ServiceIP4, false: netlab.ServiceIP6}[v4]
