@@ -23,11 +23,11 @@ const flatProbes = 60
 // flatSettle is how long BenchmarkFlat lets the node settle after adding
 // held pods, before it times: each new pod sets the kernel's workers going
 // for a few seconds (DAD, MLD reports, link-up route walks), work that
-// grows with the pods on the node and went on through the probes that
-// followed 900 pods added at once (kernel workers on CPU 388, 188, 111,
-// 67, 39, then 6 samples a second in a perf profile; ADD p50 1.27-1.54x
-// the one-pod level without the wait). A node's pods are held, not all
-// made in the last second: the steady state is what is measured.
+// grows with the pods on the node; after 900 pods added at once it went on
+// through the probes that followed (kernel workers on CPU 388, 188, 111,
+// 67, 39, then 6 samples a second in a perf profile). A node's pods are
+// held, not all made in the last second: the steady state is what is
+// measured.
 const flatSettle = 6 * time.Second
 
 // BenchmarkFlat holds 1, then 100, then 1000 pods on the node (one macvlan
