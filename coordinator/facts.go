@@ -29,8 +29,9 @@ type AddrRoute struct {
 // lookup per address, whatever the number of links (listing the node's
 // links and addresses would grow with the pods, each of which has a veth
 // on the node). An address the node has no route to has neither Local nor
-// Srcs. h is the handle of the namespace the calling thread is in (the
-// node's): see routeSrcs.
+// Srcs. h must be the handle of the namespace the calling thread is in
+// (the node's): the IPv6 shortcut of routeSrcs reads the link's addresses
+// from the thread's namespace.
 func RouteAddrs(h *netlink.Handle, addrs []netip.Addr) []AddrRoute {
 	var d addrDump
 	defer d.close()
@@ -54,7 +55,8 @@ func RouteAddrs(h *netlink.Handle, addrs []netip.Addr) []AddrRoute {
 // (strict checking). Towards a global destination, where that link has
 // exactly one usable address of global scope, that is the one the kernel would choose (RFC 6724: rule 5,
 // prefer the outgoing interface, after rules 1-4, which tie: not the
-// destination itself, the same scope, not deprecated, no home address);
+// destination itself, the same scope, not deprecated; rule 4, a mobile
+// IPv6 home address on another link, is not looked for);
 // a route's preferred source is taken as the kernel takes it. Any other
 // case (no usable address or several on the link, several paths) is the
 // plain lookup.
@@ -66,13 +68,13 @@ func routeSrcs(h *netlink.Handle, d *addrDump, a netip.Addr) (local bool, srcs [
 		}
 		if len(rs) == 1 && len(rs[0].MultiPath) == 0 {
 			r := rs[0]
-			if r.Type == unix.RTN_LOCAL {
-				return true, []netip.Addr{a}, nil // rule 1: the address itself
+			if ones, bits := r.Dst.Mask.Size(); r.Type == unix.RTN_LOCAL && r.Dst != nil && ones == 128 && bits == 128 {
+				return true, []netip.Addr{a}, nil // an address of the node: rule 1, the address itself
 			}
 			if src, ok := netip.AddrFromSlice(r.Src); ok {
 				return false, []netip.Addr{src.Unmap()}, nil
 			}
-			if r.Type == unix.RTN_UNICAST && r.LinkIndex > 0 {
+			if r.Type == unix.RTN_UNICAST && r.LinkIndex > 0 { // a local prefix (AnyIP) is the plain lookup's
 				if src, ok := d.soleGlobal6(r.LinkIndex); ok {
 					return false, []netip.Addr{src}, nil
 				}
@@ -99,9 +101,9 @@ var siteLocal = netip.MustParsePrefix("fec0::/10")
 
 // addrDump reads one link's addresses, opening its netlink socket (in the
 // calling thread's namespace, with strict checking, so that the kernel
-// dumps that link alone) on first use.
+// dumps that link alone) on first use; after an error it reads no more.
 type addrDump struct {
-	s   *nl.NetlinkSocket
+	s   *nl.SocketHandle
 	err error
 }
 
@@ -110,8 +112,10 @@ type addrDump struct {
 // address), if there is exactly one.
 func (d *addrDump) soleGlobal6(link int) (netip.Addr, bool) {
 	if d.s == nil && d.err == nil {
-		if d.s, d.err = nl.GetNetlinkSocketAt(netns.None(), netns.None(), unix.NETLINK_ROUTE); d.err == nil {
-			if d.err = unix.SetsockoptInt(d.s.GetFd(), unix.SOL_NETLINK, unix.NETLINK_GET_STRICT_CHK, 1); d.err != nil {
+		var s *nl.NetlinkSocket
+		if s, d.err = nl.GetNetlinkSocketAt(netns.None(), netns.None(), unix.NETLINK_ROUTE); d.err == nil {
+			d.s = &nl.SocketHandle{Socket: s} // one sequence for every request on it
+			if d.err = unix.SetsockoptInt(s.GetFd(), unix.SOL_NETLINK, unix.NETLINK_GET_STRICT_CHK, 1); d.err != nil {
 				d.close()
 			}
 		}
@@ -121,9 +125,13 @@ func (d *addrDump) soleGlobal6(link int) (netip.Addr, bool) {
 	}
 	req := nl.NewNetlinkRequest(unix.RTM_GETADDR, unix.NLM_F_DUMP)
 	req.AddData(&nl.IfAddrmsg{IfAddrmsg: unix.IfAddrmsg{Family: unix.AF_INET6, Index: uint32(link)}})
-	req.Sockets = map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: {Socket: d.s}}
+	req.Sockets = map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: d.s}
 	msgs, err := req.Execute(unix.NETLINK_ROUTE, unix.RTM_NEWADDR)
 	if err != nil {
+		// a dump cut short may leave replies on the socket: no more
+		// requests on it
+		d.err = err
+		d.close()
 		return netip.Addr{}, false
 	}
 	var found netip.Addr
@@ -170,7 +178,7 @@ func (d *addrDump) soleGlobal6(link int) (netip.Addr, bool) {
 
 func (d *addrDump) close() {
 	if d.s != nil {
-		d.s.Close()
+		d.s.Socket.Close()
 		d.s = nil
 	}
 }
@@ -202,7 +210,8 @@ func IsNodeAddr(h *netlink.Handle, a netip.Addr) bool { return RouteAddrs(h, []n
 // node inside a pod subnet is not found here, and IsNodeAddr catches it on
 // the allocated address instead. Reading the links' addresses was
 // measured at +2-3 ms per 3-NIC ADD with 200 pods on the node (netlink's
-// AddrList dumps every address, and each pod's veth has one).
+// AddrList dumps every address, and each pod's veth has one). h is the
+// handle of the namespace the calling thread is in, as for RouteAddrs.
 func NodeAddrsIn(h *netlink.Handle, subnets []netip.Prefix) []netip.Addr {
 	var d addrDump
 	defer d.close()

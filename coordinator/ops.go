@@ -33,6 +33,12 @@ type Veth struct {
 	HostMAC string `json:"hostMAC"`
 	PodMAC  string `json:"podMAC"`
 	MTU     int    `json:"mtu"`
+	// NoLinkLocal: the node end gets no IPv6 address, link-local
+	// included (see Do). Planned unless the pod has IPv6 and the node no
+	// IPv6 address towards it: the node's routes to the pod then have no
+	// source, the kernel speaks from the node end's link-local, and the
+	// pod answers it over veth0.
+	NoLinkLocal bool `json:"noLinkLocal,omitempty"`
 }
 
 func (o *Veth) Kind() string { return "veth.create" }
@@ -69,25 +75,33 @@ func (o *Veth) Do(env *txn.Env) error {
 	if err := host.LinkAdd(v); err != nil {
 		return fmt.Errorf("veth %s/%s: %w", o.Host, o.Pod, err)
 	}
-	// no IPv6 link-local address on the node end, set before it is up:
-	// nothing uses one (both ends' neighbours are permanent, the node's
-	// routes to the pod have no gateway), and with one each pod adds to the
-	// node an fe80::/64 route in main beside every other pod's, which the
-	// kernel's workers walk when the next veth comes up (fib6_add_rt2node,
-	// and DAD and MLD sends through that route's siblings, in a perf
-	// profile of BenchmarkFlat with 1000 pods held). Measured there, ADD
-	// p50 with 1000 pods held: 7.1 and 7.2 ms without, 8.6 and 7.4 ms with
-	// (two runs each, alternating; 6.0-6.3 ms with one pod). A kernel
-	// without IPv6 has nothing to turn off.
-	if err := host.LinkSetIP6AddrGenMode(v, nl.IN6_ADDR_GEN_MODE_NONE); err != nil && !errors.Is(err, unix.EAFNOSUPPORT) && !errors.Is(err, unix.EOPNOTSUPP) {
-		return fmt.Errorf("veth %s: IPv6 address generation off: %w", o.Host, err)
-	}
 	// the pod end joins the group the pod's links are deleted by
 	pod, l, err := netops.Link(env, txn.Pod, o.Pod)
 	if err != nil {
 		return err
 	}
-	return pod.LinkSetGroup(l, netops.PodLinkGroup)
+	if err := pod.LinkSetGroup(l, netops.PodLinkGroup); err != nil {
+		return err
+	}
+	if !o.NoLinkLocal {
+		return nil
+	}
+	// no IPv6 link-local address on the node end, set while it is down
+	// (and after the pod end joined the group, which a rollback deletes
+	// the pair by): nothing uses one when the node's routes to the pod
+	// have a source and both ends' neighbours are permanent, and with one
+	// each pod adds to the node an fe80::/64 route in main beside every
+	// other pod's, which the kernel's workers walk when the next veth
+	// comes up (fib6_add_rt2node, and DAD and MLD sends through that
+	// route's siblings, in a perf profile of BenchmarkFlat with 1000 pods
+	// held). Measured there, ADD p50 with 1000 pods held: 7.1 and 7.2 ms
+	// without, 8.6 and 7.4 ms with (two runs each, alternating; 6.0-6.3 ms
+	// with one pod). A kernel without IPv6 has nothing to turn off.
+	err = host.LinkSetIP6AddrGenMode(v, nl.IN6_ADDR_GEN_MODE_NONE)
+	if err != nil && !errors.Is(err, unix.EAFNOSUPPORT) && !errors.Is(err, unix.EOPNOTSUPP) {
+		return fmt.Errorf("veth %s: IPv6 address generation off: %w", o.Host, err)
+	}
+	return nil
 }
 
 // Undo deletes the host end, which deletes the pod end and every route and

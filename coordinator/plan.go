@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 
 	"github.com/spinneret-cni/spinneret/conf"
 	"github.com/spinneret-cni/spinneret/internal/netops"
@@ -75,8 +76,10 @@ func Plan(in Input) []txn.Op {
 	sysctls := podSysctls(in)
 	host := HostVethName(in.ContainerID)
 	hostMAC, podMAC := vethMAC(in.ContainerID, "host"), vethMAC(in.ContainerID, "pod")
+	podV6 := slices.ContainsFunc(in.NICs, func(n NIC) bool { return addrOf(n, false).IsValid() })
 	ops := []txn.Op{
-		&Veth{Host: host, Pod: PodVeth, HostMAC: hostMAC, PodMAC: podMAC, MTU: c.VethMTU},
+		&Veth{Host: host, Pod: PodVeth, HostMAC: hostMAC, PodMAC: podMAC, MTU: c.VethMTU,
+			NoLinkLocal: !podV6 || firstOf(in.NodeIPs, false).IsValid()},
 		&netops.LinkUp{NS: txn.Host, Link: host},
 		&netops.LinkUp{NS: txn.Pod, Link: PodVeth},
 	}

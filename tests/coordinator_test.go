@@ -13,7 +13,9 @@ import (
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 
+	"github.com/spinneret-cni/spinneret/coordinator"
 	"github.com/spinneret-cni/spinneret/internal/netlab"
+	"github.com/spinneret-cni/spinneret/internal/netops"
 	"github.com/spinneret-cni/spinneret/request"
 )
 
@@ -92,6 +94,57 @@ func TestCoordinatorPaths(t *testing.T) {
 			}
 			e.mustDel(l, rt)
 			e.sameAs(before, p)
+		})
+	}
+}
+
+// TestNodeWithoutIPv6Address: a node with no IPv6 address of its own but
+// link-local ones still reaches an IPv6 pod through the veth. Its route to
+// the pod has no source then, the kernel speaks from the node end's
+// link-local address and the pod answers it over veth0: the node end keeps
+// one here (an IPv4 pod's does not need it and goes without).
+func TestNodeWithoutIPv6Address(t *testing.T) {
+	e := multiEnv(t)
+	h := e.topo.Node.NL()
+	for _, a := range []struct {
+		link string
+		addr netip.Prefix
+	}{{e.topo.Nets[0].Uplink, netip.PrefixFrom(netlab.NodeIP6, e.topo.Nets[0].Subnet6.Bits())}, {"lo", netip.PrefixFrom(netlab.ServiceIP6, 128)}} {
+		l, err := h.LinkByName(a.link)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := h.AddrDel(l, &netlink.Addr{IPNet: netops.IPNet(a.addr)}); err != nil {
+			t.Fatalf("remove %s from the node's %s: %v", a.addr, a.link, err)
+		}
+	}
+	for _, fam := range []family{v6, v4} {
+		t.Run(string(fam), func(t *testing.T) {
+			l := e.multiConf(fam, "")
+			p, err := e.topo.NewPod()
+			if err != nil {
+				t.Fatal(err)
+			}
+			rt := podRT("c-"+string(fam), p, nil)
+			r := e.mustAdd(l, rt)
+			defer e.mustDel(l, rt)
+			veth := coordinator.HostVethName("c-" + string(fam))
+			hl, err := h.LinkByName(veth)
+			if err != nil {
+				t.Fatal(err)
+			}
+			addrs, err := h.AddrList(hl, netlink.FAMILY_V6)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := map[family]int{v6: 1, v4: 0}[fam]; len(addrs) != want {
+				t.Errorf("node veth %s: IPv6 addresses %v, want %d (link-local)", veth, addrs, want)
+			}
+			if fam == v6 {
+				if err := e.topo.Node.Ping(nicAddr(t, r, "eth0", false), 5*time.Second); err != nil {
+					t.Errorf("node -> pod's eth0 with no IPv6 address on the node: %v", err)
+				}
+			}
 		})
 	}
 }

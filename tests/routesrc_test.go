@@ -30,9 +30,13 @@ func TestRouteAddrsAsTheKernel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	lo, err := h.LinkByName("lo")
+	if err != nil {
+		t.Fatal(err)
+	}
 	addrs := []netip.Addr{nth(n.Subnet6, 100), netlab.NodeIP6, n.GW6, netlab.ServiceIP6, netip.MustParseAddr("2001:db8:dead::1"),
 		netip.MustParseAddr("2001:db8:77::5"), netip.MustParseAddr("fd00:77::9"), netip.MustParseAddr("fe80::1"),
-		netip.MustParseAddr("fec0::5"), netip.MustParseAddr("2001:db8:98::1"), netip.MustParseAddr("2001:db8:99::1"), nth(n.Subnet4, 100), netlab.NodeIP4, n.GW4}
+		netip.MustParseAddr("fec0::5"), netip.MustParseAddr("2001:db8:98::1"), netip.MustParseAddr("2001:db8:99::1"), netip.MustParseAddr("2001:db8:aa::5"), nth(n.Subnet4, 100), netlab.NodeIP4, n.GW4}
 	subnets := []netip.Prefix{n.Subnet6, n.Subnet4, netip.MustParsePrefix("2001:db8:77::/64"), netip.MustParsePrefix("fd00:77::/64")}
 	plain := func(a netip.Addr) (local bool, srcs []netip.Addr) {
 		rs, err := h.RouteGet(a.AsSlice())
@@ -76,12 +80,15 @@ func TestRouteAddrsAsTheKernel(t *testing.T) {
 	}
 	compare("as built")
 
-	// a default route, a route with a preferred source, and routes that
-	// reject (the kernel puts them on lo, which has a global address)
+	// a default route, a route with a preferred source, routes that
+	// reject (the kernel puts them on lo, which has a global address), and
+	// a local prefix (AnyIP: every address in it is the node's, and the
+	// kernel chooses their source as for any other)
 	gw := netops.IPNet(netip.PrefixFrom(n.GW6, 128)).IP
 	for _, r := range []*netlink.Route{
 		{Dst: netops.IPNet(netip.MustParsePrefix("2001:db8:98::/64")), Type: unix.RTN_UNREACHABLE},
 		{Dst: netops.IPNet(netip.MustParsePrefix("2001:db8:99::/64")), Type: unix.RTN_BLACKHOLE},
+		{LinkIndex: lo.Attrs().Index, Dst: netops.IPNet(netip.MustParsePrefix("2001:db8:aa::/64")), Type: unix.RTN_LOCAL, Table: unix.RT_TABLE_LOCAL},
 		{LinkIndex: uplink.Attrs().Index, Dst: netops.IPNet(netip.MustParsePrefix("::/0")), Gw: gw},
 		{LinkIndex: uplink.Attrs().Index, Dst: netops.IPNet(netip.MustParsePrefix("2001:db8:77::/64")), Src: netlab.NodeIP6.AsSlice()},
 	} {

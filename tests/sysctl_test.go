@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/spinneret-cni/spinneret/internal/netlab"
 	"github.com/spinneret-cni/spinneret/internal/netops"
 	"github.com/spinneret-cni/spinneret/internal/txn"
@@ -82,6 +84,12 @@ func TestSysctlsLandInTheirNamespace(t *testing.T) {
 	err = set(txn.Pod, missing, "0")
 	if !errors.Is(err, os.ErrNotExist) || !strings.Contains(err.Error(), "/proc/sys/"+missing) {
 		t.Errorf("missing key: got %v, want a not-exist error naming /proc/sys/%s", err, missing)
+	}
+
+	for _, bad := range []string{"net/ipv4/../../kernel/hostname", "net/ipv4//conf/all/rp_filter", "net/./ipv4/conf/all/rp_filter"} {
+		if err := set(txn.Pod, bad, "x"); !errors.Is(err, unix.EINVAL) {
+			t.Errorf("key %s: got %v, want EINVAL (a key names a file under /proc/sys, nothing else)", bad, err)
+		}
 	}
 
 	check := &netops.Sysctls{NS: txn.Pod, Values: []netops.Sysctl{{Key: key, Value: "0"}, {Key: v6key, Value: "44"}}}

@@ -51,12 +51,16 @@ type Env struct {
 	podNS    netns.NsHandle
 	podCNINS ns.NetNS // the same namespace, for ns.Do
 	handles  map[string]*netlink.Handle
-	// in is the namespace the calling thread is in ("": the host's; In
-	// sets it for fn);
-	// sysctlDirs the /proc/sys/net/<x> directories opened there, per
-	// namespace (see OpenSysctl).
-	in         string
-	sysctlDirs map[string]int
+	// sysctlDirs are the /proc/sys/net/<x> directories OpenSysctl opened,
+	// by the namespace they were opened in.
+	sysctlDirs map[sysctlDir]int
+}
+
+// sysctlDir is a /proc/sys/net/<x> directory of one network namespace
+// (its nsfs device and inode).
+type sysctlDir struct {
+	dev, ino uint64
+	name     string
 }
 
 // NewEnv returns an Env for the given pod netns path.
@@ -196,18 +200,14 @@ func (e *Env) In(nsName string, fn func() error) error {
 		}
 		e.podCNINS = n
 	}
-	return e.podCNINS.Do(func(ns.NetNS) error {
-		was := e.in
-		e.in = nsName
-		defer func() { e.in = was }()
-		return fn()
-	})
+	return e.podCNINS.Do(func(ns.NetNS) error { return fn() })
 }
 
 // OpenSysctl opens /proc/sys/<key> ("net/ipv4/conf/eth0/rp_filter") with
-// flags, in the namespace the calling thread is in: the host's, or the
-// one In entered. A key under net/<x>/ is opened relative to that
-// directory, opened once per namespace and kept. Every namespace's
+// flags, in the namespace the calling thread is in (the host's, or the one
+// In entered). A key under net/<x>/ is opened relative to that directory,
+// opened once per namespace (told by the thread's own
+// /proc/thread-self/ns/net, not by who called) and kept. Every namespace's
 // /proc/sys/net/ipv4 (and ipv6) is a dentry of the same name under the one
 // shared /proc/sys/net, in one hash chain, newest first: a lookup compares
 // its way down to its own namespace's, and a namespace's first lookup
@@ -219,29 +219,41 @@ func (e *Env) In(nsName string, fn func() error) error {
 // closes the returned descriptor.
 func (e *Env) OpenSysctl(key string, flags int) (int, error) {
 	flags |= unix.O_CLOEXEC
+	fail := func(err error) (int, error) {
+		return -1, &os.PathError{Op: "open", Path: "/proc/sys/" + key, Err: err}
+	}
 	parts := strings.SplitN(key, "/", 3)
-	if len(parts) < 3 || parts[0] != "net" || parts[2] == "" {
+	for _, p := range strings.Split(key, "/") {
+		if p == "" || p == "." || p == ".." {
+			return fail(unix.EINVAL) // a key names a file under /proc/sys, nothing else
+		}
+	}
+	if len(parts) < 3 || parts[0] != "net" {
 		fd, err := unix.Open("/proc/sys/"+key, flags, 0)
 		if err != nil {
-			return -1, &os.PathError{Op: "open", Path: "/proc/sys/" + key, Err: err}
+			return fail(err)
 		}
 		return fd, nil
 	}
-	dirKey := e.in + "\x00" + parts[1]
-	dir, ok := e.sysctlDirs[dirKey]
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/thread-self/ns/net", &st); err != nil {
+		return fail(err)
+	}
+	k := sysctlDir{dev: st.Dev, ino: st.Ino, name: parts[1]}
+	dir, ok := e.sysctlDirs[k]
 	if !ok {
 		var err error
 		if dir, err = unix.Open("/proc/sys/net/"+parts[1], unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err != nil {
-			return -1, &os.PathError{Op: "open", Path: "/proc/sys/" + key, Err: err}
+			return fail(err)
 		}
 		if e.sysctlDirs == nil {
-			e.sysctlDirs = map[string]int{}
+			e.sysctlDirs = map[sysctlDir]int{}
 		}
-		e.sysctlDirs[dirKey] = dir
+		e.sysctlDirs[k] = dir
 	}
 	fd, err := unix.Openat(dir, parts[2], flags, 0)
 	if err != nil {
-		return -1, &os.PathError{Op: "open", Path: "/proc/sys/" + key, Err: err}
+		return fail(err)
 	}
 	return fd, nil
 }
