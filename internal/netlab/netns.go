@@ -131,11 +131,11 @@ func (n *NS) Sysctl(key, value string) error {
 	})
 }
 
-// Close deletes the namespace; links inside it go with it.
-func (n *NS) Close() error {
-	if n == nil {
-		return nil
-	}
+// Release closes this process's descriptors of the namespace (its handle
+// and netlink sockets) and keeps the namespace: a pod a test only holds,
+// reached by its path as a runtime does. NL and Handle are gone after it;
+// Do reopens the namespace by its path; Close still deletes it.
+func (n *NS) Release() {
 	if n.nl != nil {
 		n.nl.Close()
 		n.nl = nil
@@ -148,6 +148,14 @@ func (n *NS) Close() error {
 		n.h.Close()
 		n.h = -1
 	}
+}
+
+// Close deletes the namespace; links inside it go with it.
+func (n *NS) Close() error {
+	if n == nil {
+		return nil
+	}
+	n.Release()
 	if err := netns.DeleteNamed(n.Name); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
