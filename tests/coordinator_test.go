@@ -299,10 +299,8 @@ func TestPodKnobs(t *testing.T) {
 				t.Errorf("the node's %s txqueuelen changed to %d", netlab.Uplink, after.Attrs().TxQLen)
 			}
 			for _, k := range []string{"all", "default", "eth0"} {
-				var v []byte
-				p.Do(func() error { v, _ = os.ReadFile("/proc/sys/net/ipv4/conf/" + k + "/rp_filter"); return nil })
-				if strings.TrimSpace(string(v)) != "2" {
-					t.Errorf("pod rp_filter %s = %q, want 2", k, v)
+				if v, err := p.SysctlValue("net/ipv4/conf/" + k + "/rp_filter"); v != "2" {
+					t.Errorf("pod rp_filter %s = %q (%v), want 2", k, v, err)
 				}
 			}
 			if err := e.check(l, rtConf("c1", p)); err != nil {

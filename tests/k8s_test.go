@@ -380,14 +380,8 @@ func TestNADs(t *testing.T) {
 		t.Errorf("tuning's mtu 1400 on data: %v %v", ln, err)
 	}
 	for k, want := range map[string]string{"arp_filter": "1", "arp_announce": "2"} {
-		var got []byte
-		p.Do(func() error {
-			var err error
-			got, err = os.ReadFile("/proc/sys/net/ipv4/conf/data/" + k)
-			return err
-		})
-		if strings.TrimSpace(string(got)) != want {
-			t.Errorf("tuning's sysctl %s on data: %q, want %s", k, got, want)
+		if got, err := p.SysctlValue("net/ipv4/conf/data/" + k); got != want {
+			t.Errorf("tuning's sysctl %s on data: %q (%v), want %s", k, got, err, want)
 		}
 	}
 	e.mustDel(l, rt("tuned"))

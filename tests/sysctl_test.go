@@ -17,11 +17,11 @@ import (
 // the Env's kept directories it checks).
 func readSysctl(t *testing.T, ns *netlab.NS, key string) string {
 	t.Helper()
-	var got []byte
-	if err := ns.Do(func() (err error) { got, err = os.ReadFile("/proc/sys/" + key); return err }); err != nil {
+	v, err := ns.SysctlValue(key)
+	if err != nil {
 		t.Fatalf("read %s in %s: %v", key, ns.Name, err)
 	}
-	return strings.TrimSpace(string(got))
+	return v
 }
 
 // TestSysctlsLandInTheirNamespace: the Env keeps /proc/sys/net/<x> open

@@ -131,6 +131,17 @@ func (n *NS) Sysctl(key, value string) error {
 	})
 }
 
+// SysctlValue reads /proc/sys/<key> inside the namespace, without its
+// trailing newline.
+func (n *NS) SysctlValue(key string) (string, error) {
+	var b []byte
+	err := n.Do(func() (err error) {
+		b, err = os.ReadFile(filepath.Join("/proc/sys", key))
+		return err
+	})
+	return strings.TrimSpace(string(b)), err
+}
+
 // Release closes this process's descriptors of the namespace (its handle
 // and netlink sockets) and keeps the namespace: a pod a test only holds,
 // reached by its path as a runtime does. NL and Handle are gone after it;

@@ -222,8 +222,8 @@ func (e *Env) OpenSysctl(key string, flags int) (int, error) {
 	fail := func(err error) (int, error) {
 		return -1, &os.PathError{Op: "open", Path: "/proc/sys/" + key, Err: err}
 	}
-	parts := strings.SplitN(key, "/", 3)
-	for _, p := range strings.Split(key, "/") {
+	parts := strings.Split(key, "/")
+	for _, p := range parts {
 		if p == "" || p == "." || p == ".." {
 			return fail(unix.EINVAL) // a key names a file under /proc/sys, nothing else
 		}
@@ -251,7 +251,7 @@ func (e *Env) OpenSysctl(key string, flags int) (int, error) {
 		}
 		e.sysctlDirs[k] = dir
 	}
-	fd, err := unix.Openat(dir, parts[2], flags, 0)
+	fd, err := unix.Openat(dir, key[len("net/")+len(parts[1])+1:], flags, 0)
 	if err != nil {
 		return fail(err)
 	}
